@@ -1,0 +1,3 @@
+from compacs.cli import main
+
+raise SystemExit(main())

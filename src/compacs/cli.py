@@ -1,0 +1,134 @@
+"""The ``compacs`` command. Its sub-commands and options are a contract for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from compacs import __version__
+from compacs.config import ConfigError, Peer, Settings, load, with_overrides
+
+
+def _peer(text: str) -> Peer:
+    try:
+        return Peer.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--data-dir", type=Path, help="data directory (default ./data)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compacs", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"compacs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the node in the foreground")
+    _common(serve)
+    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="DICOM port (default 11112)")
+    serve.add_argument("--aet", help="the node's AE title (default COMPACS)")
+    serve.add_argument(
+        "--peer", type=_peer, action="append", metavar="AET@HOST:PORT",
+        help="register a remote AE (repeatable)",
+    )
+    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    stats = sub.add_parser("stats", help="counts and bytes stored")
+    _common(stats)
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = load(args.config)
+    return with_overrides(
+        settings,
+        data_dir=args.data_dir,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        ae_title=getattr(args, "aet", None),
+        log_level=getattr(args, "log_level", None),
+        peers=getattr(args, "peer", None),
+    )
+
+
+def cmd_serve(settings: Settings) -> int:
+    from compacs.node import Node
+
+    node = Node(settings)
+    node.install_signal_handlers()
+    node.serve_forever()
+    return 0
+
+
+def cmd_stats(settings: Settings, as_json: bool) -> int:
+    from compacs.index import open_index
+
+    if settings.index_url is None and not (settings.data_dir / "index.sqlite").exists():
+        print(f"compacs: no index in {settings.data_dir} (nothing stored yet?)", file=sys.stderr)
+        return 1
+    index = open_index(settings.resolved_index_url)
+    try:
+        stats = index.stats()
+    finally:
+        index.close()
+    if as_json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(
+        f"patients {stats['patients']}  studies {stats['studies']}  series {stats['series']}  "
+        f"instances {stats['instances']}  pending {stats['pending']}"
+    )
+    print(
+        f"received {_size(stats['bytes_received'])}  stored {_size(stats['bytes_stored'])}  "
+        f"ratio {stats['ratio']:.2f}"
+    )
+    for title, key, label in (
+        ("by modality", "by_modality", lambda k, v: k),
+        ("by stored transfer syntax", "by_transfer_syntax", lambda k, v: f"{v['name']} ({k})"),
+    ):
+        print(f"\n{title}:")
+        for k, v in stats[key].items():
+            print(
+                f"  {label(k, v):<52} {v['instances']:>8}  {_size(v['bytes_received']):>10} -> "
+                f"{_size(v['bytes_stored']):>10}  x{v['ratio']:.2f}"
+            )
+    return 0
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        print(f"compacs: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pynetdicom").setLevel(
+        logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
+    )
+    if args.command == "serve":
+        return cmd_serve(settings)
+    if args.command == "stats":
+        return cmd_stats(settings, args.json)
+    raise AssertionError(args.command)

@@ -1,0 +1,197 @@
+"""Settings: TOML file -> typed, validated values; command-line values override the file.
+
+Every key the file may hold is listed in :data:`SCHEMA`, with its type and a check; an
+error names the file, the section and key, and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from compacs.index.base import Duplicates
+
+AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 6.2: AE, no backslash
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def valid_ae_title(value: str) -> bool:
+    return bool(AE_TITLE.fullmatch(value)) and value.strip() != ""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A remote application entity (a C-MOVE destination, a forwarding target)."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        """Parse ``AET@HOST:PORT``."""
+        match = re.fullmatch(r"(?P<aet>[^@]+)@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d+)", text)
+        if not match:
+            raise ConfigError(f"peer {text!r}: expected AET@HOST:PORT")
+        aet, host, port = match["aet"], match["host"].strip("[]"), int(match["port"])
+        if not valid_ae_title(aet):
+            raise ConfigError(f"peer {text!r}: {aet!r} is not an AE title (PS3.5 6.2)")
+        if not 0 < port < 65536:
+            raise ConfigError(f"peer {text!r}: port must be 1-65535")
+        return cls(aet, host, port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("data")
+    ae_title: str = "COMPACS"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    log_level: str = "INFO"
+    index_url: str | None = None
+    store_url: str | None = None
+    duplicates: Duplicates = Duplicates.KEEP_FIRST
+    max_pdu: int = 262144
+    max_associations: int = 32
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 120.0
+    network_timeout: float = 300.0
+    drain_timeout: float = 30.0
+    peers: tuple[Peer, ...] = field(default_factory=tuple)
+
+    @property
+    def resolved_index_url(self) -> str:
+        return self.index_url or f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or (self.data_dir / "store").resolve().as_uri()
+
+
+# section -> key -> (Settings field, expected type(s), check, what is expected)
+Check = Callable[[Any], bool]
+_ANY: Check = lambda v: True  # noqa: E731
+SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
+    "node": {
+        "ae_title": ("ae_title", (str,), valid_ae_title, "an AE title of 1-16 characters"),
+        "host": ("host", (str,), lambda v: bool(v), "an address to listen on"),
+        "port": ("port", (int,), lambda v: 0 < v < 65536, "a TCP port 1-65535"),
+        "data_dir": ("data_dir", (str,), lambda v: bool(v), "a directory path"),
+        "log_level": (
+            "log_level",
+            (str,),
+            lambda v: v.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},
+            "one of DEBUG, INFO, WARNING, ERROR",
+        ),
+    },
+    "network": {
+        "max_pdu": ("max_pdu", (int,), lambda v: v == 0 or 4096 <= v <= 2**32 - 1,
+                    "0 (unlimited) or 4096..4294967295 bytes"),
+        "max_associations": ("max_associations", (int,), lambda v: 1 <= v <= 1000, "1..1000"),
+        "acse_timeout": ("acse_timeout", (int, float), lambda v: v > 0, "seconds > 0"),
+        "dimse_timeout": ("dimse_timeout", (int, float), lambda v: v > 0, "seconds > 0"),
+        "network_timeout": ("network_timeout", (int, float), lambda v: v > 0, "seconds > 0"),
+        "drain_timeout": ("drain_timeout", (int, float), lambda v: v >= 0, "seconds >= 0"),
+    },
+    "index": {"url": ("index_url", (str,), lambda v: ":" in v, "an index URL (sqlite:///...)")},
+    "storage": {"url": ("store_url", (str,), lambda v: ":" in v, "a storage URL (file:///...)")},
+    "ingest": {
+        "duplicates": (
+            "duplicates",
+            (str,),
+            lambda v: v in {d.value for d in Duplicates},
+            "'keep-first' or 'replace'",
+        ),
+    },
+}
+
+
+def _convert(name: str, value: Any) -> Any:
+    if name == "data_dir":
+        return Path(value)
+    if name == "duplicates":
+        return Duplicates(value)
+    if name == "log_level":
+        return value.upper()
+    return value
+
+
+def load(path: Path | None) -> Settings:
+    """Settings from the TOML file at ``path`` (defaults when None)."""
+    if path is None:
+        return Settings()
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_document(doc, str(path))
+
+
+def from_document(doc: dict[str, Any], source: str = "<config>") -> Settings:
+    values: dict[str, Any] = {}
+    for section, body in doc.items():
+        if section == "peers":
+            values["peers"] = tuple(_peers(body, source))
+            continue
+        keys = SCHEMA.get(section)
+        if keys is None:
+            raise ConfigError(
+                f"{source}: unknown section [{section}] (known: {', '.join([*SCHEMA, 'peers'])})"
+            )
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        for key, value in body.items():
+            if key not in keys:
+                raise ConfigError(
+                    f"{source}: [{section}] unknown key {key!r} (known: {', '.join(keys)})"
+                )
+            name, types, check, expected = keys[key]
+            ok_type = isinstance(value, types) and not isinstance(value, bool)
+            if not ok_type or not check(value):
+                raise ConfigError(f"{source}: [{section}] {key} = {value!r}: expected {expected}")
+            values[name] = _convert(name, value)
+    return Settings(**values)
+
+
+def _peers(body: Any, source: str) -> list[Peer]:
+    if not isinstance(body, list):
+        raise ConfigError(f"{source}: peers must be an array of tables ([[peers]])")
+    peers = []
+    for n, item in enumerate(body):
+        where = f"{source}: [[peers]] #{n + 1}"
+        if not isinstance(item, dict) or set(item) != {"ae_title", "host", "port"}:
+            raise ConfigError(f"{where}: expected exactly the keys ae_title, host, port")
+        try:
+            peers.append(Peer.parse(f"{item['ae_title']}@{item['host']}:{item['port']}"))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return peers
+
+
+def with_overrides(settings: Settings, **overrides: Any) -> Settings:
+    """Apply command-line values (None means 'not given'); peers given add to or replace
+    the file's peers of the same AE title."""
+    changes = {k: v for k, v in overrides.items() if v is not None and k != "peers"}
+    if "ae_title" in changes and not valid_ae_title(changes["ae_title"]):
+        raise ConfigError(f"--aet {changes['ae_title']!r}: expected an AE title of 1-16 characters")
+    if "port" in changes and not 0 <= changes["port"] < 65536:
+        raise ConfigError(f"--port {changes['port']}: expected a TCP port")
+    peers = overrides.get("peers")
+    if peers:
+        by_aet = {p.ae_title: p for p in settings.peers}
+        by_aet.update({p.ae_title: p for p in peers})
+        changes["peers"] = tuple(by_aet.values())
+    return replace(settings, **changes)

@@ -1,0 +1,1 @@
+"""DICOM vocabulary shared by every part of compacs: transfer syntaxes, UIDs, statuses."""

@@ -1,0 +1,157 @@
+"""DICOM Part 10 file framing (PS3.10 7.1) and a cheap structural check of received data."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from io import BytesIO
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+from compacs import __version__
+from compacs.dicom.syntaxes import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+)
+
+PREAMBLE = b"\x00" * 128 + b"DICM"
+IMPLEMENTATION_VERSION_NAME = f"COMPACS_{__version__}"[:16]
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+             b"UT", b"UV"}
+
+
+def file_header(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str = ""
+) -> bytes:
+    """Preamble, prefix and File Meta Information group (PS3.10 7.1) for a received data set."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_ae:
+        meta.SourceApplicationEntityTitle = source_ae
+    out = BytesIO()
+    out.write(PREAMBLE)
+    write_file_meta_info(out, meta, enforce_standard=True)
+    return out.getvalue()
+
+
+class Malformed(ValueError):
+    """The encoded data set does not hold together (PS3.5 section 7)."""
+
+
+def structure_problem(buf: bytes, start: int, transfer_syntax: str) -> str | None:
+    """Why the data set encoded in ``buf[start:]`` is malformed, or None when it is whole.
+
+    pydicom reads short values, garbage and truncated files without complaint; an archive
+    must not acknowledge what it could not give back. This walks every element header
+    (PS3.5 7.1), every undefined-length sequence and item (7.5) and the encapsulated pixel
+    data fragments (A.4), checking that each value fits in what was received. It never
+    decodes a value, so it costs little on the C-STORE path.
+    """
+    try:
+        if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            buf, start = inflater.decompress(buf[start:]) + inflater.flush(), 0
+        little = transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
+        implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+        first_vr = buf[start + 4 : start + 6]
+        if not implicit and len(buf) > start and not (first_vr.isalpha() and first_vr.isupper()):
+            raise Malformed("data set is not in Explicit VR, the negotiated transfer syntax")
+        _Walker(buf, little).elements(start, len(buf), implicit=implicit, in_item=False)
+    except Malformed as exc:
+        return str(exc)
+    except zlib.error as exc:
+        return f"deflated data set cannot be inflated: {exc}"
+    except RecursionError:
+        return "sequences nested too deeply"
+    return None
+
+
+class _Walker:
+    def __init__(self, buf: bytes, little: bool) -> None:
+        self.buf = buf
+        self.endian = "<" if little else ">"
+
+    def _header(self, pos: int, end: int) -> tuple[int, int]:
+        if pos + 8 > end:
+            raise Malformed(f"data set ends inside an element header at byte {pos}")
+        return struct.unpack_from(self.endian + "HH", self.buf, pos)
+
+    def elements(self, pos: int, end: int, *, implicit: bool, in_item: bool) -> int:
+        """Walk elements up to ``end`` (or an Item Delimitation Item when ``in_item``)."""
+        buf, endian = self.buf, self.endian
+        while pos < end:
+            group, element = self._header(pos, end)
+            if group == 0xFFFE:
+                if in_item and element == 0xE00D:
+                    return pos + 8
+                raise Malformed(f"unexpected delimiter (FFFE,{element:04X}) at byte {pos}")
+            vr = buf[pos + 4 : pos + 6]
+            if implicit or not (vr.isalpha() and vr.isupper()):
+                # implicit VR, or an explicit-VR stream that wrote this element implicitly
+                # (seen in the wild, read by pydicom): tag, then a 4-byte length
+                (length,) = struct.unpack_from(endian + "L", buf, pos + 4)
+                pos, vr = pos + 8, None
+            elif vr in _LONG_VRS:
+                if pos + 12 > end:
+                    raise Malformed(f"data set ends inside an element header at byte {pos}")
+                (length,) = struct.unpack_from(endian + "L", buf, pos + 8)
+                pos += 12
+            else:
+                (length,) = struct.unpack_from(endian + "H", buf, pos + 6)
+                pos += 8
+            if length == 0xFFFFFFFF:
+                if (group, element) == (0x7FE0, 0x0010):
+                    pos = self.fragments(pos, end)
+                else:  # a sequence; UN of undefined length holds implicit VR LE (PS3.5 6.2.2)
+                    pos = self.sequence(pos, end, implicit=implicit or vr == b"UN")
+            elif pos + length > end:
+                raise Malformed(
+                    f"element ({group:04X},{element:04X}) declares {length} bytes "
+                    f"but only {end - pos} were received"
+                )
+            else:
+                pos += length
+        if in_item:
+            raise Malformed("item of undefined length has no Item Delimitation Item")
+        return pos
+
+    def sequence(self, pos: int, end: int, *, implicit: bool) -> int:
+        while pos < end:
+            group, element = self._header(pos, end)
+            (length,) = struct.unpack_from(self.endian + "L", self.buf, pos + 4)
+            if (group, element) == (0xFFFE, 0xE0DD):
+                return pos + 8
+            if (group, element) != (0xFFFE, 0xE000):
+                raise Malformed(f"sequence holds ({group:04X},{element:04X}), not an item")
+            if length == 0xFFFFFFFF:
+                pos = self.elements(pos + 8, end, implicit=implicit, in_item=True)
+            elif pos + 8 + length > end:
+                raise Malformed(f"sequence item declares {length} bytes, {end - pos - 8} remain")
+            else:
+                pos += 8 + length
+        raise Malformed("sequence of undefined length has no Sequence Delimitation Item")
+
+    def fragments(self, pos: int, end: int) -> int:
+        """Encapsulated Pixel Data: items of defined length, then a delimiter (PS3.5 A.4)."""
+        while pos < end:
+            group, element = self._header(pos, end)
+            (length,) = struct.unpack_from(self.endian + "L", self.buf, pos + 4)
+            if (group, element) == (0xFFFE, 0xE0DD):
+                return pos + 8
+            if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+                raise Malformed("encapsulated Pixel Data holds something other than fragments")
+            if pos + 8 + length > end:
+                raise Malformed(
+                    f"Pixel Data fragment declares {length} bytes, only {end - pos - 8} remain"
+                )
+            pos += 8 + length
+        raise Malformed("encapsulated Pixel Data has no Sequence Delimitation Item (PS3.5 A.4)")

@@ -1,0 +1,78 @@
+"""The index interface and the records that cross it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Duplicates(StrEnum):
+    """What a second C-STORE of a known SOP Instance UID does (one copy, one row, always)."""
+
+    KEEP_FIRST = "keep-first"
+    """The stored copy stays; the new one is acknowledged and discarded (Orthanc's default)."""
+    REPLACE = "replace"
+    """The new copy replaces the stored one (index row and object, atomically)."""
+
+
+class IndexUnavailable(RuntimeError):
+    """The index could not commit (disk full, database gone); senders get 0xA700."""
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """An instance whose object is durable in the blob store, ready to be indexed."""
+
+    attributes: dict[str, dict[str, Any]]
+    """Indexed attributes per level, from :func:`compacs.dicom.attributes.extract`."""
+    storage_key: str
+    transfer_syntax: str
+    bytes_received: int
+    bytes_stored: int
+    sha256: str
+    calling_ae: str
+    called_ae: str
+    received_at: str
+    """ISO 8601 UTC time of receipt."""
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.attributes["IMAGE"]["sop_instance_uid"]
+
+
+@dataclass(frozen=True)
+class AddResult:
+    added: bool
+    """True when this call created or replaced the row, False for a kept duplicate."""
+    obsolete_key: str | None = None
+    """An object no row references any more: the caller deletes it after the commit."""
+
+
+@dataclass(frozen=True)
+class InstanceLocation:
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    storage_key: str
+    transfer_syntax_received: str
+    transfer_syntax_stored: str
+    bytes_received: int
+    bytes_stored: int
+    sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Index(Protocol):
+    url: str
+
+    def add_instance(self, instance: NewInstance, duplicates: Duplicates) -> AddResult:
+        """Index ``instance`` in one committed transaction; return when committed."""
+
+    def locate(self, sop_instance_uid: str) -> InstanceLocation | None: ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and bytes: the document behind ``compacs stats --json``."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,121 @@
+"""Group commit: many concurrent writers, one transaction per batch, nobody acked early.
+
+Each C-STORE handler submits its work and blocks until the transaction holding it has
+committed. A single writer thread drains whatever is queued into one transaction, so
+concurrent associations share one commit (one WAL fsync) instead of paying one each.
+A failing item is rolled back to its savepoint alone; a failing commit fails the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Work = Callable[[Any], Any]  # called with a cursor inside the open transaction
+
+_STOP = object()
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        begin: str = "BEGIN",
+        max_batch: int = 64,
+        name: str = "index-writer",
+    ) -> None:
+        self._connect = connect
+        self._begin = begin
+        self._max_batch = max_batch
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def submit(self, work: Work) -> Any:
+        """Run ``work(cursor)`` in the next batch; return its result once committed."""
+        if not self._thread.is_alive():
+            raise RuntimeError("index writer is stopped")
+        future: Future[Any] = Future()
+        self._queue.put((work, future))
+        return future.result()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # reported to the constructor
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < self._max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._apply(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _apply(self, conn: Any, batch: list[tuple[Work, Future[Any]]]) -> None:
+        results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        cur = conn.cursor()
+        try:
+            cur.execute(self._begin)
+            for n, (work, future) in enumerate(batch):
+                cur.execute(f"SAVEPOINT item{n}")
+                try:
+                    results.append((future, work(cur), None))
+                    cur.execute(f"RELEASE SAVEPOINT item{n}")
+                except Exception as exc:
+                    cur.execute(f"ROLLBACK TO SAVEPOINT item{n}")
+                    cur.execute(f"RELEASE SAVEPOINT item{n}")
+                    results.append((future, None, exc))
+            conn.commit()
+        except Exception as exc:
+            log.error("index commit failed for %d item(s): %s", len(batch), exc)
+            try:
+                conn.rollback()
+            except Exception:
+                log.exception("rollback after failed commit failed")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        finally:
+            cur.close()
+        for future, value, error in results:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+

@@ -1,0 +1,204 @@
+"""Index logic shared by the SQL backends (SQLite now, PostgreSQL later).
+
+Backends supply connections and the placeholder style; everything about *what* is
+stored and how a C-STORE becomes rows lives here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from compacs.dicom.attributes import IMAGE, INDEXED, PATIENT, SERIES, STUDY
+from compacs.dicom.syntaxes import name_of
+from compacs.index.base import AddResult, Duplicates, InstanceLocation, NewInstance
+from compacs.index.schema import INSTANCE_STORAGE_COLUMNS, PARENT_FK, TABLES
+
+UNIQUE_COLUMN = {level: INDEXED[level][0].column for level in INDEXED}
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class SqlStatements:
+    """Apply index operations on a DB-API cursor. ``ph`` is the placeholder ('?' or '%s')."""
+
+    def __init__(self, ph: str) -> None:
+        self.ph = ph
+
+    def _q(self, sql: str) -> str:
+        return sql.replace("?", self.ph) if self.ph != "?" else sql
+
+    def _one(self, cur: Any, sql: str, params: Sequence[Any]) -> Any:
+        cur.execute(self._q(sql), params)
+        return cur.fetchone()
+
+    # -- add ---------------------------------------------------------------------------
+    def _level_pk(
+        self, cur: Any, level: str, values: dict[str, Any], parent_pk: int | None
+    ) -> int:
+        """pk of the level's row for ``values``, inserting it when new (first writer wins)."""
+        table, key = TABLES[level], UNIQUE_COLUMN[level]
+        row = self._one(cur, f"SELECT pk FROM {table} WHERE {key} = ?", (values[key],))
+        if row:
+            return row[0]
+        columns = list(values)
+        params = [values[c] for c in columns]
+        if parent_pk is not None:
+            columns.append(PARENT_FK[level])
+            params.append(parent_pk)
+        marks = ", ".join("?" for _ in columns)
+        cur.execute(
+            self._q(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+                f"ON CONFLICT ({key}) DO NOTHING"
+            ),
+            params,
+        )
+        row = self._one(cur, f"SELECT pk FROM {table} WHERE {key} = ?", (values[key],))
+        return row[0]
+
+    def add_instance(self, cur: Any, inst: NewInstance, duplicates: Duplicates) -> AddResult:
+        attrs = inst.attributes
+        patient_pk = self._level_pk(cur, PATIENT, attrs[PATIENT], None)
+        study_pk = self._level_pk(cur, STUDY, attrs[STUDY], patient_pk)
+        series_pk = self._level_pk(cur, SERIES, attrs[SERIES], study_pk)
+
+        values = dict(attrs[IMAGE])
+        values.update(
+            series_fk=series_pk,
+            storage_key=inst.storage_key,
+            transfer_syntax_received=inst.transfer_syntax,
+            transfer_syntax_stored=inst.transfer_syntax,
+            bytes_received=inst.bytes_received,
+            bytes_stored=inst.bytes_stored,
+            sha256=inst.sha256,
+            calling_ae=inst.calling_ae,
+            called_ae=inst.called_ae,
+            received_at=inst.received_at,
+            stored_at=utc_now(),
+        )
+        existing = self._one(
+            cur,
+            "SELECT pk, storage_key, series_fk FROM instances WHERE sop_instance_uid = ?",
+            (inst.sop_instance_uid,),
+        )
+        if existing is None:
+            columns = list(values)
+            marks = ", ".join("?" for _ in columns)
+            cur.execute(
+                self._q(f"INSERT INTO instances ({', '.join(columns)}) VALUES ({marks})"),
+                [values[c] for c in columns],
+            )
+            return AddResult(added=True)
+
+        pk, old_key, old_series_pk = existing
+        if duplicates is Duplicates.KEEP_FIRST:
+            return AddResult(added=False, obsolete_key=None if old_key == inst.storage_key
+                             else inst.storage_key)
+        assignments = ", ".join(f"{c} = ?" for c in values)
+        cur.execute(
+            self._q(f"UPDATE instances SET {assignments} WHERE pk = ?"),
+            [*values.values(), pk],
+        )
+        if old_series_pk != series_pk:
+            self._prune_series(cur, old_series_pk)
+        return AddResult(added=True, obsolete_key=None if old_key == inst.storage_key else old_key)
+
+    def _prune_series(self, cur: Any, series_pk: int) -> None:
+        """Remove a series, and its study and patient, once nothing references them."""
+        row = self._one(cur, "SELECT study_fk FROM series WHERE pk = ?", (series_pk,))
+        if row is None or self._one(
+            cur, "SELECT 1 FROM instances WHERE series_fk = ? LIMIT 1", (series_pk,)
+        ):
+            return
+        study_pk = row[0]
+        cur.execute(self._q("DELETE FROM series WHERE pk = ?"), (series_pk,))
+        if self._one(cur, "SELECT 1 FROM series WHERE study_fk = ? LIMIT 1", (study_pk,)):
+            return
+        patient_pk = self._one(cur, "SELECT patient_fk FROM studies WHERE pk = ?", (study_pk,))[0]
+        cur.execute(self._q("DELETE FROM studies WHERE pk = ?"), (study_pk,))
+        if not self._one(cur, "SELECT 1 FROM studies WHERE patient_fk = ? LIMIT 1", (patient_pk,)):
+            cur.execute(self._q("DELETE FROM patients WHERE pk = ?"), (patient_pk,))
+
+    # -- read --------------------------------------------------------------------------
+    def locate(self, cur: Any, sop_instance_uid: str) -> InstanceLocation | None:
+        storage = [name for name, _ in INSTANCE_STORAGE_COLUMNS]
+        row = self._one(
+            cur,
+            "SELECT i.sop_instance_uid, i.sop_class_uid, st.study_uid, se.series_uid, "
+            + ", ".join(f"i.{c}" for c in storage)
+            + " FROM instances i JOIN series se ON se.pk = i.series_fk "
+            "JOIN studies st ON st.pk = se.study_fk WHERE i.sop_instance_uid = ?",
+            (sop_instance_uid,),
+        )
+        if row is None:
+            return None
+        rest = dict(zip(storage, row[4:], strict=True))
+        return InstanceLocation(
+            sop_instance_uid=row[0],
+            sop_class_uid=row[1],
+            study_uid=row[2],
+            series_uid=row[3],
+            storage_key=rest.pop("storage_key"),
+            transfer_syntax_received=rest.pop("transfer_syntax_received"),
+            transfer_syntax_stored=rest.pop("transfer_syntax_stored"),
+            bytes_received=rest.pop("bytes_received"),
+            bytes_stored=rest.pop("bytes_stored"),
+            sha256=rest.pop("sha256"),
+            extra=rest,
+        )
+
+    def stats(self, cur: Any) -> dict[str, Any]:
+        counts = {}
+        for name, table in (
+            ("patients", "patients"),
+            ("studies", "studies"),
+            ("series", "series"),
+            ("instances", "instances"),
+        ):
+            counts[name] = self._one(cur, f"SELECT COUNT(*) FROM {table}", ())[0]
+        received, stored = self._one(
+            cur,
+            "SELECT COALESCE(SUM(bytes_received), 0), COALESCE(SUM(bytes_stored), 0) "
+            "FROM instances",
+            (),
+        )
+        cur.execute(
+            "SELECT COALESCE(se.modality, ''), COUNT(*), SUM(i.bytes_received), "
+            "SUM(i.bytes_stored) FROM instances i JOIN series se ON se.pk = i.series_fk "
+            "GROUP BY COALESCE(se.modality, '') ORDER BY 1"
+        )
+        by_modality = {m or "(none)": _bytes_entry(n, r, s) for m, n, r, s in cur.fetchall()}
+        cur.execute(
+            "SELECT transfer_syntax_stored, COUNT(*), SUM(bytes_received), SUM(bytes_stored) "
+            "FROM instances GROUP BY transfer_syntax_stored ORDER BY 1"
+        )
+        by_syntax = {
+            uid: {"name": name_of(uid), **_bytes_entry(n, r, s)}
+            for uid, n, r, s in cur.fetchall()
+        }
+        return {
+            **counts,
+            "bytes_received": int(received),
+            "bytes_stored": int(stored),
+            "ratio": _ratio(received, stored),
+            "pending": 0,
+            "by_modality": by_modality,
+            "by_transfer_syntax": by_syntax,
+        }
+
+
+def _ratio(received: int, stored: int) -> float:
+    return round(received / stored, 3) if stored else 1.0
+
+
+def _bytes_entry(n: int, received: int, stored: int) -> dict[str, Any]:
+    return {
+        "instances": int(n),
+        "bytes_received": int(received),
+        "bytes_stored": int(stored),
+        "ratio": _ratio(received, stored),
+    }

@@ -1,0 +1,129 @@
+"""SQLite index backend: the embedded default.
+
+WAL mode lets C-FIND and stats read while the writer commits; ``synchronous=FULL``
+makes each commit durable before the C-STORE response (PS3.4 B.2.3: Success means
+the SCP has stored the instance). Writes go through one :class:`GroupCommitter`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from compacs.index.base import AddResult, Duplicates, IndexUnavailable, InstanceLocation, NewInstance
+from compacs.index.group_commit import GroupCommitter
+from compacs.index.schema import SCHEMA_VERSION, create_statements
+from compacs.index.sql import SqlStatements
+
+
+class SqliteIndex:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).resolve()
+        self.url = f"sqlite:///{self.path}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._sql = SqlStatements("?")
+        self._local = threading.local()
+        self._migrate()
+        self._writer = GroupCommitter(self._connect, begin="BEGIN IMMEDIATE")
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteIndex:
+        parts = urlsplit(url)
+        path = unquote(parts.path)
+        if parts.netloc:  # sqlite://relative/path is a common slip; be explicit
+            raise ValueError(f"index URL {url!r}: use sqlite:///absolute/path.sqlite")
+        if not path:
+            raise ValueError(f"index URL {url!r}: no database path")
+        return cls(path)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        # The GroupCommitter issues BEGIN/COMMIT itself; give it commit()/rollback().
+        return _AutocommitConnection(conn)
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def _migrate(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path}: index schema version {current} is newer than this "
+                    f"compacs ({SCHEMA_VERSION}); upgrade compacs"
+                )
+            if current < 1:
+                for statement in create_statements("INTEGER PRIMARY KEY"):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    # -- Index ---------------------------------------------------------------------------
+    def add_instance(self, instance: NewInstance, duplicates: Duplicates) -> AddResult:
+        try:
+            return self._writer.submit(lambda cur: self._sql.add_instance(cur, instance, duplicates))
+        except sqlite3.Error as exc:
+            raise IndexUnavailable(f"index commit failed: {exc}") from exc
+
+    def locate(self, sop_instance_uid: str) -> InstanceLocation | None:
+        cur = self._reader().cursor()
+        try:
+            return self._sql.locate(cur, sop_instance_uid)
+        finally:
+            cur.close()
+
+    def stats(self) -> dict[str, Any]:
+        conn = self._reader()
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN")  # one snapshot for every figure
+            return self._sql.stats(cur)
+        finally:
+            conn.rollback()
+            cur.close()
+
+    def close(self) -> None:
+        self._writer.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class _AutocommitConnection:
+    """A sqlite3 connection in autocommit mode whose commit/rollback issue SQL."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def cursor(self) -> sqlite3.Cursor:
+        return self._conn.cursor()
+
+    def commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self._conn.close()

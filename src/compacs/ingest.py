@@ -1,0 +1,184 @@
+"""Received bytes -> checks -> durable object -> committed index row -> DICOM status.
+
+This is the whole C-STORE path; the network handler only calls :meth:`Ingest.receive`.
+Success is returned only after the object is durable and its index row committed
+(PS3.4 B.2.3); every failure answers with a status and an Error Comment and leaves
+neither an object nor a row behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from io import BytesIO
+
+from pydicom import dcmread
+
+from compacs.dicom.attributes import IMAGE, SERIES, STUDY, extract
+from compacs.dicom.part10 import file_header, structure_problem
+from compacs.dicom.status import Status
+from compacs.dicom.uids import InvalidUID, require_uid
+from compacs.index import Duplicates, Index, IndexUnavailable, NewInstance
+from compacs.storage import BlobStore, StorageFull
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One C-STORE request as it came off the association."""
+
+    dataset: bytes
+    """The encoded data set exactly as sent, without File Meta Information."""
+    transfer_syntax: str
+    """The accepted presentation context's transfer syntax."""
+    sop_class_uid: str
+    """Affected SOP Class UID of the request."""
+    sop_instance_uid: str
+    """Affected SOP Instance UID of the request."""
+    calling_ae: str
+    called_ae: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    comment: str | None = None
+    sop_instance_uid: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.SUCCESS
+
+
+class Rejected(Exception):
+    def __init__(self, status: Status, comment: str) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
+
+
+def storage_key(study_uid: str, series_uid: str, sop_instance_uid: str, sha256: str) -> str:
+    """Where an object lives: validated UIDs as path parts, a digest suffix for immutability.
+
+    A two-hex-digit fan-out keeps the top directory small. The digest makes the key
+    content-addressed per instance: a replacement or a compressed copy gets a new key,
+    so the old object is never overwritten in place.
+    """
+    fan = hashlib.sha1(study_uid.encode("ascii")).hexdigest()[:2]
+    return f"{fan}/{study_uid}/{series_uid}/{sop_instance_uid}.{sha256[:16]}.dcm"
+
+
+class Ingest:
+    def __init__(self, store: BlobStore, index: Index, duplicates: Duplicates) -> None:
+        self.store = store
+        self.index = index
+        self.duplicates = duplicates
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    # -- shutdown support -----------------------------------------------------------------
+    def drain(self, timeout: float) -> bool:
+        """Wait until no store is half-way through; True when idle."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def receive(self, rx: Received) -> Outcome:
+        with self._idle:
+            self._in_flight += 1
+        try:
+            return self._receive(rx)
+        except Rejected as exc:
+            log.warning(
+                "C-STORE from %s refused (0x%04X): %s", rx.calling_ae, exc.status, exc.comment
+            )
+            return Outcome(exc.status, exc.comment)
+        except Exception as exc:  # the server keeps serving whatever happens here
+            log.exception("C-STORE from %s failed unexpectedly", rx.calling_ae)
+            return Outcome(Status.PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _receive(self, rx: Received) -> Outcome:
+        try:
+            sop_class = require_uid(rx.sop_class_uid, "Affected SOP Class UID (0000,0002)")
+            sop_instance = require_uid(rx.sop_instance_uid, "Affected SOP Instance UID (0000,1000)")
+        except InvalidUID as exc:
+            raise Rejected(Status.INVALID_UID, str(exc)) from None
+
+        header = file_header(sop_class, sop_instance, rx.transfer_syntax, rx.calling_ae)
+        data = header + rx.dataset
+        problem = structure_problem(data, len(header), rx.transfer_syntax)
+        if problem:
+            raise Rejected(Status.CANNOT_UNDERSTAND, f"malformed data set: {problem}")
+        try:
+            ds = dcmread(BytesIO(data), stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises many types on odd input
+            raise Rejected(Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}") from None
+
+        try:
+            attributes = extract(ds)
+        except InvalidUID as exc:
+            raise Rejected(Status.INVALID_UID, str(exc)) from None
+        image = attributes[IMAGE]
+        if image["sop_instance_uid"] != sop_instance:
+            raise Rejected(
+                Status.DATASET_MISMATCH,
+                "SOP Instance UID (0008,0018) differs from the request's Affected SOP "
+                "Instance UID (PS3.4 B.2.3)",
+            )
+        if image["sop_class_uid"] != sop_class:
+            raise Rejected(
+                Status.DATASET_MISMATCH,
+                "SOP Class UID (0008,0016) differs from the request's Affected SOP Class UID",
+            )
+
+        if self.duplicates is Duplicates.KEEP_FIRST and self.index.locate(sop_instance):
+            log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
+            return Outcome(Status.SUCCESS, sop_instance_uid=sop_instance)
+
+        digest = hashlib.sha256(data).hexdigest()
+        key = storage_key(attributes[STUDY]["study_uid"], attributes[SERIES]["series_uid"],
+                          sop_instance, digest)
+        try:
+            self.store.put(key, data)
+        except StorageFull as exc:
+            raise Rejected(Status.OUT_OF_RESOURCES, f"storage full: {exc.strerror}") from None
+        except OSError as exc:
+            raise Rejected(Status.OUT_OF_RESOURCES, f"storage write failed: {exc}") from None
+
+        instance = NewInstance(
+            attributes=attributes,
+            storage_key=key,
+            transfer_syntax=rx.transfer_syntax,
+            bytes_received=len(data),
+            bytes_stored=len(data),
+            sha256=digest,
+            calling_ae=rx.calling_ae,
+            called_ae=rx.called_ae,
+            received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        )
+        try:
+            result = self.index.add_instance(instance, self.duplicates)
+        except IndexUnavailable as exc:
+            self._discard(key)
+            raise Rejected(Status.OUT_OF_RESOURCES, str(exc)) from None
+        except BaseException:
+            self._discard(key)
+            raise
+        if result.obsolete_key:
+            self._discard(result.obsolete_key)
+        if not result.added:
+            log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
+        return Outcome(Status.SUCCESS, sop_instance_uid=sop_instance)
+
+    def _discard(self, key: str) -> None:
+        try:
+            self.store.delete(key)
+        except OSError:
+            log.exception("could not delete unreferenced object %s", key)

@@ -1,0 +1,1 @@
+"""The DIMSE face of compacs: one module per service, each handler thin."""

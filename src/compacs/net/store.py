@@ -1,0 +1,40 @@
+"""Storage Service Class SCP (PS3.4 Annex B): C-STORE, handed straight to ingest.
+
+The handler takes the encoded data set as the peer sent it (no decoding of pixel data,
+pynetdicom's ``encoded_dataset``) and turns the ingest outcome into a response.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
+
+from compacs.ingest import Ingest, Received
+
+
+def make_store_handler(ingest: Ingest):
+    def handle_store(event: Event) -> Dataset:
+        request = event.request
+        assoc = event.assoc
+        outcome = ingest.receive(
+            Received(
+                dataset=event.encoded_dataset(include_meta=False),
+                transfer_syntax=str(event.context.transfer_syntax),
+                sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                calling_ae=assoc.requestor.ae_title,
+                called_ae=assoc.acceptor.ae_title,
+            )
+        )
+        response = Dataset()
+        response.Status = int(outcome.status)
+        if outcome.comment:
+            response.ErrorComment = outcome.comment[:64]  # LO, PS3.7 C.4.2
+        return response
+
+    return handle_store
+
+
+def handlers(ingest: Ingest):
+    return [(evt.EVT_C_STORE, make_store_handler(ingest))]

@@ -1,0 +1,32 @@
+"""Blob stores: where the DICOM files live, behind one small interface.
+
+Backends are chosen by the scheme of a storage URL, from :data:`BACKENDS`; a new backend
+(S3, ...) registers itself there and nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from compacs.storage.base import BlobStore, StorageFull, validate_key
+from compacs.storage.filesystem import FileStore
+
+BACKENDS: dict[str, Callable[[str], BlobStore]] = {
+    "file": FileStore.from_url,
+}
+
+
+def open_store(url: str) -> BlobStore:
+    """Open the blob store named by ``url`` (``file:///abs/path``)."""
+    scheme = urlsplit(url).scheme
+    try:
+        factory = BACKENDS[scheme]
+    except KeyError:
+        raise ValueError(
+            f"storage URL {url!r}: unknown scheme {scheme!r} (known: {', '.join(BACKENDS)})"
+        ) from None
+    return factory(url)
+
+
+__all__ = ["BACKENDS", "BlobStore", "FileStore", "StorageFull", "open_store", "validate_key"]

@@ -1,0 +1,59 @@
+"""The blob-store interface.
+
+Objects are immutable: a key is written once, read many times and deleted; a changed
+object (a compressed one, a replacement) gets a new key. ``put`` is durable when it
+returns, so the index may reference the key and the sender may be told Success.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import BinaryIO, Protocol
+
+
+class StorageFull(OSError):
+    """The backend has no room for the object (answered to senders as 0xA700)."""
+
+
+# Keys are relative paths of safe components: no empty part, no '.' or '..', no
+# separators other than '/', no characters a file system or object store may treat
+# specially. compacs builds keys from validated UIDs; this is the second line of defence.
+_KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+
+
+def validate_key(key: str) -> str:
+    parts = key.split("/")
+    if not parts or any(not _KEY_PART.fullmatch(p) or p in {".", ".."} for p in parts):
+        raise ValueError(f"unsafe storage key {key!r}")
+    if ".." in parts:
+        raise ValueError(f"unsafe storage key {key!r}")
+    return key
+
+
+class BlobStore(Protocol):
+    url: str
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``; durable on return. Raises StorageFull when full."""
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; FileNotFoundError when absent."""
+
+    def open(self, key: str) -> BinaryIO:
+        """A binary file object for reading the object."""
+
+    def delete(self, key: str) -> None:
+        """Remove the object; absent objects are ignored."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int: ...
+
+    def keys(self) -> Iterator[str]:
+        """Every stored key (for verify and reindex)."""
+
+    def recover(self) -> int:
+        """Remove what an interrupted put left behind; return how many leftovers."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,157 @@
+"""Shared fixtures: real compacs processes on free 127.0.0.1 ports, and DICOM clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dcmtk_env() -> dict[str, str]:
+    """DCMTK tools stall ~40 ms per message on Nagle's algorithm without TCP_NODELAY."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def require_dcmtk() -> None:
+    if shutil.which("storescu") is None:
+        pytest.fail("DCMTK is not installed: run the suite with `make test`, which installs it")
+
+
+def echo(port: int, aet: str = "COMPACS", timeout: float = 5) -> int | None:
+    """C-ECHO status from the node at ``port``, or None when no association was made."""
+    ae = AE(ae_title="ECHOSCU")
+    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+    if not assoc.is_established:
+        return None
+    try:
+        status = assoc.send_c_echo()
+        return int(status.Status) if "Status" in status else None
+    finally:
+        assoc.release()
+
+
+class NodeProcess:
+    """``compacs serve`` in its own process, as an admin or a service manager runs it."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        aet: str = "COMPACS",
+        config: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+        wrapper: tuple[str, ...] = (),
+    ) -> None:
+        self.data_dir = data_dir
+        self.aet = aet
+        self.port = free_port()
+        self.config = config
+        self.extra_args = extra_args
+        self.wrapper = wrapper
+        self.log_path = data_dir.parent / f"{data_dir.name}-serve-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def command(self) -> list[str]:
+        cmd = [*self.wrapper, sys.executable, "-m", "compacs", "serve"]
+        cmd += ["--data-dir", str(self.data_dir), "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--aet", self.aet]
+        if self.config:
+            cmd += ["--config", str(self.config)]
+        return cmd + list(self.extra_args)
+
+    def start(self, timeout: float = 30) -> NodeProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.command, stdout=log, stderr=log, cwd=ROOT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"compacs exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if echo(self.port, self.aet, timeout=2) == 0:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"compacs did not answer C-ECHO within {timeout} s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, "--data-dir", str(self.data_dir))
+
+    def stats(self) -> dict:
+        result = self.cli("stats", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "compacs", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator:
+    nodes: list[NodeProcess] = []
+
+    def make(name: str = "data", *, start: bool = True, **kwargs) -> NodeProcess:
+        node = NodeProcess(tmp_path / name, **kwargs)
+        nodes.append(node)
+        return node.start() if start else node
+
+    yield make
+    for node in nodes:
+        node.stop(timeout=30)
+
+
+@pytest.fixture
+def node(node_factory) -> NodeProcess:
+    return node_factory()
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

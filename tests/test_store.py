@@ -1,0 +1,174 @@
+"""C-ECHO and C-STORE end to end: real compacs process, pynetdicom SCUs over 127.0.0.1."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+
+from compacs.dicom.status import Status
+from compacs.synthetic import ct_series
+from tests.conftest import echo, write_config
+from tests.dicomfiles import storage_files
+from tests.scu import send_datasets, send_files
+
+# Files among the public test data that a careful archive must refuse, and why.
+# Each of these is a deliberately damaged fixture of pydicom's test suite.
+EXPECTED_REFUSALS = {
+    # (0008,0018) in the data set differs from the file meta / request UID
+    "badVR.dcm": Status.DATASET_MISMATCH,
+    "rtdose.dcm": Status.DATASET_MISMATCH,
+    "rtdose_1frame.dcm": Status.DATASET_MISMATCH,
+    "rtdose_expb.dcm": Status.DATASET_MISMATCH,
+    "rtdose_expb_1frame.dcm": Status.DATASET_MISMATCH,
+    "rtplan.dcm": Status.DATASET_MISMATCH,
+    # no Study Instance UID: codec fixtures stripped to the pixel module
+    "JPEGLSNearLossless_08.dcm": Status.INVALID_UID,
+    "JPEGLSNearLossless_16.dcm": Status.INVALID_UID,
+    "SC_rgb_jls_lossy_line.dcm": Status.INVALID_UID,
+    "SC_rgb_jls_lossy_sample.dcm": Status.INVALID_UID,
+    # UIDs replaced by SHA-256 hex strings (anonymised upload): not UIDs (PS3.5 9.1)
+    "bad_sequence.dcm": Status.INVALID_UID,
+    # pixel data shorter than declared / encapsulation without its delimiter
+    "MR_truncated.dcm": Status.CANNOT_UNDERSTAND,
+    "emri_small_jpeg_2k_lossless_too_short.dcm": Status.CANNOT_UNDERSTAND,
+    "rtplan_truncated.dcm": Status.CANNOT_UNDERSTAND,
+}
+
+
+def index_row(data_dir: Path, sop_instance_uid: str) -> tuple | None:
+    with sqlite3.connect(data_dir / "index.sqlite") as conn:
+        return conn.execute(
+            "SELECT storage_key, transfer_syntax_received, transfer_syntax_stored, sha256 "
+            "FROM instances WHERE sop_instance_uid = ?",
+            (sop_instance_uid,),
+        ).fetchone()
+
+
+def stored_path(data_dir: Path, sop_instance_uid: str) -> Path:
+    row = index_row(data_dir, sop_instance_uid)
+    assert row is not None, f"{sop_instance_uid} is not indexed"
+    return data_dir / "store" / row[0]
+
+
+def body(path: Path) -> bytes:
+    """The data set bytes of a Part 10 file (what follows the File Meta group)."""
+    ds = dcmread(path, stop_before_pixels=True)
+    raw = path.read_bytes()
+    import struct
+
+    (group_length,) = struct.unpack_from("<L", raw, 132 + 8)
+    assert ds.file_meta is not None
+    return raw[132 + 12 + group_length :]
+
+
+def test_echo(node):
+    assert echo(node.port) == Status.SUCCESS
+
+
+def test_every_public_file_round_trips_in_its_own_syntax(node_factory, tmp_path):
+    """Each storage file from pydicom and pydicom-data, sent verbatim in its own transfer
+    syntax, is stored byte for byte and reads back as the same data set; the damaged ones
+    are refused with the status that says why."""
+    config = write_config(tmp_path / "replace.toml", '[ingest]\nduplicates = "replace"\n')
+    node = node_factory(config=config)
+    files = storage_files()
+    assert len(files) > 150
+    syntaxes = {f.transfer_syntax for f in files}
+    assert len(syntaxes) >= 12  # uncompressed, deflated, big endian, RLE, JPEG, JLS, J2K...
+
+    for f in files:
+        # one at a time: several fixtures share a SOP Instance UID, and "replace" keeps
+        # the last, so each is checked right after it is stored
+        (status,) = send_files(node.port, [f])
+        expected = EXPECTED_REFUSALS.get(f.name, Status.SUCCESS)
+        assert status == expected, f"{f.name}: 0x{status:04X}, expected 0x{expected:04X}"
+        if status != Status.SUCCESS:
+            continue
+        stored = stored_path(node.data_dir, f.sop_instance_uid)
+        assert body(stored) == body(f.path), f.name
+        original, copy = dcmread(f.path), dcmread(stored)
+        assert copy == original, f.name
+        assert copy.file_meta.TransferSyntaxUID == f.transfer_syntax
+        assert copy.file_meta.MediaStorageSOPInstanceUID == f.sop_instance_uid
+        assert copy.file_meta.SourceApplicationEntityTitle == "STORESCU"
+        row = index_row(node.data_dir, f.sop_instance_uid)
+        assert row[1] == row[2] == f.transfer_syntax
+    assert echo(node.port) == Status.SUCCESS
+
+
+def test_generated_ct_series_is_indexed_and_counted(node):
+    datasets = list(ct_series(200, seed=3))
+    statuses = send_datasets(node.port, datasets)
+    assert statuses == [Status.SUCCESS] * 200
+
+    stats = node.stats()
+    assert (stats["patients"], stats["studies"], stats["series"], stats["instances"]) == (
+        1,
+        1,
+        1,
+        200,
+    )
+    sizes = [stored_path(node.data_dir, ds.SOPInstanceUID).stat().st_size for ds in datasets]
+    assert stats["bytes_received"] == stats["bytes_stored"] == sum(sizes)
+    assert stats["pending"] == 0
+    assert stats["by_modality"]["CT"]["instances"] == 200
+    assert stats["by_transfer_syntax"][ExplicitVRLittleEndian]["instances"] == 200
+    assert dcmread(stored_path(node.data_dir, datasets[17].SOPInstanceUID)) == datasets[17]
+
+
+@pytest.mark.parametrize("policy", ["keep-first", "replace"])
+def test_duplicate_sop_instance_leaves_one_copy_and_one_row(node_factory, tmp_path, policy):
+    config = write_config(tmp_path / "dup.toml", f'[ingest]\nduplicates = "{policy}"\n')
+    node = node_factory(config=config)
+    first, second = list(ct_series(1, 64, 64, seed=11)), list(ct_series(1, 64, 64, seed=12))
+    # same SOP Instance UID, different pixels: the second is a re-send with new content
+    second[0].SOPInstanceUID = first[0].SOPInstanceUID
+    second[0].file_meta.MediaStorageSOPInstanceUID = first[0].SOPInstanceUID
+    second[0].StudyInstanceUID = first[0].StudyInstanceUID
+    second[0].SeriesInstanceUID = first[0].SeriesInstanceUID
+    assert send_datasets(node.port, first) == [Status.SUCCESS]
+    assert send_datasets(node.port, second) == [Status.SUCCESS]
+
+    uid = first[0].SOPInstanceUID
+    files = [p for p in (node.data_dir / "store").rglob("*.dcm")]
+    assert len(files) == 1
+    assert node.stats()["instances"] == 1
+    kept = dcmread(stored_path(node.data_dir, uid))
+    expected = first[0] if policy == "keep-first" else second[0]
+    assert kept.PixelData == expected.PixelData
+
+
+def test_four_concurrent_associations_store_everything(node):
+    """4 senders at once: every instance present, index and store agree."""
+    series = [list(ct_series(40, 128, 128, seed=100 + n, patient_id=f"P{n}")) for n in range(4)]
+    results: dict[int, list] = {}
+
+    def sender(n: int) -> None:
+        results[n] = send_datasets(node.port, series[n], calling=f"MOD{n}")
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(results[n] == [Status.SUCCESS] * 40 for n in range(4))
+
+    stats = node.stats()
+    assert (stats["patients"], stats["studies"], stats["instances"]) == (4, 4, 160)
+    with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
+        keys = {row[0] for row in conn.execute("SELECT storage_key FROM instances")}
+        callers = {row[0] for row in conn.execute("SELECT DISTINCT calling_ae FROM instances")}
+    on_disk = {
+        p.relative_to(node.data_dir / "store").as_posix()
+        for p in (node.data_dir / "store").rglob("*.dcm")
+    }
+    assert keys == on_disk
+    assert callers == {"MOD0", "MOD1", "MOD2", "MOD3"}
+    for n in range(4):
+        ds = series[n][7]
+        assert dcmread(stored_path(node.data_dir, ds.SOPInstanceUID)).PixelData == ds.PixelData
