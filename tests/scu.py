@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -17,16 +16,23 @@ from pynetdicom import AE, _config
 from tests.dicomfiles import DicomFile
 
 
-def storage_ae(calling: str = "STORESCU") -> AE:
+def storage_ae(calling: str = "STORESCU", timeout: float = 60) -> AE:
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     return ae
 
 
 @contextmanager
-def association(port: int, contexts: Iterable[tuple[str, str]], *, aet: str = "COMPACS",
-                calling: str = "STORESCU", max_pdu: int = 16382):
-    ae = storage_ae(calling)
+def association(
+    port: int,
+    contexts: Iterable[tuple[str, str]],
+    *,
+    aet: str = "COMPACS",
+    calling: str = "STORESCU",
+    max_pdu: int = 16382,
+    timeout: float = 60,
+):
+    ae = storage_ae(calling, timeout)
     ae.maximum_pdu_size = max_pdu
     for sop_class, ts in dict.fromkeys(contexts):
         ae.add_requested_context(sop_class, ts)

@@ -146,13 +146,16 @@ def test_sop_instance_uid_differing_from_the_request_is_refused(node):
     assert status == Status.DATASET_MISMATCH
     assert "(0008,0018)" in comment
     ds2 = good_slice(seed=5)
-    status, comment = send_raw(
-        node.port,
-        "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage, but the data set says CT
-        str(ds2.SOPInstanceUID),
-        ExplicitVRLittleEndian,
-        dataset_bytes(ds2),
-    ), None
+    status, comment = (
+        send_raw(
+            node.port,
+            "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage, but the data set says CT
+            str(ds2.SOPInstanceUID),
+            ExplicitVRLittleEndian,
+            dataset_bytes(ds2),
+        ),
+        None,
+    )
     assert status_of(status) == Status.DATASET_MISMATCH
     assert store_files(node.data_dir) == [] and indexed(node.data_dir) == 0
     assert_still_serving(node)
@@ -204,7 +207,9 @@ class CuttingProxy:
                 forwarded += len(data)
         finally:
             for s in (server, client):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
                 s.close()
             self.cut.set()
             self.listener.close()
@@ -234,8 +239,18 @@ def _private_tmpfs_wrapper(mountpoint: Path, size: str) -> tuple[str, ...]:
         pytest.fail("util-linux unshare is needed for the full-disk test")
     userns = () if os.geteuid() == 0 else ("-r",)
     script = f'mount -t tmpfs -o size={size} compacs-full "$1" && shift && exec "$@"'
-    return ("unshare", *userns, "-m", "--propagation", "private", "sh", "-c", script, "sh",
-            str(mountpoint))
+    return (
+        "unshare",
+        *userns,
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        str(mountpoint),
+    )
 
 
 def test_full_disk_answers_out_of_resources_and_recovers(node_factory, tmp_path):

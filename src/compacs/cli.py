@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="DICOM port (default 11112)")
     serve.add_argument("--aet", help="the node's AE title (default COMPACS)")
     serve.add_argument(
-        "--peer", type=_peer, action="append", metavar="AET@HOST:PORT",
+        "--peer",
+        type=_peer,
+        action="append",
+        metavar="AET@HOST:PORT",
         help="register a remote AE (repeatable)",
     )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -95,8 +95,12 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
         ),
     },
     "network": {
-        "max_pdu": ("max_pdu", (int,), lambda v: v == 0 or 4096 <= v <= 2**32 - 1,
-                    "0 (unlimited) or 4096..4294967295 bytes"),
+        "max_pdu": (
+            "max_pdu",
+            (int,),
+            lambda v: v == 0 or 4096 <= v <= 2**32 - 1,
+            "0 (unlimited) or 4096..4294967295 bytes",
+        ),
         "max_associations": ("max_associations", (int,), lambda v: 1 <= v <= 1000, "1..1000"),
         "acse_timeout": ("acse_timeout", (int, float), lambda v: v > 0, "seconds > 0"),
         "dimse_timeout": ("dimse_timeout", (int, float), lambda v: v > 0, "seconds > 0"),

@@ -78,16 +78,20 @@ class Ingest:
         self.index = index
         self.duplicates = duplicates
         self._in_flight = 0
+        self._closing = False
         self._idle = threading.Condition()
 
     # -- shutdown support -----------------------------------------------------------------
-    def drain(self, timeout: float) -> bool:
-        """Wait until no store is half-way through; True when idle."""
+    def close(self, timeout: float) -> bool:
+        """Refuse new stores (0xA700) and wait until none is half-way; True when idle."""
         with self._idle:
+            self._closing = True
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     def receive(self, rx: Received) -> Outcome:
         with self._idle:
+            if self._closing:
+                return Outcome(Status.OUT_OF_RESOURCES, "node is shutting down; send again later")
             self._in_flight += 1
         try:
             return self._receive(rx)
@@ -143,8 +147,9 @@ class Ingest:
             return Outcome(Status.SUCCESS, sop_instance_uid=sop_instance)
 
         digest = hashlib.sha256(data).hexdigest()
-        key = storage_key(attributes[STUDY]["study_uid"], attributes[SERIES]["series_uid"],
-                          sop_instance, digest)
+        key = storage_key(
+            attributes[STUDY]["study_uid"], attributes[SERIES]["series_uid"], sop_instance, digest
+        )
         try:
             self.store.put(key, data)
         except StorageFull as exc:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import socketserver
 import threading
+import time
 from types import FrameType
+
+import pydicom.config
 
 from compacs.config import Settings
 from compacs.index import open_index
@@ -20,6 +24,9 @@ log = logging.getLogger(__name__)
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # compacs validates what it relies on itself (UIDs, structure); pydicom's per-value
+        # validation on read would only slow the C-STORE path and flood the log.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(settings.resolved_store_url)
         leftovers = self.store.recover()
@@ -51,7 +58,11 @@ class Node:
         host, port = self.address
         log.info(
             "compacs %s listening on %s:%d (index %s, store %s)",
-            self.settings.ae_title, host, port, self.index.url, self.store.url,
+            self.settings.ae_title,
+            host,
+            port,
+            self.index.url,
+            self.store.url,
         )
         try:
             self.server.serve_forever(poll_interval=0.2)
@@ -59,26 +70,32 @@ class Node:
             self._shutdown()
 
     def stop(self) -> None:
-        """Stop accepting; serve_forever returns once in-flight stores have finished."""
-        threading.Thread(target=self.server.shutdown, daemon=True).start()
+        """Stop accepting; serve_forever returns, then in-flight stores are drained.
+
+        Only the socketserver loop is stopped here (pynetdicom's own shutdown() also
+        unregisters the server from an AE list it was never put on by make_server)."""
+        threading.Thread(
+            target=socketserver.BaseServer.shutdown, args=(self.server,), daemon=True
+        ).start()
 
     def _shutdown(self) -> None:
+        """Stop cleanly: no new association, stores in progress finish (their senders get
+        Success), later requests get 0xA700, then open associations are aborted."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.server.server_close()
         timeout = self.settings.drain_timeout
+        if not self.ingest.close(timeout):
+            log.error("stores still running after %.0f s; their senders got no Success", timeout)
         active = [a for a in self.server.active_associations if a.is_alive()]
         if active:
-            log.info("waiting up to %.0f s for %d association(s) to finish", timeout, len(active))
-        for assoc in active:
-            assoc.join(timeout)
-        for assoc in self.server.active_associations:
-            if assoc.is_alive():
-                log.warning("aborting association with %s", assoc.requestor.ae_title)
+            time.sleep(0.2)  # let the last responses leave before the abort
+            log.info("aborting %d open association(s)", len(active))
+            for assoc in active:
                 assoc.abort()
-        if not self.ingest.drain(timeout):
-            log.error("stores still running after %.0f s; their senders got no Success", timeout)
+            for assoc in active:
+                assoc.join(5)
         self.index.close()
         self.store.close()
         log.info("compacs stopped")

@@ -20,8 +20,21 @@ from compacs.dicom.syntaxes import (
 PREAMBLE = b"\x00" * 128 + b"DICM"
 IMPLEMENTATION_VERSION_NAME = f"COMPACS_{__version__}"[:16]
 
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-             b"UT", b"UV"}
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 
 
 def file_header(

@@ -30,8 +30,12 @@ TRANSFER_SYNTAXES: tuple[TransferSyntax, ...] = (
     TransferSyntax("1.2.840.10008.1.2.2", "Explicit VR Big Endian (retired)", False, True),
     # Encapsulated, PS3.5 A.4
     TransferSyntax("1.2.840.10008.1.2.5", "RLE Lossless", True, True),
-    TransferSyntax("1.2.840.10008.1.2.4.50", "JPEG Baseline (Process 1)", True, False, "ISO_10918_1"),
-    TransferSyntax("1.2.840.10008.1.2.4.51", "JPEG Extended (Process 2 & 4)", True, False, "ISO_10918_1"),
+    TransferSyntax(
+        "1.2.840.10008.1.2.4.50", "JPEG Baseline (Process 1)", True, False, "ISO_10918_1"
+    ),
+    TransferSyntax(
+        "1.2.840.10008.1.2.4.51", "JPEG Extended (Process 2 & 4)", True, False, "ISO_10918_1"
+    ),
     TransferSyntax("1.2.840.10008.1.2.4.57", "JPEG Lossless (Process 14)", True, True),
     TransferSyntax("1.2.840.10008.1.2.4.70", "JPEG Lossless SV1 (Process 14, SV1)", True, True),
     TransferSyntax("1.2.840.10008.1.2.4.80", "JPEG-LS Lossless", True, True),

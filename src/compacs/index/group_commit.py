@@ -118,4 +118,3 @@ class GroupCommitter:
                 future.set_exception(error)
             else:
                 future.set_result(value)
-

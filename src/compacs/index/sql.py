@@ -36,9 +36,7 @@ class SqlStatements:
         return cur.fetchone()
 
     # -- add ---------------------------------------------------------------------------
-    def _level_pk(
-        self, cur: Any, level: str, values: dict[str, Any], parent_pk: int | None
-    ) -> int:
+    def _level_pk(self, cur: Any, level: str, values: dict[str, Any], parent_pk: int | None) -> int:
         """pk of the level's row for ``values``, inserting it when new (first writer wins)."""
         table, key = TABLES[level], UNIQUE_COLUMN[level]
         row = self._one(cur, f"SELECT pk FROM {table} WHERE {key} = ?", (values[key],))
@@ -96,8 +94,9 @@ class SqlStatements:
 
         pk, old_key, old_series_pk = existing
         if duplicates is Duplicates.KEEP_FIRST:
-            return AddResult(added=False, obsolete_key=None if old_key == inst.storage_key
-                             else inst.storage_key)
+            return AddResult(
+                added=False, obsolete_key=None if old_key == inst.storage_key else inst.storage_key
+            )
         assignments = ", ".join(f"{c} = ?" for c in values)
         cur.execute(
             self._q(f"UPDATE instances SET {assignments} WHERE pk = ?"),
@@ -177,8 +176,7 @@ class SqlStatements:
             "FROM instances GROUP BY transfer_syntax_stored ORDER BY 1"
         )
         by_syntax = {
-            uid: {"name": name_of(uid), **_bytes_entry(n, r, s)}
-            for uid, n, r, s in cur.fetchall()
+            uid: {"name": name_of(uid), **_bytes_entry(n, r, s)} for uid, n, r, s in cur.fetchall()
         }
         return {
             **counts,

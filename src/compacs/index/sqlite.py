@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from compacs.index.base import AddResult, Duplicates, IndexUnavailable, InstanceLocation, NewInstance
+from compacs.index.base import (
+    AddResult,
+    Duplicates,
+    IndexUnavailable,
+    InstanceLocation,
+    NewInstance,
+)
 from compacs.index.group_commit import GroupCommitter
 from compacs.index.schema import SCHEMA_VERSION, create_statements
 from compacs.index.sql import SqlStatements
@@ -80,7 +86,9 @@ class SqliteIndex:
     # -- Index ---------------------------------------------------------------------------
     def add_instance(self, instance: NewInstance, duplicates: Duplicates) -> AddResult:
         try:
-            return self._writer.submit(lambda cur: self._sql.add_instance(cur, instance, duplicates))
+            return self._writer.submit(
+                lambda cur: self._sql.add_instance(cur, instance, duplicates)
+            )
         except sqlite3.Error as exc:
             raise IndexUnavailable(f"index commit failed: {exc}") from exc
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import Any
 
 from pynetdicom import AE
-from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from compacs.dicom.sop_classes import storage_sop_classes
 from compacs.dicom.syntaxes import accepted_for_storage
 
 
@@ -22,26 +23,29 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = super().get_request()
-        try:
+        with contextlib.suppress(OSError):
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
         return client, address
 
 
-def build_ae(ae_title: str, *, max_pdu: int, max_associations: int, timeouts: dict[str, float]) -> AE:
-    """An AE accepting Verification and every storage SOP class pynetdicom knows, each with
-    every transfer syntax a modality may send (PS3.5 Annex A)."""
+def build_ae(
+    ae_title: str, *, max_pdu: int, max_associations: int, timeouts: dict[str, float]
+) -> AE:
+    """An AE accepting Verification and every storage SOP class (see ``sop_classes``), each
+    with every transfer syntax a modality may send (PS3.5 Annex A)."""
     ae = AE(ae_title=ae_title)
     ae.maximum_pdu_size = max_pdu
     ae.maximum_associations = max_associations
     ae.acse_timeout = timeouts["acse"]
     ae.dimse_timeout = timeouts["dimse"]
     ae.network_timeout = timeouts["network"]
+    # PS3.8 9.3.4: reject an association addressed to another AE (reason 7, "called AE
+    # title not recognized"): a misconfigured modality learns at once, not after a store.
+    ae.require_called_aet = True
     ae.add_supported_context(Verification)
     syntaxes = accepted_for_storage()
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, syntaxes)
+    for sop_class in storage_sop_classes():
+        ae.add_supported_context(sop_class, syntaxes)
     return ae
 
 

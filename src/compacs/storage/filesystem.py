@@ -8,6 +8,7 @@ object or a temporary file that :meth:`FileStore.recover` removes at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -62,10 +63,8 @@ class FileStore:
                 missing.append(d)
                 d = d.parent
             for d in reversed(missing):
-                try:
+                with contextlib.suppress(FileExistsError):
                     d.mkdir()
-                except FileExistsError:
-                    pass
                 _fsync_dir(d.parent)
             self._known_dirs.add(directory)
 

@@ -1,0 +1,291 @@
+"""Plain-function tests: UIDs, structure checks, storage keys, stores, index, config."""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+import struct
+import threading
+
+import pytest
+from pydicom import dcmread
+
+from compacs.config import ConfigError, Peer, from_document, with_overrides
+from compacs.dicom.attributes import extract
+from compacs.dicom.part10 import structure_problem
+from compacs.dicom.sop_classes import storage_sop_classes
+from compacs.dicom.syntaxes import BY_UID, accepted_for_storage
+from compacs.dicom.uids import InvalidUID, is_valid_uid, require_uid
+from compacs.index import Duplicates, IndexUnavailable, NewInstance
+from compacs.index.group_commit import GroupCommitter
+from compacs.index.sqlite import SqliteIndex
+from compacs.ingest import storage_key
+from compacs.storage import FileStore, StorageFull, validate_key
+from compacs.synthetic import ct_series
+from tests.dicomfiles import by_name, storage_files
+from tests.scu import dataset_bytes
+
+EXPLICIT = "1.2.840.10008.1.2.1"
+
+
+@pytest.mark.parametrize("uid", ["1.2.840.10008.1.2", "0", "1.2.3." + "4" * 58, "1.2.0123"])
+def test_valid_uids(uid):
+    assert is_valid_uid(uid)
+
+
+@pytest.mark.parametrize(
+    "uid", ["", "1.2.", ".1.2", "1..2", "1.2.a", "../1", "1/2", "1.2\x00", "1" * 65, None, 12]
+)
+def test_invalid_uids(uid):
+    assert not is_valid_uid(uid)
+
+
+def test_require_uid_names_the_attribute():
+    with pytest.raises(InvalidUID, match=r"SeriesInstanceUID .* \(PS3.5 9.1"):
+        require_uid("1.2.x", "SeriesInstanceUID")
+    with pytest.raises(InvalidUID, match="StudyInstanceUID is missing"):
+        require_uid(None, "StudyInstanceUID")
+
+
+def test_storage_keys_are_safe_and_content_addressed():
+    key = storage_key("1.2.3", "1.2.3.4", "1.2.3.4.5", "ab" * 32)
+    assert validate_key(key) == key
+    assert key.endswith("/1.2.3/1.2.3.4/1.2.3.4.5.abababababababab.dcm")
+    assert key != storage_key("1.2.3", "1.2.3.4", "1.2.3.4.5", "cd" * 32)
+    for bad in ("../x", "a/../b", "/abs", "a//b", ".hidden", "a/b\\c", "a/b\x00"):
+        with pytest.raises(ValueError):
+            validate_key(bad)
+
+
+def _body(path) -> tuple[bytes, int, str]:
+    raw = path.read_bytes()
+    (group_length,) = struct.unpack_from("<L", raw, 140)
+    return (
+        raw,
+        144 + group_length,
+        str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID),
+    )
+
+
+def test_structure_check_accepts_every_intact_public_file():
+    damaged = {
+        "MR_truncated.dcm",
+        "rtplan_truncated.dcm",
+        "emri_small_jpeg_2k_lossless_too_short.dcm",
+        "SC_rgb_jpeg.dcm",  # Implicit VR data set in a file labelled Explicit VR
+    }
+    problems = {}
+    for f in storage_files():
+        raw, start, ts = _body(f.path)
+        if (problem := structure_problem(raw, start, ts)) is not None:
+            problems[f.name] = problem
+    assert set(problems) == damaged, problems
+
+
+def test_structure_check_finds_truncation_anywhere():
+    ds = next(ct_series(1, 32, 32))
+    body = dataset_bytes(ds)
+    assert structure_problem(body, 0, EXPLICIT) is None
+    for cut in (7, 100, len(body) // 2, len(body) - 1):
+        assert structure_problem(body[:cut], 0, EXPLICIT) is not None, cut
+    assert "Explicit VR" in structure_problem(dataset_bytes(ds, implicit=True), 0, EXPLICIT)
+
+
+def test_structure_check_walks_sequences_and_fragments():
+    raw, start, ts = _body(by_name("MR_small_RLE.dcm"))  # encapsulated
+    assert structure_problem(raw, start, ts) is None
+    no_delimiter = raw[: raw.rfind(b"\xfe\xff\xdd\xe0")]
+    assert "Sequence Delimitation" in structure_problem(no_delimiter, start, ts)
+    raw, start, ts = _body(by_name("rtplan.dcm"))  # nested undefined-length sequences
+    assert structure_problem(raw, start, ts) is None
+    raw, start, ts = _body(by_name("image_dfl.dcm"))  # deflated
+    assert structure_problem(raw, start, ts) is None
+    assert "inflated" in structure_problem(raw[:start] + b"\xff" * 50, start, ts)
+
+
+def test_every_stored_syntax_is_in_the_table_and_accepted():
+    for uid in ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.1.99"):
+        assert uid in accepted_for_storage()
+    assert (
+        not BY_UID["1.2.840.10008.1.2.4.91"].lossless and BY_UID["1.2.840.10008.1.2.4.90"].lossless
+    )
+    classes = storage_sop_classes()
+    assert "1.2.840.10008.5.1.4.1.1.2" in classes  # CT
+    assert "1.2.840.10008.5.1.4.1.1.6" in classes  # retired US Image Storage
+
+
+def test_extract_indexes_every_level():
+    ds = next(ct_series(1, 16, 16, patient_id="PX1"))
+    attrs = extract(ds)
+    assert attrs["PATIENT"]["patient_id"] == "PX1"
+    assert attrs["PATIENT"]["patient_name"] == "Synthetic^Phantom"
+    assert attrs["STUDY"]["study_uid"] == ds.StudyInstanceUID
+    assert attrs["SERIES"]["modality"] == "CT"
+    assert attrs["IMAGE"]["bits_stored"] == 12 and attrs["IMAGE"]["rows"] == 16
+
+
+# -- filesystem store ----------------------------------------------------------------
+
+
+def test_file_store_put_is_atomic_and_recovers_leftovers(tmp_path):
+    store = FileStore(tmp_path / "s")
+    store.put("ab/1.2/3.dcm", b"hello")
+    assert store.get("ab/1.2/3.dcm") == b"hello" and store.size("ab/1.2/3.dcm") == 5
+    assert list(store.keys()) == ["ab/1.2/3.dcm"]
+    (tmp_path / "s" / ".tmp" / "crash.part").write_bytes(b"half")
+    assert store.recover() == 1
+    assert list((tmp_path / "s" / ".tmp").iterdir()) == []
+    store.delete("ab/1.2/3.dcm")
+    store.delete("ab/1.2/3.dcm")  # idempotent
+    assert not store.exists("ab/1.2/3.dcm")
+    with pytest.raises(ValueError):
+        store.put("../escape.dcm", b"x")
+
+
+def test_file_store_reports_a_full_disk(tmp_path, monkeypatch):
+    store = FileStore(tmp_path / "s")
+    import compacs.storage.filesystem as fs
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fs.os, "write", full)
+    with pytest.raises(StorageFull):
+        store.put("x/1.dcm", b"data")
+    assert list((tmp_path / "s" / ".tmp").iterdir()) == []
+    assert not store.exists("x/1.dcm")
+
+
+# -- index -----------------------------------------------------------------------------
+
+
+def _instance(ds, key: str = "k/1.dcm", size: int = 100) -> NewInstance:
+    return NewInstance(
+        attributes=extract(ds),
+        storage_key=key,
+        transfer_syntax=EXPLICIT,
+        bytes_received=size,
+        bytes_stored=size,
+        sha256="0" * 64,
+        calling_ae="A",
+        called_ae="COMPACS",
+        received_at="2026-01-01T00:00:00+00:00",
+    )
+
+
+def test_index_levels_duplicates_and_stats(tmp_path):
+    index = SqliteIndex(tmp_path / "i.sqlite")
+    try:
+        a, b = list(ct_series(2, 8, 8, seed=1))
+        assert index.add_instance(_instance(a, "k/a.dcm"), Duplicates.KEEP_FIRST).added
+        assert index.add_instance(_instance(b, "k/b.dcm"), Duplicates.KEEP_FIRST).added
+        again = index.add_instance(_instance(a, "k/a2.dcm"), Duplicates.KEEP_FIRST)
+        assert not again.added and again.obsolete_key == "k/a2.dcm"
+        replaced = index.add_instance(_instance(a, "k/a3.dcm"), Duplicates.REPLACE)
+        assert replaced.added and replaced.obsolete_key == "k/a.dcm"
+        assert index.locate(str(a.SOPInstanceUID)).storage_key == "k/a3.dcm"
+        stats = index.stats()
+        assert (stats["patients"], stats["studies"], stats["series"], stats["instances"]) == (
+            1,
+            1,
+            1,
+            2,
+        )
+        assert stats["bytes_received"] == 200 and stats["by_modality"]["CT"]["instances"] == 2
+    finally:
+        index.close()
+
+
+def test_replacing_into_another_series_prunes_the_empty_one(tmp_path):
+    index = SqliteIndex(tmp_path / "i.sqlite")
+    try:
+        (a,) = ct_series(1, 8, 8, seed=1, patient_id="P1")
+        (b,) = ct_series(1, 8, 8, seed=2, patient_id="P2")
+        index.add_instance(_instance(a), Duplicates.REPLACE)
+        b.SOPInstanceUID = a.SOPInstanceUID  # same instance, now filed under another patient
+        index.add_instance(_instance(b, "k/2.dcm"), Duplicates.REPLACE)
+        stats = index.stats()
+        assert (stats["patients"], stats["studies"], stats["series"], stats["instances"]) == (
+            1,
+            1,
+            1,
+            1,
+        )
+    finally:
+        index.close()
+
+
+def test_index_schema_is_versioned_and_refuses_a_newer_one(tmp_path):
+    path = tmp_path / "i.sqlite"
+    SqliteIndex(path).close()
+    SqliteIndex(path).close()  # reopening migrates nothing
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (99)")
+    with pytest.raises(RuntimeError, match="newer than this compacs"):
+        SqliteIndex(path)
+
+
+def test_group_commit_isolates_a_failing_item_and_batches_concurrent_ones(tmp_path):
+    def connect():
+        conn = sqlite3.connect(tmp_path / "g.sqlite", isolation_level=None, check_same_thread=False)
+        conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER UNIQUE)")
+
+        class C:
+            cursor = conn.cursor
+            close = conn.close
+
+            def commit(self):
+                conn.execute("COMMIT")
+
+            def rollback(self):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
+        return C()
+
+    committer = GroupCommitter(connect)
+    errors, done = [], []
+
+    def add(v: int) -> None:
+        try:
+            committer.submit(lambda cur: cur.execute("INSERT INTO t VALUES (?)", (v,)))
+            done.append(v)
+        except sqlite3.IntegrityError:
+            errors.append(v)
+
+    threads = [threading.Thread(target=add, args=(v % 40,)) for v in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    committer.close()
+    assert len(done) == 40 and len(errors) == 10
+    with sqlite3.connect(tmp_path / "g.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 40
+
+
+def test_index_commit_failure_is_reported_as_unavailable(tmp_path):
+    index = SqliteIndex(tmp_path / "i.sqlite")
+    try:
+        with sqlite3.connect(tmp_path / "i.sqlite") as conn:  # sabotage: drop a table
+            conn.execute("DROP TABLE instances")
+        (a,) = ct_series(1, 8, 8)
+        with pytest.raises(IndexUnavailable):
+            index.add_instance(_instance(a), Duplicates.KEEP_FIRST)
+    finally:
+        index.close()
+
+
+# -- config ----------------------------------------------------------------------------
+
+
+def test_config_defaults_and_overrides():
+    settings = from_document({"node": {"port": 4242}, "ingest": {"duplicates": "replace"}})
+    assert settings.port == 4242 and settings.duplicates is Duplicates.REPLACE
+    settings = with_overrides(settings, port=5000, peers=[Peer.parse("X@h:1")])
+    assert settings.port == 5000 and [str(p) for p in settings.peers] == ["X@h:1"]
+    assert Peer.parse("PACS@[::1]:104").host == "::1"
+    with pytest.raises(ConfigError, match="AE title"):
+        Peer.parse("WAY-TOO-LONG-AE-TITLE@h:1")
+    with pytest.raises(ConfigError, match="expected"):
+        from_document({"network": {"max_pdu": True}})
