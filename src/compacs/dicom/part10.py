@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from io import BytesIO
-
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from compacs import __version__
 from compacs.dicom.syntaxes import (
@@ -18,6 +13,8 @@ from compacs.dicom.syntaxes import (
 )
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
+# compacs' Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived UID (PS3.5 B.2)
+IMPLEMENTATION_CLASS_UID = "2.25.41132603647913935187422880364919037599"
 IMPLEMENTATION_VERSION_NAME = f"COMPACS_{__version__}"[:16]
 
 _LONG_VRS = {
@@ -37,23 +34,34 @@ _LONG_VRS = {
 }
 
 
+def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element (PS3.5 7.1.2), value padded to even length."""
+    if len(value) % 2:
+        value += b"\x00" if vr in (b"UI", b"OB") else b" "
+    if vr == b"OB":
+        return struct.pack("<HH2s2xL", group, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
+
+
 def file_header(
     sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str = ""
 ) -> bytes:
-    """Preamble, prefix and File Meta Information group (PS3.10 7.1) for a received data set."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if source_ae:
-        meta.SourceApplicationEntityTitle = source_ae
-    out = BytesIO()
-    out.write(PREAMBLE)
-    write_file_meta_info(out, meta, enforce_standard=True)
-    return out.getvalue()
+    """Preamble, prefix and File Meta Information group (PS3.10 7.1) for a received data set.
+
+    Encoded by hand: it is built for every C-STORE, and the UIDs were validated before.
+    """
+    body = b"".join(
+        (
+            _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, 0x0002, b"UI", sop_class_uid.encode("ascii")),
+            _element(0x0002, 0x0003, b"UI", sop_instance_uid.encode("ascii")),
+            _element(0x0002, 0x0010, b"UI", transfer_syntax.encode("ascii")),
+            _element(0x0002, 0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+            _element(0x0002, 0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii")),
+            _element(0x0002, 0x0016, b"AE", source_ae.encode("ascii")) if source_ae else b"",
+        )
+    )
+    return PREAMBLE + struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(body)) + body
 
 
 class Malformed(ValueError):
