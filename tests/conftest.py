@@ -152,6 +152,16 @@ def node(node_factory) -> NodeProcess:
     return node_factory()
 
 
+# Tests of the receive path keep what was sent byte for byte: compression off.
+NO_COMPRESSION = '[compression]\nwhen = "off"\n'
+
+
+@pytest.fixture
+def plain_node(node_factory, tmp_path) -> NodeProcess:
+    """A node that stores what it receives as received (compression off)."""
+    return node_factory(config=write_config(tmp_path / "plain.toml", NO_COMPRESSION))
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

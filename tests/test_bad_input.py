@@ -18,7 +18,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import echo, free_port
+from tests.conftest import NO_COMPRESSION, echo, free_port, write_config
 from tests.scu import association, dataset_bytes, send_datasets, send_raw, status_of
 
 
@@ -256,7 +256,8 @@ def _private_tmpfs_wrapper(mountpoint: Path, size: str) -> tuple[str, ...]:
 def test_full_disk_answers_out_of_resources_and_recovers(node_factory, tmp_path):
     data_dir = tmp_path / "full"
     data_dir.mkdir()
-    node = node_factory("full", wrapper=_private_tmpfs_wrapper(data_dir, "4m"))
+    config = write_config(tmp_path / "plain.toml", NO_COMPRESSION)
+    node = node_factory("full", config=config, wrapper=_private_tmpfs_wrapper(data_dir, "4m"))
     view = Path(f"/proc/{node.proc.pid}/root") / data_dir.relative_to("/")
     ballast = view / "ballast"
     ballast.write_bytes(b"\0" * 1_500_000)  # space the admin can free later

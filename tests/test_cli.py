@@ -29,7 +29,8 @@ STATS_KEYS = {
 }
 
 
-def test_stats_json_has_the_documented_keys(node):
+def test_stats_json_has_the_documented_keys(plain_node):
+    node = plain_node
     assert send_datasets(node.port, list(ct_series(3, 64, 64))) == [Status.SUCCESS] * 3
     stats = node.stats()
     assert set(stats) >= STATS_KEYS

@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import echo, write_config
+from tests.conftest import NO_COMPRESSION, echo, write_config
 from tests.dicomfiles import storage_files
 from tests.scu import send_datasets, send_files
 
@@ -77,7 +77,9 @@ def test_every_public_file_round_trips_in_its_own_syntax(node_factory, tmp_path)
     """Each storage file from pydicom and pydicom-data, sent verbatim in its own transfer
     syntax, is stored byte for byte and reads back as the same data set; the damaged ones
     are refused with the status that says why."""
-    config = write_config(tmp_path / "replace.toml", '[ingest]\nduplicates = "replace"\n')
+    config = write_config(
+        tmp_path / "replace.toml", '[ingest]\nduplicates = "replace"\n' + NO_COMPRESSION
+    )
     node = node_factory(config=config)
     files = storage_files()
     assert len(files) > 150
@@ -104,7 +106,8 @@ def test_every_public_file_round_trips_in_its_own_syntax(node_factory, tmp_path)
     assert echo(node.port) == Status.SUCCESS
 
 
-def test_generated_ct_series_is_indexed_and_counted(node):
+def test_generated_ct_series_is_indexed_and_counted(plain_node):
+    node = plain_node
     datasets = list(ct_series(200, seed=3))
     statuses = send_datasets(node.port, datasets)
     assert statuses == [Status.SUCCESS] * 200
@@ -126,7 +129,9 @@ def test_generated_ct_series_is_indexed_and_counted(node):
 
 @pytest.mark.parametrize("policy", ["keep-first", "replace"])
 def test_duplicate_sop_instance_leaves_one_copy_and_one_row(node_factory, tmp_path, policy):
-    config = write_config(tmp_path / "dup.toml", f'[ingest]\nduplicates = "{policy}"\n')
+    config = write_config(
+        tmp_path / "dup.toml", f'[ingest]\nduplicates = "{policy}"\n' + NO_COMPRESSION
+    )
     node = node_factory(config=config)
     first, second = list(ct_series(1, 64, 64, seed=11)), list(ct_series(1, 64, 64, seed=12))
     # same SOP Instance UID, different pixels: the second is a re-send with new content
@@ -146,7 +151,8 @@ def test_duplicate_sop_instance_leaves_one_copy_and_one_row(node_factory, tmp_pa
     assert kept.PixelData == expected.PixelData
 
 
-def test_four_concurrent_associations_store_everything(node):
+def test_four_concurrent_associations_store_everything(plain_node):
+    node = plain_node
     """4 senders at once: every instance present, index and store agree."""
     series = [list(ct_series(40, 128, 128, seed=100 + n, patient_id=f"P{n}")) for n in range(4)]
     results: dict[int, list] = {}

@@ -43,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
+    compress = sub.add_parser(
+        "compress", help="apply the compression policy to everything already stored"
+    )
+    _common(compress)
+    compress.add_argument("--dry-run", action="store_true", help="only say what would change")
+    compress.add_argument("--workers", type=int, help="threads (default: [compression] workers)")
+    compress.add_argument(
+        "--retry",
+        action="store_true",
+        help="also retry instances that failed, were kept or skipped",
+    )
+
     stats = sub.add_parser("stats", help="counts and bytes stored")
     _common(stats)
     stats.add_argument("--json", action="store_true", help="machine-readable output")
@@ -71,6 +83,37 @@ def cmd_serve(settings: Settings) -> int:
     return 0
 
 
+def cmd_compress(settings: Settings, args: argparse.Namespace) -> int:
+    from compacs.index import open_index
+    from compacs.jobs.compress import FAILED, Compressor
+    from compacs.maintenance import compress_stored
+    from compacs.storage import open_store
+
+    if settings.index_url is None and not (settings.data_dir / "index.sqlite").exists():
+        print(f"compacs: no index in {settings.data_dir} (nothing stored yet?)", file=sys.stderr)
+        return 1
+    store = open_store(settings.resolved_store_url)
+    index = open_index(settings.resolved_index_url)
+    try:
+        policy = settings.policy
+        if policy.when == "off":
+            from dataclasses import replace
+
+            policy = replace(policy, when="deferred")  # an explicit command overrides 'off'
+        compressor = Compressor(store, index, policy)
+        summary = compress_stored(
+            compressor,
+            index,
+            policy,
+            workers=args.workers or max(policy.workers, 1),
+            retry=args.retry,
+            dry_run=args.dry_run,
+        )
+    finally:
+        index.close()
+    return 3 if summary.states[FAILED] else 0
+
+
 def cmd_stats(settings: Settings, as_json: bool) -> int:
     from compacs.index import open_index
 
@@ -93,6 +136,7 @@ def cmd_stats(settings: Settings, as_json: bool) -> int:
         f"received {_size(stats['bytes_received'])}  stored {_size(stats['bytes_stored'])}  "
         f"ratio {stats['ratio']:.2f}"
     )
+    print("compression: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["compression"].items())))
     for title, key, label in (
         ("by modality", "by_modality", lambda k, v: k),
         ("by stored transfer syntax", "by_transfer_syntax", lambda k, v: f"{v['name']} ({k})"),
@@ -132,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "serve":
         return cmd_serve(settings)
+    if args.command == "compress":
+        return cmd_compress(settings, args)
     if args.command == "stats":
         return cmd_stats(settings, args.json)
     raise AssertionError(args.command)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from compacs.index.base import Duplicates
+from compacs.rules import DEFAULT_POLICY, Policy, RuleError, parse_rule
 
 AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 6.2: AE, no backslash
 
@@ -68,6 +69,7 @@ class Settings:
     network_timeout: float = 300.0
     drain_timeout: float = 30.0
     peers: tuple[Peer, ...] = field(default_factory=tuple)
+    policy: Policy = DEFAULT_POLICY
 
     @property
     def resolved_index_url(self) -> str:
@@ -150,10 +152,14 @@ def from_document(doc: dict[str, Any], source: str = "<config>") -> Settings:
         if section == "peers":
             values["peers"] = tuple(_peers(body, source))
             continue
+        if section == "compression":
+            values["policy"] = _policy(body, source)
+            continue
         keys = SCHEMA.get(section)
         if keys is None:
             raise ConfigError(
-                f"{source}: unknown section [{section}] (known: {', '.join([*SCHEMA, 'peers'])})"
+                f"{source}: unknown section [{section}] "
+                f"(known: {', '.join([*SCHEMA, 'compression', 'peers'])})"
             )
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
@@ -183,6 +189,51 @@ def _peers(body: Any, source: str) -> list[Peer]:
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return peers
+
+
+_POLICY_KEYS: dict[str, tuple[tuple[type, ...], Check, str]] = {
+    "when": ((str,), lambda v: v in {"ingest", "deferred", "off"}, "'ingest', 'deferred' or 'off'"),
+    "delay": ((int, float), lambda v: v >= 0, "seconds >= 0"),
+    "workers": ((int,), lambda v: 0 <= v <= 64, "0..64 compression threads"),
+    "require_smaller": ((bool,), _ANY, "true or false"),
+    "recompress_lossy": ((bool,), _ANY, "true or false"),
+}
+
+
+def _policy(body: Any, source: str) -> Policy:
+    if not isinstance(body, dict):
+        raise ConfigError(f"{source}: [compression] must be a table")
+    values: dict[str, Any] = {}
+    for key, value in body.items():
+        if key == "rules":
+            if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+                raise ConfigError(
+                    f"{source}: compression.rules must be [[compression.rules]] tables"
+                )
+            try:
+                rules = tuple(
+                    parse_rule(r, f"{source}: [[compression.rules]] #{n}")
+                    for n, r in enumerate(value, 1)
+                )
+            except RuleError as exc:
+                raise ConfigError(str(exc)) from None
+            values["rules"] = rules
+            continue
+        if key not in _POLICY_KEYS:
+            raise ConfigError(
+                f"{source}: [compression] unknown key {key!r} "
+                f"(known: {', '.join([*_POLICY_KEYS, 'rules'])})"
+            )
+        types, check, expected = _POLICY_KEYS[key]
+        bool_ok = bool in types
+        if (
+            not isinstance(value, types)
+            or (isinstance(value, bool) and not bool_ok)
+            or not check(value)
+        ):
+            raise ConfigError(f"{source}: [compression] {key} = {value!r}: expected {expected}")
+        values[key] = value
+    return replace(DEFAULT_POLICY, **values)
 
 
 def with_overrides(settings: Settings, **overrides: Any) -> Settings:

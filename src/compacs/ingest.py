@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
@@ -22,6 +24,7 @@ from compacs.dicom.part10 import file_header, structure_problem
 from compacs.dicom.status import Status
 from compacs.dicom.uids import InvalidUID, require_uid
 from compacs.index import Duplicates, Index, IndexUnavailable, NewInstance
+from compacs.rules import DEFAULT_POLICY, Policy, facts_of
 from compacs.storage import BlobStore, StorageFull
 
 log = logging.getLogger(__name__)
@@ -73,10 +76,24 @@ def storage_key(study_uid: str, series_uid: str, sop_instance_uid: str, sha256: 
 
 
 class Ingest:
-    def __init__(self, store: BlobStore, index: Index, duplicates: Duplicates) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        index: Index,
+        duplicates: Duplicates,
+        policy: Policy = DEFAULT_POLICY,
+        *,
+        compress_now: Callable[[str], object] | None = None,
+        queued: Callable[[], None] | None = None,
+    ) -> None:
+        """``compress_now(sop_instance_uid)`` compresses before the response (policy
+        ``when = "ingest"``); ``queued()`` tells the workers a job is waiting."""
         self.store = store
         self.index = index
         self.duplicates = duplicates
+        self.policy = policy
+        self.compress_now = compress_now
+        self.queued = queued
         self._in_flight = 0
         self._closing = False
         self._idle = threading.Condition()
@@ -157,6 +174,22 @@ class Ingest:
         except OSError as exc:
             raise Rejected(Status.OUT_OF_RESOURCES, f"storage write failed: {exc}") from None
 
+        decision = self.policy.decide(
+            facts_of(
+                {
+                    **attributes[IMAGE],
+                    "modality": attributes[SERIES]["modality"],
+                    "calling_ae": rx.calling_ae,
+                    "called_ae": rx.called_ae,
+                    "transfer_syntax_received": rx.transfer_syntax,
+                }
+            )
+        )
+        due = None
+        if decision is not None:
+            # at ingest the handler compresses at once; the queued job is only the safety
+            # net for a crash in between, so the workers leave it alone for a while
+            due = time.time() + (self.policy.delay if self.policy.when == "deferred" else 60)
         instance = NewInstance(
             attributes=attributes,
             storage_key=key,
@@ -167,6 +200,7 @@ class Ingest:
             calling_ae=rx.calling_ae,
             called_ae=rx.called_ae,
             received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            compress_after=due,
         )
         try:
             result = self.index.add_instance(instance, self.duplicates)
@@ -180,7 +214,20 @@ class Ingest:
             self._discard(result.obsolete_key)
         if not result.added:
             log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
+        elif due is not None:
+            self._compress(sop_instance)
         return Outcome(Status.SUCCESS, sop_instance_uid=sop_instance)
+
+    def _compress(self, sop_instance: str) -> None:
+        """Compress now (policy 'ingest') or wake the workers; never fails the store:
+        the original is durable and indexed, and its job stays queued on any error."""
+        if self.policy.when == "ingest" and self.compress_now is not None:
+            try:
+                self.compress_now(sop_instance)
+            except Exception:
+                log.exception("compression at ingest of %s failed; stays queued", sop_instance)
+        elif self.queued is not None:
+            self.queued()
 
     def _discard(self, key: str) -> None:
         try:

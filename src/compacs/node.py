@@ -14,6 +14,8 @@ import pydicom.config
 from compacs.config import Settings
 from compacs.index import open_index
 from compacs.ingest import Ingest
+from compacs.jobs.compress import Compressor
+from compacs.jobs.workers import CompressionWorkers
 from compacs.net import echo, store
 from compacs.net.server import build_ae, make_server
 from compacs.storage import open_store
@@ -33,7 +35,17 @@ class Node:
         if leftovers:
             log.warning("removed %d partial object(s) left by an interrupted write", leftovers)
         self.index = open_index(settings.resolved_index_url)
-        self.ingest = Ingest(self.store, self.index, settings.duplicates)
+        policy = settings.policy
+        self.compressor = Compressor(self.store, self.index, policy)
+        self.workers = CompressionWorkers(self.compressor, self.index, policy.workers)
+        self.ingest = Ingest(
+            self.store,
+            self.index,
+            settings.duplicates,
+            policy,
+            compress_now=self._compress_now,
+            queued=self.workers.wake,
+        )
         self.ae = build_ae(
             settings.ae_title,
             max_pdu=settings.max_pdu,
@@ -48,6 +60,11 @@ class Node:
             self.ae, settings.host, settings.port, echo.HANDLERS + store.handlers(self.ingest)
         )
         self._stopped = threading.Event()
+
+    def _compress_now(self, sop_instance_uid: str) -> None:
+        facts = self.index.claim_instance(sop_instance_uid, "ingest")
+        if facts is not None:
+            self.compressor.process(facts)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -64,6 +81,7 @@ class Node:
             self.index.url,
             self.store.url,
         )
+        self.workers.start()
         try:
             self.server.serve_forever(poll_interval=0.2)
         finally:
@@ -96,6 +114,7 @@ class Node:
                 assoc.abort()
             for assoc in active:
                 assoc.join(5)
+        self.workers.stop(timeout)
         self.index.close()
         self.store.close()
         log.info("compacs stopped")

@@ -13,8 +13,10 @@ from compacs.index.base import (
     Duplicates,
     Index,
     IndexUnavailable,
+    InstanceFacts,
     InstanceLocation,
     NewInstance,
+    ObjectChange,
 )
 from compacs.index.sqlite import SqliteIndex
 
@@ -41,7 +43,9 @@ __all__ = [
     "Duplicates",
     "Index",
     "IndexUnavailable",
+    "InstanceFacts",
     "InstanceLocation",
     "NewInstance",
+    "ObjectChange",
     "open_index",
 ]

@@ -35,6 +35,9 @@ class NewInstance:
     called_ae: str
     received_at: str
     """ISO 8601 UTC time of receipt."""
+    compress_after: float | None = None
+    """Epoch seconds after which the instance is due for compression (a job is queued in
+    the same transaction), or None when the policy keeps it as received."""
 
     @property
     def sop_instance_uid(self) -> str:
@@ -64,6 +67,22 @@ class InstanceLocation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ObjectChange:
+    """A new object for an instance: what the index switches to in one transaction."""
+
+    storage_key: str
+    transfer_syntax: str
+    bytes_stored: int
+    sha256: str
+
+
+# A work item / candidate: the instance's facts as a dict (see compacs.rules.MATCH_KEYS),
+# with pk, sop_instance_uid, storage_key, transfer_syntax_stored, bytes_stored,
+# study_uid, series_uid.
+InstanceFacts = dict[str, Any]
+
+
 class Index(Protocol):
     url: str
 
@@ -74,5 +93,23 @@ class Index(Protocol):
 
     def stats(self) -> dict[str, Any]:
         """Counts and bytes: the document behind ``compacs stats --json``."""
+
+    def claim_jobs(self, worker: str, limit: int, now: float) -> list[InstanceFacts]:
+        """Take up to ``limit`` due compression jobs for ``worker`` (none is taken twice)."""
+
+    def claim_instance(self, sop_instance_uid: str, worker: str) -> InstanceFacts | None:
+        """Take the job of one instance (compression at ingest)."""
+
+    def finish_job(
+        self, pk: int, old_key: str, change: ObjectChange | None, state: str, note: str | None
+    ) -> bool:
+        """Record the outcome and drop the job; with ``change``, switch the instance to the
+        new object if it still references ``old_key`` (False when it no longer does)."""
+
+    def release_claims(self) -> int:
+        """Make claimed jobs pending again (start-up after a crash)."""
+
+    def instances(self) -> list[InstanceFacts]:
+        """Every instance's facts (for ``compacs compress``)."""
 
     def close(self) -> None: ...

@@ -63,4 +63,24 @@ def create_statements(pk_declaration: str) -> list[str]:
     return statements
 
 
-SCHEMA_VERSION = 1
+def migrations(pk_declaration: str) -> dict[int, list[str]]:
+    """Statements that bring the schema from version N-1 to N, per N."""
+    return {
+        1: create_statements(pk_declaration),
+        # 2: compression state per instance, and the durable queue of pending compressions
+        2: [
+            "ALTER TABLE instances ADD COLUMN compression TEXT",
+            "ALTER TABLE instances ADD COLUMN compression_note TEXT",
+            "CREATE TABLE jobs (\n"
+            "  instance_fk BIGINT PRIMARY KEY REFERENCES instances(pk) ON DELETE CASCADE,\n"
+            "  not_before DOUBLE PRECISION NOT NULL,\n"
+            "  claimed_by TEXT,\n"
+            "  claimed_at DOUBLE PRECISION,\n"
+            "  attempts INTEGER NOT NULL DEFAULT 0\n"
+            ")",
+            "CREATE INDEX ix_jobs_not_before ON jobs (not_before)",
+        ],
+    }
+
+
+SCHEMA_VERSION = 2

@@ -12,7 +12,14 @@ from typing import Any
 
 from compacs.dicom.attributes import IMAGE, INDEXED, PATIENT, SERIES, STUDY
 from compacs.dicom.syntaxes import name_of
-from compacs.index.base import AddResult, Duplicates, InstanceLocation, NewInstance
+from compacs.index.base import (
+    AddResult,
+    Duplicates,
+    InstanceFacts,
+    InstanceLocation,
+    NewInstance,
+    ObjectChange,
+)
 from compacs.index.schema import INSTANCE_STORAGE_COLUMNS, PARENT_FK, TABLES
 
 UNIQUE_COLUMN = {level: INDEXED[level][0].column for level in INDEXED}
@@ -90,6 +97,7 @@ class SqlStatements:
                 self._q(f"INSERT INTO instances ({', '.join(columns)}) VALUES ({marks})"),
                 [values[c] for c in columns],
             )
+            self._queue_job(cur, inst)
             return AddResult(added=True)
 
         pk, old_key, old_series_pk = existing
@@ -97,14 +105,127 @@ class SqlStatements:
             return AddResult(
                 added=False, obsolete_key=None if old_key == inst.storage_key else inst.storage_key
             )
+        values.update(compression=None, compression_note=None)
         assignments = ", ".join(f"{c} = ?" for c in values)
         cur.execute(
             self._q(f"UPDATE instances SET {assignments} WHERE pk = ?"),
             [*values.values(), pk],
         )
+        cur.execute(self._q("DELETE FROM jobs WHERE instance_fk = ?"), (pk,))
+        self._queue_job(cur, inst)
         if old_series_pk != series_pk:
             self._prune_series(cur, old_series_pk)
         return AddResult(added=True, obsolete_key=None if old_key == inst.storage_key else old_key)
+
+    def _queue_job(self, cur: Any, inst: NewInstance) -> None:
+        if inst.compress_after is None:
+            return
+        cur.execute(
+            self._q(
+                "INSERT INTO jobs (instance_fk, not_before) "
+                "SELECT pk, ? FROM instances WHERE sop_instance_uid = ?"
+            ),
+            (inst.compress_after, inst.sop_instance_uid),
+        )
+
+    # -- compression jobs ------------------------------------------------------------------
+    _FACTS = (
+        "SELECT i.pk, i.sop_instance_uid, i.sop_class_uid, i.storage_key, "
+        "i.transfer_syntax_received, i.transfer_syntax_stored, i.bytes_stored, i.calling_ae, "
+        "i.called_ae, i.photometric_interpretation, i.bits_stored, i.bits_allocated, "
+        "i.compression, "
+        "se.modality, se.series_uid, st.study_uid "
+        "FROM instances i JOIN series se ON se.pk = i.series_fk "
+        "JOIN studies st ON st.pk = se.study_fk"
+    )
+
+    def _facts(self, cur: Any, where: str, params: Sequence[Any]) -> list[InstanceFacts]:
+        cur.execute(self._q(f"{self._FACTS} {where}"), params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def claim_jobs(self, cur: Any, worker: str, limit: int, now: float) -> list[InstanceFacts]:
+        cur.execute(
+            self._q(
+                "SELECT instance_fk FROM jobs WHERE claimed_by IS NULL AND not_before <= ? "
+                "ORDER BY not_before LIMIT ?"
+            ),
+            (now, limit),
+        )
+        pks = [row[0] for row in cur.fetchall()]
+        claimed = []
+        for pk in pks:
+            cur.execute(
+                self._q(
+                    "UPDATE jobs SET claimed_by = ?, claimed_at = ?, attempts = attempts + 1 "
+                    "WHERE instance_fk = ? AND claimed_by IS NULL"
+                ),
+                (worker, now, pk),
+            )
+            if cur.rowcount == 1:
+                claimed.append(pk)
+        if not claimed:
+            return []
+        marks = ", ".join("?" for _ in claimed)
+        return self._facts(cur, f"WHERE i.pk IN ({marks})", claimed)
+
+    def claim_instance(self, cur: Any, sop_instance_uid: str, worker: str) -> InstanceFacts | None:
+        facts = self._facts(cur, "WHERE i.sop_instance_uid = ?", (sop_instance_uid,))
+        if not facts:
+            return None
+        cur.execute(
+            self._q(
+                "UPDATE jobs SET claimed_by = ?, attempts = attempts + 1 "
+                "WHERE instance_fk = ? AND claimed_by IS NULL"
+            ),
+            (worker, facts[0]["pk"]),
+        )
+        return facts[0] if cur.rowcount == 1 else None
+
+    def finish_job(
+        self,
+        cur: Any,
+        pk: int,
+        old_key: str,
+        change: ObjectChange | None,
+        state: str,
+        note: str | None,
+    ) -> bool:
+        cur.execute(self._q("DELETE FROM jobs WHERE instance_fk = ?"), (pk,))
+        if change is None:
+            cur.execute(
+                self._q("UPDATE instances SET compression = ?, compression_note = ? WHERE pk = ?"),
+                (state, note, pk),
+            )
+            return True
+        cur.execute(
+            self._q(
+                "UPDATE instances SET storage_key = ?, transfer_syntax_stored = ?, "
+                "bytes_stored = ?, sha256 = ?, stored_at = ?, compression = ?, "
+                "compression_note = ? WHERE pk = ? AND storage_key = ?"
+            ),
+            (
+                change.storage_key,
+                change.transfer_syntax,
+                change.bytes_stored,
+                change.sha256,
+                utc_now(),
+                state,
+                note,
+                pk,
+                old_key,
+            ),
+        )
+        return cur.rowcount == 1
+
+    def release_claims(self, cur: Any) -> int:
+        cur.execute(
+            "UPDATE jobs SET claimed_by = NULL, claimed_at = NULL WHERE claimed_by IS NOT NULL"
+        )
+        return cur.rowcount
+
+    def instances(self, cur: Any) -> list[InstanceFacts]:
+        return self._facts(cur, "ORDER BY i.pk", ())
 
     def _prune_series(self, cur: Any, series_pk: int) -> None:
         """Remove a series, and its study and patient, once nothing references them."""
@@ -178,12 +299,16 @@ class SqlStatements:
         by_syntax = {
             uid: {"name": name_of(uid), **_bytes_entry(n, r, s)} for uid, n, r, s in cur.fetchall()
         }
+        pending = self._one(cur, "SELECT COUNT(*) FROM jobs", ())[0]
+        cur.execute("SELECT COALESCE(compression, 'untouched'), COUNT(*) FROM instances GROUP BY 1")
+        compression = {state: int(n) for state, n in cur.fetchall()}
         return {
             **counts,
             "bytes_received": int(received),
             "bytes_stored": int(stored),
             "ratio": _ratio(received, stored),
-            "pending": 0,
+            "pending": int(pending),
+            "compression": compression,
             "by_modality": by_modality,
             "by_transfer_syntax": by_syntax,
         }

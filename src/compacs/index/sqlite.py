@@ -17,11 +17,13 @@ from compacs.index.base import (
     AddResult,
     Duplicates,
     IndexUnavailable,
+    InstanceFacts,
     InstanceLocation,
     NewInstance,
+    ObjectChange,
 )
 from compacs.index.group_commit import GroupCommitter
-from compacs.index.schema import SCHEMA_VERSION, create_statements
+from compacs.index.schema import SCHEMA_VERSION, migrations
 from compacs.index.sql import SqlStatements
 
 
@@ -75,10 +77,11 @@ class SqliteIndex:
                     f"{self.path}: index schema version {current} is newer than this "
                     f"compacs ({SCHEMA_VERSION}); upgrade compacs"
                 )
-            if current < 1:
-                for statement in create_statements("INTEGER PRIMARY KEY"):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+            for version, statements in sorted(migrations("INTEGER PRIMARY KEY").items()):
+                if version > current:
+                    for statement in statements:
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
             conn.execute("COMMIT")
         finally:
             conn.close()
@@ -91,6 +94,33 @@ class SqliteIndex:
             )
         except sqlite3.Error as exc:
             raise IndexUnavailable(f"index commit failed: {exc}") from exc
+
+    def _write(self, work):
+        try:
+            return self._writer.submit(work)
+        except sqlite3.Error as exc:
+            raise IndexUnavailable(f"index commit failed: {exc}") from exc
+
+    def claim_jobs(self, worker: str, limit: int, now: float) -> list[InstanceFacts]:
+        return self._write(lambda cur: self._sql.claim_jobs(cur, worker, limit, now))
+
+    def claim_instance(self, sop_instance_uid: str, worker: str) -> InstanceFacts | None:
+        return self._write(lambda cur: self._sql.claim_instance(cur, sop_instance_uid, worker))
+
+    def finish_job(
+        self, pk: int, old_key: str, change: ObjectChange | None, state: str, note: str | None
+    ) -> bool:
+        return self._write(lambda cur: self._sql.finish_job(cur, pk, old_key, change, state, note))
+
+    def release_claims(self) -> int:
+        return self._write(self._sql.release_claims)
+
+    def instances(self) -> list[InstanceFacts]:
+        cur = self._reader().cursor()
+        try:
+            return self._sql.instances(cur)
+        finally:
+            cur.close()
 
     def locate(self, sop_instance_uid: str) -> InstanceLocation | None:
         cur = self._reader().cursor()

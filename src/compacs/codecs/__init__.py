@@ -1,0 +1,1 @@
+"""Pixel codecs: the codec table, frame extraction and verified transcoding."""

@@ -1,0 +1,251 @@
+"""The codec table: which backend encodes and decodes each target transfer syntax.
+
+Kept as data (one :class:`Codec` row per syntax) so that negotiation, policy validation,
+transcoding and the documentation read the same facts. The backend choice and its
+measurements are recorded in ``docs/codecs.md``; in short: imagecodecs for JPEG-LS,
+JPEG 2000, HTJ2K and JPEG XL (it releases the GIL, so two worker threads use both cores,
+and its J2K encoder survived multi-threaded use where pylibjpeg-openjpeg 2.6 crashed),
+pydicom's RLE encoder with the pylibjpeg-rle plugin for RLE Lossless.
+
+Photometric Interpretation of the output follows PS3.5 8.2: JPEG 2000 and HTJ2K store
+RGB with the reversible colour transform as YBR_RCT (8.2.4); JPEG-LS and RLE keep the
+input's (8.2.3, 8.2.2); YBR_FULL_422 input is upsampled by the decoder and stored as
+YBR_FULL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import imagecodecs
+import numpy as np
+from pydicom.pixels import get_encoder
+from pydicom.uid import RLELossless
+
+from compacs.codecs.pixels import PixelInfo, as_unsigned, from_unsigned
+
+Encoder = Callable[[np.ndarray, PixelInfo, dict[str, Any]], bytes]
+Decoder = Callable[[bytes, PixelInfo], np.ndarray]
+
+
+class CodecUnavailable(ValueError):
+    """This codec cannot carry these pixels (bit depth, sign, colour); try another."""
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    transfer_syntax: str
+    backend: str
+    lossless: bool
+    encode: Encoder
+    decode: Decoder
+    experimental: bool = False
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    def check(self, info: PixelInfo) -> None:
+        """Raise CodecUnavailable when this codec cannot carry ``info``'s pixels."""
+        if self.name.startswith("jpeg-xl") and info.signed:
+            raise CodecUnavailable("JPEG XL carries no signed samples")
+        # OpenJPH's 3-component path always applies the RCT: only RGB survives it
+        if (
+            self.name.startswith("htj2k")
+            and info.samples_per_pixel == 3
+            and (info.photometric != "RGB")
+        ):
+            raise CodecUnavailable(f"HTJ2K here takes RGB colour only, not {info.photometric}")
+
+    def output_photometric(self, info: PixelInfo, encoded: bytes) -> str:
+        """PS3.5 8.2.4: a J2K stream with the colour transform is YBR_RCT (reversible) or
+        YBR_ICT (irreversible); otherwise the decoded frames' interpretation is kept."""
+        colour = self.name.startswith(("jpeg-2000", "htj2k")) and info.samples_per_pixel == 3
+        if colour and _j2k_uses_mct(encoded):
+            return "YBR_RCT" if self.lossless else "YBR_ICT"
+        return info.photometric
+
+
+def _j2k_uses_mct(codestream: bytes) -> bool:
+    """Whether the COD segment (ISO 15444-1 A.6.1) switches the colour transform on."""
+    pos = codestream.find(b"\xff\x52", 2, 512)
+    return pos > 0 and codestream[pos + 8] == 1
+
+
+# -- JPEG-LS (ISO 14495-1) via imagecodecs / CharLS ----------------------------------------
+def _jls_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    near = int(options.get("near", 0))
+    return bytes(imagecodecs.jpegls_encode(as_unsigned(frame, info), level=near or None))
+
+
+def _jls_decode(data: bytes, info: PixelInfo) -> np.ndarray:
+    return from_unsigned(imagecodecs.jpegls_decode(data), info)
+
+
+# -- JPEG 2000 (ISO 15444-1) via imagecodecs / OpenJPEG ----------------------------------
+def _j2k_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    reversible = options.get("ratio") is None
+    kwargs: dict[str, Any] = {"level": None if reversible else float(options["ratio"])}
+    return bytes(
+        imagecodecs.jpeg2k_encode(
+            frame,
+            codecformat="J2K",  # a raw codestream, as PS3.5 A.4.4 requires (no JP2 box)
+            reversible=reversible,
+            mct=info.samples_per_pixel == 3 and info.photometric == "RGB",
+            bitspersample=info.bits_stored,
+            numthreads=1,
+            **kwargs,
+        )
+    )
+
+
+def _j2k_decode(data: bytes, info: PixelInfo) -> np.ndarray:
+    return imagecodecs.jpeg2k_decode(data, numthreads=1).astype(info.dtype, copy=False)
+
+
+# -- HTJ2K (ISO 15444-15) via imagecodecs / OpenJPH ---------------------------------------
+def _htj2k_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    reversible = options.get("quantization") is None
+    return bytes(
+        imagecodecs.htj2k_encode(
+            frame,
+            level=None if reversible else float(options["quantization"]),
+            reversible=reversible,
+            rgb=info.samples_per_pixel == 3,
+        )
+    )
+
+
+def _htj2k_decode(data: bytes, info: PixelInfo) -> np.ndarray:
+    return imagecodecs.htj2k_decode(data).astype(info.dtype, copy=False)
+
+
+# -- JPEG XL (ISO 18181) via imagecodecs / libjxl, experimental ----------------------------
+def _jxl_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    return bytes(
+        imagecodecs.jpegxl_encode(
+            frame,
+            lossless=True,
+            effort=int(options.get("effort", 3)),
+            bitspersample=info.bits_stored,
+            usecontainer=False,  # a bare codestream (Supplement 232)
+            numthreads=1,
+        )
+    )
+
+
+def _jxl_decode(data: bytes, info: PixelInfo) -> np.ndarray:
+    return imagecodecs.jpegxl_decode(data, numthreads=1).astype(info.dtype, copy=False)
+
+
+# -- RLE Lossless (PS3.5 Annex G) via pydicom + pylibjpeg-rle -----------------------------
+def _rle_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    encoder = get_encoder(RLELossless)
+    return encoder.encode(
+        frame,
+        encoding_plugin="pylibjpeg",
+        rows=info.rows,
+        columns=info.columns,
+        samples_per_pixel=info.samples_per_pixel,
+        bits_allocated=info.bits_allocated,
+        bits_stored=info.bits_stored,
+        pixel_representation=int(info.signed),
+        photometric_interpretation=info.photometric,
+        number_of_frames=1,
+        planar_configuration=0,
+    )
+
+
+def _rle_decode(data: bytes, info: PixelInfo) -> np.ndarray:
+    from rle import decode_pixel_data  # pylibjpeg-rle
+
+    raw = decode_pixel_data(
+        data,
+        version=2,
+        rows=info.rows,
+        columns=info.columns,
+        bits_allocated=info.bits_allocated,
+        byteorder="<",
+    )
+    # RLE segments are per sample (PS3.5 G.2): the decoded frame is colour-by-plane
+    shape = (info.samples_per_pixel, info.rows, info.columns)
+    planes = np.frombuffer(raw, dtype=info.dtype.newbyteorder("<")).reshape(shape)
+    frame = planes[0] if info.samples_per_pixel == 1 else np.moveaxis(planes, 0, -1)
+    return np.ascontiguousarray(frame).astype(info.dtype, copy=False)
+
+
+CODECS: tuple[Codec, ...] = (
+    Codec(
+        "jpeg-ls",
+        "1.2.840.10008.1.2.4.80",
+        "imagecodecs (CharLS)",
+        True,
+        _jls_encode,
+        _jls_decode,
+        aliases=("jls", "jpegls"),
+    ),
+    Codec(
+        "jpeg-ls-near",
+        "1.2.840.10008.1.2.4.81",
+        "imagecodecs (CharLS)",
+        False,
+        _jls_encode,
+        _jls_decode,
+    ),
+    Codec(
+        "jpeg-2000",
+        "1.2.840.10008.1.2.4.90",
+        "imagecodecs (OpenJPEG)",
+        True,
+        _j2k_encode,
+        _j2k_decode,
+        aliases=("j2k", "jpeg2000"),
+    ),
+    Codec(
+        "jpeg-2000-lossy",
+        "1.2.840.10008.1.2.4.91",
+        "imagecodecs (OpenJPEG)",
+        False,
+        _j2k_encode,
+        _j2k_decode,
+    ),
+    Codec(
+        "htj2k",
+        "1.2.840.10008.1.2.4.201",
+        "imagecodecs (OpenJPH)",
+        True,
+        _htj2k_encode,
+        _htj2k_decode,
+    ),
+    Codec(
+        "htj2k-lossy",
+        "1.2.840.10008.1.2.4.203",
+        "imagecodecs (OpenJPH)",
+        False,
+        _htj2k_encode,
+        _htj2k_decode,
+    ),
+    Codec("rle", "1.2.840.10008.1.2.5", "pydicom + pylibjpeg-rle", True, _rle_encode, _rle_decode),
+    Codec(
+        "jpeg-xl",
+        "1.2.840.10008.1.2.4.110",
+        "imagecodecs (libjxl)",
+        True,
+        _jxl_encode,
+        _jxl_decode,
+        experimental=True,
+        aliases=("jxl",),
+    ),
+)
+
+BY_SYNTAX: dict[str, Codec] = {c.transfer_syntax: c for c in CODECS}
+_BY_NAME: dict[str, Codec] = {n: c for c in CODECS for n in (c.name, *c.aliases)}
+
+
+def codec_for(name_or_uid: str) -> Codec:
+    """The codec named by its short name (``jpeg-ls``) or its transfer syntax UID."""
+    codec = BY_SYNTAX.get(name_or_uid) or _BY_NAME.get(name_or_uid.lower())
+    if codec is None:
+        known = ", ".join(c.name for c in CODECS)
+        raise KeyError(f"no codec {name_or_uid!r} (known: {known}, or their transfer syntax UIDs)")
+    return codec

@@ -1,0 +1,1 @@
+"""Background work claimed from the index: compression (forwarding comes later)."""

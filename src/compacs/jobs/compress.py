@@ -1,0 +1,134 @@
+"""Compress one stored instance by the policy: the store's side of on-the-fly compression.
+
+Objects are immutable: the encoded copy is written under a new key, the index switches
+the instance to it in one transaction (only if the instance still references the object
+that was encoded), and only then is the old object deleted. A crash at any point leaves
+the instance referencing a whole object. A failure of any kind keeps the original, is
+recorded on the instance (``compression`` = failed, with a note) and logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from compacs.codecs.pixels import NotCompressible
+from compacs.codecs.table import CodecUnavailable
+from compacs.codecs.transcode import Transcoded, transcode
+from compacs.index import Index, InstanceFacts, ObjectChange
+from compacs.ingest import storage_key
+from compacs.rules import Decision, Policy
+from compacs.storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+COMPRESSED, KEPT, SKIPPED, FAILED = "compressed", "kept", "skipped", "failed"
+
+
+@dataclass(frozen=True)
+class Result:
+    state: str
+    note: str
+    bytes_before: int
+    bytes_after: int
+    transfer_syntax: str | None = None
+
+
+class Compressor:
+    def __init__(self, store: BlobStore, index: Index, policy: Policy) -> None:
+        self.store = store
+        self.index = index
+        self.policy = policy
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _count(self, state: str) -> None:
+        with self._lock:
+            self.counts[state] = self.counts.get(state, 0) + 1
+
+    def process(self, facts: InstanceFacts) -> Result:
+        """Compress the instance described by ``facts`` (a claimed job or a candidate)."""
+        try:
+            result = self._process(facts)
+        except Exception as exc:  # never let a codec or a file take the worker down
+            log.exception("compression of %s failed", facts["sop_instance_uid"])
+            result = Result(
+                FAILED,
+                f"{type(exc).__name__}: {exc}"[:500],
+                facts["bytes_stored"],
+                facts["bytes_stored"],
+            )
+            self._finish(facts, None, result)
+        self._count(result.state)
+        return result
+
+    def _finish(self, facts: InstanceFacts, change: ObjectChange | None, result: Result) -> bool:
+        return self.index.finish_job(
+            facts["pk"], facts["storage_key"], change, result.state, result.note
+        )
+
+    def _process(self, facts: InstanceFacts) -> Result:
+        before = int(facts["bytes_stored"])
+        decision = self.policy.decide(facts)
+        if decision is None:
+            result = Result(SKIPPED, "the policy keeps it as received", before, before)
+            self._finish(facts, None, result)
+            return result
+        if facts["transfer_syntax_stored"] in {c.transfer_syntax for c in decision.codecs}:
+            result = Result(KEPT, "already in a target syntax", before, before)
+            self._finish(facts, None, result)
+            return result
+        data = self.store.get(facts["storage_key"])
+        best, errors = self._encode(data, decision)
+        if isinstance(best, Result):  # not compressible at all
+            self._finish(facts, None, best)
+            return best
+        if best is None:
+            result = Result(FAILED, "; ".join(errors)[:500], before, before)
+            log.warning("could not compress %s: %s", facts["sop_instance_uid"], result.note)
+            self._finish(facts, None, result)
+            return result
+        if self.policy.require_smaller and len(best.data) >= len(data):
+            result = Result(
+                KEPT, f"{best.codec.name} gave {len(best.data)} bytes, not smaller", before, before
+            )
+            self._finish(facts, None, result)
+            return result
+
+        digest = hashlib.sha256(best.data).hexdigest()
+        key = storage_key(
+            facts["study_uid"], facts["series_uid"], facts["sop_instance_uid"], digest
+        )
+        self.store.put(key, best.data)
+        change = ObjectChange(key, best.transfer_syntax, len(best.data), digest)
+        result = Result(COMPRESSED, best.codec.name, before, len(best.data), best.transfer_syntax)
+        if self._finish(facts, change, result):
+            self.store.delete(facts["storage_key"])
+        else:  # replaced or deleted meanwhile: the new object belongs to nobody
+            self.store.delete(key)
+            result = Result(SKIPPED, "instance changed while it was compressed", before, before)
+        return result
+
+    def _encode(self, data: bytes, decision: Decision) -> tuple[Any, list[str]]:
+        """The smallest verified encoding among the decision's codecs."""
+        best: Transcoded | None = None
+        errors: list[str] = []
+        for codec in decision.codecs:
+            try:
+                encoded = transcode(data, codec, dict(decision.options))
+            except NotCompressible as exc:
+                before = len(data)
+                return Result(SKIPPED, f"not compressible: {exc}", before, before), errors
+            except CodecUnavailable as exc:
+                errors.append(f"{codec.name}: {exc}")
+                continue
+            except Exception as exc:
+                errors.append(f"{codec.name}: {type(exc).__name__}: {exc}")
+                log.warning("%s failed: %s", codec.name, exc)
+                continue
+            if best is None or len(encoded.data) < len(best.data):
+                best = encoded
+        return best, errors

@@ -1,0 +1,65 @@
+"""Compression workers: threads that claim due jobs from the index and compress them.
+
+Threads, not processes: the codecs (imagecodecs) release the GIL while they encode and
+decode, so two threads keep both cores busy while the network threads keep receiving
+(measured in docs/codecs.md). Jobs live in the index, so pending work survives a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from compacs.index import Index
+from compacs.jobs.compress import Compressor
+
+log = logging.getLogger(__name__)
+
+
+class CompressionWorkers:
+    def __init__(self, compressor: Compressor, index: Index, count: int, poll: float = 0.5):
+        self.compressor = compressor
+        self.index = index
+        self.count = count
+        self.poll = poll
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._prefix = f"{os.uname().nodename}:{os.getpid()}"
+
+    def start(self) -> None:
+        released = self.index.release_claims()
+        if released:
+            log.warning("%d compression job(s) interrupted by a stop: queued again", released)
+        for n in range(self.count):
+            thread = threading.Thread(
+                target=self._run, args=(f"{self._prefix}:{n}",), name=f"compress-{n}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _run(self, worker: str) -> None:
+        while not self._stop.is_set():
+            try:
+                jobs = self.index.claim_jobs(worker, 1, time.time())
+            except Exception:
+                log.exception("could not claim compression jobs")
+                jobs = []
+            if not jobs:
+                self._wake.wait(self.poll)
+                self._wake.clear()
+                continue
+            for facts in jobs:
+                self.compressor.process(facts)

@@ -1,0 +1,112 @@
+"""``compacs compress``: apply the current policy to what is already stored."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from compacs.index import Index, InstanceFacts
+from compacs.jobs.compress import COMPRESSED, FAILED, KEPT, SKIPPED, Compressor
+from compacs.rules import Policy
+
+
+def candidates(index: Index, policy: Policy, retry: bool) -> list[tuple[InstanceFacts, str]]:
+    """Instances the policy would change, each with the name of its target."""
+    out = []
+    for facts in index.instances():
+        if facts.get("compression") in (FAILED, SKIPPED, KEPT) and not retry:
+            continue
+        decision = policy.decide(facts)
+        if decision is None:
+            continue
+        if facts["transfer_syntax_stored"] in {c.transfer_syntax for c in decision.codecs}:
+            continue
+        target = decision.codecs[0].name if len(decision.codecs) == 1 else "smallest"
+        out.append((facts, target))
+    return out
+
+
+class Progress:
+    """A one-line progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+        self.total, self.done, self.stream = total, 0, stream
+        self.start = time.monotonic()
+        self.tty = stream.isatty()
+        self._last = 0.0
+
+    def step(self, saved: int) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if not self.tty and now - self._last < 2 and self.done != self.total:
+            return
+        self._last = now
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        rate = self.done / max(now - self.start, 1e-9)
+        line = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+            f"{rate:.0f}/s saved {saved / 2**20:.1f} MiB"
+        )
+        self.stream.write(("\r" + line) if self.tty else line + "\n")
+        if self.tty and self.done == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+@dataclass
+class Summary:
+    planned: int = 0
+    states: Counter = field(default_factory=Counter)
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+
+
+def compress_stored(
+    compressor: Compressor,
+    index: Index,
+    policy: Policy,
+    *,
+    workers: int,
+    retry: bool,
+    dry_run: bool,
+    out: TextIO = sys.stdout,
+) -> Summary:
+    plan = candidates(index, policy, retry)
+    summary = Summary(planned=len(plan))
+    by_target = Counter(target for _, target in plan)
+    by_modality = Counter(facts.get("modality") or "(none)" for facts, _ in plan)
+    print(
+        f"{len(plan)} instance(s) to compress "
+        f"({sum(f['bytes_stored'] for f, _ in plan) / 2**20:.1f} MiB stored now)",
+        file=out,
+    )
+    for name, counts in (("by target", by_target), ("by modality", by_modality)):
+        if counts:
+            print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()), file=out)
+    if dry_run or not plan:
+        return summary
+    progress = Progress(len(plan))
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for result in pool.map(lambda item: compressor.process(item[0]), plan):
+            summary.states[result.state] += 1
+            summary.bytes_before += result.bytes_before
+            summary.bytes_after += result.bytes_after
+            progress.step(summary.bytes_before - summary.bytes_after)
+    summary.seconds = time.monotonic() - start
+    saved = summary.bytes_before - summary.bytes_after
+    ratio = summary.bytes_before / summary.bytes_after if summary.bytes_after else 1.0
+    print(
+        f"compressed {summary.states[COMPRESSED]}, kept {summary.states[KEPT]}, "
+        f"skipped {summary.states[SKIPPED]}, failed {summary.states[FAILED]} "
+        f"in {summary.seconds:.1f} s; {summary.bytes_before / 2**20:.1f} MiB -> "
+        f"{summary.bytes_after / 2**20:.1f} MiB (saved {saved / 2**20:.1f} MiB, x{ratio:.2f})",
+        file=out,
+    )
+    return summary

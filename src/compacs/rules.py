@@ -1,0 +1,169 @@
+"""Ordered rules over an instance's facts: the compression policy (and, later, routing).
+
+A rule matches when every key it names matches (a list means "any of"); the first
+matching rule wins. Facts come from the index, so a rule can be evaluated at ingest, by
+a background worker, or by ``compacs compress`` over what is already stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from compacs.codecs.table import Codec, codec_for
+from compacs.dicom.syntaxes import BY_UID
+
+# match key -> (fact name, value type)
+MATCH_KEYS: dict[str, tuple[str, type]] = {
+    "modality": ("modality", str),
+    "sop_class": ("sop_class_uid", str),
+    "calling_ae": ("calling_ae", str),
+    "called_ae": ("called_ae", str),
+    "photometric": ("photometric_interpretation", str),
+    "bits_stored": ("bits_stored", int),
+    "received_syntax": ("transfer_syntax_received", str),
+}
+
+ACTIONS_WITHOUT_CODEC = ("keep", "smallest")
+DEFAULT_CANDIDATES = ("jpeg-ls", "jpeg-2000", "htj2k")
+
+
+class RuleError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Decision:
+    codecs: tuple[Codec, ...]
+    """Encode with each, keep the smallest verified result (one codec: just that one)."""
+    options: Mapping[str, Any]
+    lossy: bool
+    keep_original: bool
+    rule: int
+    """1-based index of the rule that matched (0: the built-in default)."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    match: Mapping[str, frozenset[Any]]
+    action: str
+    codecs: tuple[Codec, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    lossy: bool = False
+    keep_original: bool = True
+
+    def matches(self, facts: Mapping[str, Any]) -> bool:
+        for key, allowed in self.match.items():
+            fact, _ = MATCH_KEYS[key]
+            if facts.get(fact) not in allowed:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class Policy:
+    rules: tuple[Rule, ...]
+    when: str = "deferred"
+    delay: float = 0.0
+    workers: int = 2
+    require_smaller: bool = True
+    recompress_lossy: bool = False
+
+    def decide(self, facts: Mapping[str, Any]) -> Decision | None:
+        """What to do with an instance, or None to keep it as it is."""
+        if self.when == "off":
+            return None
+        if facts.get("photometric_interpretation") is None or facts.get("bits_allocated") not in (
+            8,
+            16,
+        ):
+            return None  # no image pixels these codecs carry (SR, PDF, SEG, float, 32-bit)
+        received = BY_UID.get(str(facts.get("transfer_syntax_received")))
+        if received is not None and not received.lossless and not self.recompress_lossy:
+            return None  # lossy input is kept as received: re-encoding gains nothing
+        for n, rule in enumerate(self.rules, 1):
+            if rule.matches(facts):
+                if rule.action == "keep":
+                    return None
+                return Decision(rule.codecs, rule.options, rule.lossy, rule.keep_original, n)
+        return None
+
+
+DEFAULT_RULES = (Rule(match={}, action="jpeg-ls", codecs=(codec_for("jpeg-ls"),)),)
+DEFAULT_POLICY = Policy(rules=DEFAULT_RULES)
+
+_RULE_KEYS = set(MATCH_KEYS) | {
+    "action",
+    "candidates",
+    "lossy",
+    "keep_original",
+    "near",
+    "ratio",
+    "quantization",
+    "effort",
+}
+
+
+def parse_rule(doc: Mapping[str, Any], where: str) -> Rule:
+    """A rule from its TOML table; errors name ``where`` and the key."""
+    unknown = set(doc) - _RULE_KEYS
+    if unknown:
+        raise RuleError(
+            f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_RULE_KEYS))})"
+        )
+    match: dict[str, frozenset[Any]] = {}
+    for key, (_, kind) in MATCH_KEYS.items():
+        if key not in doc:
+            continue
+        values = doc[key] if isinstance(doc[key], list) else [doc[key]]
+        if not values or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+            raise RuleError(f"{where}: {key} must be a {kind.__name__} or a list of them")
+        match[key] = frozenset(values)
+    action = doc.get("action")
+    if not isinstance(action, str):
+        raise RuleError(f"{where}: action is required: a codec name or UID, 'keep' or 'smallest'")
+    options = {k: doc[k] for k in ("near", "ratio", "quantization", "effort") if k in doc}
+    lossy = doc.get("lossy", False)
+    keep_original = doc.get("keep_original", True)
+    if not isinstance(lossy, bool) or not isinstance(keep_original, bool):
+        raise RuleError(f"{where}: lossy and keep_original must be true or false")
+    if action == "keep":
+        return Rule(match, action)
+    names = doc.get("candidates", list(DEFAULT_CANDIDATES)) if action == "smallest" else [action]
+    if "candidates" in doc and action != "smallest":
+        raise RuleError(f"{where}: candidates goes with action = 'smallest'")
+    try:
+        codecs = tuple(codec_for(str(n)) for n in names)
+    except KeyError as exc:
+        raise RuleError(f"{where}: {exc.args[0]}") from None
+    if not codecs:
+        raise RuleError(f"{where}: candidates is empty")
+    lossy_codecs = [c.name for c in codecs if not c.lossless]
+    if lossy_codecs and not lossy:
+        raise RuleError(
+            f"{where}: {lossy_codecs[0]} is lossy; a rule allows loss only with lossy = true "
+            "(PS3.3 C.7.6.1.1.5: the result is a derived image with a new SOP Instance UID)"
+        )
+    if lossy and not lossy_codecs:
+        raise RuleError(f"{where}: lossy = true but {codecs[0].name} is lossless")
+    if (
+        any(c.name == "jpeg-ls-near" for c in codecs)
+        and not 1 <= int(options.get("near", 0)) <= 255
+    ):
+        raise RuleError(f"{where}: jpeg-ls-near needs near = 1..255 (maximum error)")
+    if any(c.name == "jpeg-2000-lossy" for c in codecs) and not float(options.get("ratio", 0)) > 1:
+        raise RuleError(f"{where}: jpeg-2000-lossy needs ratio > 1 (target compression ratio)")
+    if (
+        any(c.name == "htj2k-lossy" for c in codecs)
+        and not float(options.get("quantization", 0)) > 0
+    ):
+        raise RuleError(f"{where}: htj2k-lossy needs quantization > 0 (quantisation step)")
+    return Rule(match, action, codecs, options, lossy, keep_original)
+
+
+def facts_of(instance: Mapping[str, Any]) -> dict[str, Any]:
+    """The facts rules match on, from an index row or ingest attributes."""
+    facts = {fact: instance.get(fact) for fact, _ in MATCH_KEYS.values()}
+    facts["bits_allocated"] = instance.get("bits_allocated")
+    return facts

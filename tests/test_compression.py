@@ -1,0 +1,349 @@
+"""On-the-fly compression: codecs bit-exact on real files, policy, queue, failure paths."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+
+from compacs.codecs.pixels import NotCompressible, PixelInfo, clean, source_frames
+from compacs.codecs.table import CODECS, CodecUnavailable, codec_for
+from compacs.codecs.transcode import VerificationFailed, transcode
+from compacs.config import from_document
+from compacs.dicom.status import Status
+from compacs.index import Duplicates
+from compacs.index.sqlite import SqliteIndex
+from compacs.ingest import Ingest, Received
+from compacs.jobs.compress import Compressor
+from compacs.rules import DEFAULT_POLICY, RuleError, parse_rule
+from compacs.storage import FileStore
+from compacs.synthetic import ct_series
+from tests.conftest import NO_COMPRESSION, write_config
+from tests.dicomfiles import by_name, storage_files
+from tests.scu import send_datasets, send_files
+
+LOSSLESS = [c for c in CODECS if c.lossless]
+
+# Real files covering what the codecs must carry: CT (signed 16), MR (signed, 12 in 16),
+# CR (unsigned 12/16 bit, large), US RGB, multi-frame RGB, palette colour, YBR_FULL(_422),
+# 8-bit, big endian, J2K/JPEG-LS/RLE/JPEG-lossless inputs.
+SAMPLES = [
+    "CT_small.dcm",
+    "693_UNCI.dcm",
+    "MR_small.dcm",
+    "MR_small_bigendian.dcm",
+    "MR2_UNCR.dcm",
+    "RG3_UNCI.dcm",
+    "US1_UNCR.dcm",
+    "SC_rgb_2frame.dcm",
+    "SC_rgb_16bit.dcm",
+    "OBXXXX1A.dcm",
+    "OBXXXX1A_2frame.dcm",
+    "examples_palette.dcm",
+    "SC_ybr_full_uncompressed.dcm",
+    "SC_ybr_full_422_uncompressed.dcm",
+    "JPEG-LL.dcm",
+    "MR_small_RLE.dcm",
+    "emri_small_jpeg_ls_lossless.dcm",
+    "MR2_J2KR.dcm",
+    "emri_small.dcm",
+    "liver_1frame.dcm",
+]
+
+
+def source_pixels(data: bytes) -> tuple[np.ndarray, PixelInfo]:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    info = PixelInfo.of(ds)
+    return np.stack(list(source_frames(ds, info))), info
+
+
+def decoded_by_pydicom(data: bytes, info: PixelInfo) -> np.ndarray:
+    """Decode independently of compacs' codec table: pydicom and its plugins."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    frames = pydicom.pixels.iter_pixels(ds, raw=False)  # YBR_RCT -> RGB
+    return np.stack([clean(np.asarray(f).astype(info.dtype), info) for f in frames])
+
+
+@pytest.mark.parametrize("codec", LOSSLESS, ids=lambda c: c.name)
+def test_every_lossless_codec_is_bit_exact_on_real_files(codec):
+    encoded_any = 0
+    for name in SAMPLES:
+        data = by_name(name).read_bytes()
+        try:
+            out = transcode(data, codec)
+        except NotCompressible:
+            continue
+        except CodecUnavailable:
+            assert codec.name in ("jpeg-xl", "htj2k"), name  # signed for JPEG XL, YBR for HTJ2K
+            continue
+        encoded_any += 1
+        source, info = source_pixels(data)
+        ds = pydicom.dcmread(io.BytesIO(out.data))
+        assert ds.file_meta.TransferSyntaxUID == codec.transfer_syntax
+        assert ds.SOPInstanceUID == pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+        if codec.name == "jpeg-xl":  # pydicom 3 cannot decode JPEG XL; compacs can
+            fragments = list(pydicom.encaps.generate_fragmented_frames(ds.PixelData))
+            back = np.stack([codec.decode(b"".join(f), info) for f in fragments])
+        else:
+            back = decoded_by_pydicom(out.data, info)
+            if info.samples_per_pixel == 3 and info.photometric != "RGB":
+                continue  # pydicom would convert YBR to RGB: compared by the codec below
+        assert np.array_equal(back.reshape(source.shape), source), (name, codec.name)
+        if info.samples_per_pixel == 3:
+            assert ds.PlanarConfiguration == 0
+    assert encoded_any >= 12
+
+
+def test_bits_above_bits_stored_are_masked_before_encoding():
+    ds = next(ct_series(1, 32, 32))
+    pixels = np.frombuffer(ds.PixelData, np.uint16).copy()
+    pixels[::7] |= 0xF000  # garbage above Bits Stored (12), as some peers leave it
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    out = transcode(buf.getvalue(), codec_for("jpeg-ls"))
+    back = pydicom.dcmread(io.BytesIO(out.data)).pixel_array
+    assert np.array_equal(back.ravel(), pixels & 0x0FFF)
+
+
+def test_a_codec_that_corrupts_is_caught_by_verification():
+    jls = codec_for("jpeg-ls")
+    lying = replace(jls, decode=lambda data, info: jls.decode(data, info) ^ 1)
+    with pytest.raises(VerificationFailed):
+        transcode(by_name("CT_small.dcm").read_bytes(), lying)
+
+
+def test_what_the_codecs_cannot_carry_is_not_compressible():
+    for name in ("liver.dcm", "reportsi.dcm", "SC_rgb_32bit.dcm"):  # SEG 1-bit, SR, 32-bit
+        with pytest.raises(NotCompressible):
+            transcode(by_name(name).read_bytes(), codec_for("jpeg-ls"))
+
+
+# -- policy ------------------------------------------------------------------------------
+def test_rules_first_match_wins_and_lossy_needs_consent():
+    policy = from_document(
+        {
+            "compression": {
+                "rules": [
+                    {"modality": "US", "action": "keep"},
+                    {"modality": ["CT", "MR"], "bits_stored": [12], "action": "jpeg-2000"},
+                    {"calling_ae": "ARCHIVE", "action": "smallest", "candidates": ["rle", "jls"]},
+                    {"action": "htj2k"},
+                ]
+            }
+        }
+    ).policy
+    base = {
+        "photometric_interpretation": "MONOCHROME2",
+        "bits_allocated": 16,
+        "transfer_syntax_received": ExplicitVRLittleEndian,
+    }
+    assert policy.decide({**base, "modality": "US"}) is None
+    assert (
+        policy.decide({**base, "modality": "CT", "bits_stored": 12}).codecs[0].name == "jpeg-2000"
+    )
+    assert policy.decide({**base, "modality": "CT", "bits_stored": 16}).codecs[0].name == "htj2k"
+    smallest = policy.decide({**base, "modality": "CR", "calling_ae": "ARCHIVE"})
+    assert [c.name for c in smallest.codecs] == ["rle", "jpeg-ls"]
+    # lossy input is kept as received; no pixels, nothing to do
+    assert policy.decide({**base, "transfer_syntax_received": "1.2.840.10008.1.2.4.50"}) is None
+    assert policy.decide({**base, "photometric_interpretation": None}) is None
+    with pytest.raises(RuleError, match="lossy = true"):
+        parse_rule({"action": "jpeg-ls-near", "near": 2}, "rule")
+    with pytest.raises(RuleError, match="no codec"):
+        parse_rule({"action": "webp"}, "rule")
+
+
+# -- the compressor, in process (real files, real SQLite) -------------------------------
+@pytest.fixture
+def archive(tmp_path):
+    store = FileStore(tmp_path / "store")
+    index = SqliteIndex(tmp_path / "index.sqlite")
+    yield store, index
+    index.close()
+
+
+def ingest_file(store, index, data: bytes, policy=DEFAULT_POLICY) -> str:
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    raw = data[132 + 12 + int.from_bytes(data[140:144], "little") :]
+    outcome = Ingest(store, index, Duplicates.KEEP_FIRST, policy).receive(
+        Received(
+            raw,
+            str(ds.file_meta.TransferSyntaxUID),
+            str(ds.SOPClassUID),
+            str(ds.SOPInstanceUID),
+            "TEST",
+            "COMPACS",
+        )
+    )
+    assert outcome.ok, outcome
+    return str(ds.SOPInstanceUID)
+
+
+def run_jobs(store, index, policy=DEFAULT_POLICY):
+    compressor = Compressor(store, index, policy)
+    results = []
+    while jobs := index.claim_jobs("test", 10, time.time() + 1e6):
+        results += [compressor.process(j) for j in jobs]
+    return results
+
+
+def test_smallest_keeps_the_smallest_verified_encoding(archive):
+    store, index = archive
+    rule = parse_rule({"action": "smallest", "candidates": ["rle", "jpeg-ls", "jpeg-2000"]}, "r")
+    policy = replace(DEFAULT_POLICY, rules=(rule,))
+    data = by_name("MR2_UNCR.dcm").read_bytes()
+    uid = ingest_file(store, index, data, policy)
+    stored = store.get(index.locate(uid).storage_key)
+    (result,) = run_jobs(store, index, policy)
+    sizes = {c.name: len(transcode(stored, c).data) for c in rule.codecs}
+    assert result.state == "compressed"
+    assert result.bytes_after == min(sizes.values())
+    location = index.locate(uid)
+    assert location.transfer_syntax_stored == codec_for(min(sizes, key=sizes.get)).transfer_syntax
+    assert list(store.keys()) == [location.storage_key]  # the original object is gone
+
+
+def test_corrupt_codestream_input_fails_and_keeps_the_original(archive):
+    store, index = archive
+    data = bytearray(by_name("MR_small_jp2klossless.dcm").read_bytes())
+    start = data.rfind(b"\xff\x4f\xff\x51")  # J2K SOC+SIZ inside the pixel data
+    data[start + 4 : start + 44] = b"\xff" * 40  # wreck the SIZ header, keep the framing
+    uid = ingest_file(store, index, bytes(data))
+    before = index.locate(uid)
+    original = store.get(before.storage_key)
+    (result,) = run_jobs(store, index)
+    assert result.state == "failed" and "failed to read the header" in result.note
+    after = index.locate(uid)
+    assert after.storage_key == before.storage_key and store.get(after.storage_key) == original
+    assert index.stats()["compression"] == {"failed": 1}
+    assert index.stats()["pending"] == 0
+
+
+def test_a_failing_codec_never_loses_the_original(archive):
+    store, index = archive
+    uid = ingest_file(store, index, by_name("CT_small.dcm").read_bytes())
+    original = store.get(index.locate(uid).storage_key)
+
+    def explode(frame, info, options):
+        raise MemoryError("codec blew up")
+
+    jls = codec_for("jpeg-ls")
+    broken = replace(jls, encode=explode)
+    rule = replace(DEFAULT_POLICY.rules[0], codecs=(broken,))
+    policy = replace(DEFAULT_POLICY, rules=(rule,))
+    (result,) = run_jobs(store, index, policy)
+    assert result.state == "failed" and "codec blew up" in result.note
+    assert store.get(index.locate(uid).storage_key) == original
+
+
+def test_an_encoding_that_is_not_smaller_is_not_kept(archive):
+    store, index = archive
+    ds = next(ct_series(1, 64, 64))
+    noise = np.random.default_rng(5).integers(0, 4096, size=64 * 64, dtype=np.uint16)
+    ds.PixelData = noise.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    uid = ingest_file(store, index, buf.getvalue(), replace(DEFAULT_POLICY))
+    rle = parse_rule({"action": "rle"}, "r")  # RLE on noise grows the data
+    (result,) = run_jobs(store, index, replace(DEFAULT_POLICY, rules=(rle,)))
+    assert result.state == "kept"
+    assert index.locate(uid).transfer_syntax_stored == ExplicitVRLittleEndian
+
+
+def test_objects_without_compressible_pixels_get_no_job(archive):
+    store, index = archive
+    for name in ("liver.dcm", "reportsi.dcm", "SC_rgb_32bit.dcm", "JPEG-lossy.dcm"):
+        ingest_file(store, index, by_name(name).read_bytes())
+    assert index.stats()["pending"] == 0
+
+
+# -- end to end ----------------------------------------------------------------------------
+def stored_syntaxes(data_dir: Path) -> dict[str, str]:
+    with sqlite3.connect(data_dir / "index.sqlite") as conn:
+        return dict(conn.execute("SELECT sop_instance_uid, transfer_syntax_stored FROM instances"))
+
+
+def wait_for_pending_zero(node, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = node.stats()
+        if stats["pending"] == 0:
+            return stats
+        time.sleep(0.2)
+    raise AssertionError(f"pending did not reach 0: {stats}")
+
+
+def test_default_policy_compresses_in_the_background_bit_exact(node):
+    series = list(ct_series(30, 256, 256, seed=4))
+    assert send_datasets(node.port, series) == [Status.SUCCESS] * 30
+    stats = wait_for_pending_zero(node)
+    assert stats["by_transfer_syntax"].keys() == {"1.2.840.10008.1.2.4.80"}
+    assert stats["bytes_stored"] < stats["bytes_received"] / 2
+    with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
+        keys = dict(conn.execute("SELECT sop_instance_uid, storage_key FROM instances"))
+    for ds in series[::7]:
+        stored = pydicom.dcmread(node.data_dir / "store" / keys[ds.SOPInstanceUID])
+        assert np.array_equal(stored.pixel_array, ds.pixel_array)
+    on_disk = {
+        p.relative_to(node.data_dir / "store").as_posix()
+        for p in (node.data_dir / "store").rglob("*.dcm")
+    }
+    assert on_disk == set(keys.values())  # originals deleted, nothing orphaned
+
+
+def test_ingest_policy_compresses_before_the_response(node_factory, tmp_path):
+    config = write_config(tmp_path / "ingest.toml", '[compression]\nwhen = "ingest"\n')
+    node = node_factory(config=config)
+    series = list(ct_series(5, 128, 128, seed=8))
+    assert send_datasets(node.port, series) == [Status.SUCCESS] * 5
+    syntaxes = stored_syntaxes(node.data_dir)  # read right after the last Success
+    assert set(syntaxes.values()) == {"1.2.840.10008.1.2.4.80"}
+
+
+def test_deferred_queue_survives_a_restart(node_factory, tmp_path):
+    later = write_config(tmp_path / "later.toml", "[compression]\ndelay = 3600\n")
+    node = node_factory(config=later)
+    series = list(ct_series(8, 128, 128, seed=6))
+    assert send_datasets(node.port, series) == [Status.SUCCESS] * 8
+    assert node.stats()["pending"] == 8
+    node.stop()
+    assert node.stats()["pending"] == 8  # the queue is in the index, not in memory
+    node.config = write_config(tmp_path / "now.toml", "[compression]\ndelay = 0\n")
+    node.start()
+    # the jobs were due in an hour; after a restart with delay 0 they keep their due time,
+    # so compacs compress applies the new policy to the backlog instead
+    result = node.cli("compress")
+    assert result.returncode == 0, result.stderr
+    assert "compressed 8" in result.stdout
+    assert node.stats()["pending"] == 0
+    assert set(stored_syntaxes(node.data_dir).values()) == {"1.2.840.10008.1.2.4.80"}
+
+
+def test_compress_command_applies_the_policy_to_what_is_stored(node_factory, tmp_path):
+    node = node_factory(config=write_config(tmp_path / "off.toml", NO_COMPRESSION))
+    files = [
+        f
+        for f in storage_files()
+        if f.name in {"CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm", "reportsi.dcm"}
+    ]
+    assert send_files(node.port, files) == [Status.SUCCESS] * len(files)
+    node.stop()
+    dry = node.cli("compress", "--dry-run")
+    assert dry.returncode == 0 and "3 instance(s) to compress" in dry.stdout
+    assert node.stats()["bytes_stored"] == node.stats()["bytes_received"]
+    done = node.cli("compress")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "compressed 3" in done.stdout and "failed 0" in done.stdout
+    stats = node.stats()
+    assert stats["ratio"] > 1.5
+    assert stats["compression"]["compressed"] == 3
+    again = node.cli("compress")
+    assert "0 instance(s) to compress" in again.stdout
