@@ -347,3 +347,62 @@ def test_compress_command_applies_the_policy_to_what_is_stored(node_factory, tmp
     assert stats["compression"]["compressed"] == 3
     again = node.cli("compress")
     assert "0 instance(s) to compress" in again.stdout
+
+
+# -- lossy, only where a rule says so ----------------------------------------------------
+@pytest.mark.parametrize("keep_original", [True, False])
+def test_lossy_rule_makes_a_derived_image(archive, keep_original):
+    store, index = archive
+    rule = parse_rule(
+        {
+            "modality": "CT",
+            "action": "jpeg-ls-near",
+            "near": 2,
+            "lossy": True,
+            "keep_original": keep_original,
+        },
+        "r",
+    )
+    policy = replace(DEFAULT_POLICY, rules=(rule,))
+    data = by_name("CT_small.dcm").read_bytes()
+    uid = ingest_file(store, index, data, policy)
+    (result,) = run_jobs(store, index, policy)
+    assert result.state == "derived"
+    (derived_uid,) = [
+        f["sop_instance_uid"] for f in index.instances() if f["sop_instance_uid"] != uid
+    ]
+    derived = pydicom.dcmread(io.BytesIO(store.get(index.locate(derived_uid).storage_key)))
+    original = pydicom.dcmread(io.BytesIO(data))
+    # PS3.3 C.7.6.1.1.5 and C.7.6.1.1.3
+    assert derived.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.81"
+    assert derived.SOPInstanceUID != original.SOPInstanceUID
+    assert derived.LossyImageCompression == "01"
+    assert derived.LossyImageCompressionMethod == "ISO_14495_1"
+    assert float(derived.LossyImageCompressionRatio) > 2
+    assert derived.ImageType[0] == "DERIVED"
+    assert "jpeg-ls-near" in derived.DerivationDescription
+    assert derived.DerivationCodeSequence[0].CodeValue == "113040"
+    source = derived.SourceImageSequence[0]
+    assert source.ReferencedSOPInstanceUID == original.SOPInstanceUID
+    assert source.PurposeOfReferenceCodeSequence[0].CodeValue == "121320"
+    error = np.abs(derived.pixel_array.astype(int) - original.pixel_array.astype(int)).max()
+    assert 0 < error <= 2
+    assert (index.locate(uid) is not None) is keep_original
+    assert len(list(store.keys())) == (2 if keep_original else 1)
+    # a lossy image is never compressed again, and its attributes are never reset
+    assert run_jobs(store, index, policy) == []
+
+
+def test_lossy_attributes_are_appended_not_overwritten():
+    from compacs.codecs.lossy import derive
+
+    ds = pydicom.dcmread(by_name("CT_small.dcm"))
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = "5.0"
+    ds.LossyImageCompressionMethod = "ISO_10918_1"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    out, _ = derive(buf.getvalue(), codec_for("jpeg-ls-near"), {"near": 1})
+    again = pydicom.dcmread(io.BytesIO(out.data))
+    assert again.LossyImageCompressionMethod == ["ISO_10918_1", "ISO_14495_1"]
+    assert len(again.LossyImageCompressionRatio) == 2 and again.LossyImageCompression == "01"

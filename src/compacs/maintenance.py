@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from compacs.index import Index, InstanceFacts
-from compacs.jobs.compress import COMPRESSED, FAILED, KEPT, SKIPPED, Compressor
+from compacs.jobs.compress import COMPRESSED, DERIVED, FAILED, KEPT, SKIPPED, Compressor
 from compacs.rules import Policy
 
 
@@ -18,6 +18,8 @@ def candidates(index: Index, policy: Policy, retry: bool) -> list[tuple[Instance
     """Instances the policy would change, each with the name of its target."""
     out = []
     for facts in index.instances():
+        if facts.get("compression") == DERIVED:
+            continue  # its lossy derivative exists; the original is kept on purpose
         if facts.get("compression") in (FAILED, SKIPPED, KEPT) and not retry:
             continue
         decision = policy.decide(facts)
@@ -103,7 +105,8 @@ def compress_stored(
     saved = summary.bytes_before - summary.bytes_after
     ratio = summary.bytes_before / summary.bytes_after if summary.bytes_after else 1.0
     print(
-        f"compressed {summary.states[COMPRESSED]}, kept {summary.states[KEPT]}, "
+        f"compressed {summary.states[COMPRESSED]}, derived lossy {summary.states[DERIVED]}, "
+        f"kept {summary.states[KEPT]}, "
         f"skipped {summary.states[SKIPPED]}, failed {summary.states[FAILED]} "
         f"in {summary.seconds:.1f} s; {summary.bytes_before / 2**20:.1f} MiB -> "
         f"{summary.bytes_after / 2**20:.1f} MiB (saved {saved / 2**20:.1f} MiB, x{ratio:.2f})",

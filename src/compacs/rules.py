@@ -99,8 +99,7 @@ _RULE_KEYS = set(MATCH_KEYS) | {
     "lossy",
     "keep_original",
     "near",
-    "ratio",
-    "quantization",
+    "quality",
     "effort",
 }
 
@@ -123,7 +122,7 @@ def parse_rule(doc: Mapping[str, Any], where: str) -> Rule:
     action = doc.get("action")
     if not isinstance(action, str):
         raise RuleError(f"{where}: action is required: a codec name or UID, 'keep' or 'smallest'")
-    options = {k: doc[k] for k in ("near", "ratio", "quantization", "effort") if k in doc}
+    options = {k: doc[k] for k in ("near", "quality", "effort") if k in doc}
     lossy = doc.get("lossy", False)
     keep_original = doc.get("keep_original", True)
     if not isinstance(lossy, bool) or not isinstance(keep_original, bool):
@@ -145,20 +144,20 @@ def parse_rule(doc: Mapping[str, Any], where: str) -> Rule:
             f"{where}: {lossy_codecs[0]} is lossy; a rule allows loss only with lossy = true "
             "(PS3.3 C.7.6.1.1.5: the result is a derived image with a new SOP Instance UID)"
         )
-    if lossy and not lossy_codecs:
-        raise RuleError(f"{where}: lossy = true but {codecs[0].name} is lossless")
+    if lossy and len(lossy_codecs) != len(codecs):
+        raise RuleError(
+            f"{where}: lossy = true takes lossy codecs only (jpeg-ls-near, jpeg-baseline)"
+        )
     if (
         any(c.name == "jpeg-ls-near" for c in codecs)
         and not 1 <= int(options.get("near", 0)) <= 255
     ):
         raise RuleError(f"{where}: jpeg-ls-near needs near = 1..255 (maximum error)")
-    if any(c.name == "jpeg-2000-lossy" for c in codecs) and not float(options.get("ratio", 0)) > 1:
-        raise RuleError(f"{where}: jpeg-2000-lossy needs ratio > 1 (target compression ratio)")
     if (
-        any(c.name == "htj2k-lossy" for c in codecs)
-        and not float(options.get("quantization", 0)) > 0
+        any(c.name == "jpeg-baseline" for c in codecs)
+        and not 1 <= int(options.get("quality", 90)) <= 100
     ):
-        raise RuleError(f"{where}: htj2k-lossy needs quantization > 0 (quantisation step)")
+        raise RuleError(f"{where}: jpeg-baseline quality must be 1..100")
     return Rule(match, action, codecs, options, lossy, keep_original)
 
 

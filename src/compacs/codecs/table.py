@@ -47,6 +47,14 @@ class Codec:
 
     def check(self, info: PixelInfo) -> None:
         """Raise CodecUnavailable when this codec cannot carry ``info``'s pixels."""
+        if self.name == "jpeg-baseline" and (info.bits_allocated != 8 or info.signed):
+            raise CodecUnavailable("JPEG baseline carries unsigned 8-bit samples only")
+        if (
+            self.name == "jpeg-baseline"
+            and info.samples_per_pixel == 3
+            and (info.photometric != "RGB")
+        ):
+            raise CodecUnavailable("JPEG baseline here takes RGB colour only")
         if self.name.startswith("jpeg-xl") and info.signed:
             raise CodecUnavailable("JPEG XL carries no signed samples")
         # OpenJPH's 3-component path always applies the RCT: only RGB survives it
@@ -63,6 +71,8 @@ class Codec:
         colour = self.name.startswith(("jpeg-2000", "htj2k")) and info.samples_per_pixel == 3
         if colour and _j2k_uses_mct(encoded):
             return "YBR_RCT" if self.lossless else "YBR_ICT"
+        if self.name == "jpeg-baseline" and info.samples_per_pixel == 3:
+            return "YBR_FULL"  # PS3.5 8.2.1: YCbCr, no subsampling
         return info.photometric
 
 
@@ -84,17 +94,14 @@ def _jls_decode(data: bytes, info: PixelInfo) -> np.ndarray:
 
 # -- JPEG 2000 (ISO 15444-1) via imagecodecs / OpenJPEG ----------------------------------
 def _j2k_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
-    reversible = options.get("ratio") is None
-    kwargs: dict[str, Any] = {"level": None if reversible else float(options["ratio"])}
     return bytes(
         imagecodecs.jpeg2k_encode(
             frame,
             codecformat="J2K",  # a raw codestream, as PS3.5 A.4.4 requires (no JP2 box)
-            reversible=reversible,
+            reversible=True,
             mct=info.samples_per_pixel == 3 and info.photometric == "RGB",
             bitspersample=info.bits_stored,
             numthreads=1,
-            **kwargs,
         )
     )
 
@@ -105,12 +112,10 @@ def _j2k_decode(data: bytes, info: PixelInfo) -> np.ndarray:
 
 # -- HTJ2K (ISO 15444-15) via imagecodecs / OpenJPH ---------------------------------------
 def _htj2k_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
-    reversible = options.get("quantization") is None
     return bytes(
         imagecodecs.htj2k_encode(
             frame,
-            level=None if reversible else float(options["quantization"]),
-            reversible=reversible,
+            reversible=True,
             rgb=info.samples_per_pixel == 3,
         )
     )
@@ -136,6 +141,24 @@ def _jxl_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> 
 
 def _jxl_decode(data: bytes, info: PixelInfo) -> np.ndarray:
     return imagecodecs.jpegxl_decode(data, numthreads=1).astype(info.dtype, copy=False)
+
+
+# -- JPEG baseline (ISO 10918-1 process 1) via imagecodecs / libjpeg-turbo, lossy ---------
+def _jpeg_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    colour = info.samples_per_pixel == 3
+    return bytes(
+        imagecodecs.jpeg8_encode(
+            frame,
+            level=int(options.get("quality", 90)),
+            colorspace="RGB" if colour and info.photometric == "RGB" else None,
+            outcolorspace="YCBCR" if colour else None,
+            subsampling="444" if colour else None,
+        )
+    )
+
+
+def _jpeg_decode(data: bytes, info: PixelInfo) -> np.ndarray:
+    return imagecodecs.jpeg8_decode(data, colorspace="YCBCR", outcolorspace="RGB")
 
 
 # -- RLE Lossless (PS3.5 Annex G) via pydicom + pylibjpeg-rle -----------------------------
@@ -224,6 +247,14 @@ CODECS: tuple[Codec, ...] = (
         False,
         _htj2k_encode,
         _htj2k_decode,
+    ),
+    Codec(
+        "jpeg-baseline",
+        "1.2.840.10008.1.2.4.50",
+        "imagecodecs (libjpeg-turbo)",
+        False,
+        _jpeg_encode,
+        _jpeg_decode,
     ),
     Codec("rle", "1.2.840.10008.1.2.5", "pydicom + pylibjpeg-rle", True, _rle_encode, _rle_decode),
     Codec(

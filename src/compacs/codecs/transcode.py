@@ -7,6 +7,7 @@ any difference raises :class:`VerificationFailed` and the caller keeps the origi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -41,11 +42,41 @@ def read_full(data: bytes) -> Dataset:
     return dcmread(BytesIO(data))
 
 
-def encode_dataset(ds: Dataset, codec: Codec, options: dict[str, Any] | None = None) -> Transcoded:
+def _verify(
+    codec: Codec,
+    encoded: bytes,
+    frame: np.ndarray,
+    info: PixelInfo,
+    n: int,
+    options: dict[str, Any],
+) -> None:
+    """Lossless: bit-exact. JPEG-LS near-lossless: no sample off by more than NEAR."""
+    decoded = codec.decode(encoded, info)
+    if decoded.shape != frame.shape:
+        raise VerificationFailed(f"{codec.name}: frame {n + 1} decodes to {decoded.shape}")
+    if codec.lossless:
+        if not np.array_equal(decoded, frame):
+            raise VerificationFailed(
+                f"{codec.name}: frame {n + 1} does not decode to the source pixels"
+            )
+    elif "near" in options:
+        error = np.abs(decoded.astype(np.int64) - frame.astype(np.int64)).max()
+        if error > int(options["near"]):
+            raise VerificationFailed(f"{codec.name}: error {error} exceeds NEAR={options['near']}")
+
+
+def encode_dataset(
+    ds: Dataset,
+    codec: Codec,
+    options: dict[str, Any] | None = None,
+    before_write: Callable[[Dataset, float], None] | None = None,
+) -> Transcoded:
     """Encode ``ds``'s pixel data with ``codec``; ``ds`` is changed in place.
 
-    Raises NotCompressible (nothing to encode), CodecUnavailable (not with this codec),
-    VerificationFailed, or whatever the codec raised.
+    ``before_write(ds, ratio)`` may change the data set once the pixels are encoded (the
+    lossy path adds the derivation attributes there). Raises NotCompressible (nothing to
+    encode), CodecUnavailable (not with this codec), VerificationFailed, or whatever the
+    codec raised.
     """
     options = options or {}
     info = PixelInfo.of(ds)
@@ -53,12 +84,7 @@ def encode_dataset(ds: Dataset, codec: Codec, options: dict[str, Any] | None = N
     fragments: list[bytes] = []
     for n, frame in enumerate(source_frames(ds, info)):
         encoded = codec.encode(frame, info, options)
-        if codec.lossless:
-            decoded = codec.decode(encoded, info)
-            if decoded.shape != frame.shape or not np.array_equal(decoded, frame):
-                raise VerificationFailed(
-                    f"{codec.name}: frame {n + 1} does not decode to the source pixels"
-                )
+        _verify(codec, encoded, frame, info, n, options)
         fragments.append(encoded)
     if len(fragments) != info.frames:
         raise VerificationFailed(f"{len(fragments)} frames encoded, {info.frames} expected")
@@ -73,6 +99,8 @@ def encode_dataset(ds: Dataset, codec: Codec, options: dict[str, Any] | None = N
     ds.file_meta.TransferSyntaxUID = codec.transfer_syntax
     ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if before_write is not None:
+        before_write(ds, info.frame_bytes * info.frames / sum(len(f) for f in fragments))
     out = BytesIO()
     dcmwrite(out, ds, enforce_file_format=True)
     return Transcoded(

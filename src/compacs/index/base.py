@@ -106,6 +106,9 @@ class Index(Protocol):
         """Record the outcome and drop the job; with ``change``, switch the instance to the
         new object if it still references ``old_key`` (False when it no longer does)."""
 
+    def delete_instance(self, pk: int) -> str | None:
+        """Remove the instance's row and job; return the key of the object to delete."""
+
     def release_claims(self) -> int:
         """Make claimed jobs pending again (start-up after a crash)."""
 

@@ -218,6 +218,16 @@ class SqlStatements:
         )
         return cur.rowcount == 1
 
+    def delete_instance(self, cur: Any, pk: int) -> str | None:
+        """Remove an instance's row (and its job); return its storage key."""
+        row = self._one(cur, "SELECT storage_key, series_fk FROM instances WHERE pk = ?", (pk,))
+        if row is None:
+            return None
+        cur.execute(self._q("DELETE FROM jobs WHERE instance_fk = ?"), (pk,))
+        cur.execute(self._q("DELETE FROM instances WHERE pk = ?"), (pk,))
+        self._prune_series(cur, row[1])
+        return row[0]
+
     def release_claims(self, cur: Any) -> int:
         cur.execute(
             "UPDATE jobs SET claimed_by = NULL, claimed_at = NULL WHERE claimed_by IS NOT NULL"

@@ -112,6 +112,9 @@ class SqliteIndex:
     ) -> bool:
         return self._write(lambda cur: self._sql.finish_job(cur, pk, old_key, change, state, note))
 
+    def delete_instance(self, pk: int) -> str | None:
+        return self._write(lambda cur: self._sql.delete_instance(cur, pk))
+
     def release_claims(self) -> int:
         return self._write(self._sql.release_claims)
 

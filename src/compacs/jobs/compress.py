@@ -13,19 +13,32 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from compacs.codecs.lossy import derive
 from compacs.codecs.pixels import NotCompressible
 from compacs.codecs.table import CodecUnavailable
 from compacs.codecs.transcode import Transcoded, transcode
-from compacs.index import Index, InstanceFacts, ObjectChange
+from compacs.dicom.attributes import extract
+from compacs.index import Duplicates, Index, InstanceFacts, NewInstance, ObjectChange
+from compacs.index.sql import utc_now
 from compacs.ingest import storage_key
 from compacs.rules import Decision, Policy
 from compacs.storage import BlobStore
 
 log = logging.getLogger(__name__)
 
+
+def read_header(data: bytes) -> Dataset:
+    return dcmread(BytesIO(data), stop_before_pixels=True)
+
+
 COMPRESSED, KEPT, SKIPPED, FAILED = "compressed", "kept", "skipped", "failed"
+DERIVED = "derived"  # a lossy derivative was stored as a new instance
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,8 @@ class Compressor:
             self._finish(facts, None, result)
             return result
         data = self.store.get(facts["storage_key"])
+        if decision.lossy:
+            return self._derive_lossy(facts, data, decision)
         best, errors = self._encode(data, decision)
         if isinstance(best, Result):  # not compressible at all
             self._finish(facts, None, best)
@@ -110,6 +125,67 @@ class Compressor:
         else:  # replaced or deleted meanwhile: the new object belongs to nobody
             self.store.delete(key)
             result = Result(SKIPPED, "instance changed while it was compressed", before, before)
+        return result
+
+    def _derive_lossy(self, facts: InstanceFacts, data: bytes, decision: Decision) -> Result:
+        """Store the lossy derivative as a new instance (new SOP Instance UID); keep or drop
+        the original as the rule says. Only a rule with ``lossy = true`` gets here."""
+        before = len(data)
+        errors: list[str] = []
+        best: tuple[Transcoded, str] | None = None
+        for codec in decision.codecs:
+            try:
+                candidate = derive(data, codec, dict(decision.options))
+            except NotCompressible as exc:
+                result = Result(SKIPPED, f"not compressible: {exc}", before, before)
+                self._finish(facts, None, result)
+                return result
+            except Exception as exc:
+                errors.append(f"{codec.name}: {type(exc).__name__}: {exc}")
+                continue
+            if best is None or len(candidate[0].data) < len(best[0].data):
+                best = candidate
+        if best is None:
+            result = Result(FAILED, "; ".join(errors)[:500], before, before)
+            self._finish(facts, None, result)
+            return result
+        encoded, new_uid = best
+        digest = hashlib.sha256(encoded.data).hexdigest()
+        key = storage_key(facts["study_uid"], facts["series_uid"], new_uid, digest)
+        derived = read_header(encoded.data)
+        self.store.put(key, encoded.data)
+        instance = NewInstance(
+            attributes=extract(derived),
+            storage_key=key,
+            transfer_syntax=encoded.transfer_syntax,
+            bytes_received=before,  # what the original took: the saving shows in stats
+            bytes_stored=len(encoded.data),
+            sha256=digest,
+            calling_ae=facts["calling_ae"],
+            called_ae=facts["called_ae"],
+            received_at=utc_now(),
+        )
+        try:
+            self.index.add_instance(instance, Duplicates.KEEP_FIRST)
+        except Exception:
+            self.store.delete(key)
+            raise
+        note = f"lossy derivative {new_uid} ({encoded.codec.name})"
+        if decision.keep_original:
+            result = Result(DERIVED, note, before, before, facts["transfer_syntax_stored"])
+            self._finish(facts, None, result)
+        else:
+            old_key = self.index.delete_instance(facts["pk"])
+            if old_key:
+                self.store.delete(old_key)
+            result = Result(
+                DERIVED,
+                note + "; original deleted",
+                before,
+                len(encoded.data),
+                encoded.transfer_syntax,
+            )
+        log.info("%s: %s", facts["sop_instance_uid"], result.note)
         return result
 
     def _encode(self, data: bytes, decision: Decision) -> tuple[Any, list[str]]:
