@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "serve":
         return cmd_serve(settings)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `compacs stats | head` ends quietly
     if args.command == "compress":
         return cmd_compress(settings, args)
     if args.command == "stats":

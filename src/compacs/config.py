@@ -70,6 +70,15 @@ class Settings:
     drain_timeout: float = 30.0
     peers: tuple[Peer, ...] = field(default_factory=tuple)
     policy: Policy = DEFAULT_POLICY
+    pn_case_insensitive: bool = True
+    move_allow: dict[str, tuple[str, ...]] | None = None
+    """calling AE (or "*") -> destinations it may move to (or "*"); None: any to any."""
+
+    def move_allowed(self, calling: str, destination: str) -> bool:
+        if self.move_allow is None:
+            return True
+        allowed = set(self.move_allow.get(calling, ())) | set(self.move_allow.get("*", ()))
+        return "*" in allowed or destination in allowed
 
     @property
     def resolved_index_url(self) -> str:
@@ -111,6 +120,17 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
     },
     "index": {"url": ("index_url", (str,), lambda v: ":" in v, "an index URL (sqlite:///...)")},
     "storage": {"url": ("store_url", (str,), lambda v: ":" in v, "a storage URL (file:///...)")},
+    "query": {
+        "pn_case_insensitive": ("pn_case_insensitive", (bool,), _ANY, "true or false"),
+        "move_allow": (
+            "move_allow",
+            (dict,),
+            lambda v: all(
+                isinstance(d, list) and all(isinstance(x, str) for x in d) for d in v.values()
+            ),
+            'a table of calling AE (or "*") = [destination AEs (or "*")]',
+        ),
+    },
     "ingest": {
         "duplicates": (
             "duplicates",
@@ -129,6 +149,8 @@ def _convert(name: str, value: Any) -> Any:
         return Duplicates(value)
     if name == "log_level":
         return value.upper()
+    if name == "move_allow":
+        return {calling: tuple(dests) for calling, dests in value.items()}
     return value
 
 
@@ -169,7 +191,7 @@ def from_document(doc: dict[str, Any], source: str = "<config>") -> Settings:
                     f"{source}: [{section}] unknown key {key!r} (known: {', '.join(keys)})"
                 )
             name, types, check, expected = keys[key]
-            ok_type = isinstance(value, types) and not isinstance(value, bool)
+            ok_type = isinstance(value, types) and (bool in types or not isinstance(value, bool))
             if not ok_type or not check(value):
                 raise ConfigError(f"{source}: [{section}] {key} = {value!r}: expected {expected}")
             values[name] = _convert(name, value)

@@ -16,7 +16,7 @@ from compacs.index import open_index
 from compacs.ingest import Ingest
 from compacs.jobs.compress import Compressor
 from compacs.jobs.workers import CompressionWorkers
-from compacs.net import echo, store
+from compacs.net import echo, find, retrieve, store
 from compacs.net.server import build_ae, make_server
 from compacs.storage import open_store
 
@@ -56,8 +56,15 @@ class Node:
                 "network": settings.network_timeout,
             },
         )
+        peers = {peer.ae_title: peer for peer in settings.peers}
         self.server = make_server(
-            self.ae, settings.host, settings.port, echo.HANDLERS + store.handlers(self.ingest)
+            self.ae,
+            settings.host,
+            settings.port,
+            echo.HANDLERS
+            + store.handlers(self.ingest)
+            + find.handlers(self.index, settings.ae_title, settings.pn_case_insensitive)
+            + retrieve.handlers(self.index, self.store, peers, settings.move_allowed),
         )
         self._stopped = threading.Event()
 

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.filewriter import dcmwrite
 
-from compacs.codecs.pixels import PixelInfo, source_frames
-from compacs.codecs.table import Codec
+from compacs.codecs.pixels import PixelInfo, clean, source_frames
+from compacs.codecs.table import BY_SYNTAX, Codec
 from compacs.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 
@@ -111,3 +111,37 @@ def encode_dataset(
 def transcode(data: bytes, codec: Codec, options: dict[str, Any] | None = None) -> Transcoded:
     """The Part 10 file ``data`` with its pixel data encoded by ``codec`` (verified)."""
     return encode_dataset(read_full(data), codec, options)
+
+
+NATIVE_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+
+def decode_frames(ds: Dataset, info: PixelInfo) -> list[np.ndarray]:
+    """Every frame, decoded by compacs' codec table when it produced the syntax (JPEG XL
+    included, which pydicom 3 cannot decode), otherwise by pydicom and its plugins."""
+    codec = BY_SYNTAX.get(str(ds.file_meta.TransferSyntaxUID))
+    if codec is None:
+        return list(source_frames(ds, info))
+    fragments = generate_frames(ds.PixelData, number_of_frames=info.frames)
+    return [clean(codec.decode(frame, info), info) for frame in fragments]
+
+
+def decompress(ds: Dataset) -> Dataset:
+    """``ds`` with native pixel data in Explicit VR Little Endian, changed in place; the
+    lossy attributes, if any, stay as they are (PS3.3 C.7.6.1.1.5)."""
+    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+        return ds
+    info = PixelInfo.of(ds)
+    frames = decode_frames(ds, info)
+    pixels = b"".join(
+        np.ascontiguousarray(f, dtype=info.dtype.newbyteorder("<")).tobytes() for f in frames
+    )
+    ds.PixelData = pixels + (b"\0" if len(pixels) % 2 else b"")
+    elem = ds["PixelData"]
+    elem.VR = "OW" if info.bits_allocated > 8 else "OB"
+    elem.is_undefined_length = False
+    ds.PhotometricInterpretation = info.photometric
+    if info.samples_per_pixel == 3:
+        ds.PlanarConfiguration = 0
+    ds.file_meta.TransferSyntaxUID = NATIVE_SYNTAXES[0]
+    return ds

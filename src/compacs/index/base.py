@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from compacs.query import Query
 
 
 class Duplicates(StrEnum):
@@ -114,5 +118,11 @@ class Index(Protocol):
 
     def instances(self) -> list[InstanceFacts]:
         """Every instance's facts (for ``compacs compress``)."""
+
+    def find(self, query: Query) -> Iterator[dict[str, Any]]:
+        """C-FIND: the matches of ``query`` at its level, as index rows."""
+
+    def matching_instances(self, query: Query) -> list[InstanceFacts]:
+        """C-MOVE / C-GET: the instances under the matches of ``query``."""
 
     def close(self) -> None: ...

@@ -6,11 +6,11 @@ stored and how a C-STORE becomes rows lives here, once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from compacs.dicom.attributes import IMAGE, INDEXED, PATIENT, SERIES, STUDY
+from compacs.dicom.attributes import IMAGE, INDEXED, LEVELS, PATIENT, SERIES, STUDY
 from compacs.dicom.syntaxes import name_of
 from compacs.index.base import (
     AddResult,
@@ -21,6 +21,7 @@ from compacs.index.base import (
     ObjectChange,
 )
 from compacs.index.schema import INSTANCE_STORAGE_COLUMNS, PARENT_FK, TABLES
+from compacs.query import Query
 
 UNIQUE_COLUMN = {level: INDEXED[level][0].column for level in INDEXED}
 
@@ -29,11 +30,42 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class SqlStatements:
-    """Apply index operations on a DB-API cursor. ``ph`` is the placeholder ('?' or '%s')."""
+_ALIAS = {PATIENT: "p", STUDY: "st", SERIES: "se", IMAGE: "i"}
+_FROM = {
+    PATIENT: "patients p",
+    STUDY: "studies st JOIN patients p ON p.pk = st.patient_fk",
+    SERIES: "series se JOIN studies st ON st.pk = se.study_fk "
+    "JOIN patients p ON p.pk = st.patient_fk",
+    IMAGE: "instances i JOIN series se ON se.pk = i.series_fk "
+    "JOIN studies st ON st.pk = se.study_fk JOIN patients p ON p.pk = st.patient_fk",
+}
+_COUNTS = {
+    "NumberOfPatientRelatedStudies": "SELECT COUNT(*) FROM studies x WHERE x.patient_fk = p.pk",
+    "NumberOfPatientRelatedSeries": "SELECT COUNT(*) FROM series x JOIN studies y "
+    "ON y.pk = x.study_fk WHERE y.patient_fk = p.pk",
+    "NumberOfPatientRelatedInstances": "SELECT COUNT(*) FROM instances x JOIN series y "
+    "ON y.pk = x.series_fk JOIN studies z ON z.pk = y.study_fk WHERE z.patient_fk = p.pk",
+    "NumberOfStudyRelatedSeries": "SELECT COUNT(*) FROM series x WHERE x.study_fk = st.pk",
+    "NumberOfStudyRelatedInstances": "SELECT COUNT(*) FROM instances x JOIN series y "
+    "ON y.pk = x.series_fk WHERE y.study_fk = st.pk",
+    "NumberOfSeriesRelatedInstances": "SELECT COUNT(*) FROM instances x WHERE x.series_fk = se.pk",
+}
+_LISTS = {
+    "ModalitiesInStudy": ("x.modality", "series x WHERE x.study_fk = st.pk"),
+    "SOPClassesInStudy": (
+        "x.sop_class_uid",
+        "instances x JOIN series y ON y.pk = x.series_fk WHERE y.study_fk = st.pk",
+    ),
+}
 
-    def __init__(self, ph: str) -> None:
+
+class SqlStatements:
+    """Apply index operations on a DB-API cursor. ``ph`` is the placeholder ('?' or '%s');
+    ``list_agg`` aggregates distinct values into a comma-separated string."""
+
+    def __init__(self, ph: str, list_agg: str = "group_concat(DISTINCT {})") -> None:
         self.ph = ph
+        self.list_agg = list_agg
 
     def _q(self, sql: str) -> str:
         return sql.replace("?", self.ph) if self.ph != "?" else sql
@@ -127,6 +159,93 @@ class SqlStatements:
             ),
             (inst.compress_after, inst.sop_instance_uid),
         )
+
+    # -- C-FIND, C-MOVE, C-GET (PS3.4 C.2.2.2) --------------------------------------------
+    def _where(self, query: Query) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for c in query.conditions:
+            col = f"{_ALIAS[c.level]}.{c.column}"
+            if c.kind in ("equal", "like"):
+                op = "=" if c.kind == "equal" else "LIKE"
+                escape = " ESCAPE '\\'" if c.kind == "like" else ""
+                if c.case_insensitive:
+                    clauses.append(f"LOWER({col}) {op} LOWER(?){escape}")
+                else:
+                    clauses.append(f"{col} {op} ?{escape}")
+                params.append(c.values[0])
+            elif c.kind == "in":
+                clauses.append(f"{col} IN ({', '.join('?' for _ in c.values)})")
+                params += list(c.values)
+            elif c.kind == "empty":
+                clauses.append(f"({col} IS NULL OR {col} = '')")
+            elif c.kind in ("range", "datetime_range"):
+                if c.kind == "datetime_range":
+                    date, time = c.column.split("|")
+                    a = _ALIAS[c.level]
+                    col = f"(COALESCE({a}.{date}, '') || COALESCE({a}.{time}, ''))"
+                lo, hi = c.values
+                if lo is not None:
+                    clauses.append(f"{col} >= ?")
+                    params.append(lo)
+                if hi is not None:
+                    clauses.append(f"{col} <= ?")
+                    params.append(hi)
+            elif c.kind == "modalities":
+                marks = ", ".join("?" for _ in c.values)
+                clauses.append(
+                    "EXISTS (SELECT 1 FROM series x WHERE x.study_fk = st.pk "
+                    f"AND x.modality IN ({marks}))"
+                )
+                params += list(c.values)
+            else:  # pragma: no cover - parse_identifier makes only the kinds above
+                raise ValueError(c.kind)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def find(self, cur: Any, query: Query) -> Iterator[dict[str, Any]]:
+        """Rows of the query level matching ``query``, with the keys it asks for."""
+        depth = LEVELS.index(query.level)
+        selects = [
+            f"{_ALIAS[level]}.{attr.column}"
+            for level in LEVELS[: depth + 1]
+            for attr in INDEXED[level]
+        ]
+        for keyword in query.return_keys:
+            if keyword in _COUNTS:
+                selects.append(f"({_COUNTS[keyword]}) AS {keyword}")
+            elif keyword in _LISTS:
+                expr, source = _LISTS[keyword]
+                selects.append(f"(SELECT {self.list_agg.format(expr)} FROM {source}) AS {keyword}")
+        where, params = self._where(query)
+        alias = _ALIAS[query.level]
+        cur.execute(
+            self._q(
+                f"SELECT {', '.join(selects)} FROM {_FROM[query.level]}{where} ORDER BY {alias}.pk"
+            ),
+            params,
+        )
+        names = [d[0].split(".")[-1] for d in cur.description]
+        while rows := cur.fetchmany(256):
+            for row in rows:
+                found = dict(zip(names, row, strict=True))
+                for keyword in _LISTS:
+                    if found.get(keyword):
+                        found[keyword] = "\\".join(sorted(set(found[keyword].split(","))))
+                yield found
+
+    def matching_instances(self, cur: Any, query: Query) -> list[InstanceFacts]:
+        """The instances below the matches of ``query`` (what C-MOVE / C-GET send)."""
+        where, params = self._where(query)
+        cur.execute(
+            self._q(
+                "SELECT i.pk, i.sop_instance_uid, i.sop_class_uid, i.storage_key, "
+                "i.transfer_syntax_stored, i.bytes_stored, i.sha256, se.series_uid, st.study_uid "
+                f"FROM {_FROM[IMAGE]}{where} ORDER BY st.pk, se.pk, i.pk"
+            ),
+            params,
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     # -- compression jobs ------------------------------------------------------------------
     _FACTS = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -25,6 +26,7 @@ from compacs.index.base import (
 from compacs.index.group_commit import GroupCommitter
 from compacs.index.schema import SCHEMA_VERSION, migrations
 from compacs.index.sql import SqlStatements
+from compacs.query import Query
 
 
 class SqliteIndex:
@@ -61,6 +63,8 @@ class SqliteIndex:
         if conn is None:
             conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA busy_timeout=30000")
+            # PS3.4 C.2.2.2.4: wildcard matching is case-sensitive (SQLite's LIKE is not)
+            conn.execute("PRAGMA case_sensitive_like=ON")
             self._local.conn = conn
         return conn
 
@@ -117,6 +121,22 @@ class SqliteIndex:
 
     def release_claims(self) -> int:
         return self._write(self._sql.release_claims)
+
+    def find(self, query: Query) -> Iterator[dict[str, Any]]:
+        conn = sqlite3.connect(self.path, timeout=30)  # a generator may outlive a thread's turn
+        conn.execute("PRAGMA case_sensitive_like=ON")
+        try:
+            cur = conn.cursor()
+            yield from self._sql.find(cur, query)
+        finally:
+            conn.close()
+
+    def matching_instances(self, query: Query) -> list[InstanceFacts]:
+        cur = self._reader().cursor()
+        try:
+            return self._sql.matching_instances(cur, query)
+        finally:
+            cur.close()
 
     def instances(self) -> list[InstanceFacts]:
         cur = self._reader().cursor()

@@ -7,11 +7,28 @@ import socket
 from typing import Any
 
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from compacs.dicom.sop_classes import storage_sop_classes
 from compacs.dicom.syntaxes import accepted_for_storage
+
+QUERY_RETRIEVE = (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+)
 
 
 class NoDelayAssociationServer(ThreadedAssociationServer):
@@ -43,9 +60,13 @@ def build_ae(
     # title not recognized"): a misconfigured modality learns at once, not after a store.
     ae.require_called_aet = True
     ae.add_supported_context(Verification)
+    for query_retrieve in QUERY_RETRIEVE:
+        ae.add_supported_context(query_retrieve)
     syntaxes = accepted_for_storage()
     for sop_class in storage_sop_classes():
-        ae.add_supported_context(sop_class, syntaxes)
+        # both roles: a modality's C-STORE (we are SCP), and C-GET, whose requestor
+        # takes the SCP role for the storage sub-operations (PS3.7 D.3.3.4)
+        ae.add_supported_context(sop_class, syntaxes, scu_role=True, scp_role=True)
     return ae
 
 

@@ -1,0 +1,204 @@
+"""Query/Retrieve C-MOVE and C-GET SCPs (PS3.4 C.4.2, C.4.3).
+
+The handlers stay thin: the index picks the instances (same matching as C-FIND), and
+:func:`for_peer` turns each stored object into what the peer accepted: sent as stored
+when its syntax was accepted, otherwise decompressed (or re-encoded into a syntax the
+peer accepted, verified). A file that cannot be read or transcoded is one failed
+sub-operation, never a stale data set (the defect of pynetdicom's qrscp example).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pynetdicom import build_context, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from compacs.codecs.table import CODECS
+from compacs.codecs.transcode import NATIVE_SYNTAXES, decompress, encode_dataset
+from compacs.config import Peer
+from compacs.dicom.status import Status
+from compacs.index import Index, InstanceFacts
+from compacs.query import PATIENT_ROOT, STUDY_ROOT, QueryError, parse_identifier
+from compacs.storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+MOVE_MODELS = {
+    PatientRootQueryRetrieveInformationModelMove: PATIENT_ROOT,
+    StudyRootQueryRetrieveInformationModelMove: STUDY_ROOT,
+}
+GET_MODELS = {
+    PatientRootQueryRetrieveInformationModelGet: PATIENT_ROOT,
+    StudyRootQueryRetrieveInformationModelGet: STUDY_ROOT,
+}
+PENDING, CANCEL = 0xFF00, 0xFE00
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association
+UNSENDABLE_SYNTAX = "1.2.840.10008.1.2.4.999.1"  # never negotiated: makes a sub-op fail
+
+
+class NotAcceptable(ValueError):
+    """No accepted transfer syntax can carry this object."""
+
+
+def proposal(instances: list[InstanceFacts]) -> list[PresentationContext]:
+    """Contexts to propose to a C-MOVE destination: per SOP class, each stored syntax on
+    its own context (so the peer can accept it alone), then one with Explicit and
+    Implicit VR Little Endian. Over 128, one context per SOP class with all of them."""
+    stored: dict[str, list[str]] = {}
+    for inst in instances:
+        syntaxes = stored.setdefault(inst["sop_class_uid"], [])
+        if inst["transfer_syntax_stored"] not in syntaxes + list(NATIVE_SYNTAXES):
+            syntaxes.append(inst["transfer_syntax_stored"])
+    contexts = [
+        build_context(sop_class, [syntax])
+        for sop_class, syntaxes in stored.items()
+        for syntax in syntaxes
+    ]
+    contexts += [build_context(sop_class, list(NATIVE_SYNTAXES)) for sop_class in stored]
+    if len(contexts) > MAX_CONTEXTS:
+        contexts = [
+            build_context(sop_class, [*syntaxes, *NATIVE_SYNTAXES])
+            for sop_class, syntaxes in stored.items()
+        ]
+    if len(contexts) > MAX_CONTEXTS:
+        log.warning(
+            "%d SOP classes in one retrieve: the last %d cannot be proposed",
+            len(contexts),
+            len(contexts) - MAX_CONTEXTS,
+        )
+    return contexts[:MAX_CONTEXTS]
+
+
+def accepted_syntaxes(assoc: Any) -> dict[str, set[str]]:
+    accepted: dict[str, set[str]] = {}
+    for cx in assoc.accepted_contexts:
+        accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+    return accepted
+
+
+def for_peer(data: bytes, accepted: set[str]) -> Dataset:
+    """The stored object ``data`` in a transfer syntax the peer accepted."""
+    ds = dcmread(BytesIO(data))
+    stored = str(ds.file_meta.TransferSyntaxUID)
+    if stored in accepted:
+        return ds
+    if accepted & set(NATIVE_SYNTAXES):
+        # Explicit VR LE; pynetdicom re-encodes it when only Implicit VR LE was accepted
+        return decompress(ds)
+    for codec in CODECS:  # compressed to compressed, verified like any encode
+        if codec.lossless and codec.transfer_syntax in accepted:
+            encoded = encode_dataset(decompress(ds), codec)
+            return dcmread(BytesIO(encoded.data))
+    raise NotAcceptable(f"the peer accepted none of {stored} or a syntax compacs can produce")
+
+
+def _failed_sub_operation(inst: InstanceFacts) -> Dataset:
+    """A data set pynetdicom cannot send (no context for its syntax): it counts the
+    sub-operation as failed and lists the SOP Instance UID (PS3.4 C.4.2.1.4.2)."""
+    ds = Dataset()
+    ds.SOPClassUID = inst["sop_class_uid"]
+    ds.SOPInstanceUID = inst["sop_instance_uid"]
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UNSENDABLE_SYNTAX
+    return ds
+
+
+def sub_operations(
+    store: BlobStore,
+    instances: list[InstanceFacts],
+    accepted: Callable[[], dict[str, set[str]]],
+    is_cancelled: Callable[[], bool],
+) -> Iterator[tuple[int, Dataset | None]]:
+    """(status, data set) per instance for pynetdicom's retrieve loop."""
+    for inst in instances:
+        if is_cancelled():
+            yield CANCEL, None
+            return
+        try:
+            data = store.get(inst["storage_key"])
+            yield PENDING, for_peer(data, accepted().get(inst["sop_class_uid"], set()))
+        except Exception as exc:
+            log.warning("sub-operation for %s failed: %s", inst["sop_instance_uid"], exc)
+            yield PENDING, _failed_sub_operation(inst)
+
+
+def _query(index: Index, identifier: Dataset, model: str) -> list[InstanceFacts]:
+    return index.matching_instances(parse_identifier(identifier, model))
+
+
+def _refusal(exc: QueryError) -> Dataset:
+    ds = Dataset()
+    ds.ErrorComment = exc.comment[:64]
+    return ds
+
+
+def handlers(
+    index: Index, store: BlobStore, peers: dict[str, Peer], move_allowed: Callable[[str, str], bool]
+):
+    def handle_move(event: Event):
+        model = MOVE_MODELS[str(event.request.AffectedSOPClassUID)]
+        destination = str(event.move_destination or "").strip()
+        calling = event.assoc.requestor.ae_title
+        peer = peers.get(destination)
+        if peer is None or not move_allowed(calling, destination):
+            why = "unknown" if peer is None else f"not allowed for {calling}"
+            log.warning("C-MOVE to %r refused: destination %s (0xA801)", destination, why)
+            yield None, None
+            return
+        try:
+            instances = _query(index, event.identifier, model)
+        except QueryError as exc:
+            yield peer.host, peer.port
+            yield 1
+            yield exc.status, _refusal(exc)
+            return
+        sub_association: dict[str, Any] = {}
+
+        def established(e: Event) -> None:
+            sub_association["assoc"] = e.assoc
+
+        yield (
+            peer.host,
+            peer.port,
+            {
+                "contexts": proposal(instances) or None,
+                "evt_handlers": [(evt.EVT_ESTABLISHED, established)],
+            },
+        )
+        yield len(instances)
+        yield from sub_operations(
+            store,
+            instances,
+            lambda: accepted_syntaxes(sub_association["assoc"]) if sub_association else {},
+            lambda: event.is_cancelled,
+        )
+
+    def handle_get(event: Event):
+        model = GET_MODELS[str(event.request.AffectedSOPClassUID)]
+        try:
+            instances = _query(index, event.identifier, model)
+        except QueryError as exc:
+            yield 1
+            yield exc.status, _refusal(exc)
+            return
+        yield len(instances)
+        accepted = accepted_syntaxes(event.assoc)
+        yield from sub_operations(store, instances, lambda: accepted, lambda: event.is_cancelled)
+
+    return [(evt.EVT_C_MOVE, handle_move), (evt.EVT_C_GET, handle_get)]
+
+
+__all__ = ["Status", "for_peer", "handlers", "proposal"]

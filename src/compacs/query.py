@@ -1,0 +1,263 @@
+"""C-FIND identifiers -> matching conditions on the index (PS3.4 C.2.2.2, C.4.1, C.6).
+
+Pure functions: :func:`parse_identifier` turns an identifier into a :class:`Query`
+(raising :class:`QueryError` with the status to answer), the index turns a Query into
+SQL, and :func:`response_identifier` turns an index row back into an identifier.
+The same Query serves C-MOVE and C-GET to select the instances to send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from compacs.dicom.attributes import IMAGE, INDEXED, LEVELS, PATIENT, SERIES, STUDY, UNIQUE_KEY
+from compacs.dicom.status import Status
+
+PATIENT_ROOT, STUDY_ROOT = "PATIENT", "STUDY"
+MODEL_LEVELS = {PATIENT_ROOT: LEVELS, STUDY_ROOT: (STUDY, SERIES, IMAGE)}
+
+# C.2.2.2.4: wildcards are only meaningful for these VRs
+WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+RANGE_VRS = frozenset({"DA", "TM", "DT"})
+# C.2.2.2.5.2: date and time pairs matched together when both are ranges
+DATE_TIME_PAIRS = {
+    "StudyDate": "StudyTime",
+    "SeriesDate": "SeriesTime",
+    "ContentDate": "ContentTime",
+}
+
+# Attributes the index answers, keyword -> (level, column, VR)
+INDEXED_KEYS: dict[str, tuple[str, str, str]] = {
+    attr.keyword: (level, attr.column, attr.vr)
+    for level, attrs in INDEXED.items()
+    for attr in attrs
+}
+# Derived attributes (C.6.1.1.x): computed by the index, keyword -> level
+DERIVED_KEYS: dict[str, str] = {
+    "NumberOfPatientRelatedStudies": PATIENT,
+    "NumberOfPatientRelatedSeries": PATIENT,
+    "NumberOfPatientRelatedInstances": PATIENT,
+    "NumberOfStudyRelatedSeries": STUDY,
+    "NumberOfStudyRelatedInstances": STUDY,
+    "ModalitiesInStudy": STUDY,
+    "SOPClassesInStudy": STUDY,
+    "NumberOfSeriesRelatedInstances": SERIES,
+}
+# Always answered, never matched
+ANSWERED = ("QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "InstanceAvailability")
+
+
+class QueryError(ValueError):
+    def __init__(self, status: int, comment: str) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
+
+
+@dataclass(frozen=True)
+class Condition:
+    keyword: str
+    level: str
+    column: str
+    kind: str
+    """equal, like, in, range, empty, datetime_range, modalities"""
+    values: tuple[Any, ...]
+    case_insensitive: bool = False
+
+
+@dataclass(frozen=True)
+class Query:
+    model: str
+    level: str
+    conditions: tuple[Condition, ...]
+    return_keys: tuple[str, ...]
+    """Keywords to answer, in the order they were asked (indexed and derived)."""
+    unsupported: tuple[str, ...]
+    """Keys asked that the index does not hold: answered empty, status FF01."""
+
+
+def _level_of(keyword: str, model: str) -> str | None:
+    if keyword in INDEXED_KEYS:
+        level = INDEXED_KEYS[keyword][0]
+    elif keyword in DERIVED_KEYS:
+        level = DERIVED_KEYS[keyword]
+    else:
+        return None
+    if model == STUDY_ROOT and level == PATIENT:
+        return STUDY  # Study Root folds the patient into the study level (C.6.2.1)
+    return level
+
+
+def _depth(level: str) -> int:
+    return LEVELS.index(level)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _like_pattern(value: str) -> str:
+    """DICOM wildcards to a LIKE pattern with the SQL metacharacters escaped (ESCAPE '\\')."""
+    out = []
+    for ch in value:
+        if ch in "\\%_":
+            out.append("\\" + ch)
+        elif ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _time_bound(value: str, upper: bool) -> str:
+    """A TM bound comparable with stored values: HHMMSS(.FFFFFF), the missing part of an
+    upper bound filled so that the whole named hour/minute/second is included."""
+    value = value.replace(":", "")
+    whole, _, fraction = value.partition(".")
+    if upper:
+        return (
+            (whole + "595959"[len(whole) :] if len(whole) < 6 else whole)
+            + "."
+            + (fraction or "999999")
+        )
+    return whole.ljust(6, "0") + ("." + fraction if fraction else "")
+
+
+def _range(keyword: str, vr: str, value: str) -> tuple[str | None, str | None]:
+    lo, _, hi = value.partition("-")
+    lo, hi = lo.strip() or None, hi.strip() or None
+    if vr == "TM":
+        return (_time_bound(lo, False) if lo else None, _time_bound(hi, True) if hi else None)
+    if vr == "DA":
+        for bound in (lo, hi):
+            if bound is not None and not (bound.isdigit() and len(bound) == 8):
+                raise QueryError(
+                    Status.DATASET_MISMATCH,
+                    f"{keyword} range {value!r}: expected YYYYMMDD-YYYYMMDD",
+                )
+        return lo, hi
+    return lo, hi  # DT: compared as text
+
+
+def parse_identifier(identifier: Dataset, model: str, *, pn_case_insensitive: bool = True) -> Query:
+    """The Query an identifier asks for; QueryError(A900) when it does not fit the model."""
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    if level not in MODEL_LEVELS[model]:
+        raise QueryError(
+            Status.DATASET_MISMATCH,
+            f"Query/Retrieve Level {level!r} is not one of "
+            f"{', '.join(MODEL_LEVELS[model])} ({model.title()} Root, PS3.4 C.6)",
+        )
+    conditions: list[Condition] = []
+    return_keys: list[str] = []
+    unsupported: list[str] = []
+    ranges: dict[str, tuple[str | None, str | None]] = {}
+
+    for elem in identifier:
+        keyword = elem.keyword or keyword_for_tag(elem.tag)
+        if keyword in ANSWERED or elem.tag.group in (0x0000, 0x0002):
+            continue
+        key_level = _level_of(keyword, model)
+        if key_level is None:
+            unsupported.append(keyword or f"{elem.tag}")
+            continue
+        if _depth(key_level) > _depth(level):
+            if UNIQUE_KEY.get(key_level) == keyword:
+                raise QueryError(
+                    Status.DATASET_MISMATCH,
+                    f"{keyword} is a key of the {key_level} level, below the query level "
+                    f"{level} (PS3.4 C.4.1.2.1)",
+                )
+            unsupported.append(keyword)
+            continue
+        return_keys.append(keyword)
+        if elem.VR == "SQ":
+            continue
+        value = _text(elem.value).strip() if elem.value is not None else ""
+        if value == "" or value == "*":
+            continue  # universal matching (C.2.2.2.3)
+        if keyword in DERIVED_KEYS:
+            if keyword == "ModalitiesInStudy":
+                modalities = tuple(v for v in value.split("\\") if v)
+                conditions.append(Condition(keyword, STUDY, "", "modalities", modalities))
+            else:
+                unsupported.append(keyword)  # counts are answered, not matched on
+            continue
+        attr_level, column, vr = INDEXED_KEYS[keyword]
+        if value == '""':  # empty value matching (C.2.2.2.1)
+            conditions.append(Condition(keyword, attr_level, column, "empty", ()))
+            continue
+        ci = pn_case_insensitive and vr == "PN"
+        if vr == "UI":
+            uids = tuple(v.strip() for v in value.split("\\") if v.strip())
+            kind = "in" if len(uids) > 1 else "equal"
+            conditions.append(Condition(keyword, attr_level, column, kind, uids))
+        elif vr in RANGE_VRS and "-" in value:
+            ranges[keyword] = _range(keyword, vr, value)
+            conditions.append(Condition(keyword, attr_level, column, "range", ranges[keyword]))
+        elif vr in WILDCARD_VRS and ("*" in value or "?" in value):
+            conditions.append(
+                Condition(keyword, attr_level, column, "like", (_like_pattern(value),), ci)
+            )
+        else:
+            conditions.append(Condition(keyword, attr_level, column, "equal", (value,), ci))
+
+    # C.2.2.2.5.2: a date range and a time range of the same entity match as one datetime
+    for date_kw, time_kw in DATE_TIME_PAIRS.items():
+        if date_kw in ranges and time_kw in ranges:
+            date_c = next(c for c in conditions if c.keyword == date_kw)
+            time_c = next(c for c in conditions if c.keyword == time_kw)
+            (dlo, dhi), (tlo, thi) = ranges[date_kw], ranges[time_kw]
+            lo = dlo + (tlo or "") if dlo else None
+            hi = dhi + (thi or "235959.999999") if dhi else None
+            conditions.remove(date_c)
+            conditions.remove(time_c)
+            conditions.append(
+                Condition(
+                    date_kw,
+                    date_c.level,
+                    f"{date_c.column}|{time_c.column}",
+                    "datetime_range",
+                    (lo, hi),
+                )
+            )
+    return Query(model, level, tuple(conditions), tuple(return_keys), tuple(unsupported))
+
+
+def response_identifier(
+    query: Query, row: dict[str, Any], requested: Dataset, retrieve_aet: str
+) -> Dataset:
+    """The identifier of one match: every key asked, valued from the index or empty."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"  # the index holds decoded text; answer in UTF-8
+    ds.QueryRetrieveLevel = query.level
+    for keyword in query.return_keys:
+        column = INDEXED_KEYS[keyword][1] if keyword in INDEXED_KEYS else keyword
+        value = row.get(column)
+        vr = dictionary_VR(keyword)
+        if vr == "SQ":
+            setattr(ds, keyword, [])
+        elif value is None or value == "":
+            setattr(ds, keyword, None)
+        elif isinstance(value, str) and "\\" in value:
+            setattr(ds, keyword, value.split("\\"))
+        else:
+            setattr(ds, keyword, value)
+    for keyword in query.unsupported:
+        if keyword in requested and keyword not in ds:
+            ds[requested[keyword].tag] = requested[keyword]
+            ds[requested[keyword].tag].value = [] if requested[keyword].VR == "SQ" else None
+    ds.RetrieveAETitle = retrieve_aet
+    ds.InstanceAvailability = "ONLINE"
+    return ds

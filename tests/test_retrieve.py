@@ -1,0 +1,336 @@
+"""C-FIND, C-MOVE and C-GET end to end, with DCMTK findscu/movescu/getscu/storescp and
+pynetdicom SCUs. Retrieved pixels must decode bit-exact to what was sent, whatever the
+stored syntax and whatever the destination accepts."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from compacs.codecs.transcode import decompress
+from compacs.dicom.status import Status
+from compacs.synthetic import ct_series
+from tests.conftest import dcmtk_env, echo, free_port, require_dcmtk, write_config
+from tests.scu import send_datasets
+
+# Each calling AE's images are stored in another syntax (see CONFIG): retrieval is
+# checked for every stored syntax.
+STORED_AS = {
+    "SEND_JLS": "jpeg-ls",
+    "SEND_J2K": "jpeg-2000",
+    "SEND_HTJ": "htj2k",
+    "SEND_RLE": "rle",
+    "SEND_JXL": "jpeg-xl",
+    "SEND_RAW": "keep",
+}
+CONFIG = '[compression]\nwhen = "ingest"\n' + "".join(
+    f'[[compression.rules]]\ncalling_ae = "{aet}"\naction = "{action}"\n'
+    for aet, action in STORED_AS.items()
+)
+
+
+class StoreSCP:
+    """DCMTK storescp as a C-MOVE destination, writing what it receives to a folder."""
+
+    def __init__(self, folder: Path, aet: str, accept_all: bool) -> None:
+        require_dcmtk()
+        self.folder, self.aet, self.port = folder, aet, free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = ["storescp", "-aet", aet, "-od", str(folder), "-uf"]  # -uf: name by SOP UID
+        cmd += ["+xa"] if accept_all else []  # default: uncompressed syntaxes only
+        self.proc = subprocess.Popen(
+            [*cmd, str(self.port)],
+            env=dcmtk_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while echo(self.port, aet, timeout=2) != Status.SUCCESS:
+            assert time.monotonic() < deadline, "storescp did not start"
+            time.sleep(0.1)
+
+    def received(self) -> dict[str, pydicom.Dataset]:
+        out = {}
+        for path in self.folder.iterdir():
+            ds = pydicom.dcmread(path)
+            out[str(ds.SOPInstanceUID)] = ds
+        return out
+
+    def clear(self) -> None:
+        for path in self.folder.iterdir():
+            path.unlink()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A node holding one study per stored syntax, two storescp destinations."""
+    from tests.conftest import NodeProcess
+
+    base = tmp_path_factory.mktemp("retrieve")
+    unc = StoreSCP(base / "unc", "DEST_UNC", accept_all=False)
+    every = StoreSCP(base / "all", "DEST_ALL", accept_all=True)
+    config = write_config(base / "node.toml", CONFIG)
+    node = NodeProcess(
+        base / "data",
+        config=config,
+        extra_args=(
+            "--peer",
+            f"DEST_UNC@127.0.0.1:{unc.port}",
+            "--peer",
+            f"DEST_ALL@127.0.0.1:{every.port}",
+        ),
+    ).start()
+    sent: dict[str, dict[str, Dataset]] = {}
+    for n, aet in enumerate(STORED_AS):
+        series = list(ct_series(6, 96, 96, seed=40 + n, patient_id=f"RET{n}"))
+        assert send_datasets(node.port, series, calling=aet) == [Status.SUCCESS] * 6
+        sent[aet] = {str(ds.SOPInstanceUID): ds for ds in series}
+    yield node, sent, unc, every
+    node.stop()
+    unc.stop()
+    every.stop()
+
+
+def study_of(series: dict[str, Dataset]) -> str:
+    return str(next(iter(series.values())).StudyInstanceUID)
+
+
+def movescu(node, destination: str, study_uid: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "movescu",
+            "-v",
+            "-S",
+            "-aec",
+            node.aet,
+            "-aem",
+            destination,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study_uid}",
+            "127.0.0.1",
+            str(node.port),
+        ],
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+        timeout=300,
+    )
+
+
+def pixels(ds: Dataset) -> np.ndarray:
+    return decompress(ds).pixel_array  # compacs' table decodes JPEG XL, which pydicom cannot
+
+
+def test_stored_syntaxes_are_the_ones_the_rules_chose(archive):
+    node, *_ = archive
+    stats = node.stats()
+    assert set(stats["by_transfer_syntax"]) == {
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.110",
+        "1.2.840.10008.1.2.1",
+    }
+
+
+@pytest.mark.parametrize("aet", list(STORED_AS))
+def test_movescu_to_an_uncompressed_only_destination_is_bit_exact(archive, aet):
+    node, sent, unc, _ = archive
+    unc.clear()
+    result = movescu(node, "DEST_UNC", study_of(sent[aet]))
+    assert result.returncode == 0, result.stderr[-1500:]
+    received = unc.received()
+    assert set(received) == set(sent[aet])
+    for uid, ds in received.items():
+        assert not ds.file_meta.TransferSyntaxUID.is_compressed
+        assert np.array_equal(ds.pixel_array, sent[aet][uid].pixel_array)
+
+
+@pytest.mark.parametrize("aet", list(STORED_AS))
+def test_movescu_to_a_destination_accepting_everything_gets_the_stored_syntax(archive, aet):
+    node, sent, _, every = archive
+    every.clear()
+    assert movescu(node, "DEST_ALL", study_of(sent[aet])).returncode == 0
+    received = every.received()
+    assert set(received) == set(sent[aet])
+    with_syntax = {str(ds.file_meta.TransferSyntaxUID) for ds in received.values()}
+    stored = node.stats()["by_transfer_syntax"]
+    assert with_syntax <= set(stored)
+    for uid, ds in received.items():
+        assert np.array_equal(pixels(ds), sent[aet][uid].pixel_array)
+
+
+def test_movescu_to_an_unknown_destination_is_refused_with_a801(archive):
+    node, sent, *_ = archive
+    result = movescu(node, "NOBODY", study_of(sent["SEND_JLS"]))
+    output = result.stdout + result.stderr
+    assert "MoveDestinationUnknown" in output  # DCMTK's name for 0xA801
+    assert echo(node.port) == Status.SUCCESS
+
+
+def test_getscu_retrieves_bit_exact(archive, tmp_path):
+    node, sent, *_ = archive
+    result = subprocess.run(
+        [
+            "getscu",
+            "-S",
+            "-aec",
+            node.aet,
+            "-od",
+            str(tmp_path),
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study_of(sent['SEND_JXL'])}",
+            "127.0.0.1",
+            str(node.port),
+        ],
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-1500:]
+    received = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, tmp_path.iterdir())}
+    assert set(received) == set(sent["SEND_JXL"])
+    for uid, ds in received.items():
+        assert np.array_equal(ds.pixel_array, sent["SEND_JXL"][uid].pixel_array)
+
+
+def test_pynetdicom_get_and_cancelled_move(archive):
+    node, sent, *_ = archive
+    got: list[Dataset] = []
+
+    def on_store(event):
+        got.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="GETSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    ae.add_requested_context(CTImageStorage)
+    role = build_role(CTImageStorage, scp_role=True)
+    assoc = ae.associate(
+        "127.0.0.1",
+        node.port,
+        ae_title=node.aet,
+        ext_neg=[role],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    try:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "SERIES"
+        identifier.StudyInstanceUID = study_of(sent["SEND_HTJ"])
+        identifier.SeriesInstanceUID = next(iter(sent["SEND_HTJ"].values())).SeriesInstanceUID
+        statuses = [
+            s.Status
+            for s, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
+        ]
+        assert statuses[-1] == Status.SUCCESS
+        assert {str(ds.SOPInstanceUID) for ds in got} == set(sent["SEND_HTJ"])
+
+        # C-CANCEL after the first pending response of a move
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = study_of(sent["SEND_J2K"])
+        final = None
+        for n, (status, _) in enumerate(
+            assoc.send_c_move(
+                identifier, "DEST_UNC", StudyRootQueryRetrieveInformationModelMove, msg_id=7
+            )
+        ):
+            if n == 0 and status.Status == 0xFF00:
+                assoc.send_c_cancel(7, query_model=StudyRootQueryRetrieveInformationModelMove)
+            final = status
+        assert final.Status == 0xFE00
+        assert final.NumberOfCompletedSuboperations < 6
+    finally:
+        assoc.release()
+
+
+def test_unreadable_file_is_one_failed_sub_operation(archive):
+    """A file missing from the store: B000, its UID in the Failed SOP Instance UID List,
+    the other instances delivered (never a stale data set)."""
+    node, sent, unc, _ = archive
+    import sqlite3
+
+    series = sent["SEND_RAW"]
+    victim = sorted(series)[2]
+    with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
+        (key,) = conn.execute(
+            "SELECT storage_key FROM instances WHERE sop_instance_uid = ?", (victim,)
+        ).fetchone()
+    path = node.data_dir / "store" / key
+    saved = path.read_bytes()
+    path.unlink()
+    unc.clear()
+    try:
+        ae = AE(ae_title="MOVESCU")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.aet)
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = study_of(series)
+        responses = list(
+            assoc.send_c_move(identifier, "DEST_UNC", StudyRootQueryRetrieveInformationModelMove)
+        )
+        assoc.release()
+    finally:
+        path.write_bytes(saved)
+    final, failed = responses[-1]
+    assert final.Status == 0xB000
+    assert final.NumberOfFailedSuboperations == 1 and final.NumberOfCompletedSuboperations == 5
+    uids = failed.FailedSOPInstanceUIDList
+    assert ([uids] if isinstance(uids, str) else list(uids)) == [victim]
+    assert set(unc.received()) == set(series) - {victim}
+
+
+def findscu(node, *keys: str) -> list[str]:
+    """findscu's matches, each as its dump text."""
+    args = ["findscu", "-v", "-S", "-aec", node.aet]
+    for key in keys:
+        args += ["-k", key]
+    result = subprocess.run(
+        [*args, "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-1500:]
+    return re.split(r"I: Find Response: \d+ \(Pending", result.stdout + result.stderr)[1:]
+
+
+def test_findscu_study_level_with_derived_keys(archive):
+    node, *_ = archive
+    matches = findscu(
+        node,
+        "QueryRetrieveLevel=STUDY",
+        "PatientID=RET*",
+        "NumberOfStudyRelatedInstances",
+        "ModalitiesInStudy",
+        "StudyInstanceUID",
+    )
+    assert len(matches) == len(STORED_AS)
+    assert all("[6 ]" in m and "[CT]" in m for m in matches)
