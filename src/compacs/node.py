@@ -16,7 +16,7 @@ from compacs.index import open_index
 from compacs.ingest import Ingest
 from compacs.jobs.compress import Compressor
 from compacs.jobs.workers import CompressionWorkers
-from compacs.net import echo, find, retrieve, store
+from compacs.net import commitment, echo, find, retrieve, store
 from compacs.net.server import build_ae, make_server
 from compacs.storage import open_store
 
@@ -64,7 +64,8 @@ class Node:
             echo.HANDLERS
             + store.handlers(self.ingest)
             + find.handlers(self.index, settings.ae_title, settings.pn_case_insensitive)
-            + retrieve.handlers(self.index, self.store, peers, settings.move_allowed),
+            + retrieve.handlers(self.index, self.store, peers, settings.move_allowed)
+            + commitment.handlers(self.index, self.store, peers, settings.ae_title),
         )
         self._stopped = threading.Event()
 

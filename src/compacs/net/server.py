@@ -11,6 +11,7 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -62,6 +63,7 @@ def build_ae(
     ae.add_supported_context(Verification)
     for query_retrieve in QUERY_RETRIEVE:
         ae.add_supported_context(query_retrieve)
+    ae.add_supported_context(StorageCommitmentPushModel)
     syntaxes = accepted_for_storage()
     for sop_class in storage_sop_classes():
         # both roles: a modality's C-STORE (we are SCP), and C-GET, whose requestor

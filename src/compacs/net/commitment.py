@@ -1,0 +1,130 @@
+"""Storage Commitment Push Model SCP (PS3.4 Annex J).
+
+N-ACTION asks the archive to take responsibility for a list of instances. Each one is
+committed only when it is indexed and its object still has the SHA-256 recorded at
+ingest; the answer is an N-EVENT-REPORT (J.3.3) on the same association when the
+requester keeps it open, otherwise on a new association to the requester's configured
+address (a peer with its AE title), where compacs takes the SCP role (J.3.3.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import StorageCommitmentPushModel
+
+from compacs.config import Peer
+from compacs.index import Index
+from compacs.storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"  # PS3.4 J.3.1
+NO_SUCH_OBJECT = 0x0112  # Failure Reason (0008,1197), PS3.4 J.3.3.1.1
+PROCESSING_FAILURE = 0x0110
+CLASS_INSTANCE_CONFLICT = 0x0119
+SAME_ASSOCIATION_GRACE = 0.5  # seconds after the N-ACTION response to notice a release
+
+
+def check(index: Index, store: BlobStore, references: list[Dataset]) -> tuple[list, list]:
+    """(committed, failed) Referenced SOP items; failed ones carry a Failure Reason."""
+    committed, failed = [], []
+    for ref in references:
+        uid = str(ref.get("ReferencedSOPInstanceUID", ""))
+        sop_class = str(ref.get("ReferencedSOPClassUID", ""))
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = uid
+        location = index.locate(uid) if uid else None
+        if location is None:
+            item.FailureReason = NO_SUCH_OBJECT
+        elif location.sop_class_uid != sop_class:
+            item.FailureReason = CLASS_INSTANCE_CONFLICT
+        else:
+            try:
+                digest = hashlib.sha256(store.get(location.storage_key)).hexdigest()
+            except OSError:
+                digest = ""
+            if digest != location.sha256:
+                log.error("storage commitment: %s does not match its SHA-256", uid)
+                item.FailureReason = PROCESSING_FAILURE
+        (failed if "FailureReason" in item else committed).append(item)
+    return committed, failed
+
+
+def event_report(transaction_uid: str, committed: list, failed: list) -> tuple[Dataset, int]:
+    info = Dataset()
+    info.TransactionUID = transaction_uid
+    if committed:
+        info.ReferencedSOPSequence = committed
+    if failed:
+        info.FailedSOPSequence = failed
+    return info, (2 if failed else 1)  # Event Type ID, PS3.4 J.3.3
+
+
+def _send_on_new_association(ae_title: str, peer: Peer, info: Dataset, event_type: int) -> bool:
+    ae = AE(ae_title=ae_title)
+    ae.add_requested_context(StorageCommitmentPushModel)
+    role = build_role(StorageCommitmentPushModel, scp_role=True)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role])
+    if not assoc.is_established:
+        return False
+    try:
+        status, _ = assoc.send_n_event_report(
+            info, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
+        )
+        return "Status" in status and status.Status == 0
+    finally:
+        assoc.release()
+
+
+def handlers(index: Index, store: BlobStore, peers: dict[str, Peer], ae_title: str):
+    def report_later(assoc, calling: str, info: Dataset, event_type: int) -> None:
+        time.sleep(SAME_ASSOCIATION_GRACE)
+        if assoc.is_established:
+            try:
+                assoc.send_n_event_report(
+                    info, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
+                )
+                return
+            except Exception as exc:
+                log.warning("storage commitment report on the same association failed: %s", exc)
+        peer = peers.get(calling)
+        if peer is None:
+            log.error(
+                "storage commitment: %s released before the report and is not a "
+                "configured peer; the report cannot be delivered",
+                calling,
+            )
+            return
+        if not _send_on_new_association(ae_title, peer, info, event_type):
+            log.error("storage commitment report to %s failed", peer)
+
+    def handle_action(event: Event):
+        request = event.action_information
+        transaction = str(request.get("TransactionUID", ""))
+        if event.action_type != 1 or not transaction:
+            return 0x0123 if event.action_type != 1 else 0x0120, None  # no such action / missing
+        committed, failed = check(index, store, list(request.get("ReferencedSOPSequence", [])))
+        log.info(
+            "storage commitment %s from %s: %d committed, %d failed",
+            transaction,
+            event.assoc.requestor.ae_title,
+            len(committed),
+            len(failed),
+        )
+        info, event_type = event_report(transaction, committed, failed)
+        threading.Thread(
+            target=report_later,
+            args=(event.assoc, event.assoc.requestor.ae_title, info, event_type),
+            daemon=True,
+        ).start()
+        return 0x0000, None
+
+    return [(evt.EVT_N_ACTION, handle_action)]
