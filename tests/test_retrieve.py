@@ -334,3 +334,33 @@ def test_findscu_study_level_with_derived_keys(archive):
     )
     assert len(matches) == len(STORED_AS)
     assert all("[6 ]" in m and "[CT]" in m for m in matches)
+
+
+PEOPLE = [  # name, id, study date, accession
+    ("Doe^John", "P1", "20200110", "A_1"),
+    ("DOE^JANE", "P2", "20200215", "A%2"),
+    ("Smith^Anna", "P3", "20210301", "AX1"),
+    ("Dobson^Ray", "P4", "20190705", "B1"),
+]
+
+
+def test_findscu_matching_rules(plain_node):
+    node = plain_node
+    uids = []
+    for n, (name, pid, date, accession) in enumerate(PEOPLE):
+        (ds,) = ct_series(1, 16, 16, seed=200 + n, patient_id=pid, patient_name=name)
+        ds.StudyDate, ds.AccessionNumber = date, accession
+        assert send_datasets(node.port, [ds]) == [Status.SUCCESS]
+        uids.append(str(ds.StudyInstanceUID))
+    study = ("QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientName")
+    # wildcard: Do* matches Doe^John, DOE^JANE (PN case-insensitive by default), Dobson^Ray
+    assert len(findscu(node, *study, "PatientName=Do*")) == 3
+    # date range, open range
+    assert len(findscu(node, *study, "StudyDate=20200101-20201231")) == 2
+    assert len(findscu(node, *study, "StudyDate=-20200131")) == 2
+    # list of UIDs
+    assert len(findscu(node, *study, f"StudyInstanceUID={uids[0]}\\{uids[2]}")) == 2
+    # case-sensitive single value (SH), and SQL metacharacters taken literally
+    assert len(findscu(node, *study, "AccessionNumber=ax1")) == 0
+    assert len(findscu(node, *study, "AccessionNumber=AX1")) == 1
+    assert len(findscu(node, *study, "AccessionNumber=A_*")) == 1  # not A%2, not AX1

@@ -21,6 +21,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from compacs.config import Peer
 from compacs.index import Index
+from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.storage import BlobStore
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,13 @@ def _send_on_new_association(ae_title: str, peer: Peer, info: Dataset, event_typ
     ae = AE(ae_title=ae_title)
     ae.add_requested_context(StorageCommitmentPushModel)
     role = build_role(StorageCommitmentPushModel, scp_role=True)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role])
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        ae_title=peer.ae_title,
+        ext_neg=[role],
+        evt_handlers=REQUESTOR_HANDLERS,
+    )
     if not assoc.is_established:
         return False
     try:

@@ -31,6 +31,7 @@ from compacs.codecs.transcode import NATIVE_SYNTAXES, decompress, encode_dataset
 from compacs.config import Peer
 from compacs.dicom.status import Status
 from compacs.index import Index, InstanceFacts
+from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.query import PATIENT_ROOT, STUDY_ROOT, QueryError, parse_identifier
 from compacs.storage import BlobStore
 
@@ -175,7 +176,7 @@ def handlers(
             peer.port,
             {
                 "contexts": proposal(instances) or None,
-                "evt_handlers": [(evt.EVT_ESTABLISHED, established)],
+                "evt_handlers": [(evt.EVT_ESTABLISHED, established), *REQUESTOR_HANDLERS],
             },
         )
         yield len(instances)

@@ -6,7 +6,7 @@ import contextlib
 import socket
 from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -44,6 +44,18 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
         with contextlib.suppress(OSError):
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
+
+
+def set_nodelay(event) -> None:
+    """EVT_CONN_OPEN handler for associations compacs requests (C-MOVE destinations,
+    commitment reports): TCP_NODELAY on the outgoing socket too."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+REQUESTOR_HANDLERS = [(evt.EVT_CONN_OPEN, set_nodelay)]
 
 
 def build_ae(
