@@ -105,7 +105,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _like_pattern(value: str) -> str:
+def like_pattern(value: str) -> str:
     """DICOM wildcards to a LIKE pattern with the SQL metacharacters escaped (ESCAPE '\\')."""
     out = []
     for ch in value:
@@ -208,7 +208,7 @@ def parse_identifier(identifier: Dataset, model: str, *, pn_case_insensitive: bo
             conditions.append(Condition(keyword, attr_level, column, "range", ranges[keyword]))
         elif vr in WILDCARD_VRS and ("*" in value or "?" in value):
             conditions.append(
-                Condition(keyword, attr_level, column, "like", (_like_pattern(value),), ci)
+                Condition(keyword, attr_level, column, "like", (like_pattern(value),), ci)
             )
         else:
             conditions.append(Condition(keyword, attr_level, column, "equal", (value,), ci))

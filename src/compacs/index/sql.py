@@ -21,7 +21,7 @@ from compacs.index.base import (
     ObjectChange,
 )
 from compacs.index.schema import INSTANCE_STORAGE_COLUMNS, PARENT_FK, TABLES
-from compacs.query import Query
+from compacs.query import INDEXED_KEYS, Query, like_pattern
 
 UNIQUE_COLUMN = {level: INDEXED[level][0].column for level in INDEXED}
 
@@ -57,6 +57,14 @@ _LISTS = {
         "instances x JOIN series y ON y.pk = x.series_fk WHERE y.study_fk = st.pk",
     ),
 }
+
+
+def _tm(column: str) -> str:
+    """A stored TM value padded to HHMMSS so that it compares with the bounds that
+    query.parse_identifier pads the same way ("0930" is 09:30:00)."""
+    return (
+        f"(substr(COALESCE({column}, '') || '000000', 1, 6) || substr(COALESCE({column}, ''), 7))"
+    )
 
 
 class SqlStatements:
@@ -169,6 +177,8 @@ class SqlStatements:
             if c.kind in ("equal", "like"):
                 op = "=" if c.kind == "equal" else "LIKE"
                 escape = " ESCAPE '\\'" if c.kind == "like" else ""
+                if c.kind == "like":  # '*' also matches an empty value (C.2.2.2.4)
+                    col = f"COALESCE({col}, '')"
                 if c.case_insensitive:
                     clauses.append(f"LOWER({col}) {op} LOWER(?){escape}")
                 else:
@@ -183,7 +193,9 @@ class SqlStatements:
                 if c.kind == "datetime_range":
                     date, time = c.column.split("|")
                     a = _ALIAS[c.level]
-                    col = f"(COALESCE({a}.{date}, '') || COALESCE({a}.{time}, ''))"
+                    col = f"(COALESCE({a}.{date}, '') || {_tm(f'{a}.{time}')})"
+                elif INDEXED_KEYS[c.keyword][2] == "TM":
+                    col = _tm(col)
                 lo, hi = c.values
                 if lo is not None:
                     clauses.append(f"{col} >= ?")
@@ -191,13 +203,19 @@ class SqlStatements:
                 if hi is not None:
                     clauses.append(f"{col} <= ?")
                     params.append(hi)
-            elif c.kind == "modalities":
-                marks = ", ".join("?" for _ in c.values)
+            elif c.kind == "modalities":  # any series of the study matches one value
+                tests = []
+                for value in c.values:
+                    if "*" in value or "?" in value:
+                        tests.append("COALESCE(x.modality, '') LIKE ? ESCAPE '\\'")
+                        params.append(like_pattern(value))
+                    else:
+                        tests.append("x.modality = ?")
+                        params.append(value)
                 clauses.append(
                     "EXISTS (SELECT 1 FROM series x WHERE x.study_fk = st.pk "
-                    f"AND x.modality IN ({marks}))"
+                    f"AND ({' OR '.join(tests)}))"
                 )
-                params += list(c.values)
             else:  # pragma: no cover - parse_identifier makes only the kinds above
                 raise ValueError(c.kind)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
