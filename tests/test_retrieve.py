@@ -364,3 +364,54 @@ def test_findscu_matching_rules(plain_node):
     assert len(findscu(node, *study, "AccessionNumber=ax1")) == 0
     assert len(findscu(node, *study, "AccessionNumber=AX1")) == 1
     assert len(findscu(node, *study, "AccessionNumber=A_*")) == 1  # not A%2, not AX1
+
+
+def test_a_retrieve_needing_over_128_contexts_is_split(node_factory, tmp_path):
+    """70 SOP classes, each proposed with its stored syntax (JPEG-LS) and the native ones:
+    140 contexts, over the 128 a requestor may propose (PS3.8 9.3.2.2): two associations."""
+    from compacs.dicom.sop_classes import storage_sop_classes
+    from compacs.dicom.syntaxes import accepted_for_storage
+
+    sop_classes = [uid for uid in storage_sop_classes() if uid != CTImageStorage][:70]
+    received: dict[str, str] = {}
+    associations: set[int] = set()
+
+    def on_store(event):
+        associations.add(id(event.assoc))
+        received[str(event.request.AffectedSOPInstanceUID)] = str(event.context.transfer_syntax)
+        return 0x0000
+
+    destination = AE(ae_title="MANYCLASSES")
+    for uid in sop_classes:
+        destination.add_supported_context(uid, accepted_for_storage())
+    port = free_port()
+    server = destination.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        node = node_factory(
+            extra_args=("--peer", f"MANYCLASSES@127.0.0.1:{port}"),
+            config=write_config(tmp_path / "ingest.toml", '[compression]\nwhen = "ingest"\n'),
+        )
+        series = list(ct_series(len(sop_classes), 16, 16, seed=300))
+        for ds, uid in zip(series, sop_classes, strict=True):
+            ds.SOPClassUID = uid
+            ds.file_meta.MediaStorageSOPClassUID = uid
+        assert send_datasets(node.port, series) == [Status.SUCCESS] * len(series)
+        ae = AE(ae_title="MOVESCU")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.aet)
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = series[0].StudyInstanceUID
+        final, _ = list(
+            assoc.send_c_move(identifier, "MANYCLASSES", StudyRootQueryRetrieveInformationModelMove)
+        )[-1]
+        assoc.release()
+    finally:
+        server.shutdown()
+    assert final.Status == Status.SUCCESS
+    assert final.NumberOfCompletedSuboperations == len(series)
+    assert set(received) == {str(ds.SOPInstanceUID) for ds in series}
+    assert set(received.values()) == {"1.2.840.10008.1.2.4.80"}  # sent as stored
+    assert len(associations) == 2

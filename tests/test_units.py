@@ -289,3 +289,22 @@ def test_config_defaults_and_overrides():
         Peer.parse("WAY-TOO-LONG-AE-TITLE@h:1")
     with pytest.raises(ConfigError, match="expected"):
         from_document({"network": {"max_pdu": True}})
+
+
+def test_context_batches_keep_each_sop_class_whole():
+    from pynetdicom import build_context
+
+    from compacs.net.sender import batches
+
+    contexts = []
+    for n in range(70):
+        uid = f"1.2.3.{n}"
+        contexts += [
+            build_context(uid, ["1.2.840.10008.1.2.4.80"]),
+            build_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]),
+        ]
+    groups = batches(contexts)
+    assert [len(g) for g in groups] == [128, 12]
+    for group in groups:
+        classes = [str(cx.abstract_syntax) for cx in group]
+        assert all(classes.count(c) == 2 for c in classes)

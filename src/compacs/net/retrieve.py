@@ -46,7 +46,6 @@ GET_MODELS = {
     StudyRootQueryRetrieveInformationModelGet: STUDY_ROOT,
 }
 PENDING, CANCEL = 0xFF00, 0xFE00
-MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association
 UNSENDABLE_SYNTAX = "1.2.840.10008.1.2.4.999.1"  # never negotiated: makes a sub-op fail
 
 
@@ -55,32 +54,20 @@ class NotAcceptable(ValueError):
 
 
 def proposal(instances: list[InstanceFacts]) -> list[PresentationContext]:
-    """Contexts to propose to a C-MOVE destination: per SOP class, each stored syntax on
-    its own context (so the peer can accept it alone), then one with Explicit and
-    Implicit VR Little Endian. Over 128, one context per SOP class with all of them."""
+    """Contexts to propose to a C-MOVE destination (PS3.4 C.4.2.3.1): per SOP class, each
+    stored syntax on a context of its own, so that the peer can accept it alone, and one
+    context with Explicit and Implicit VR Little Endian. More than 128 are split over
+    several associations by :class:`compacs.net.sender.ArchiveAE`."""
     stored: dict[str, list[str]] = {}
     for inst in instances:
         syntaxes = stored.setdefault(inst["sop_class_uid"], [])
         if inst["transfer_syntax_stored"] not in syntaxes + list(NATIVE_SYNTAXES):
             syntaxes.append(inst["transfer_syntax_stored"])
-    contexts = [
-        build_context(sop_class, [syntax])
-        for sop_class, syntaxes in stored.items()
-        for syntax in syntaxes
-    ]
-    contexts += [build_context(sop_class, list(NATIVE_SYNTAXES)) for sop_class in stored]
-    if len(contexts) > MAX_CONTEXTS:
-        contexts = [
-            build_context(sop_class, [*syntaxes, *NATIVE_SYNTAXES])
-            for sop_class, syntaxes in stored.items()
-        ]
-    if len(contexts) > MAX_CONTEXTS:
-        log.warning(
-            "%d SOP classes in one retrieve: the last %d cannot be proposed",
-            len(contexts),
-            len(contexts) - MAX_CONTEXTS,
-        )
-    return contexts[:MAX_CONTEXTS]
+    contexts = []
+    for sop_class, syntaxes in stored.items():
+        contexts += [build_context(sop_class, [syntax]) for syntax in syntaxes]
+        contexts.append(build_context(sop_class, list(NATIVE_SYNTAXES)))
+    return contexts
 
 
 def accepted_syntaxes(assoc: Any) -> dict[str, set[str]]:
@@ -166,24 +153,15 @@ def handlers(
             yield 1
             yield exc.status, _refusal(exc)
             return
-        sub_association: dict[str, Any] = {}
-
-        def established(e: Event) -> None:
-            sub_association["assoc"] = e.assoc
-
-        yield (
-            peer.host,
-            peer.port,
-            {
-                "contexts": proposal(instances) or None,
-                "evt_handlers": [(evt.EVT_ESTABLISHED, established), *REQUESTOR_HANDLERS],
-            },
-        )
+        options = {"contexts": proposal(instances) or None, "evt_handlers": REQUESTOR_HANDLERS}
+        yield peer.host, peer.port, options
         yield len(instances)
+        # pynetdicom requested the sub-association(s) from this thread, through ArchiveAE
+        sub_association = event.assoc.ae.last_requested()
         yield from sub_operations(
             store,
             instances,
-            lambda: accepted_syntaxes(sub_association["assoc"]) if sub_association else {},
+            lambda: accepted_syntaxes(sub_association),
             lambda: event.is_cancelled,
         )
 

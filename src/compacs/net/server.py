@@ -21,6 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from compacs.dicom.sop_classes import storage_sop_classes
 from compacs.dicom.syntaxes import accepted_for_storage
+from compacs.net.sender import ArchiveAE
 
 QUERY_RETRIEVE = (
     PatientRootQueryRetrieveInformationModelFind,
@@ -63,7 +64,7 @@ def build_ae(
 ) -> AE:
     """An AE accepting Verification and every storage SOP class (see ``sop_classes``), each
     with every transfer syntax a modality may send (PS3.5 Annex A)."""
-    ae = AE(ae_title=ae_title)
+    ae = ArchiveAE(ae_title=ae_title)
     ae.maximum_pdu_size = max_pdu
     ae.maximum_associations = max_associations
     ae.acse_timeout = timeouts["acse"]
