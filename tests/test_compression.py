@@ -406,3 +406,33 @@ def test_lossy_attributes_are_appended_not_overwritten():
     again = pydicom.dcmread(io.BytesIO(out.data))
     assert again.LossyImageCompressionMethod == ["ISO_10918_1", "ISO_14495_1"]
     assert len(again.LossyImageCompressionRatio) == 2 and again.LossyImageCompression == "01"
+
+
+@pytest.mark.parametrize(
+    ("rule", "method", "name"),
+    [
+        ({"action": "jpeg-2000-lossy", "ratio": 10}, "ISO_15444_1", "MR2_UNCR.dcm"),
+        ({"action": "htj2k-lossy", "ratio": 10}, "ISO_15444_15", "MR2_UNCR.dcm"),
+        ({"action": "jpeg-2000-lossy", "ratio": 10}, "ISO_15444_1", "US1_UNCR.dcm"),
+        ({"action": "jpeg-baseline", "quality": 85}, "ISO_10918_1", "US1_UNCR.dcm"),
+    ],
+)
+def test_lossy_codecs_reach_their_target_and_are_marked(archive, rule, method, name):
+    store, index = archive
+    policy = replace(DEFAULT_POLICY, rules=(parse_rule({**rule, "lossy": True}, "r"),))
+    data = by_name(name).read_bytes()
+    uid = ingest_file(store, index, data, policy)
+    (result,) = run_jobs(store, index, policy)
+    assert result.state == "derived", result.note
+    (derived_uid,) = [
+        f["sop_instance_uid"] for f in index.instances() if f["sop_instance_uid"] != uid
+    ]
+    derived = pydicom.dcmread(io.BytesIO(store.get(index.locate(derived_uid).storage_key)))
+    assert derived.LossyImageCompression == "01"
+    assert derived.LossyImageCompressionMethod == method
+    ratio = float(derived.LossyImageCompressionRatio)
+    if "ratio" in rule:
+        assert rule["ratio"] * 0.9 <= ratio <= rule["ratio"] * 1.5
+    original = pydicom.dcmread(io.BytesIO(data)).pixel_array.astype(int)
+    error = np.abs(derived.pixel_array.astype(int) - original)
+    assert error.max() > 0 and error.mean() < 10  # lossy, but an image, not noise

@@ -100,6 +100,7 @@ _RULE_KEYS = set(MATCH_KEYS) | {
     "keep_original",
     "near",
     "quality",
+    "ratio",
     "effort",
 }
 
@@ -122,7 +123,7 @@ def parse_rule(doc: Mapping[str, Any], where: str) -> Rule:
     action = doc.get("action")
     if not isinstance(action, str):
         raise RuleError(f"{where}: action is required: a codec name or UID, 'keep' or 'smallest'")
-    options = {k: doc[k] for k in ("near", "quality", "effort") if k in doc}
+    options = {k: doc[k] for k in ("near", "quality", "ratio", "effort") if k in doc}
     lossy = doc.get("lossy", False)
     keep_original = doc.get("keep_original", True)
     if not isinstance(lossy, bool) or not isinstance(keep_original, bool):
@@ -158,6 +159,9 @@ def parse_rule(doc: Mapping[str, Any], where: str) -> Rule:
         and not 1 <= int(options.get("quality", 90)) <= 100
     ):
         raise RuleError(f"{where}: jpeg-baseline quality must be 1..100")
+    ratio_codecs = [c.name for c in codecs if c.name in ("jpeg-2000-lossy", "htj2k-lossy")]
+    if ratio_codecs and not float(options.get("ratio", 0)) > 1:
+        raise RuleError(f"{where}: {ratio_codecs[0]} needs ratio > 1 (target compression ratio)")
     return Rule(match, action, codecs, options, lossy, keep_original)
 
 

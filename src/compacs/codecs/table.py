@@ -15,6 +15,8 @@ YBR_FULL.
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,6 +112,29 @@ def _j2k_decode(data: bytes, info: PixelInfo) -> np.ndarray:
     return imagecodecs.jpeg2k_decode(data, numthreads=1).astype(info.dtype, copy=False)
 
 
+# -- JPEG 2000 lossy (.91) at a target ratio via pylibjpeg-openjpeg ---------------------
+# Its encoder has rate control (imagecodecs' lossy J2K setting is not a ratio), but it
+# crashed the process when called from two threads: one encode at a time, under a lock.
+_OPENJPEG_LOCK = threading.Lock()
+
+
+def _j2k_lossy_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    from openjpeg.utils import encode_array
+
+    colour = info.samples_per_pixel == 3 and info.photometric == "RGB"
+    with _OPENJPEG_LOCK:
+        return bytes(
+            encode_array(
+                np.ascontiguousarray(frame),
+                bits_stored=info.bits_stored,
+                photometric_interpretation=1 if colour else 2,
+                use_mct=colour,
+                compression_ratios=[float(options["ratio"])],
+                codec_format=0,  # J2K codestream (PS3.5 A.4.4)
+            )
+        )
+
+
 # -- HTJ2K (ISO 15444-15) via imagecodecs / OpenJPH ---------------------------------------
 def _htj2k_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
     return bytes(
@@ -119,6 +144,27 @@ def _htj2k_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -
             rgb=info.samples_per_pixel == 3,
         )
     )
+
+
+def _htj2k_lossy_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    """OpenJPH has no rate control: search the quantisation step (log-bisection) for the
+    finest one whose stream meets the target ratio."""
+    target = float(options["ratio"])
+    rgb = info.samples_per_pixel == 3
+
+    def encode(step: float) -> bytes:
+        return bytes(imagecodecs.htj2k_encode(frame, level=step, reversible=False, rgb=rgb))
+
+    low, high = math.log(1e-6), math.log(1.0)  # fine .. coarse
+    best = encode(math.exp(high))
+    for _ in range(14):
+        middle = (low + high) / 2
+        encoded = encode(math.exp(middle))
+        if frame.nbytes / len(encoded) >= target:
+            best, high = encoded, middle
+        else:
+            low = middle
+    return best
 
 
 def _htj2k_decode(data: bytes, info: PixelInfo) -> np.ndarray:
@@ -227,9 +273,9 @@ CODECS: tuple[Codec, ...] = (
     Codec(
         "jpeg-2000-lossy",
         "1.2.840.10008.1.2.4.91",
-        "imagecodecs (OpenJPEG)",
+        "pylibjpeg-openjpeg (one at a time)",
         False,
-        _j2k_encode,
+        _j2k_lossy_encode,
         _j2k_decode,
     ),
     Codec(
@@ -245,7 +291,7 @@ CODECS: tuple[Codec, ...] = (
         "1.2.840.10008.1.2.4.203",
         "imagecodecs (OpenJPH)",
         False,
-        _htj2k_encode,
+        _htj2k_lossy_encode,
         _htj2k_decode,
     ),
     Codec(
