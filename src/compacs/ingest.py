@@ -126,6 +126,54 @@ class Ingest:
                 self._idle.notify_all()
 
     def _receive(self, rx: Received) -> Outcome:
+        data, attributes = self._checked(rx)
+        sop_instance = attributes[IMAGE]["sop_instance_uid"]
+        if self.duplicates is Duplicates.KEEP_FIRST and self.index.locate(sop_instance):
+            log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
+            return Outcome(Status.SUCCESS, sop_instance_uid=sop_instance)
+
+        digest = hashlib.sha256(data).hexdigest()
+        key = storage_key(
+            attributes[STUDY]["study_uid"], attributes[SERIES]["series_uid"], sop_instance, digest
+        )
+        try:
+            self.store.put(key, data)
+        except StorageFull as exc:
+            raise Rejected(Status.OUT_OF_RESOURCES, f"storage full: {exc.strerror}") from None
+        except OSError as exc:
+            raise Rejected(Status.OUT_OF_RESOURCES, f"storage write failed: {exc}") from None
+
+        due = self._compression_due(rx, attributes)
+        instance = NewInstance(
+            attributes=attributes,
+            storage_key=key,
+            transfer_syntax=rx.transfer_syntax,
+            bytes_received=len(data),
+            bytes_stored=len(data),
+            sha256=digest,
+            calling_ae=rx.calling_ae,
+            called_ae=rx.called_ae,
+            received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            compress_after=due,
+        )
+        try:
+            result = self.index.add_instance(instance, self.duplicates)
+        except IndexUnavailable as exc:
+            self._discard(key)
+            raise Rejected(Status.OUT_OF_RESOURCES, str(exc)) from None
+        except BaseException:
+            self._discard(key)
+            raise
+        if result.obsolete_key:
+            self._discard(result.obsolete_key)
+        if not result.added:
+            log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
+        elif due is not None:
+            self._compress(sop_instance)
+        return Outcome(Status.SUCCESS, sop_instance_uid=sop_instance)
+
+    def _checked(self, rx: Received) -> tuple[bytes, dict]:
+        """The Part 10 bytes to store and the indexed attributes, or Rejected."""
         try:
             sop_class = require_uid(rx.sop_class_uid, "Affected SOP Class UID (0000,0002)")
             sop_instance = require_uid(rx.sop_instance_uid, "Affected SOP Instance UID (0000,1000)")
@@ -159,21 +207,10 @@ class Ingest:
                 "SOP Class UID (0008,0016) differs from the request's Affected SOP Class UID",
             )
 
-        if self.duplicates is Duplicates.KEEP_FIRST and self.index.locate(sop_instance):
-            log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
-            return Outcome(Status.SUCCESS, sop_instance_uid=sop_instance)
+        return data, attributes
 
-        digest = hashlib.sha256(data).hexdigest()
-        key = storage_key(
-            attributes[STUDY]["study_uid"], attributes[SERIES]["series_uid"], sop_instance, digest
-        )
-        try:
-            self.store.put(key, data)
-        except StorageFull as exc:
-            raise Rejected(Status.OUT_OF_RESOURCES, f"storage full: {exc.strerror}") from None
-        except OSError as exc:
-            raise Rejected(Status.OUT_OF_RESOURCES, f"storage write failed: {exc}") from None
-
+    def _compression_due(self, rx: Received, attributes: dict) -> float | None:
+        """When the policy wants this instance compressed (epoch seconds), or None."""
         decision = self.policy.decide(
             facts_of(
                 {
@@ -185,38 +222,11 @@ class Ingest:
                 }
             )
         )
-        due = None
-        if decision is not None:
-            # at ingest the handler compresses at once; the queued job is only the safety
-            # net for a crash in between, so the workers leave it alone for a while
-            due = time.time() + (self.policy.delay if self.policy.when == "deferred" else 60)
-        instance = NewInstance(
-            attributes=attributes,
-            storage_key=key,
-            transfer_syntax=rx.transfer_syntax,
-            bytes_received=len(data),
-            bytes_stored=len(data),
-            sha256=digest,
-            calling_ae=rx.calling_ae,
-            called_ae=rx.called_ae,
-            received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
-            compress_after=due,
-        )
-        try:
-            result = self.index.add_instance(instance, self.duplicates)
-        except IndexUnavailable as exc:
-            self._discard(key)
-            raise Rejected(Status.OUT_OF_RESOURCES, str(exc)) from None
-        except BaseException:
-            self._discard(key)
-            raise
-        if result.obsolete_key:
-            self._discard(result.obsolete_key)
-        if not result.added:
-            log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
-        elif due is not None:
-            self._compress(sop_instance)
-        return Outcome(Status.SUCCESS, sop_instance_uid=sop_instance)
+        if decision is None:
+            return None
+        # at ingest the handler compresses at once; the queued job is only the safety net
+        # for a crash in between, so the workers leave it alone for a while
+        return time.time() + (self.policy.delay if self.policy.when == "deferred" else 60)
 
     def _compress(self, sop_instance: str) -> None:
         """Compress now (policy 'ingest') or wake the workers; never fails the store:

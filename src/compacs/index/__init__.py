@@ -6,8 +6,8 @@ Backends are chosen by the scheme of an index URL, from :data:`BACKENDS`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
+from compacs.backends import open_by_scheme
 from compacs.index.base import (
     AddResult,
     Duplicates,
@@ -27,14 +27,7 @@ BACKENDS: dict[str, Callable[[str], Index]] = {
 
 def open_index(url: str) -> Index:
     """Open the index named by ``url`` (``sqlite:///abs/path.sqlite``)."""
-    scheme = urlsplit(url).scheme
-    try:
-        factory = BACKENDS[scheme]
-    except KeyError:
-        raise ValueError(
-            f"index URL {url!r}: unknown scheme {scheme!r} (known: {', '.join(BACKENDS)})"
-        ) from None
-    return factory(url)
+    return open_by_scheme(url, BACKENDS, "index")
 
 
 __all__ = [

@@ -7,8 +7,8 @@ Backends are chosen by the scheme of a storage URL, from :data:`BACKENDS`; a new
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
+from compacs.backends import open_by_scheme
 from compacs.storage.base import BlobStore, StorageFull, validate_key
 from compacs.storage.filesystem import FileStore
 
@@ -19,14 +19,7 @@ BACKENDS: dict[str, Callable[[str], BlobStore]] = {
 
 def open_store(url: str) -> BlobStore:
     """Open the blob store named by ``url`` (``file:///abs/path``)."""
-    scheme = urlsplit(url).scheme
-    try:
-        factory = BACKENDS[scheme]
-    except KeyError:
-        raise ValueError(
-            f"storage URL {url!r}: unknown scheme {scheme!r} (known: {', '.join(BACKENDS)})"
-        ) from None
-    return factory(url)
+    return open_by_scheme(url, BACKENDS, "storage")
 
 
 __all__ = ["BACKENDS", "BlobStore", "FileStore", "StorageFull", "open_store", "validate_key"]
