@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 DATA   ?= ./data
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint format deps-system clean
+.PHONY: serve test bench lint format deps-system deps-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,24 @@ test: $(VENV)/.installed-test deps-system
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.installed $(VENV)/.installed-test
+
+# Debian's orthanc is a peer of the benchmark; policy-rc.d keeps its package from starting
+# a system service (the benchmark starts its own instances on free 127.0.0.1 ports).
+deps-bench: deps-system
+	@if ! command -v Orthanc >/dev/null 2>&1; then \
+		echo "installing Debian's orthanc"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		[ -e /usr/sbin/policy-rc.d ] || printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; \
+		$$SUDO chmod +x /usr/sbin/policy-rc.d; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq orthanc >/dev/null; \
+	fi
+
+bench: $(VENV)/.installed-bench deps-bench
+	cd bench && ../$(BIN)/python run.py $(BENCH_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench

@@ -1,0 +1,172 @@
+"""The servers the benchmark compares, run on 127.0.0.1: compacs and DCMTK storescp.
+(Orthanc is driven by orthanc_peer.py.) Every DCMTK process gets TCP_NODELAY=1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def echo_ok(aet: str, port: int) -> bool:
+    return (
+        subprocess.run(
+            ["echoscu", "-aec", aet, "127.0.0.1", str(port)], env=ENV, capture_output=True
+        ).returncode
+        == 0
+    )
+
+
+def wait_for_echo(aet: str, port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not echo_ok(aet, port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{aet} on {port} did not answer C-ECHO")
+        time.sleep(0.1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its waited-for children (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class Compacs:
+    name = "compacs"
+
+    def __init__(
+        self, workdir: Path, *, aet: str = "COMPACS", config: str = "", peers: tuple[str, ...] = ()
+    ) -> None:
+        self.workdir, self.aet, self.port = workdir, aet, free_port()
+        self.data = workdir / "data"
+        self.config_text, self.peers = config, peers
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "compacs",
+            "serve",
+            "--data-dir",
+            str(self.data),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--aet",
+            self.aet,
+            "--log-level",
+            "WARNING",
+        ]
+        if self.config_text:
+            (self.workdir / "compacs.toml").write_text(self.config_text)
+            cmd += ["--config", str(self.workdir / "compacs.toml")]
+        for peer in self.peers:
+            cmd += ["--peer", peer]
+        log = (self.workdir / "serve.log").open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+        wait_for_echo(self.aet, self.port)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stats(self) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-m", "compacs", "stats", "--json", "--data-dir", str(self.data)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(out.stdout)
+
+    def wait_compressed(self, count: int, timeout: float = 600) -> float:
+        """Seconds until ``count`` instances are stored and none is pending."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            stats = self.stats()
+            if stats["instances"] >= count and stats["pending"] == 0:
+                return time.monotonic() - start
+            time.sleep(0.05)
+        raise RuntimeError("compression did not finish")
+
+    def stored_bytes(self) -> int:
+        return self.stats()["bytes_stored"]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+
+
+class StoreSCP:
+    """DCMTK storescp: receives and writes, no index: the ceiling."""
+
+    name = "storescp"
+
+    def __init__(
+        self, workdir: Path, *, aet: str = "STORESCP", accept_all: bool = True, fork: bool = True
+    ) -> None:
+        self.workdir, self.aet, self.port = workdir, aet, free_port()
+        self.out = workdir / "received"
+        self.accept_all, self.fork = accept_all, fork
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        cmd = ["storescp", "-aet", self.aet, "-od", str(self.out), "-uf"]
+        cmd += ["+xa"] if self.accept_all else []
+        cmd += ["--fork"] if self.fork else []
+        self.proc = subprocess.Popen(
+            [*cmd, str(self.port)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_echo(self.aet, self.port)
+        self.clear()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def files(self) -> list[Path]:
+        return [p for p in self.out.iterdir() if p.is_file()]
+
+    def clear(self) -> None:
+        for p in self.files():
+            p.unlink()
+
+    def stored_bytes(self) -> int:
+        return du(self.out)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
