@@ -415,3 +415,22 @@ def test_a_retrieve_needing_over_128_contexts_is_split(node_factory, tmp_path):
     assert set(received) == {str(ds.SOPInstanceUID) for ds in series}
     assert set(received.values()) == {"1.2.840.10008.1.2.4.80"}  # sent as stored
     assert len(associations) == 2
+
+
+def test_move_and_get_with_an_identifier_that_does_not_fit_get_a900(archive):
+    node, *_ = archive
+    ae = AE(ae_title="MOVESCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.aet)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "PATIENT"  # not a level of the Study Root model
+    identifier.PatientID = "RET0"
+    move = list(
+        assoc.send_c_move(identifier, "DEST_UNC", StudyRootQueryRetrieveInformationModelMove)
+    )
+    get = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+    assoc.release()
+    assert move[-1][0].Status == 0xA900
+    assert get[-1][0].Status == 0xA900
+    assert echo(node.port) == Status.SUCCESS

@@ -24,12 +24,12 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 
 from compacs.codecs.table import CODECS
 from compacs.codecs.transcode import NATIVE_SYNTAXES, decompress, encode_dataset
 from compacs.config import Peer
-from compacs.dicom.status import Status
 from compacs.index import Index, InstanceFacts
 from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.query import PATIENT_ROOT, STUDY_ROOT, QueryError, parse_identifier
@@ -149,7 +149,8 @@ def handlers(
         try:
             instances = _query(index, event.identifier, model)
         except QueryError as exc:
-            yield peer.host, peer.port
+            # pynetdicom insists on a destination association before any status
+            yield peer.host, peer.port, {"contexts": [build_context(Verification)]}
             yield 1
             yield exc.status, _refusal(exc)
             return
@@ -178,6 +179,3 @@ def handlers(
         yield from sub_operations(store, instances, lambda: accepted, lambda: event.is_cancelled)
 
     return [(evt.EVT_C_MOVE, handle_move), (evt.EVT_C_GET, handle_get)]
-
-
-__all__ = ["Status", "for_peer", "handlers", "proposal"]
