@@ -250,10 +250,13 @@ def test_pynetdicom_get_and_cancelled_move(archive):
         assert statuses[-1] == Status.SUCCESS
         assert {str(ds.SOPInstanceUID) for ds in got} == set(sent["SEND_HTJ"])
 
-        # C-CANCEL after the first pending response of a move
+        # C-CANCEL after the first pending response of a move (40 instances, so that the
+        # cancel arrives long before the last sub-operation)
+        many = list(ct_series(40, 256, 256, seed=90, patient_id="CANCEL"))
+        assert send_datasets(node.port, many, calling="SEND_CAN") == [Status.SUCCESS] * 40
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
-        identifier.StudyInstanceUID = study_of(sent["SEND_J2K"])
+        identifier.StudyInstanceUID = many[0].StudyInstanceUID
         final = None
         for n, (status, _) in enumerate(
             assoc.send_c_move(
@@ -264,7 +267,7 @@ def test_pynetdicom_get_and_cancelled_move(archive):
                 assoc.send_c_cancel(7, query_model=StudyRootQueryRetrieveInformationModelMove)
             final = status
         assert final.Status == 0xFE00
-        assert final.NumberOfCompletedSuboperations < 6
+        assert final.NumberOfCompletedSuboperations < 40
     finally:
         assoc.release()
 

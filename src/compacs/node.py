@@ -10,6 +10,7 @@ import time
 from types import FrameType
 
 import pydicom.config
+from pynetdicom import _config as pynetdicom_config
 
 from compacs.config import Settings
 from compacs.index import open_index
@@ -29,6 +30,9 @@ class Node:
         # compacs validates what it relies on itself (UIDs, structure); pydicom's per-value
         # validation on read would only slow the C-STORE path and flood the log.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        # C-MOVE/C-GET send a stored file as it is by handing pynetdicom its path: stream
+        # the file's data set instead of decoding and re-encoding it
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(settings.resolved_store_url)
         leftovers = self.store.recover()

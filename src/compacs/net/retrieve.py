@@ -31,6 +31,7 @@ from compacs.codecs.table import CODECS
 from compacs.codecs.transcode import NATIVE_SYNTAXES, decompress, encode_dataset
 from compacs.config import Peer
 from compacs.index import Index, InstanceFacts
+from compacs.net.sender import StoredFile
 from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.query import PATIENT_ROOT, STUDY_ROOT, QueryError, parse_identifier
 from compacs.storage import BlobStore
@@ -109,15 +110,23 @@ def sub_operations(
     instances: list[InstanceFacts],
     accepted: Callable[[], dict[str, set[str]]],
     is_cancelled: Callable[[], bool],
+    *,
+    stream: bool = False,
 ) -> Iterator[tuple[int, Dataset | None]]:
-    """(status, data set) per instance for pynetdicom's retrieve loop."""
+    """(status, data set) per instance for pynetdicom's retrieve loop; with ``stream``
+    (C-MOVE through ArchiveAE) objects sent as stored are streamed from their files."""
     for inst in instances:
         if is_cancelled():
             yield CANCEL, None
             return
         try:
-            data = store.get(inst["storage_key"])
-            yield PENDING, for_peer(data, accepted().get(inst["sop_class_uid"], set()))
+            syntaxes = accepted().get(inst["sop_class_uid"], set())
+            path = store.local_path(inst["storage_key"]) if stream else None
+            if path is not None and inst["transfer_syntax_stored"] in syntaxes and path.is_file():
+                # sent as stored, streamed from the file without a decode
+                yield PENDING, StoredFile(path, inst["sop_class_uid"], inst["sop_instance_uid"])
+                continue
+            yield PENDING, for_peer(store.get(inst["storage_key"]), syntaxes)
         except Exception as exc:
             log.warning("sub-operation for %s failed: %s", inst["sop_instance_uid"], exc)
             yield PENDING, _failed_sub_operation(inst)
@@ -164,6 +173,7 @@ def handlers(
             instances,
             lambda: accepted_syntaxes(sub_association),
             lambda: event.is_cancelled,
+            stream=True,
         )
 
     def handle_get(event: Event):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.presentation import PresentationContext
 
@@ -35,8 +37,20 @@ def batches(
     return out
 
 
+class StoredFile(Dataset):
+    """A stored object to send as it is. pynetdicom's C-MOVE loop wants a Dataset; the
+    associations ArchiveAE returns hand pynetdicom the file's path instead, which it
+    streams without decoding (STORE_SEND_CHUNKED_DATASET, set by the node)."""
+
+    def __init__(self, path: Path, sop_class_uid: str, sop_instance_uid: str) -> None:
+        super().__init__()
+        self.SOPClassUID = sop_class_uid
+        self.SOPInstanceUID = sop_instance_uid
+        self.stored_path = path
+
+
 class FanOutAssociation:
-    """Several established associations to one peer, used as one for sending."""
+    """One or several established associations to one peer, used as one for sending."""
 
     def __init__(self, members: list[Any]) -> None:
         self.members = members
@@ -55,11 +69,12 @@ class FanOutAssociation:
 
     def send_c_store(self, dataset: Any, **kwargs: Any) -> Any:
         sop_class = str(dataset.SOPClassUID)
+        payload = dataset.stored_path if isinstance(dataset, StoredFile) else dataset
         for member in self.members:
             if member.is_established and any(
                 str(cx.abstract_syntax) == sop_class for cx in member.accepted_contexts
             ):
-                return member.send_c_store(dataset, **kwargs)
+                return member.send_c_store(payload, **kwargs)
         raise ValueError(f"no accepted presentation context for {sop_class}")
 
     def release(self) -> None:
@@ -84,15 +99,12 @@ class ArchiveAE(AE):
 
     def associate(self, addr: Any, port: int, contexts: Any = None, **kwargs: Any) -> Any:
         contexts = list(contexts or self.requested_contexts)
-        if len(contexts) <= MAX_CONTEXTS:
-            assoc = super().associate(addr, port, contexts=contexts, **kwargs)
-        else:
-            assoc = FanOutAssociation(
-                [
-                    super(ArchiveAE, self).associate(addr, port, contexts=batch, **kwargs)
-                    for batch in batches(contexts)
-                ]
-            )
+        assoc = FanOutAssociation(
+            [
+                super(ArchiveAE, self).associate(addr, port, contexts=batch, **kwargs)
+                for batch in batches(contexts)
+            ]
+        )
         self._requested.assoc = assoc
         return assoc
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import socket
 from typing import Any
 
@@ -37,10 +36,11 @@ QUERY_RETRIEVE = (
 class _ReadOnlyContexts(list):
     """pynetdicom deep-copies the acceptor's supported contexts for every association:
     with ~210 SOP classes x 20 transfer syntaxes that took ~40 ms of each association's
-    setup. Negotiation only reads them, so each association gets shallow copies."""
+    setup. Negotiation (presentation.negotiate_as_acceptor) only reads them, so every
+    association shares the same context objects."""
 
     def __deepcopy__(self, memo: dict) -> list:
-        return [copy.copy(cx) for cx in self]
+        return list(self)
 
 
 class NoDelayAssociationServer(ThreadedAssociationServer):

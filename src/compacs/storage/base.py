@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 
@@ -47,6 +48,9 @@ class BlobStore(Protocol):
         """Remove the object; absent objects are ignored."""
 
     def exists(self, key: str) -> bool: ...
+
+    def local_path(self, key: str) -> Path | None:
+        """A file holding the object, for zero-copy sending, or None (remote stores)."""
 
     def size(self, key: str) -> int: ...
 

@@ -105,6 +105,9 @@ class FileStore:
             return
         _fsync_dir(path.parent)
 
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
