@@ -7,6 +7,7 @@ any difference raises :class:`VerificationFailed` and the caller keeps the origi
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
@@ -20,7 +21,11 @@ from pydicom.filewriter import dcmwrite
 
 from compacs.codecs.pixels import PixelInfo, clean, source_frames
 from compacs.codecs.table import BY_SYNTAX, Codec
-from compacs.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from compacs.dicom.part10 import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    file_header,
+)
 
 
 class VerificationFailed(RuntimeError):
@@ -65,20 +70,14 @@ def _verify(
             raise VerificationFailed(f"{codec.name}: error {error} exceeds NEAR={options['near']}")
 
 
-def encode_dataset(
-    ds: Dataset,
-    codec: Codec,
-    options: dict[str, Any] | None = None,
-    before_write: Callable[[Dataset, float], None] | None = None,
-) -> Transcoded:
-    """Encode ``ds``'s pixel data with ``codec``; ``ds`` is changed in place.
+def encode_frames(
+    ds: Dataset, codec: Codec, options: dict[str, Any]
+) -> tuple[list[bytes], PixelInfo]:
+    """Every frame of ``ds`` encoded by ``codec`` and verified (see :func:`_verify`).
 
-    ``before_write(ds, ratio)`` may change the data set once the pixels are encoded (the
-    lossy path adds the derivation attributes there). Raises NotCompressible (nothing to
-    encode), CodecUnavailable (not with this codec), VerificationFailed, or whatever the
-    codec raised.
+    Raises NotCompressible (nothing to encode), CodecUnavailable (not with this codec),
+    VerificationFailed, or whatever the codec raised.
     """
-    options = options or {}
     info = PixelInfo.of(ds)
     codec.check(info)
     fragments: list[bytes] = []
@@ -88,7 +87,31 @@ def encode_dataset(
         fragments.append(encoded)
     if len(fragments) != info.frames:
         raise VerificationFailed(f"{len(fragments)} frames encoded, {info.frames} expected")
+    return fragments, info
 
+
+def encode_dataset(
+    ds: Dataset,
+    codec: Codec,
+    options: dict[str, Any] | None = None,
+    before_write: Callable[[Dataset, float], None] | None = None,
+) -> Transcoded:
+    """Encode ``ds``'s pixel data with ``codec``; ``ds`` is changed in place.
+
+    ``before_write(ds, ratio)`` may change the data set once the pixels are encoded (the
+    lossy path adds the derivation attributes there).
+    """
+    fragments, info = encode_frames(ds, codec, options or {})
+    return _write(ds, fragments, info, codec, before_write)
+
+
+def _write(
+    ds: Dataset,
+    fragments: list[bytes],
+    info: PixelInfo,
+    codec: Codec,
+    before_write: Callable[[Dataset, float], None] | None = None,
+) -> Transcoded:
     ds.PixelData = encapsulate(fragments, has_bot=len(fragments) > 1)
     elem = ds["PixelData"]
     elem.VR = "OB"
@@ -108,9 +131,55 @@ def encode_dataset(
     )
 
 
+def _splice(
+    data: bytes, ds: Dataset, fragments: list[bytes], info: PixelInfo, codec: Codec
+) -> bytes | None:
+    """The new file built from the received bytes with only the Pixel Data element
+    replaced, or None when that is not enough (another source syntax, an attribute that
+    must change). Saves pydicom's full re-encoding of the data set (~3 ms a CT slice)."""
+    if str(ds.file_meta.TransferSyntaxUID) != NATIVE_SYNTAXES[0] or 0x7FE00000 in ds:
+        return None  # another syntax, or a (retired) Group Length the new element would falsify
+    if info.samples_per_pixel != 1 or codec.output_photometric(info, fragments[0]) != str(
+        ds.PhotometricInterpretation
+    ):
+        return None
+    (group_length,) = struct.unpack_from("<L", data, 140)
+    start = 144 + group_length
+    fp = BytesIO(data)
+    dcmread(fp, stop_before_pixels=True)
+    at = fp.tell()
+    if data[at : at + 6] != b"\xe0\x7f\x10\x00OW" and data[at : at + 6] != b"\xe0\x7f\x10\x00OB":
+        return None
+    (length,) = struct.unpack_from("<L", data, at + 8)
+    if length == 0xFFFFFFFF or at + 12 + length > len(data):
+        return None
+    meta = ds.file_meta
+    header = file_header(
+        str(meta.MediaStorageSOPClassUID),
+        str(meta.MediaStorageSOPInstanceUID),
+        codec.transfer_syntax,
+        str(meta.get("SourceApplicationEntityTitle", "") or ""),
+    )
+    pixel_data = b"".join(
+        (
+            struct.pack("<HH2s2xL", 0x7FE0, 0x0010, b"OB", 0xFFFFFFFF),
+            encapsulate(fragments, has_bot=len(fragments) > 1),
+            b"\xfe\xff\xdd\xe0\x00\x00\x00\x00",  # Sequence Delimitation Item
+        )
+    )
+    return header + data[start:at] + pixel_data + data[at + 12 + length :]
+
+
 def transcode(data: bytes, codec: Codec, options: dict[str, Any] | None = None) -> Transcoded:
     """The Part 10 file ``data`` with its pixel data encoded by ``codec`` (verified)."""
-    return encode_dataset(read_full(data), codec, options)
+    ds = read_full(data)
+    fragments, info = encode_frames(ds, codec, options or {})
+    spliced = _splice(data, ds, fragments, info, codec)
+    if spliced is None:
+        return _write(ds, fragments, info, codec)
+    return Transcoded(
+        spliced, codec.transfer_syntax, codec, len(fragments), info.frame_bytes * info.frames
+    )
 
 
 NATIVE_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
