@@ -31,6 +31,19 @@ def request(transaction: str, refs: list[Dataset]) -> Dataset:
     return ds
 
 
+def report_collector():
+    """An EVT_N_EVENT_REPORT handler, the reports it received, and an Event set on one."""
+    reports: list[tuple[int, Dataset]] = []
+    arrived = threading.Event()
+
+    def on_report(event):
+        reports.append((event.event_type, event.event_information))
+        arrived.set()
+        return 0x0000, None
+
+    return on_report, reports, arrived
+
+
 def stored(node, n: int = 3) -> list[str]:
     series = list(ct_series(n, 32, 32, seed=77))
     assert send_datasets(node.port, series) == [Status.SUCCESS] * n
@@ -39,13 +52,7 @@ def stored(node, n: int = 3) -> list[str]:
 
 def test_commitment_report_on_the_same_association(node):
     uids = stored(node)
-    reports: list[tuple[int, Dataset]] = []
-    arrived = threading.Event()
-
-    def on_report(event):
-        reports.append((event.event_type, event.event_information))
-        arrived.set()
-        return 0x0000, None
+    on_report, reports, arrived = report_collector()
 
     ae = AE(ae_title="COMMITSCU")
     ae.add_requested_context(StorageCommitmentPushModel)
@@ -89,13 +96,7 @@ def test_commitment_report_on_a_new_association_and_a_corrupt_file(node_factory,
     damaged[-10] ^= 0xFF  # silent corruption on disk
     path.write_bytes(bytes(damaged))
 
-    reports: list[tuple[int, Dataset]] = []
-    arrived = threading.Event()
-
-    def on_report(event):
-        reports.append((event.event_type, event.event_information))
-        arrived.set()
-        return 0x0000, None
+    on_report, reports, arrived = report_collector()
 
     listener = AE(ae_title="COMMITSCU")
     # the archive takes the SCP role on this association (PS3.4 J.3.3.1)
