@@ -112,28 +112,15 @@ def study_of(series: dict[str, Dataset]) -> str:
     return str(next(iter(series.values())).StudyInstanceUID)
 
 
+def retrieve(tool: str, node, study_uid: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """DCMTK movescu or getscu for one study (Study Root)."""
+    command = [tool, "-v", "-S", "-aec", node.aet, *options, "-k", "QueryRetrieveLevel=STUDY"]
+    command += ["-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(node.port)]
+    return subprocess.run(command, capture_output=True, text=True, env=dcmtk_env(), timeout=300)
+
+
 def movescu(node, destination: str, study_uid: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            "movescu",
-            "-v",
-            "-S",
-            "-aec",
-            node.aet,
-            "-aem",
-            destination,
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            f"StudyInstanceUID={study_uid}",
-            "127.0.0.1",
-            str(node.port),
-        ],
-        capture_output=True,
-        text=True,
-        env=dcmtk_env(),
-        timeout=300,
-    )
+    return retrieve("movescu", node, study_uid, "-aem", destination)
 
 
 def pixels(ds: Dataset) -> np.ndarray:
@@ -190,26 +177,7 @@ def test_movescu_to_an_unknown_destination_is_refused_with_a801(archive):
 
 def test_getscu_retrieves_bit_exact(archive, tmp_path):
     node, sent, *_ = archive
-    result = subprocess.run(
-        [
-            "getscu",
-            "-S",
-            "-aec",
-            node.aet,
-            "-od",
-            str(tmp_path),
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            f"StudyInstanceUID={study_of(sent['SEND_JXL'])}",
-            "127.0.0.1",
-            str(node.port),
-        ],
-        capture_output=True,
-        text=True,
-        env=dcmtk_env(),
-        timeout=300,
-    )
+    result = retrieve("getscu", node, study_of(sent["SEND_JXL"]), "-od", str(tmp_path))
     assert result.returncode == 0, result.stderr[-1500:]
     received = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, tmp_path.iterdir())}
     assert set(received) == set(sent["SEND_JXL"])

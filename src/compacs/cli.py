@@ -84,14 +84,21 @@ def cmd_serve(settings: Settings) -> int:
     return 0
 
 
+def _has_index(settings: Settings) -> bool:
+    """False, with a message, when the default SQLite index was never created."""
+    if settings.index_url is None and not (settings.data_dir / "index.sqlite").exists():
+        print(f"compacs: no index in {settings.data_dir} (nothing stored yet?)", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_compress(settings: Settings, args: argparse.Namespace) -> int:
     from compacs.index import open_index
     from compacs.jobs.compress import FAILED, Compressor
     from compacs.maintenance import compress_stored
     from compacs.storage import open_store
 
-    if settings.index_url is None and not (settings.data_dir / "index.sqlite").exists():
-        print(f"compacs: no index in {settings.data_dir} (nothing stored yet?)", file=sys.stderr)
+    if not _has_index(settings):
         return 1
     store = open_store(settings.resolved_store_url)
     index = open_index(settings.resolved_index_url)
@@ -118,8 +125,7 @@ def cmd_compress(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_stats(settings: Settings, as_json: bool) -> int:
     from compacs.index import open_index
 
-    if settings.index_url is None and not (settings.data_dir / "index.sqlite").exists():
-        print(f"compacs: no index in {settings.data_dir} (nothing stored yet?)", file=sys.stderr)
+    if not _has_index(settings):
         return 1
     index = open_index(settings.resolved_index_url)
     try:

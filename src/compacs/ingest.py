@@ -50,7 +50,6 @@ class Received:
 class Outcome:
     status: int
     comment: str | None = None
-    sop_instance_uid: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -130,7 +129,7 @@ class Ingest:
         sop_instance = attributes[IMAGE]["sop_instance_uid"]
         if self.duplicates is Duplicates.KEEP_FIRST and self.index.locate(sop_instance):
             log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
-            return Outcome(Status.SUCCESS, sop_instance_uid=sop_instance)
+            return Outcome(Status.SUCCESS)
 
         digest = hashlib.sha256(data).hexdigest()
         key = storage_key(
@@ -170,7 +169,7 @@ class Ingest:
             log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
         elif due is not None:
             self._compress(sop_instance)
-        return Outcome(Status.SUCCESS, sop_instance_uid=sop_instance)
+        return Outcome(Status.SUCCESS)
 
     def _checked(self, rx: Received) -> tuple[bytes, dict]:
         """The Part 10 bytes to store and the indexed attributes, or Rejected."""

@@ -25,7 +25,7 @@ def candidates(index: Index, policy: Policy, retry: bool) -> list[tuple[Instance
         decision = policy.decide(facts)
         if decision is None:
             continue
-        if facts["transfer_syntax_stored"] in {c.transfer_syntax for c in decision.codecs}:
+        if facts["transfer_syntax_stored"] in decision.targets:
             continue
         target = decision.codecs[0].name if len(decision.codecs) == 1 else "smallest"
         out.append((facts, target))

@@ -43,6 +43,11 @@ class Decision:
     rule: int
     """1-based index of the rule that matched (0: the built-in default)."""
 
+    @property
+    def targets(self) -> frozenset[str]:
+        """The transfer syntaxes this decision may store an instance in."""
+        return frozenset(c.transfer_syntax for c in self.codecs)
+
 
 @dataclass(frozen=True)
 class Rule:

@@ -13,7 +13,3 @@ class Status(IntEnum):
     CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand (unparseable data set)
     INVALID_UID = 0xC001  # Error: Cannot understand, a required UID is missing or invalid
     PROCESSING_FAILURE = 0x0110  # PS3.7 C.4.2: Processing failure
-
-
-def is_success(status: int) -> bool:
-    return status == Status.SUCCESS

@@ -131,26 +131,22 @@ class SqliteIndex:
         finally:
             conn.close()
 
-    def matching_instances(self, query: Query) -> list[InstanceFacts]:
+    def _read(self, work):
+        """Run ``work(cursor)`` on this thread's reader connection."""
         cur = self._reader().cursor()
         try:
-            return self._sql.matching_instances(cur, query)
+            return work(cur)
         finally:
             cur.close()
+
+    def matching_instances(self, query: Query) -> list[InstanceFacts]:
+        return self._read(lambda cur: self._sql.matching_instances(cur, query))
 
     def instances(self) -> list[InstanceFacts]:
-        cur = self._reader().cursor()
-        try:
-            return self._sql.instances(cur)
-        finally:
-            cur.close()
+        return self._read(self._sql.instances)
 
     def locate(self, sop_instance_uid: str) -> InstanceLocation | None:
-        cur = self._reader().cursor()
-        try:
-            return self._sql.locate(cur, sop_instance_uid)
-        finally:
-            cur.close()
+        return self._read(lambda cur: self._sql.locate(cur, sop_instance_uid))
 
     def stats(self) -> dict[str, Any]:
         conn = self._reader()

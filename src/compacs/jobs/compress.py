@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -55,12 +54,6 @@ class Compressor:
         self.store = store
         self.index = index
         self.policy = policy
-        self.counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def _count(self, state: str) -> None:
-        with self._lock:
-            self.counts[state] = self.counts.get(state, 0) + 1
 
     def process(self, facts: InstanceFacts) -> Result:
         """Compress the instance described by ``facts`` (a claimed job or a candidate)."""
@@ -75,7 +68,6 @@ class Compressor:
                 facts["bytes_stored"],
             )
             self._finish(facts, None, result)
-        self._count(result.state)
         return result
 
     def _finish(self, facts: InstanceFacts, change: ObjectChange | None, result: Result) -> bool:
@@ -90,7 +82,7 @@ class Compressor:
             result = Result(SKIPPED, "the policy keeps it as received", before, before)
             self._finish(facts, None, result)
             return result
-        if facts["transfer_syntax_stored"] in {c.transfer_syntax for c in decision.codecs}:
+        if facts["transfer_syntax_stored"] in decision.targets:
             result = Result(KEPT, "already in a target syntax", before, before)
             self._finish(facts, None, result)
             return result
