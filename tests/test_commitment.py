@@ -11,7 +11,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, StorageCommitme
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import free_port
+from tests.conftest import NO_COMPRESSION, free_port, write_config
 from tests.scu import send_datasets
 
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
@@ -85,7 +85,11 @@ def test_commitment_report_on_the_same_association(node):
 
 def test_commitment_report_on_a_new_association_and_a_corrupt_file(node_factory, tmp_path):
     port = free_port()
-    node = node_factory(extra_args=("--peer", f"COMMITSCU@127.0.0.1:{port}"))
+    # compression off: a compression job could replace the object damaged below
+    node = node_factory(
+        config=write_config(tmp_path / "plain.toml", NO_COMPRESSION),
+        extra_args=("--peer", f"COMMITSCU@127.0.0.1:{port}"),
+    )
     uids = stored(node, 2)
     with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
         (key,) = conn.execute(
