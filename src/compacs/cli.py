@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AET@HOST:PORT",
         help="register a remote AE (repeatable)",
     )
+    serve.add_argument(
+        "--forward",
+        type=_peer,
+        action="append",
+        metavar="AET@HOST:PORT",
+        help="forward everything received to this destination (repeatable)",
+    )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     compress = sub.add_parser(
@@ -59,7 +66,41 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="counts and bytes stored")
     _common(stats)
     stats.add_argument("--json", action="store_true", help="machine-readable output")
+
+    forward = sub.add_parser("forward", help="queue stored instances for a destination")
+    _common(forward)
+    _selection(forward)
+    forward.add_argument(
+        "--to", required=True, metavar="AET", help="a configured peer, or AET@HOST:PORT"
+    )
+
+    queue = sub.add_parser("queue", help="the forwarding queue: list, retry, drop")
+    queue_sub = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    listing = queue_sub.add_parser("list", help="queue items (default: not yet done)")
+    _common(listing)
+    listing.add_argument("--state", choices=["pending", "sending", "committing", "done", "failed"])
+    listing.add_argument("--all", action="store_true", help="done items too")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    for action, what in (("retry", "send again"), ("drop", "remove from the queue")):
+        cmd = queue_sub.add_parser(action, help=f"{what}: the given items, or every failed one")
+        _common(cmd)
+        cmd.add_argument("ids", nargs="*", type=int, help="item ids (from queue list)")
+        cmd.add_argument("--failed", action="store_true", help="every failed (parked) item")
+
+    delete = sub.add_parser("delete", help="delete instances from the index and the store")
+    _common(delete)
+    _selection(delete)
     return parser
+
+
+def _selection(parser: argparse.ArgumentParser) -> None:
+    for option in ("patient", "study", "series", "instance"):
+        what = "Patient ID" if option == "patient" else f"{option} instance UID"
+        parser.add_argument(
+            f"--{option}",
+            metavar="ID" if option == "patient" else "UID",
+            help=f"everything under this {what}",
+        )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -72,6 +113,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ae_title=getattr(args, "aet", None),
         log_level=getattr(args, "log_level", None),
         peers=getattr(args, "peer", None),
+        forward=getattr(args, "forward", None),
     )
 
 
@@ -188,4 +230,74 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_compress(settings, args)
     if args.command == "stats":
         return cmd_stats(settings, args.json)
+    if args.command in ("forward", "queue", "delete"):
+        return cmd_gateway(settings, args)
     raise AssertionError(args.command)
+
+
+def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
+    """``forward``, ``queue`` and ``delete``: exit 0 done, 1 nothing matched, 2 bad usage."""
+    from compacs import gateway
+    from compacs.config import resolver
+    from compacs.index import open_index
+    from compacs.rules import RuleError
+    from compacs.storage import open_store
+
+    if not _has_index(settings):
+        return 1
+    index = open_index(settings.resolved_index_url)
+    try:
+        if args.command == "queue":
+            return _queue(index, args)
+        chosen = {o: getattr(args, o) for o in gateway.LEVEL_OPTIONS}
+        if not any(chosen.values()):
+            print("compacs: give --patient, --study, --series or --instance", file=sys.stderr)
+            return 2
+        pks = gateway.selected(index, chosen)
+        if not pks:
+            print("compacs: no stored instance matches", file=sys.stderr)
+            return 1
+        if args.command == "forward":
+            try:
+                destination = resolver(settings.peers)(args.to)
+            except RuleError as exc:
+                print(f"compacs: --to: {exc}", file=sys.stderr)
+                return 2
+            n = gateway.forward(index, pks, destination)
+            print(f"queued {n} instance(s) for {destination}")
+            return 0
+        store = open_store(settings.resolved_store_url)
+        try:
+            n = gateway.delete(index, store, pks)
+        finally:
+            store.close()
+        print(f"deleted {n} instance(s)")
+        return 0
+    finally:
+        index.close()
+
+
+def _queue(index, args: argparse.Namespace) -> int:
+    from compacs import gateway
+
+    if args.queue_command == "list":
+        items = index.forward_items(args.state, limit=100_000)
+        if not args.state and not args.all:
+            items = [i for i in items if i["state"] != "done"]
+        if args.json:
+            print(json.dumps(gateway.queue_document(items), indent=2))
+        else:
+            gateway.print_queue(items)
+        return 0
+    if not args.ids and not args.failed:
+        print(f"compacs: queue {args.queue_command}: give item ids or --failed", file=sys.stderr)
+        return 2
+    pks = args.ids or None
+    states = ("failed",) if args.failed else ("failed", "pending", "done")
+    if args.queue_command == "retry":
+        n = index.requeue_forwards(pks, states)
+        print(f"{n} item(s) queued again")
+    else:
+        n = index.drop_forwards(pks, states)
+        print(f"{n} item(s) dropped")
+    return 0 if n else 1

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from compacs.index.base import Duplicates
+from compacs.routing import Routing, forward_everything, parse_route
 from compacs.rules import DEFAULT_POLICY, Policy, RuleError, parse_rule
 
 AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 6.2: AE, no backslash
@@ -73,6 +74,7 @@ class Settings:
     pn_case_insensitive: bool = True
     move_allow: dict[str, tuple[str, ...]] | None = None
     """calling AE (or "*") -> destinations it may move to (or "*"); None: any to any."""
+    routing: Routing = field(default_factory=Routing)
 
     def move_allowed(self, calling: str, destination: str) -> bool:
         if self.move_allow is None:
@@ -177,11 +179,13 @@ def from_document(doc: dict[str, Any], source: str = "<config>") -> Settings:
         if section == "compression":
             values["policy"] = _policy(body, source)
             continue
+        if section == "forwarding":
+            continue  # its rules name peers: read once every section is known
         keys = SCHEMA.get(section)
         if keys is None:
             raise ConfigError(
                 f"{source}: unknown section [{section}] "
-                f"(known: {', '.join([*SCHEMA, 'compression', 'peers'])})"
+                f"(known: {', '.join([*SCHEMA, 'compression', 'forwarding', 'peers'])})"
             )
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
@@ -195,7 +199,64 @@ def from_document(doc: dict[str, Any], source: str = "<config>") -> Settings:
             if not ok_type or not check(value):
                 raise ConfigError(f"{source}: [{section}] {key} = {value!r}: expected {expected}")
             values[name] = _convert(name, value)
+    if "forwarding" in doc:
+        values["routing"] = _routing(doc["forwarding"], source, values.get("peers", ()))
     return Settings(**values)
+
+
+_ROUTING_KEYS: dict[str, tuple[tuple[type, ...], Check, str]] = {
+    "associations": ((int,), lambda v: 1 <= v <= 16, "1..16 associations per destination"),
+    "batch": ((int,), lambda v: 1 <= v <= 10000, "1..10000 instances per association"),
+    "max_attempts": ((int,), lambda v: 1 <= v <= 1000, "1..1000 attempts"),
+    "retry_delay": ((int, float), lambda v: v > 0, "seconds > 0"),
+    "retry_max_delay": ((int, float), lambda v: v > 0, "seconds > 0"),
+    "commit_timeout": ((int, float), lambda v: v > 0, "seconds > 0"),
+}
+
+
+def resolver(peers: tuple[Peer, ...] | list[Peer]) -> Callable[[str], str]:
+    """Destination name -> ``AET@HOST:PORT``: a known peer's AE title, or an address."""
+    by_aet = {p.ae_title: p for p in peers}
+
+    def resolve(name: str) -> str:
+        if name in by_aet:
+            return str(by_aet[name])
+        if "@" not in name:
+            raise RuleError(f"destination {name!r} is not a peer; use AET@HOST:PORT or [[peers]]")
+        try:
+            return str(Peer.parse(name))
+        except ConfigError as exc:
+            raise RuleError(str(exc)) from None
+
+    return resolve
+
+
+def _routing(body: Any, source: str, peers: tuple[Peer, ...]) -> Routing:
+    if not isinstance(body, dict):
+        raise ConfigError(f"{source}: [forwarding] must be a table")
+    values: dict[str, Any] = {}
+    for key, value in body.items():
+        if key == "rules":
+            if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+                raise ConfigError(f"{source}: forwarding.rules must be [[forwarding.rules]] tables")
+            try:
+                values["routes"] = tuple(
+                    parse_route(r, f"{source}: [[forwarding.rules]] #{n}", resolver(peers))
+                    for n, r in enumerate(value, 1)
+                )
+            except RuleError as exc:
+                raise ConfigError(str(exc)) from None
+            continue
+        if key not in _ROUTING_KEYS:
+            raise ConfigError(
+                f"{source}: [forwarding] unknown key {key!r} "
+                f"(known: {', '.join([*_ROUTING_KEYS, 'rules'])})"
+            )
+        types, check, expected = _ROUTING_KEYS[key]
+        if not isinstance(value, types) or isinstance(value, bool) or not check(value):
+            raise ConfigError(f"{source}: [forwarding] {key} = {value!r}: expected {expected}")
+        values[key] = value
+    return Routing(**values)
 
 
 def _peers(body: Any, source: str) -> list[Peer]:
@@ -261,7 +322,9 @@ def _policy(body: Any, source: str) -> Policy:
 def with_overrides(settings: Settings, **overrides: Any) -> Settings:
     """Apply command-line values (None means 'not given'); peers given add to or replace
     the file's peers of the same AE title."""
-    changes = {k: v for k, v in overrides.items() if v is not None and k != "peers"}
+    changes = {
+        k: v for k, v in overrides.items() if v is not None and k not in ("peers", "forward")
+    }
     if "ae_title" in changes and not valid_ae_title(changes["ae_title"]):
         raise ConfigError(f"--aet {changes['ae_title']!r}: expected an AE title of 1-16 characters")
     if "port" in changes and not 0 <= changes["port"] < 65536:
@@ -270,5 +333,13 @@ def with_overrides(settings: Settings, **overrides: Any) -> Settings:
     if peers:
         by_aet = {p.ae_title: p for p in settings.peers}
         by_aet.update({p.ae_title: p for p in peers})
+        changes["peers"] = tuple(by_aet.values())
+    forward = overrides.get("forward")
+    if forward:  # everything received goes there too, with the default syntaxes
+        route = forward_everything([str(p) for p in forward])
+        routing = settings.routing
+        changes["routing"] = replace(routing, routes=(*routing.routes, route))
+        by_aet = {p.ae_title: p for p in changes.get("peers", settings.peers)}
+        by_aet.update({p.ae_title: p for p in forward})  # C-MOVE may use them too
         changes["peers"] = tuple(by_aet.values())
     return replace(settings, **changes)

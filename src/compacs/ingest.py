@@ -24,6 +24,7 @@ from compacs.dicom.part10 import file_header, structure_problem
 from compacs.dicom.status import Status
 from compacs.dicom.uids import InvalidUID, require_uid
 from compacs.index import Duplicates, Index, IndexUnavailable, NewInstance
+from compacs.routing import Routing
 from compacs.rules import DEFAULT_POLICY, Policy, facts_of
 from compacs.storage import BlobStore, StorageFull
 
@@ -82,17 +83,22 @@ class Ingest:
         duplicates: Duplicates,
         policy: Policy = DEFAULT_POLICY,
         *,
+        routing: Routing | None = None,
         compress_now: Callable[[str], object] | None = None,
         queued: Callable[[], None] | None = None,
+        forward_queued: Callable[[], None] | None = None,
     ) -> None:
         """``compress_now(sop_instance_uid)`` compresses before the response (policy
-        ``when = "ingest"``); ``queued()`` tells the workers a job is waiting."""
+        ``when = "ingest"``); ``queued()`` tells the workers a job is waiting;
+        ``forward_queued()`` tells the forwarders a delivery is waiting."""
         self.store = store
         self.index = index
         self.duplicates = duplicates
         self.policy = policy
+        self.routing = routing or Routing()
         self.compress_now = compress_now
         self.queued = queued
+        self.forward_queued = forward_queued
         self._in_flight = 0
         self._closing = False
         self._idle = threading.Condition()
@@ -142,7 +148,9 @@ class Ingest:
         except OSError as exc:
             raise Rejected(Status.OUT_OF_RESOURCES, f"storage write failed: {exc}") from None
 
-        due = self._compression_due(rx, attributes)
+        facts = self._facts(rx, attributes)
+        due = self._compression_due(facts)
+        forwards = self.routing.forwards_for(facts)
         instance = NewInstance(
             attributes=attributes,
             storage_key=key,
@@ -154,6 +162,7 @@ class Ingest:
             called_ae=rx.called_ae,
             received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             compress_after=due,
+            forwards=forwards,
         )
         try:
             result = self.index.add_instance(instance, self.duplicates)
@@ -169,6 +178,8 @@ class Ingest:
             log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
         elif due is not None:
             self._compress(sop_instance)
+        if result.added and forwards and self.forward_queued is not None:
+            self.forward_queued()
         return Outcome(Status.SUCCESS)
 
     def _checked(self, rx: Received) -> tuple[bytes, dict]:
@@ -208,19 +219,18 @@ class Ingest:
 
         return data, attributes
 
-    def _compression_due(self, rx: Received, attributes: dict) -> float | None:
+    @staticmethod
+    def _facts(rx: Received, attributes: dict) -> dict:
+        """What compression and routing rules match on: every indexed attribute, and the
+        association's facts (compacs.rules.MATCH_KEYS)."""
+        facts = {column: value for level in attributes.values() for column, value in level.items()}
+        facts.update(calling_ae=rx.calling_ae, called_ae=rx.called_ae)
+        facts["transfer_syntax_received"] = rx.transfer_syntax
+        return facts
+
+    def _compression_due(self, facts: dict) -> float | None:
         """When the policy wants this instance compressed (epoch seconds), or None."""
-        decision = self.policy.decide(
-            facts_of(
-                {
-                    **attributes[IMAGE],
-                    "modality": attributes[SERIES]["modality"],
-                    "calling_ae": rx.calling_ae,
-                    "called_ae": rx.called_ae,
-                    "transfer_syntax_received": rx.transfer_syntax,
-                }
-            )
-        )
+        decision = self.policy.decide(facts_of(facts))
         if decision is None:
             return None
         # at ingest the handler compresses at once; the queued job is only the safety net

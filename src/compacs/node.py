@@ -16,6 +16,7 @@ from compacs.config import Settings
 from compacs.index import open_index
 from compacs.ingest import Ingest
 from compacs.jobs.compress import Compressor
+from compacs.jobs.forward import Forwarder
 from compacs.jobs.workers import CompressionWorkers
 from compacs.net import commitment, echo, find, retrieve, store
 from compacs.net.server import build_ae, make_server
@@ -41,14 +42,26 @@ class Node:
         self.index = open_index(settings.resolved_index_url)
         policy = settings.policy
         self.compressor = Compressor(self.store, self.index, policy)
-        self.workers = CompressionWorkers(self.compressor, self.index, policy.workers)
+        self.workers = CompressionWorkers(
+            self.compressor, self.index, policy.workers, on_done=self._compressed
+        )
+        routing = settings.routing
+        self.forwarder = Forwarder(
+            self.index,
+            self.store,
+            routing,
+            settings.ae_title,
+            threads=min(8, max(2, 2 * routing.associations)),
+        )
         self.ingest = Ingest(
             self.store,
             self.index,
             settings.duplicates,
             policy,
+            routing=routing,
             compress_now=self._compress_now,
             queued=self.workers.wake,
+            forward_queued=self.forwarder.wake,
         )
         self.ae = build_ae(
             settings.ae_title,
@@ -69,7 +82,9 @@ class Node:
             + store.handlers(self.ingest)
             + find.handlers(self.index, settings.ae_title, settings.pn_case_insensitive)
             + retrieve.handlers(self.index, self.store, peers, settings.move_allowed)
-            + commitment.handlers(self.index, self.store, peers, settings.ae_title),
+            + commitment.handlers(
+                self.index, self.store, peers, settings.ae_title, self.forwarder.on_report
+            ),
         )
         self._stopped = threading.Event()
 
@@ -77,6 +92,11 @@ class Node:
         facts = self.index.claim_instance(sop_instance_uid, "ingest")
         if facts is not None:
             self.compressor.process(facts)
+            self.forwarder.wake()
+
+    def _compressed(self) -> None:
+        """A compression job is done: a forward that waited for it may be due."""
+        self.forwarder.wake()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -94,6 +114,7 @@ class Node:
             self.store.url,
         )
         self.workers.start()
+        self.forwarder.start()
         try:
             self.server.serve_forever(poll_interval=0.2)
         finally:
@@ -127,6 +148,7 @@ class Node:
             for assoc in active:
                 assoc.join(5)
         self.workers.stop(timeout)
+        self.forwarder.stop(timeout)
         self.index.close()
         self.store.close()
         log.info("compacs stopped")

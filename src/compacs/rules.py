@@ -1,4 +1,4 @@
-"""Ordered rules over an instance's facts: the compression policy (and, later, routing).
+"""Ordered rules over an instance's facts: the compression policy (and routing).
 
 A rule matches when every key it names matches (a list means "any of"); the first
 matching rule wins. Facts come from the index, so a rule can be evaluated at ingest, by
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compacs.codecs.table import Codec, codec_for
+from compacs.dicom.attributes import INDEXED, INTEGER_VRS
 from compacs.dicom.syntaxes import BY_UID
 
 # match key -> (fact name, value type)
@@ -24,6 +25,15 @@ MATCH_KEYS: dict[str, tuple[str, type]] = {
     "bits_stored": ("bits_stored", int),
     "received_syntax": ("transfer_syntax_received", str),
 }
+# Routing rules may also name any indexed attribute by its keyword (facts at ingest).
+ATTRIBUTE_KEYS: dict[str, tuple[str, type]] = {
+    attr.keyword: (attr.column, int if attr.vr in INTEGER_VRS else str)
+    for level in INDEXED.values()
+    for attr in level
+}
+
+Match = Mapping[str, frozenset[Any]]
+"""fact name -> the values it may take."""
 
 ACTIONS_WITHOUT_CODEC = ("keep", "smallest")
 DEFAULT_CANDIDATES = ("jpeg-ls", "jpeg-2000", "htj2k")
@@ -49,9 +59,28 @@ class Decision:
         return frozenset(c.transfer_syntax for c in self.codecs)
 
 
+def matches(match: Match, facts: Mapping[str, Any]) -> bool:
+    return all(facts.get(fact) in allowed for fact, allowed in match.items())
+
+
+def parse_match(
+    doc: Mapping[str, Any], where: str, keys: Mapping[str, tuple[str, type]] = MATCH_KEYS
+) -> dict[str, frozenset[Any]]:
+    """The match part of a rule table: each key in ``keys`` it names, as fact -> values."""
+    match: dict[str, frozenset[Any]] = {}
+    for key, (fact, kind) in keys.items():
+        if key not in doc:
+            continue
+        values = doc[key] if isinstance(doc[key], list) else [doc[key]]
+        if not values or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+            raise RuleError(f"{where}: {key} must be a {kind.__name__} or a list of them")
+        match[fact] = frozenset(values)
+    return match
+
+
 @dataclass(frozen=True)
 class Rule:
-    match: Mapping[str, frozenset[Any]]
+    match: Match
     action: str
     codecs: tuple[Codec, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -59,11 +88,7 @@ class Rule:
     keep_original: bool = True
 
     def matches(self, facts: Mapping[str, Any]) -> bool:
-        for key, allowed in self.match.items():
-            fact, _ = MATCH_KEYS[key]
-            if facts.get(fact) not in allowed:
-                return False
-        return True
+        return matches(self.match, facts)
 
 
 @dataclass(frozen=True)
@@ -117,14 +142,7 @@ def parse_rule(doc: Mapping[str, Any], where: str) -> Rule:
         raise RuleError(
             f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_RULE_KEYS))})"
         )
-    match: dict[str, frozenset[Any]] = {}
-    for key, (_, kind) in MATCH_KEYS.items():
-        if key not in doc:
-            continue
-        values = doc[key] if isinstance(doc[key], list) else [doc[key]]
-        if not values or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
-            raise RuleError(f"{where}: {key} must be a {kind.__name__} or a list of them")
-        match[key] = frozenset(values)
+    match = parse_match(doc, where)
     action = doc.get("action")
     if not isinstance(action, str):
         raise RuleError(f"{where}: action is required: a codec name or UID, 'keep' or 'smallest'")

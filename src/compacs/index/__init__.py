@@ -11,6 +11,7 @@ from compacs.backends import open_by_scheme
 from compacs.index.base import (
     AddResult,
     Duplicates,
+    Forward,
     Index,
     IndexUnavailable,
     InstanceFacts,
@@ -34,6 +35,7 @@ __all__ = [
     "BACKENDS",
     "AddResult",
     "Duplicates",
+    "Forward",
     "Index",
     "IndexUnavailable",
     "InstanceFacts",

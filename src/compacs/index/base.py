@@ -25,6 +25,24 @@ class IndexUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Forward:
+    """A pending delivery of an instance to a destination (the gateway's queue item)."""
+
+    destination: str
+    """``AET@HOST:PORT``."""
+    syntaxes: tuple[str, ...]
+    """Transfer syntaxes to offer, most preferred first; ``stored`` is the stored one."""
+    wait_compression: bool = False
+    """Send only once the instance's compression job is done."""
+    commit: bool = False
+    """Done only when the destination confirms Storage Commitment (PS3.4 Annex J)."""
+    lossy: bool = False
+    codec_options: dict[str, Any] = field(default_factory=dict)
+    retain_days: float | None = None
+    """Delete the local copy once delivered (committed) and this old; None keeps it."""
+
+
+@dataclass(frozen=True)
 class NewInstance:
     """An instance whose object is durable in the blob store, ready to be indexed."""
 
@@ -42,6 +60,8 @@ class NewInstance:
     compress_after: float | None = None
     """Epoch seconds after which the instance is due for compression (a job is queued in
     the same transaction), or None when the policy keeps it as received."""
+    forwards: tuple[Forward, ...] = ()
+    """Deliveries queued in the same transaction (routing rules, ``--forward``)."""
 
     @property
     def sop_instance_uid(self) -> str:
@@ -124,5 +144,42 @@ class Index(Protocol):
 
     def matching_instances(self, query: Query) -> list[InstanceFacts]:
         """C-MOVE / C-GET: the instances under the matches of ``query``."""
+
+    # -- forwarding queue (compacs.jobs.forward) ---------------------------------------
+    def enqueue_forwards(self, instance_pks: list[int], forward: Forward) -> int:
+        """Queue (or re-queue) ``forward`` for each instance; return how many."""
+
+    def claim_forwards(
+        self, worker: str, now: float, limit: int, skip: frozenset[str], only: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The next batch: due items of one destination (not in ``skip``; ``only`` that
+        one) and one study, oldest first, marked as being sent by ``worker``."""
+
+    def finish_forwards(self, outcomes: list[dict[str, Any]]) -> None:
+        """Record per item: state, not_before, error, syntax and bytes sent, transaction."""
+
+    def defer_destination(self, destination: str, until: float) -> None:
+        """Keep a destination's pending items waiting until ``until`` (it is down)."""
+
+    def commitment_result(self, transaction_uid: str, committed: set[str], failed: set[str]) -> int:
+        """Apply a Storage Commitment report to the items sent under the transaction."""
+
+    def forward_items(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Queue items, with the instance's UIDs (``compacs queue list``)."""
+
+    def requeue_forwards(self, pks: list[int] | None, states: tuple[str, ...]) -> int:
+        """Make items pending again, attempts reset (``compacs queue retry``)."""
+
+    def drop_forwards(self, pks: list[int] | None, states: tuple[str, ...]) -> int: ...
+
+    def release_forward_claims(self, stale_commit_before: float, sending: bool) -> int:
+        """Items waiting too long for a commitment report and, with ``sending`` (start-up),
+        items a stopped node was sending, become pending again."""
+
+    def retention_due(self, now: float) -> list[int]:
+        """Instances whose every delivery is done and whose retention time has passed."""
+
+    def instances_under(self, level: str, uid: str) -> list[int]:
+        """Instance pks below the patient/study/series/instance ``uid``."""
 
     def close(self) -> None: ...

@@ -80,7 +80,31 @@ def migrations(pk_declaration: str) -> dict[int, list[str]]:
             ")",
             "CREATE INDEX ix_jobs_not_before ON jobs (not_before)",
         ],
+        # 3: the durable forwarding queue (gateway): one row per instance and destination
+        3: [
+            f"CREATE TABLE forwards (\n  pk {pk_declaration},\n"
+            "  instance_fk BIGINT NOT NULL REFERENCES instances(pk) ON DELETE CASCADE,\n"
+            "  destination TEXT NOT NULL,\n"
+            "  syntaxes TEXT NOT NULL,\n"
+            "  options TEXT NOT NULL,\n"
+            "  wait_compression INTEGER NOT NULL DEFAULT 0,\n"
+            "  retain_days DOUBLE PRECISION,\n"
+            "  state TEXT NOT NULL,\n"
+            "  not_before DOUBLE PRECISION NOT NULL,\n"
+            "  attempts INTEGER NOT NULL DEFAULT 0,\n"
+            "  claimed_by TEXT,\n"
+            "  transaction_uid TEXT,\n"
+            "  transfer_syntax_sent TEXT,\n"
+            "  bytes_sent BIGINT,\n"
+            "  last_error TEXT,\n"
+            "  created_at TEXT NOT NULL,\n"
+            "  updated_at TEXT NOT NULL,\n"
+            "  UNIQUE (instance_fk, destination)\n"
+            ")",
+            "CREATE INDEX ix_forwards_state ON forwards (state, not_before)",
+            "CREATE INDEX ix_forwards_transaction ON forwards (transaction_uid)",
+        ],
     }
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3

@@ -20,6 +20,7 @@ from compacs.index.base import (
     NewInstance,
     ObjectChange,
 )
+from compacs.index.forward_sql import ForwardStatements
 from compacs.index.schema import INSTANCE_STORAGE_COLUMNS, PARENT_FK, TABLES
 from compacs.query import INDEXED_KEYS, Query, like_pattern
 
@@ -67,7 +68,7 @@ def _tm(column: str) -> str:
     )
 
 
-class SqlStatements:
+class SqlStatements(ForwardStatements):
     """Apply index operations on a DB-API cursor. ``ph`` is the placeholder ('?' or '%s');
     ``list_agg`` aggregates distinct values into a comma-separated string."""
 
@@ -138,6 +139,7 @@ class SqlStatements:
                 [values[c] for c in columns],
             )
             self._queue_job(cur, inst)
+            self._queue_forwards(cur, inst)
             return AddResult(added=True)
 
         pk, old_key, old_series_pk = existing
@@ -153,6 +155,7 @@ class SqlStatements:
         )
         cur.execute(self._q("DELETE FROM jobs WHERE instance_fk = ?"), (pk,))
         self._queue_job(cur, inst)
+        self._queue_forwards(cur, inst)
         if old_series_pk != series_pk:
             self._prune_series(cur, old_series_pk)
         return AddResult(added=True, obsolete_key=None if old_key == inst.storage_key else old_key)
@@ -167,6 +170,13 @@ class SqlStatements:
             ),
             (inst.compress_after, inst.sop_instance_uid),
         )
+
+    def _queue_forwards(self, cur: Any, inst: NewInstance) -> None:
+        if inst.forwards:
+            row = self._one(
+                cur, "SELECT pk FROM instances WHERE sop_instance_uid = ?", (inst.sop_instance_uid,)
+            )
+            self.queue_forwards(cur, row[0], inst.forwards)
 
     # -- C-FIND, C-MOVE, C-GET (PS3.4 C.2.2.2) --------------------------------------------
     def _where(self, query: Query) -> tuple[str, list[Any]]:
@@ -361,6 +371,7 @@ class SqlStatements:
         if row is None:
             return None
         cur.execute(self._q("DELETE FROM jobs WHERE instance_fk = ?"), (pk,))
+        cur.execute(self._q("DELETE FROM forwards WHERE instance_fk = ?"), (pk,))
         cur.execute(self._q("DELETE FROM instances WHERE pk = ?"), (pk,))
         self._prune_series(cur, row[1])
         return row[0]
@@ -458,6 +469,7 @@ class SqlStatements:
             "compression": compression,
             "by_modality": by_modality,
             "by_transfer_syntax": by_syntax,
+            "forwarding": self.forward_counts(cur),
         }
 
 

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from compacs.index.base import (
     AddResult,
     Duplicates,
+    Forward,
     IndexUnavailable,
     InstanceFacts,
     InstanceLocation,
@@ -121,6 +122,48 @@ class SqliteIndex:
 
     def release_claims(self) -> int:
         return self._write(self._sql.release_claims)
+
+    # -- forwarding queue --------------------------------------------------------------
+    def enqueue_forwards(self, instance_pks: list[int], forward: Forward) -> int:
+        return self._write(lambda cur: self._sql.enqueue_forwards(cur, instance_pks, forward))
+
+    def claim_forwards(
+        self, worker: str, now: float, limit: int, skip: frozenset[str], only: str | None = None
+    ) -> list[dict[str, Any]]:
+        return self._write(
+            lambda cur: self._sql.claim_forwards(cur, worker, now, limit, skip, only)
+        )
+
+    def finish_forwards(self, outcomes: list[dict[str, Any]]) -> None:
+        self._write(lambda cur: self._sql.finish_forwards(cur, outcomes))
+
+    def defer_destination(self, destination: str, until: float) -> None:
+        self._write(lambda cur: self._sql.defer_destination(cur, destination, until))
+
+    def commitment_result(self, transaction_uid: str, committed: set[str], failed: set[str]) -> int:
+        return self._write(
+            lambda cur: self._sql.commitment_result(cur, transaction_uid, committed, failed)
+        )
+
+    def forward_items(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        return self._read(lambda cur: self._sql.forward_items(cur, state, limit))
+
+    def requeue_forwards(self, pks: list[int] | None, states: tuple[str, ...]) -> int:
+        return self._write(lambda cur: self._sql.requeue_forwards(cur, pks, states))
+
+    def drop_forwards(self, pks: list[int] | None, states: tuple[str, ...]) -> int:
+        return self._write(lambda cur: self._sql.drop_forwards(cur, pks, states))
+
+    def release_forward_claims(self, stale_commit_before: float, sending: bool) -> int:
+        return self._write(
+            lambda cur: self._sql.release_forward_claims(cur, stale_commit_before, sending)
+        )
+
+    def retention_due(self, now: float) -> list[int]:
+        return self._read(lambda cur: self._sql.retention_due(cur, now))
+
+    def instances_under(self, level: str, uid: str) -> list[int]:
+        return self._read(lambda cur: self._sql.instances_under(cur, level, uid))
 
     def find(self, query: Query) -> Iterator[dict[str, Any]]:
         conn = sqlite3.connect(self.path, timeout=30)  # a generator may outlive a thread's turn

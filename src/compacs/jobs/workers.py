@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from compacs.index import Index
 from compacs.jobs.compress import Compressor
@@ -19,8 +20,16 @@ log = logging.getLogger(__name__)
 
 
 class CompressionWorkers:
-    def __init__(self, compressor: Compressor, index: Index, count: int, poll: float = 0.5):
+    def __init__(
+        self,
+        compressor: Compressor,
+        index: Index,
+        count: int,
+        poll: float = 0.5,
+        on_done: Callable[[], None] | None = None,
+    ):
         self.compressor = compressor
+        self.on_done = on_done
         self.index = index
         self.count = count
         self.poll = poll
@@ -63,3 +72,5 @@ class CompressionWorkers:
                 continue
             for facts in jobs:
                 self.compressor.process(facts)
+            if self.on_done is not None:
+                self.on_done()

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
@@ -91,7 +92,16 @@ def _send_on_new_association(ae_title: str, peer: Peer, info: Dataset, event_typ
         assoc.release()
 
 
-def handlers(index: Index, store: BlobStore, peers: dict[str, Peer], ae_title: str):
+def handlers(
+    index: Index,
+    store: BlobStore,
+    peers: dict[str, Peer],
+    ae_title: str,
+    on_report: Callable[[Dataset, int], None] | None = None,
+):
+    """N-ACTION (compacs as the commitment SCP), and N-EVENT-REPORT: the report of a
+    destination compacs forwarded to, sent on an association of its own (J.3.3.1)."""
+
     def report_later(assoc, calling: str, info: Dataset, event_type: int) -> None:
         time.sleep(SAME_ASSOCIATION_GRACE)
         if assoc.is_established:
@@ -134,4 +144,10 @@ def handlers(index: Index, store: BlobStore, peers: dict[str, Peer], ae_title: s
         ).start()
         return 0x0000, None
 
-    return [(evt.EVT_N_ACTION, handle_action)]
+    def handle_report(event: Event):
+        if on_report is None or event.event_type not in (1, 2):
+            return 0x0113, None  # no such event type
+        on_report(event.event_information, event.event_type)
+        return 0x0000, None
+
+    return [(evt.EVT_N_ACTION, handle_action), (evt.EVT_N_EVENT_REPORT, handle_report)]

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from io import BytesIO
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pynetdicom import build_context, evt
 from pynetdicom.events import Event
@@ -27,8 +25,9 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from compacs.codecs.convert import convert
 from compacs.codecs.table import CODECS
-from compacs.codecs.transcode import NATIVE_SYNTAXES, decompress, encode_dataset
+from compacs.codecs.transcode import NATIVE_SYNTAXES
 from compacs.config import Peer
 from compacs.index import Index, InstanceFacts
 from compacs.net.sender import StoredFile
@@ -78,20 +77,19 @@ def accepted_syntaxes(assoc: Any) -> dict[str, set[str]]:
     return accepted
 
 
-def for_peer(data: bytes, accepted: set[str]) -> Dataset:
-    """The stored object ``data`` in a transfer syntax the peer accepted."""
-    ds = dcmread(BytesIO(data))
-    stored = str(ds.file_meta.TransferSyntaxUID)
-    if stored in accepted:
-        return ds
-    if accepted & set(NATIVE_SYNTAXES):
-        # Explicit VR LE; pynetdicom re-encodes it when only Implicit VR LE was accepted
-        return decompress(ds)
-    for codec in CODECS:  # compressed to compressed, verified like any encode
-        if codec.lossless and codec.transfer_syntax in accepted:
-            encoded = encode_dataset(decompress(ds), codec)
-            return dcmread(BytesIO(encoded.data))
-    raise NotAcceptable(f"the peer accepted none of {stored} or a syntax compacs can produce")
+def choose_syntax(preference: list[str], accepted: set[str]) -> str | None:
+    """The first of ``preference`` the peer accepted (None: none of them)."""
+    return next((uid for uid in preference if uid in accepted), None)
+
+
+def for_peer(data: bytes, stored: str, accepted: set[str]) -> Dataset:
+    """The stored object ``data`` in a transfer syntax the peer accepted: as stored, else
+    native, else re-encoded losslessly (compressed to compressed, verified)."""
+    lossless = [c.transfer_syntax for c in CODECS if c.lossless]
+    target = choose_syntax([stored, *NATIVE_SYNTAXES, *lossless], accepted)
+    if target is None:
+        raise NotAcceptable(f"the peer accepted none of {stored} or a syntax compacs can produce")
+    return convert(data, target).dataset
 
 
 def _failed_sub_operation(inst: InstanceFacts) -> Dataset:
@@ -126,7 +124,8 @@ def sub_operations(
                 # sent as stored, streamed from the file without a decode
                 yield PENDING, StoredFile(path, inst["sop_class_uid"], inst["sop_instance_uid"])
                 continue
-            yield PENDING, for_peer(store.get(inst["storage_key"]), syntaxes)
+            data = store.get(inst["storage_key"])
+            yield PENDING, for_peer(data, inst["transfer_syntax_stored"], syntaxes)
         except Exception as exc:
             log.warning("sub-operation for %s failed: %s", inst["sop_instance_uid"], exc)
             yield PENDING, _failed_sub_operation(inst)

@@ -90,7 +90,9 @@ def build_ae(
     ae.add_supported_context(Verification)
     for query_retrieve in QUERY_RETRIEVE:
         ae.add_supported_context(query_retrieve)
-    ae.add_supported_context(StorageCommitmentPushModel)
+    # both roles: requests from modalities (we are SCP), and the reports of destinations
+    # compacs forwarded to, which take the SCP role on an association of their own
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
     syntaxes = accepted_for_storage()
     for sop_class in storage_sop_classes():
         # both roles: a modality's C-STORE (we are SCP), and C-GET, whose requestor

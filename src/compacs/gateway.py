@@ -1,0 +1,78 @@
+"""The admin's side of the gateway: forward by hand, inspect and steer the queue, delete.
+
+These work on the index and the store directly, beside a running node: the node's
+forwarders pick queued items up (they poll the queue), and every change is one index
+transaction, with objects deleted only after the rows that referenced them are gone.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
+from compacs.index import Forward, Index
+from compacs.index.forward_sql import COMMITTING, DONE, FAILED, PENDING, SENDING
+from compacs.routing import DEFAULT_SYNTAXES, syntax_uids
+from compacs.storage import BlobStore
+
+LEVEL_OPTIONS = {"patient": PATIENT, "study": STUDY, "series": SERIES, "instance": IMAGE}
+
+
+def selected(index: Index, selection: dict[str, str | None]) -> list[int]:
+    """Instance pks under the UIDs given per level (``--study``, ``--series``, ...)."""
+    pks: list[int] = []
+    for option, level in LEVEL_OPTIONS.items():
+        uid = selection.get(option)
+        if uid:
+            pks += [pk for pk in index.instances_under(level, uid) if pk not in pks]
+    return pks
+
+
+def forward(index: Index, pks: list[int], destination: str) -> int:
+    """Queue the instances for ``destination`` with the default syntaxes."""
+    syntaxes = syntax_uids(list(DEFAULT_SYNTAXES), False, "compacs forward")
+    return index.enqueue_forwards(pks, Forward(destination=destination, syntaxes=syntaxes))
+
+
+def delete(index: Index, store: BlobStore, pks: list[int]) -> int:
+    """Remove instances: the row (and its queue items) first, then the object."""
+    removed = 0
+    for pk in pks:
+        key = index.delete_instance(pk)
+        if key is not None:
+            store.delete(key)
+            removed += 1
+    return removed
+
+
+QUEUE_STATES = (PENDING, SENDING, COMMITTING, DONE, FAILED)
+
+
+def print_queue(items: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    header = f"{'id':>6}  {'state':<10} {'tries':>5}  {'destination':<32} sop instance uid"
+    print(header, file=out)
+    for item in items:
+        print(
+            f"{item['pk']:>6}  {item['state']:<10} {item['attempts']:>5}  "
+            f"{item['destination']:<32} {item['sop_instance_uid']}",
+            file=out,
+        )
+        if item["last_error"] and item["state"] != DONE:
+            print(f"{'':>8}last error: {item['last_error']}", file=out)
+
+
+def queue_document(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = (
+        "pk",
+        "state",
+        "attempts",
+        "destination",
+        "sop_instance_uid",
+        "study_uid",
+        "transfer_syntax_sent",
+        "bytes_sent",
+        "last_error",
+        "updated_at",
+    )
+    return [{k: item[k] for k in keys} for item in items]

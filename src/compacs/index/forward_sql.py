@@ -1,0 +1,311 @@
+"""SQL of the forwarding queue (the gateway's durable retry queue), shared by backends.
+
+One ``forwards`` row per instance and destination. States:
+
+- ``pending``: waiting to be sent (``not_before`` is the next attempt; with
+  ``wait_compression`` also until the instance's compression job is gone);
+- ``sending``: claimed by a forwarder;
+- ``committing``: delivered, waiting for the Storage Commitment report (PS3.4 J.3.3);
+- ``done``: delivered (and committed when asked);
+- ``failed``: parked after the last attempt, until ``compacs queue retry``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
+from compacs.index.base import Forward
+
+PENDING, SENDING, COMMITTING, DONE, FAILED = "pending", "sending", "committing", "done", "failed"
+STATES = (PENDING, SENDING, COMMITTING, DONE, FAILED)
+
+_ITEM = (
+    "SELECT f.pk, f.destination, f.syntaxes, f.options, f.state, f.attempts, f.not_before, "
+    "f.transaction_uid, f.transfer_syntax_sent, f.bytes_sent, f.last_error, f.updated_at, "
+    "i.pk AS instance_pk, i.sop_instance_uid, i.sop_class_uid, i.storage_key, "
+    "i.transfer_syntax_stored, i.bytes_stored, se.series_uid, st.study_uid "
+    "FROM forwards f JOIN instances i ON i.pk = f.instance_fk "
+    "JOIN series se ON se.pk = i.series_fk JOIN studies st ON st.pk = se.study_fk"
+)
+# a pending item is due when its time has come and, if it waits for compression, the
+# instance has no compression job left
+_DUE = (
+    "f.state = 'pending' AND f.not_before <= ? AND (f.wait_compression = 0 OR NOT EXISTS "
+    "(SELECT 1 FROM jobs j WHERE j.instance_fk = f.instance_fk))"
+)
+_UNDER = {
+    PATIENT: "p.patient_id",
+    STUDY: "st.study_uid",
+    SERIES: "se.series_uid",
+    IMAGE: "i.sop_instance_uid",
+}
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _options(forward: Forward) -> str:
+    return json.dumps(
+        {"commit": forward.commit, "lossy": forward.lossy, "codec_options": forward.codec_options}
+    )
+
+
+def _item(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    item = dict(zip(names, row, strict=True))
+    item["syntaxes"] = tuple(item["syntaxes"].split())
+    item.update(json.loads(item.pop("options")))
+    return item
+
+
+class ForwardStatements:
+    """Mixed into :class:`compacs.index.sql.SqlStatements`, which provides ``_q`` (the
+    placeholder style) and ``_one``."""
+
+    def _rows(self, cur: Any, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        cur.execute(self._q(sql), params)
+        names = [d[0] for d in cur.description]
+        return [_item(names, row) for row in cur.fetchall()]
+
+    def queue_forwards(self, cur: Any, instance_pk: int, forwards: Sequence[Forward]) -> None:
+        """Queue deliveries of a just-indexed instance (same transaction as its row)."""
+        now, stamp = datetime.now(UTC).timestamp(), _now_text()
+        cur.execute(self._q("DELETE FROM forwards WHERE instance_fk = ?"), (instance_pk,))
+        for forward in forwards:
+            cur.execute(
+                self._q(
+                    "INSERT INTO forwards (instance_fk, destination, syntaxes, options, "
+                    "wait_compression, retain_days, state, not_before, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) "
+                    "ON CONFLICT (instance_fk, destination) DO NOTHING"
+                ),
+                (
+                    instance_pk,
+                    forward.destination,
+                    " ".join(forward.syntaxes),
+                    _options(forward),
+                    int(forward.wait_compression),
+                    forward.retain_days,
+                    now,
+                    stamp,
+                    stamp,
+                ),
+            )
+
+    def enqueue_forwards(self, cur: Any, instance_pks: list[int], forward: Forward) -> int:
+        now, stamp = datetime.now(UTC).timestamp(), _now_text()
+        for pk in instance_pks:
+            cur.execute(
+                self._q(
+                    "INSERT INTO forwards (instance_fk, destination, syntaxes, options, "
+                    "wait_compression, retain_days, state, not_before, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) "
+                    "ON CONFLICT (instance_fk, destination) DO UPDATE SET "
+                    "syntaxes = excluded.syntaxes, options = excluded.options, "
+                    "state = 'pending', not_before = excluded.not_before, attempts = 0, "
+                    "claimed_by = NULL, last_error = NULL, updated_at = excluded.updated_at"
+                ),
+                (
+                    pk,
+                    forward.destination,
+                    " ".join(forward.syntaxes),
+                    _options(forward),
+                    int(forward.wait_compression),
+                    forward.retain_days,
+                    now,
+                    stamp,
+                    stamp,
+                ),
+            )
+        return len(instance_pks)
+
+    def claim_forwards(
+        self,
+        cur: Any,
+        worker: str,
+        now: float,
+        limit: int,
+        skip: frozenset[str],
+        only: str | None = None,
+    ) -> list[dict[str, Any]]:
+        excluded = sorted(skip)
+        not_in = f" AND f.destination NOT IN ({', '.join('?' for _ in excluded)})" if skip else ""
+        if only is not None:
+            not_in += " AND f.destination = ?"
+            excluded.append(only)
+        first = self._one(
+            cur,
+            f"SELECT f.destination, se.study_fk FROM forwards f "
+            f"JOIN instances i ON i.pk = f.instance_fk JOIN series se ON se.pk = i.series_fk "
+            f"WHERE {_DUE}{not_in} ORDER BY f.not_before, f.pk LIMIT 1",
+            (now, *excluded),
+        )
+        if first is None:
+            return []
+        destination, study_pk = first
+        items = self._rows(
+            cur,
+            f"{_ITEM} WHERE {_DUE} AND f.destination = ? AND st.pk = ? ORDER BY f.pk LIMIT ?",
+            (now, destination, study_pk, limit),
+        )
+        stamp = _now_text()
+        for item in items:
+            cur.execute(
+                self._q(
+                    "UPDATE forwards SET state = 'sending', claimed_by = ?, "
+                    "attempts = attempts + 1, updated_at = ? WHERE pk = ?"
+                ),
+                (worker, stamp, item["pk"]),
+            )
+            item["attempts"] += 1
+        return items
+
+    def finish_forwards(self, cur: Any, outcomes: list[dict[str, Any]]) -> None:
+        stamp = _now_text()
+        for o in outcomes:
+            cur.execute(
+                self._q(
+                    "UPDATE forwards SET state = ?, not_before = ?, last_error = ?, "
+                    "transfer_syntax_sent = COALESCE(?, transfer_syntax_sent), "
+                    "bytes_sent = COALESCE(?, bytes_sent), "
+                    "transaction_uid = COALESCE(?, transaction_uid), claimed_by = NULL, "
+                    "updated_at = ? WHERE pk = ?"
+                ),
+                (
+                    o["state"],
+                    o.get("not_before", 0.0),
+                    o.get("error"),
+                    o.get("syntax"),
+                    o.get("bytes"),
+                    o.get("transaction_uid"),
+                    stamp,
+                    o["pk"],
+                ),
+            )
+
+    def defer_destination(self, cur: Any, destination: str, until: float) -> None:
+        cur.execute(
+            self._q(
+                "UPDATE forwards SET not_before = ? "
+                "WHERE destination = ? AND state = 'pending' AND not_before < ?"
+            ),
+            (until, destination, until),
+        )
+
+    def commitment_result(
+        self, cur: Any, transaction_uid: str, committed: set[str], failed: set[str]
+    ) -> int:
+        rows = self._rows(
+            cur,
+            f"{_ITEM} WHERE f.transaction_uid = ? AND f.state = 'committing'",
+            (transaction_uid,),
+        )
+        stamp = _now_text()
+        changed = 0
+        for item in rows:
+            uid = item["sop_instance_uid"]
+            if uid in committed:
+                state, error = DONE, None
+            elif uid in failed:
+                state, error = PENDING, "the destination did not commit it"
+            else:
+                continue
+            cur.execute(
+                self._q(
+                    "UPDATE forwards SET state = ?, last_error = ?, not_before = 0, "
+                    "updated_at = ? WHERE pk = ?"
+                ),
+                (state, error, stamp, item["pk"]),
+            )
+            changed += 1
+        return changed
+
+    def forward_items(
+        self, cur: Any, state: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        where, params = ("WHERE f.state = ?", [state]) if state else ("", [])
+        return self._rows(cur, f"{_ITEM} {where} ORDER BY f.pk LIMIT ?", (*params, limit))
+
+    def _selection(self, pks: list[int] | None, states: tuple[str, ...]) -> tuple[str, list]:
+        clauses, params = [f"state IN ({', '.join('?' for _ in states)})"], list(states)
+        if pks is not None:
+            clauses.append(f"pk IN ({', '.join('?' for _ in pks) or 'NULL'})")
+            params += pks
+        return " AND ".join(clauses), params
+
+    def requeue_forwards(self, cur: Any, pks: list[int] | None, states: tuple[str, ...]) -> int:
+        where, params = self._selection(pks, states)
+        cur.execute(
+            self._q(
+                "UPDATE forwards SET state = 'pending', attempts = 0, not_before = 0, "
+                f"claimed_by = NULL, updated_at = ? WHERE {where}"
+            ),
+            (_now_text(), *params),
+        )
+        return cur.rowcount
+
+    def drop_forwards(self, cur: Any, pks: list[int] | None, states: tuple[str, ...]) -> int:
+        where, params = self._selection(pks, states)
+        cur.execute(self._q(f"DELETE FROM forwards WHERE {where}"), params)
+        return cur.rowcount
+
+    def release_forward_claims(self, cur: Any, stale_commit_before: float, sending: bool) -> int:
+        released = 0
+        if sending:
+            cur.execute(
+                "UPDATE forwards SET state = 'pending', claimed_by = NULL WHERE state = 'sending'"
+            )
+            released = cur.rowcount
+        cutoff = datetime.fromtimestamp(stale_commit_before, UTC).isoformat(timespec="milliseconds")
+        cur.execute(
+            self._q(
+                "UPDATE forwards SET state = 'pending', not_before = 0, "
+                "last_error = 'no Storage Commitment report in time' "
+                "WHERE state = 'committing' AND updated_at < ?"
+            ),
+            (cutoff,),
+        )
+        return released + cur.rowcount
+
+    def retention_due(self, cur: Any, now: float) -> list[int]:
+        """Instances with deliveries, all done, every one with a retention period, and
+        received longer ago than the longest of them."""
+        cur.execute(
+            "SELECT i.pk, i.received_at, MAX(f.retain_days) FROM instances i "
+            "JOIN forwards f ON f.instance_fk = i.pk GROUP BY i.pk, i.received_at "
+            "HAVING SUM(CASE WHEN f.state = 'done' AND f.retain_days IS NOT NULL "
+            "THEN 0 ELSE 1 END) = 0"
+        )
+        due = []
+        for pk, received_at, days in cur.fetchall():
+            received = datetime.fromisoformat(received_at)
+            if received + timedelta(days=float(days)) <= datetime.fromtimestamp(now, UTC):
+                due.append(pk)
+        return due
+
+    def instances_under(self, cur: Any, level: str, uid: str) -> list[int]:
+        cur.execute(
+            self._q(
+                "SELECT i.pk FROM instances i JOIN series se ON se.pk = i.series_fk "
+                "JOIN studies st ON st.pk = se.study_fk JOIN patients p ON p.pk = st.patient_fk "
+                f"WHERE {_UNDER[level]} = ? ORDER BY i.pk"
+            ),
+            (uid,),
+        )
+        return [row[0] for row in cur.fetchall()]
+
+    def forward_counts(self, cur: Any) -> dict[str, Any]:
+        cur.execute(
+            "SELECT destination, state, COUNT(*), COALESCE(SUM(bytes_sent), 0) FROM forwards "
+            "GROUP BY destination, state ORDER BY 1, 2"
+        )
+        out: dict[str, Any] = {}
+        for destination, state, n, sent in cur.fetchall():
+            entry = out.setdefault(destination, {"bytes_sent": 0})
+            entry[state] = int(n)
+            entry["bytes_sent"] += int(sent)
+        return out
