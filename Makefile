@@ -1,6 +1,7 @@
 # compacs: two commands on a fresh machine.
 #   make serve   set up .venv and run a node on the embedded default (./data, SQLite, port 11112)
-#   make test    set up .venv with the test extras, install DCMTK when missing, run every test
+#   make test    set up .venv with the test extras, install DCMTK and Orthanc when missing,
+#                run every test
 
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 DATA   ?= ./data
 PYTEST_ARGS ?=
 
-.PHONY: serve test bench lint format deps-system deps-bench clean
+.PHONY: serve test bench lint format deps-system clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +26,26 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.installed
 	$(BIN)/compacs serve --data-dir $(DATA)
 
-# Debian's dcmtk provides the independent DICOM clients the tests talk to the node with.
+# Debian's dcmtk provides the independent DICOM clients the tests talk to the node with;
+# Debian's orthanc is the real downstream PACS of the gateway tests and a benchmark peer.
+# A temporary policy-rc.d keeps orthanc's package from starting a system service (the
+# tests start their own instances on free 127.0.0.1 ports); it is removed afterwards.
 deps-system:
-	@if ! command -v storescu >/dev/null 2>&1; then \
-		echo "installing Debian's dcmtk (storescu, echoscu, findscu, movescu, getscu, storescp)"; \
+	@missing=""; \
+	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
+	[ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian's$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dcmtk >/dev/null; \
+		created=""; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; \
+			$$SUDO chmod +x /usr/sbin/policy-rc.d; created=1; \
+		fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+		status=$$?; \
+		[ -z "$$created" ] || $$SUDO rm -f /usr/sbin/policy-rc.d; \
+		exit $$status; \
 	fi
 
 test: $(VENV)/.installed-test deps-system
@@ -42,19 +57,8 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@ $(VENV)/.installed $(VENV)/.installed-test
 
-# Debian's orthanc is a peer of the benchmark; policy-rc.d keeps its package from starting
-# a system service (the benchmark starts its own instances on free 127.0.0.1 ports).
-deps-bench: deps-system
-	@if ! command -v Orthanc >/dev/null 2>&1; then \
-		echo "installing Debian's orthanc"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		[ -e /usr/sbin/policy-rc.d ] || printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; \
-		$$SUDO chmod +x /usr/sbin/policy-rc.d; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq orthanc >/dev/null; \
-	fi
-
-bench: $(VENV)/.installed-bench deps-bench
-	cd bench && ../$(BIN)/python run.py $(BENCH_ARGS)
+bench: $(VENV)/.installed-bench deps-system
+	cd bench && PYTHONPATH=.. ../$(BIN)/python run.py $(BENCH_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench

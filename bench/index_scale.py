@@ -12,9 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.orthanc import OrthancPeer  # the repository root is on PYTHONPATH (Makefile)
+
 from compacs.index.sqlite import SqliteIndex
 from compacs.synthetic import UID_ROOT, ct_series
-from orthanc_peer import OrthancPeer
 from peers import ENV, Compacs, free_port
 
 PER_SERIES = 100

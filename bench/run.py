@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from tests.orthanc import OrthancPeer  # the repository root is on PYTHONPATH (Makefile)
 
 from compacs.synthetic import ct_series
 from index_scale import index_scale
-from orthanc_peer import OrthancPeer
 from peers import ENV, Compacs, StoreSCP, cpu_seconds, free_port, peak_rss_mb
 
 JLS = "1.2.840.10008.1.2.4.80"

@@ -1,7 +1,8 @@
-"""Run Orthanc as a benchmark peer on 127.0.0.1, next to DCMTK ``storescp`` and compacs.
+"""Orthanc on 127.0.0.1: a benchmark peer, and a real downstream PACS for the gateway.
 
 The benchmark suite compares compacs with the other archives a site might run
-instead. :class:`OrthancPeer` starts one private Orthanc server (Debian package
+instead; the forwarding tests deliver to it and check what arrived over its REST API.
+:class:`OrthancPeer` starts one private Orthanc server (Debian package
 ``orthanc``, binary ``/usr/sbin/Orthanc``, 1.10.1 when this was written) from a
 JSON configuration written into a working directory, waits until both its REST API
 and its DICOM server answer, and reads what it stored back through the REST API
@@ -295,6 +296,17 @@ class OrthancPeer:
             with self._opener.open(request, timeout=30) as response:
                 counts[response.read().decode().strip()] += 1
         return counts
+
+    def instance_files(self) -> dict[str, bytes]:
+        """Every stored instance as Orthanc gives it back (``/instances/{id}/file``), by
+        SOP Instance UID."""
+        files = {}
+        for instance_id in self._get("/instances"):
+            uid = self._get(f"/instances/{instance_id}")["MainDicomTags"]["SOPInstanceUID"]
+            request = urllib.request.Request(f"{self._base_url}/instances/{instance_id}/file")
+            with self._opener.open(request, timeout=30) as response:
+                files[uid] = response.read()
+        return files
 
     def reset(self) -> None:
         """Delete every patient (and so every instance) so the server can be reused."""
