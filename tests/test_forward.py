@@ -6,11 +6,8 @@ records every C-STORE (tests/destination.py), so that duplicates and order show.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
-import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +20,7 @@ from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
 from tests.conftest import NodeProcess, dcmtk_env, free_port, run_cli, write_config
 from tests.destination import UNCOMPRESSED, Destination
+from tests.proxy import CountingProxy
 from tests.scu import send_datasets
 
 JLS = "1.2.840.10008.1.2.4.80"
@@ -248,43 +246,6 @@ def test_retention_deletes_forwarded_instances_locally(node_factory, tmp_path):
         wait_for(lambda: len(dest.uids()) == 5, what="delivery")
         wait_for(lambda: node.stats()["instances"] == 0, what="local deletion")
     assert list((node.data_dir / "store").rglob("*.dcm")) == []
-
-
-class CountingProxy:
-    """A TCP relay counting the bytes the node sends to the destination."""
-
-    def __init__(self, target_port: int) -> None:
-        self.port = free_port()
-        self.sent = 0
-        self._target = target_port
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self._target))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if count:
-                    self.sent += len(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 def test_bytes_on_the_wire_compressed_versus_uncompressed(node_factory, tmp_path):

@@ -6,6 +6,7 @@ import errno
 import sqlite3
 import struct
 import threading
+import tomllib
 
 import pytest
 from pydicom import dcmread
@@ -22,6 +23,7 @@ from compacs.index.sqlite import SqliteIndex
 from compacs.ingest import storage_key
 from compacs.storage import FileStore, StorageFull, validate_key
 from compacs.synthetic import ct_series
+from tests.conftest import ROOT
 from tests.dicomfiles import by_name, storage_files
 from tests.scu import dataset_bytes
 
@@ -308,3 +310,69 @@ def test_context_batches_keep_each_sop_class_whole():
     for group in groups:
         classes = [str(cx.abstract_syntax) for cx in group]
         assert all(classes.count(c) == 2 for c in classes)
+
+
+def test_the_example_config_loads_and_documents_every_setting():
+    """config/compacs.toml holds every setting with its default (and stays valid TOML)."""
+    import tomllib
+    from dataclasses import fields
+
+    from compacs.config import _POLICY_KEYS, _ROUTING_KEYS, SCHEMA, Settings, load
+    from compacs.routing import Routing
+
+    path = ROOT / "config" / "compacs.toml"
+    settings = load(path)
+    defaults = Settings()
+    for f in fields(Settings):
+        if f.name not in ("data_dir", "policy", "routing"):
+            assert getattr(settings, f.name) == getattr(defaults, f.name), f.name
+    assert settings.routing == Routing() and settings.policy == defaults.policy
+    doc = tomllib.loads(path.read_text())
+    text = path.read_text()
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            assert key in doc.get(section, {}) or f"# {key} =" in text, f"[{section}] {key}"
+    assert set(_POLICY_KEYS) <= set(doc["compression"])
+    assert set(_ROUTING_KEYS) <= set(doc["forwarding"])
+
+
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ('to = "PACS"', "destination 'PACS' is not a peer"),
+        ('to = "X@h:104"\nsyntax = ["jpeg-ls"]', "unknown key 'syntax'"),
+        ('to = "X@h:104"\nsyntaxes = ["jpeg-ls-near"]', "lossy = true"),
+        ('to = "X@h:104"\nlossy = true\ncommit = true', "not supported"),
+        ('to = "X@h:104"\nafter = "later"', "after must be"),
+        ('to = "X@h:104"\nretain_days = -1', "retain_days"),
+        ('to = "X@h:104"\nmodality = 3', "modality must be a str"),
+        ("", "to must name"),
+    ],
+)
+def test_routing_rule_errors_name_the_rule_and_key(rule, message):
+    doc = tomllib.loads(f"[[forwarding.rules]]\n{rule}\n")
+    with pytest.raises(ConfigError) as exc:
+        from_document(doc, "gw.toml")
+    assert "gw.toml: [[forwarding.rules]] #1" in str(exc.value)
+    assert message in str(exc.value)
+
+
+def test_routing_rules_all_apply_and_a_destination_is_queued_once():
+    doc = tomllib.loads(
+        '[[peers]]\nae_title = "PACS"\nhost = "10.0.0.1"\nport = 104\n'
+        '[[forwarding.rules]]\nmodality = "CT"\nto = ["PACS", "TELE@10.0.0.2:104"]\n'
+        'syntaxes = ["jpeg-ls", "uncompressed"]\n'
+        '[[forwarding.rules]]\nStudyDescription = "CHEST"\nto = "PACS"\nsyntaxes = ["stored"]\n'
+        '[[forwarding.rules]]\nmodality = "MR"\nto = "MRONLY@10.0.0.3:104"\n'
+    )
+    routing = from_document(doc).routing
+    facts = {"modality": "CT", "study_description": "CHEST"}
+    forwards = routing.forwards_for(facts)
+    assert [f.destination for f in forwards] == ["PACS@10.0.0.1:104", "TELE@10.0.0.2:104"]
+    assert forwards[0].syntaxes == (
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2",
+    )
+    assert routing.forwards_for({"modality": "US"}) == ()
+    assert routing.retry_at(100.0, 1) == 105.0 and routing.retry_at(0.0, 30) == 900.0

@@ -186,6 +186,9 @@ def cmd_stats(settings: Settings, as_json: bool) -> int:
         f"ratio {stats['ratio']:.2f}"
     )
     print("compression: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["compression"].items())))
+    for destination, entry in stats.get("forwarding", {}).items():
+        states = ", ".join(f"{k} {v}" for k, v in sorted(entry.items()) if k != "bytes_sent")
+        print(f"forwarding to {destination}: {states}; sent {_size(entry['bytes_sent'])}")
     for title, key, label in (
         ("by modality", "by_modality", lambda k, v: k),
         ("by stored transfer syntax", "by_transfer_syntax", lambda k, v: f"{v['name']} ({k})"),

@@ -232,30 +232,16 @@ def resolver(peers: tuple[Peer, ...] | list[Peer]) -> Callable[[str], str]:
 
 
 def _routing(body: Any, source: str, peers: tuple[Peer, ...]) -> Routing:
-    if not isinstance(body, dict):
-        raise ConfigError(f"{source}: [forwarding] must be a table")
-    values: dict[str, Any] = {}
-    for key, value in body.items():
-        if key == "rules":
-            if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
-                raise ConfigError(f"{source}: forwarding.rules must be [[forwarding.rules]] tables")
-            try:
-                values["routes"] = tuple(
-                    parse_route(r, f"{source}: [[forwarding.rules]] #{n}", resolver(peers))
-                    for n, r in enumerate(value, 1)
-                )
-            except RuleError as exc:
-                raise ConfigError(str(exc)) from None
-            continue
-        if key not in _ROUTING_KEYS:
-            raise ConfigError(
-                f"{source}: [forwarding] unknown key {key!r} "
-                f"(known: {', '.join([*_ROUTING_KEYS, 'rules'])})"
-            )
-        types, check, expected = _ROUTING_KEYS[key]
-        if not isinstance(value, types) or isinstance(value, bool) or not check(value):
-            raise ConfigError(f"{source}: [forwarding] {key} = {value!r}: expected {expected}")
-        values[key] = value
+    resolve = resolver(peers)
+    values = _section_with_rules(
+        body,
+        source,
+        "forwarding",
+        _ROUTING_KEYS,
+        lambda rule, where: parse_route(rule, where, resolve),
+    )
+    if "rules" in values:
+        values["routes"] = values.pop("rules")
     return Routing(**values)
 
 
@@ -284,39 +270,46 @@ _POLICY_KEYS: dict[str, tuple[tuple[type, ...], Check, str]] = {
 
 
 def _policy(body: Any, source: str) -> Policy:
+    values = _section_with_rules(body, source, "compression", _POLICY_KEYS, parse_rule)
+    return replace(DEFAULT_POLICY, **values)
+
+
+def _section_with_rules(
+    body: Any,
+    source: str,
+    section: str,
+    keys: dict[str, tuple[tuple[type, ...], Check, str]],
+    parse: Callable[[dict[str, Any], str], Any],
+) -> dict[str, Any]:
+    """The checked keys of a section that also holds ``[[section.rules]]`` tables (each
+    parsed by ``parse(table, where)``, as ``values["rules"]``)."""
     if not isinstance(body, dict):
-        raise ConfigError(f"{source}: [compression] must be a table")
+        raise ConfigError(f"{source}: [{section}] must be a table")
     values: dict[str, Any] = {}
     for key, value in body.items():
         if key == "rules":
             if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
-                raise ConfigError(
-                    f"{source}: compression.rules must be [[compression.rules]] tables"
-                )
+                raise ConfigError(f"{source}: {section}.rules must be [[{section}.rules]] tables")
             try:
-                rules = tuple(
-                    parse_rule(r, f"{source}: [[compression.rules]] #{n}")
-                    for n, r in enumerate(value, 1)
+                values["rules"] = tuple(
+                    parse(r, f"{source}: [[{section}.rules]] #{n}") for n, r in enumerate(value, 1)
                 )
             except RuleError as exc:
                 raise ConfigError(str(exc)) from None
-            values["rules"] = rules
             continue
-        if key not in _POLICY_KEYS:
+        if key not in keys:
             raise ConfigError(
-                f"{source}: [compression] unknown key {key!r} "
-                f"(known: {', '.join([*_POLICY_KEYS, 'rules'])})"
+                f"{source}: [{section}] unknown key {key!r} (known: {', '.join([*keys, 'rules'])})"
             )
-        types, check, expected = _POLICY_KEYS[key]
-        bool_ok = bool in types
+        types, check, expected = keys[key]
         if (
             not isinstance(value, types)
-            or (isinstance(value, bool) and not bool_ok)
+            or (isinstance(value, bool) and bool not in types)
             or not check(value)
         ):
-            raise ConfigError(f"{source}: [compression] {key} = {value!r}: expected {expected}")
+            raise ConfigError(f"{source}: [{section}] {key} = {value!r}: expected {expected}")
         values[key] = value
-    return replace(DEFAULT_POLICY, **values)
+    return values
 
 
 def with_overrides(settings: Settings, **overrides: Any) -> Settings:

@@ -174,7 +174,11 @@ def parse_route(doc: Mapping[str, Any], where: str, resolve: Any) -> Route:
         if not isinstance(name, str) or not isinstance(names, list):
             raise RuleError(f"{where}: destination {name!r}: syntaxes must be a list")
         syntaxes = syntax_uids([str(n) for n in names], lossy, f"{where}: {name}")
-        destinations.append(Destination(resolve(name), syntaxes))
+        try:
+            address = resolve(name)
+        except RuleError as exc:
+            raise RuleError(f"{where}: {exc}") from None
+        destinations.append(Destination(address, syntaxes))
     options = {k: doc[k] for k in _OPTION_KEYS if k in doc}
     return Route(
         match=match,

@@ -37,6 +37,12 @@ _DUE = (
     "f.state = 'pending' AND f.not_before <= ? AND (f.wait_compression = 0 OR NOT EXISTS "
     "(SELECT 1 FROM jobs j WHERE j.instance_fk = f.instance_fk))"
 )
+_AFRESH = (
+    "DO UPDATE SET syntaxes = excluded.syntaxes, options = excluded.options, "
+    "wait_compression = excluded.wait_compression, retain_days = excluded.retain_days, "
+    "state = 'pending', not_before = excluded.not_before, attempts = 0, claimed_by = NULL, "
+    "last_error = NULL, updated_at = excluded.updated_at"
+)
 _UNDER = {
     PATIENT: "p.patient_id",
     STUDY: "st.study_uid",
@@ -73,55 +79,36 @@ class ForwardStatements:
 
     def queue_forwards(self, cur: Any, instance_pk: int, forwards: Sequence[Forward]) -> None:
         """Queue deliveries of a just-indexed instance (same transaction as its row)."""
-        now, stamp = datetime.now(UTC).timestamp(), _now_text()
         cur.execute(self._q("DELETE FROM forwards WHERE instance_fk = ?"), (instance_pk,))
-        for forward in forwards:
-            cur.execute(
-                self._q(
-                    "INSERT INTO forwards (instance_fk, destination, syntaxes, options, "
-                    "wait_compression, retain_days, state, not_before, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) "
-                    "ON CONFLICT (instance_fk, destination) DO NOTHING"
-                ),
-                (
-                    instance_pk,
-                    forward.destination,
-                    " ".join(forward.syntaxes),
-                    _options(forward),
-                    int(forward.wait_compression),
-                    forward.retain_days,
-                    now,
-                    stamp,
-                    stamp,
-                ),
-            )
+        for forward in forwards:  # the first of two for one destination wins
+            self._insert(cur, instance_pk, forward, "DO NOTHING")
 
     def enqueue_forwards(self, cur: Any, instance_pks: list[int], forward: Forward) -> int:
-        now, stamp = datetime.now(UTC).timestamp(), _now_text()
-        for pk in instance_pks:
-            cur.execute(
-                self._q(
-                    "INSERT INTO forwards (instance_fk, destination, syntaxes, options, "
-                    "wait_compression, retain_days, state, not_before, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) "
-                    "ON CONFLICT (instance_fk, destination) DO UPDATE SET "
-                    "syntaxes = excluded.syntaxes, options = excluded.options, "
-                    "state = 'pending', not_before = excluded.not_before, attempts = 0, "
-                    "claimed_by = NULL, last_error = NULL, updated_at = excluded.updated_at"
-                ),
-                (
-                    pk,
-                    forward.destination,
-                    " ".join(forward.syntaxes),
-                    _options(forward),
-                    int(forward.wait_compression),
-                    forward.retain_days,
-                    now,
-                    stamp,
-                    stamp,
-                ),
-            )
+        for pk in instance_pks:  # an existing item for the destination starts afresh
+            self._insert(cur, pk, forward, _AFRESH)
         return len(instance_pks)
+
+    def _insert(self, cur: Any, instance_pk: int, forward: Forward, on_conflict: str) -> None:
+        stamp = _now_text()
+        cur.execute(
+            self._q(
+                "INSERT INTO forwards (instance_fk, destination, syntaxes, options, "
+                "wait_compression, retain_days, state, not_before, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) "
+                f"ON CONFLICT (instance_fk, destination) {on_conflict}"
+            ),
+            (
+                instance_pk,
+                forward.destination,
+                " ".join(forward.syntaxes),
+                _options(forward),
+                int(forward.wait_compression),
+                forward.retain_days,
+                datetime.now(UTC).timestamp(),
+                stamp,
+                stamp,
+            ),
+        )
 
     def claim_forwards(
         self,

@@ -233,6 +233,9 @@ class Forwarder:
         to_commit: list[tuple[dict[str, Any], Sent]] = []
         try:
             for n, item in enumerate(items):
+                if self._stop.is_set():  # the node stops: the rest waits for the next start
+                    outcomes += [{"pk": i["pk"], "state": PENDING} for i in items[n:]]
+                    break
                 try:
                     sent = link.send(item, self.store)
                 except Exception as exc:  # unreadable object, failed transcode
