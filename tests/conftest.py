@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pynetdicom import AE
@@ -37,12 +38,14 @@ def require_dcmtk() -> None:
         pytest.fail("DCMTK is not installed: run the suite with `make test`, which installs it")
 
 
-def echo(port: int, aet: str = "COMPACS", timeout: float = 5) -> int | None:
-    """C-ECHO status from the node at ``port``, or None when no association was made."""
+def echo(port: int, aet: str = "COMPACS", timeout: float = 5, tls: Any = None) -> int | None:
+    """C-ECHO status from the node at ``port``, or None when no association was made;
+    ``tls``: an ssl.SSLContext for a node that speaks DICOM over TLS."""
     ae = AE(ae_title="ECHOSCU")
     ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+    kwargs = {"tls_args": (tls, "127.0.0.1")} if tls is not None else {}
+    assoc = ae.associate("127.0.0.1", port, ae_title=aet, **kwargs)
     if not assoc.is_established:
         return None
     try:
@@ -63,6 +66,7 @@ class NodeProcess:
         config: Path | None = None,
         extra_args: tuple[str, ...] = (),
         wrapper: tuple[str, ...] = (),
+        tls: Any = None,
     ) -> None:
         self.data_dir = data_dir
         self.aet = aet
@@ -70,6 +74,7 @@ class NodeProcess:
         self.config = config
         self.extra_args = extra_args
         self.wrapper = wrapper
+        self.tls = tls  # the client ssl.SSLContext the readiness probe uses
         self.log_path = data_dir.parent / f"{data_dir.name}-serve-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -91,7 +96,7 @@ class NodeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"compacs exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if echo(self.port, self.aet, timeout=2) == 0:
+                if echo(self.port, self.aet, timeout=2, tls=self.tls) == 0:
                     return self
             except OSError:
                 pass

@@ -223,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("pynetdicom").setLevel(
-        logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
-    )
+    # pynetdicom logs data sets (names, IDs) from INFO on: only when the admin allows it
+    verbose = settings.log_level == "DEBUG" and settings.log_phi
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if args.command == "serve":
         return cmd_serve(settings)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `compacs stats | head` ends quietly

@@ -16,6 +16,7 @@ from typing import Any
 from compacs.index.base import Duplicates
 from compacs.routing import Routing, forward_everything, parse_route
 from compacs.rules import DEFAULT_POLICY, Policy, RuleError, parse_rule
+from compacs.security import OPERATIONS, AccessControl, AccessRule
 
 AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 6.2: AE, no backslash
 
@@ -75,6 +76,12 @@ class Settings:
     move_allow: dict[str, tuple[str, ...]] | None = None
     """calling AE (or "*") -> destinations it may move to (or "*"); None: any to any."""
     routing: Routing = field(default_factory=Routing)
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    log_phi: bool = False
+    """Let patient names and IDs into the logs (pynetdicom's data set dumps at DEBUG)."""
+    access: AccessControl = field(default_factory=AccessControl)
 
     def move_allowed(self, calling: str, destination: str) -> bool:
         if self.move_allow is None:
@@ -94,6 +101,12 @@ class Settings:
 # section -> key -> (Settings field, expected type(s), check, what is expected)
 Check = Callable[[Any], bool]
 _ANY: Check = lambda v: True  # noqa: E731
+
+
+def _readable(path: str) -> bool:
+    return Path(path).is_file()
+
+
 SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
     "node": {
         "ae_title": ("ae_title", (str,), valid_ae_title, "an AE title of 1-16 characters"),
@@ -119,6 +132,12 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
         "dimse_timeout": ("dimse_timeout", (int, float), lambda v: v > 0, "seconds > 0"),
         "network_timeout": ("network_timeout", (int, float), lambda v: v > 0, "seconds > 0"),
         "drain_timeout": ("drain_timeout", (int, float), lambda v: v >= 0, "seconds >= 0"),
+    },
+    "security": {
+        "tls_certificate": ("tls_certificate", (str,), _readable, "a readable PEM file"),
+        "tls_key": ("tls_key", (str,), _readable, "a readable PEM file"),
+        "tls_client_ca": ("tls_client_ca", (str,), _readable, "a readable PEM file"),
+        "log_phi": ("log_phi", (bool,), _ANY, "true or false"),
     },
     "index": {"url": ("index_url", (str,), lambda v: ":" in v, "an index URL (sqlite:///...)")},
     "storage": {"url": ("store_url", (str,), lambda v: ":" in v, "a storage URL (file:///...)")},
@@ -181,11 +200,14 @@ def from_document(doc: dict[str, Any], source: str = "<config>") -> Settings:
             continue
         if section == "forwarding":
             continue  # its rules name peers: read once every section is known
+        if section == "access":
+            values["access"] = AccessControl(tuple(_access(body, source)))
+            continue
         keys = SCHEMA.get(section)
         if keys is None:
             raise ConfigError(
                 f"{source}: unknown section [{section}] "
-                f"(known: {', '.join([*SCHEMA, 'compression', 'forwarding', 'peers'])})"
+                f"(known: {', '.join([*SCHEMA, 'compression', 'forwarding', 'access', 'peers'])})"
             )
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
@@ -201,7 +223,36 @@ def from_document(doc: dict[str, Any], source: str = "<config>") -> Settings:
             values[name] = _convert(name, value)
     if "forwarding" in doc:
         values["routing"] = _routing(doc["forwarding"], source, values.get("peers", ()))
+    if bool(values.get("tls_certificate")) != bool(values.get("tls_key")):
+        raise ConfigError(f"{source}: [security] tls_certificate and tls_key go together")
+    if values.get("tls_client_ca") and not values.get("tls_certificate"):
+        raise ConfigError(f"{source}: [security] tls_client_ca needs tls_certificate and tls_key")
     return Settings(**values)
+
+
+def _access(body: Any, source: str) -> list[AccessRule]:
+    if not isinstance(body, list):
+        raise ConfigError(f"{source}: access must be an array of tables ([[access]])")
+    rules = []
+    for n, item in enumerate(body, 1):
+        where = f"{source}: [[access]] #{n}"
+        if not isinstance(item, dict) or "ae_title" not in item:
+            raise ConfigError(f"{where}: ae_title is required")
+        unknown = set(item) - {"ae_title", "host", "allow"}
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key {sorted(unknown)[0]!r} (known: ae_title, host, allow)"
+            )
+        if not isinstance(item["ae_title"], str) or not valid_ae_title(item["ae_title"]):
+            raise ConfigError(f"{where}: ae_title must be an AE title of 1-16 characters")
+        host = item.get("host")
+        if host is not None and (not isinstance(host, str) or not host):
+            raise ConfigError(f"{where}: host must be an address, a network or a host name")
+        allow = item.get("allow", list(OPERATIONS))
+        if not isinstance(allow, list) or not set(allow) <= set(OPERATIONS):
+            raise ConfigError(f"{where}: allow must list some of {', '.join(OPERATIONS)}")
+        rules.append(AccessRule(item["ae_title"], host, frozenset(allow)))
+    return rules
 
 
 _ROUTING_KEYS: dict[str, tuple[tuple[type, ...], Check, str]] = {

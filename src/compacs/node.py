@@ -18,8 +18,9 @@ from compacs.ingest import Ingest
 from compacs.jobs.compress import Compressor
 from compacs.jobs.forward import Forwarder
 from compacs.jobs.workers import CompressionWorkers
-from compacs.net import commitment, echo, find, retrieve, store
+from compacs.net import access, commitment, echo, find, retrieve, store
 from compacs.net.server import build_ae, make_server
+from compacs.security import server_tls_context
 from compacs.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -74,17 +75,26 @@ class Node:
             },
         )
         peers = {peer.ae_title: peer for peer in settings.peers}
-        self.server = make_server(
-            self.ae,
-            settings.host,
-            settings.port,
+        services = (
             echo.HANDLERS
             + store.handlers(self.ingest)
             + find.handlers(self.index, settings.ae_title, settings.pn_case_insensitive)
             + retrieve.handlers(self.index, self.store, peers, settings.move_allowed)
             + commitment.handlers(
                 self.index, self.store, peers, settings.ae_title, self.forwarder.on_report
-            ),
+            )
+        )
+        tls = None
+        if settings.tls_certificate and settings.tls_key:
+            tls = server_tls_context(
+                settings.tls_certificate, settings.tls_key, settings.tls_client_ca
+            )
+        self.server = make_server(
+            self.ae,
+            settings.host,
+            settings.port,
+            access.handlers(settings.access) + access.guarded(settings.access, services),
+            ssl_context=tls,
         )
         self._stopped = threading.Event()
 

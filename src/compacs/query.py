@@ -144,7 +144,7 @@ def _range(keyword: str, vr: str, value: str) -> tuple[str | None, str | None]:
             if bound is not None and not (bound.isdigit() and len(bound) == 8):
                 raise QueryError(
                     Status.DATASET_MISMATCH,
-                    f"{keyword} range {value!r}: expected YYYYMMDD-YYYYMMDD",
+                    f"{keyword} range: expected YYYYMMDD-YYYYMMDD",  # no value: logs stay PHI-free
                 )
         return lo, hi
     return lo, hi  # DT: compared as text

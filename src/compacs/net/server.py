@@ -101,7 +101,13 @@ def build_ae(
     return ae
 
 
-def make_server(ae: AE, host: str, port: int, handlers: list) -> NoDelayAssociationServer:
+def make_server(
+    ae: AE, host: str, port: int, handlers: list, ssl_context: Any = None
+) -> NoDelayAssociationServer:
+    """The listening server; with ``ssl_context`` the port speaks DICOM over TLS only."""
     return ae.make_server(
-        (host, port), evt_handlers=handlers, server_class=NoDelayAssociationServer
+        (host, port),
+        evt_handlers=handlers,
+        server_class=NoDelayAssociationServer,
+        ssl_context=ssl_context,
     )
