@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
 
 from compacs import __version__
 from compacs.config import ConfigError, Peer, Settings, load, with_overrides
+from compacs.logs import configure
 
 
 def _peer(text: str) -> Peer:
@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also retry instances that failed, were kept or skipped",
     )
+
+    check = sub.add_parser(
+        "check-config", help="validate the configuration (and TLS files, backend URLs)"
+    )
+    _common(check)
 
     stats = sub.add_parser("stats", help="counts and bytes stored")
     _common(stats)
@@ -115,6 +120,40 @@ def settings_from(args: argparse.Namespace) -> Settings:
         peers=getattr(args, "peer", None),
         forward=getattr(args, "forward", None),
     )
+
+
+def cmd_check_config(settings: Settings, path: Path | None) -> int:
+    """Exit 0 when the node would start with these settings, 2 with the reason."""
+    from urllib.parse import urlsplit
+
+    from compacs.index import BACKENDS as INDEXES
+    from compacs.security import server_tls_context
+    from compacs.storage import BACKENDS as STORES
+
+    problems = []
+    for what, url, known in (
+        ("index", settings.resolved_index_url, INDEXES),
+        ("storage", settings.resolved_store_url, STORES),
+    ):
+        if urlsplit(url).scheme not in known:
+            problems.append(f"[{what}] url {url!r}: unknown scheme (known: {', '.join(known)})")
+    if settings.tls_certificate and settings.tls_key:
+        try:
+            server_tls_context(settings.tls_certificate, settings.tls_key, settings.tls_client_ca)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            problems.append(f"[security] TLS certificate, key or CA unusable: {exc}")
+    for problem in problems:
+        print(f"compacs: {path or '(defaults)'}: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    print(
+        f"{path or '(defaults)'}: OK - AE {settings.ae_title} on {settings.host}:{settings.port}"
+        f"{' (TLS)' if settings.tls_certificate else ''}, index {settings.resolved_index_url}, "
+        f"store {settings.resolved_store_url}, {len(settings.policy.rules)} compression "
+        f"rule(s), {len(settings.routing.routes)} forwarding rule(s), "
+        f"{len(settings.access.rules) or 'no'} access rule(s), {len(settings.peers)} peer(s)"
+    )
+    return 0
 
 
 def cmd_serve(settings: Settings) -> int:
@@ -218,19 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"compacs: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pynetdicom logs data sets (names, IDs) from INFO on: only when the admin allows it
-    verbose = settings.log_level == "DEBUG" and settings.log_phi
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    configure(settings.log_level, settings.log_format, settings.log_phi)
     if args.command == "serve":
         return cmd_serve(settings)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `compacs stats | head` ends quietly
     if args.command == "compress":
         return cmd_compress(settings, args)
+    if args.command == "check-config":
+        return cmd_check_config(settings, args.config)
     if args.command == "stats":
         return cmd_stats(settings, args.json)
     if args.command in ("forward", "queue", "delete"):

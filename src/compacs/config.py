@@ -82,6 +82,10 @@ class Settings:
     log_phi: bool = False
     """Let patient names and IDs into the logs (pynetdicom's data set dumps at DEBUG)."""
     access: AccessControl = field(default_factory=AccessControl)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    """Prometheus /metrics port; 0: off."""
+    log_format: str = "text"
 
     def move_allowed(self, calling: str, destination: str) -> bool:
         if self.move_allow is None:
@@ -119,6 +123,7 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
             lambda v: v.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},
             "one of DEBUG, INFO, WARNING, ERROR",
         ),
+        "log_format": ("log_format", (str,), lambda v: v in ("text", "json"), "'text' or 'json'"),
     },
     "network": {
         "max_pdu": (
@@ -138,6 +143,10 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
         "tls_key": ("tls_key", (str,), _readable, "a readable PEM file"),
         "tls_client_ca": ("tls_client_ca", (str,), _readable, "a readable PEM file"),
         "log_phi": ("log_phi", (bool,), _ANY, "true or false"),
+    },
+    "metrics": {
+        "host": ("metrics_host", (str,), lambda v: bool(v), "an address to listen on"),
+        "port": ("metrics_port", (int,), lambda v: 0 <= v < 65536, "0 (off) or a TCP port"),
     },
     "index": {"url": ("index_url", (str,), lambda v: ":" in v, "an index URL (sqlite:///...)")},
     "storage": {"url": ("store_url", (str,), lambda v: ":" in v, "a storage URL (file:///...)")},

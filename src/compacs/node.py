@@ -18,8 +18,9 @@ from compacs.ingest import Ingest
 from compacs.jobs.compress import Compressor
 from compacs.jobs.forward import Forwarder
 from compacs.jobs.workers import CompressionWorkers
+from compacs.metrics import MetricsServer, index_gauges
 from compacs.net import access, commitment, echo, find, retrieve, store
-from compacs.net.server import build_ae, make_server
+from compacs.net.server import ACCEPTOR_HANDLERS, build_ae, make_server
 from compacs.security import server_tls_context
 from compacs.storage import open_store
 
@@ -93,9 +94,16 @@ class Node:
             self.ae,
             settings.host,
             settings.port,
-            access.handlers(settings.access) + access.guarded(settings.access, services),
+            ACCEPTOR_HANDLERS
+            + access.handlers(settings.access)
+            + access.guarded(settings.access, services),
             ssl_context=tls,
         )
+        self.metrics = None
+        if settings.metrics_port:
+            self.metrics = MetricsServer(
+                settings.metrics_host, settings.metrics_port, index_gauges(self.index.stats)
+            )
         self._stopped = threading.Event()
 
     def _compress_now(self, sop_instance_uid: str) -> None:
@@ -125,6 +133,9 @@ class Node:
         )
         self.workers.start()
         self.forwarder.start()
+        if self.metrics is not None:
+            self.metrics.start()
+            log.info("metrics on http://%s:%d/metrics", *self.metrics.address)
         try:
             self.server.serve_forever(poll_interval=0.2)
         finally:
@@ -159,6 +170,8 @@ class Node:
                 assoc.join(5)
         self.workers.stop(timeout)
         self.forwarder.stop(timeout)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.index.close()
         self.store.close()
         log.info("compacs stopped")

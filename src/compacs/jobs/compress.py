@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from compacs import metrics
 from compacs.codecs.lossy import derive
 from compacs.codecs.pixels import NotCompressible
 from compacs.codecs.table import CodecUnavailable
@@ -57,6 +59,13 @@ class Compressor:
 
     def process(self, facts: InstanceFacts) -> Result:
         """Compress the instance described by ``facts`` (a claimed job or a candidate)."""
+        start = time.perf_counter()
+        result = self._process_safely(facts)
+        metrics.CODEC_SECONDS.inc(time.perf_counter() - start)
+        metrics.CODEC_RUNS.inc(result=result.state, syntax=result.transfer_syntax or "")
+        return result
+
+    def _process_safely(self, facts: InstanceFacts) -> Result:
         try:
             result = self._process(facts)
         except Exception as exc:  # never let a codec or a file take the worker down

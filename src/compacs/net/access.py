@@ -9,6 +9,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
 
+from compacs import metrics
 from compacs.net.retrieve import MOVE_MODELS
 from compacs.security import NOT_AUTHORIZED, AccessControl
 
@@ -94,6 +95,7 @@ def handlers(access: AccessControl) -> list[tuple[Any, Any]]:
                 REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNIZED
             )
             event.assoc.kill()  # as pynetdicom's own rejection: wait until the RJ is sent
+            metrics.ASSOCIATIONS.inc(outcome="rejected")
             return
         if "move" not in access.allowed(calling, address):
             # pynetdicom sends a C-MOVE response only after reaching the destination: an

@@ -19,6 +19,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from compacs import metrics
 from compacs.dicom.sop_classes import storage_sop_classes
 from compacs.dicom.syntaxes import accepted_for_storage
 from compacs.net.sender import ArchiveAE
@@ -71,6 +72,18 @@ def set_nodelay(event) -> None:
 
 
 REQUESTOR_HANDLERS = [(evt.EVT_CONN_OPEN, set_nodelay)]
+
+
+def _counted(outcome: str) -> Any:
+    return lambda event: metrics.ASSOCIATIONS.inc(outcome=outcome)
+
+
+# Acceptor side: associations by outcome, for the metrics endpoint.
+ACCEPTOR_HANDLERS = [
+    (evt.EVT_ESTABLISHED, _counted("established")),
+    (evt.EVT_REJECTED, _counted("rejected")),
+    (evt.EVT_ABORTED, _counted("aborted")),
+]
 
 
 def build_ae(
