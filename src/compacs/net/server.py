@@ -51,6 +51,10 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
     (Nagle), which caps a single association at a few dozen instances per second.
     """
 
+    # socketserver listens with a backlog of 5: a burst of modalities connecting at once
+    # (a morning's worth of scanners after a restart) would wait on SYN retries
+    request_queue_size = 128
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.contexts = _ReadOnlyContexts(self.contexts)
@@ -78,8 +82,20 @@ def _counted(outcome: str) -> Any:
     return lambda event: metrics.ASSOCIATIONS.inc(outcome=outcome)
 
 
-# Acceptor side: associations by outcome, for the metrics endpoint.
+def end_negotiation_on_close(event) -> None:
+    """EVT_CONN_CLOSE: a peer that sent an undecodable A-ASSOCIATE-RQ is aborted by
+    pynetdicom's DUL, but the association thread waits on for the request until the
+    ACSE timeout (30 s): thirty garbage connections would fill max_associations and lock
+    modalities out. An empty primitive ends that wait at once (pynetdicom treats it as
+    the timeout). Found by tests/test_faults.py's PDU fuzzing."""
+    assoc = event.assoc
+    if assoc.is_acceptor and not assoc.is_established and assoc.requestor.primitive is None:
+        assoc.dul.to_user_queue.put(None)
+
+
+# Acceptor side: associations by outcome, for the metrics endpoint, and the above.
 ACCEPTOR_HANDLERS = [
+    (evt.EVT_CONN_CLOSE, end_negotiation_on_close),
     (evt.EVT_ESTABLISHED, _counted("established")),
     (evt.EVT_REJECTED, _counted("rejected")),
     (evt.EVT_ABORTED, _counted("aborted")),

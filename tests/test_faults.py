@@ -1,0 +1,304 @@
+"""Faults an archive meets in years of service (issue 7): a kill -9 during compression,
+many associations at once, and fuzzed data sets and PDUs against the store path."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import socket
+import sqlite3
+import struct
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+from compacs.codecs.transcode import decompress
+from compacs.dicom.status import Status
+from compacs.index import Duplicates
+from compacs.index.sqlite import SqliteIndex
+from compacs.ingest import Ingest, Received
+from compacs.storage import FileStore
+from compacs.synthetic import ct_series
+from tests.conftest import echo, write_config
+from tests.scu import dataset_bytes, send_datasets
+
+
+def rows(data_dir: Path) -> dict[str, tuple[str, str]]:
+    """sop_instance_uid -> (storage_key, sha256), read from the index file."""
+    with sqlite3.connect(data_dir / "index.sqlite") as conn:
+        return {
+            uid: (key, digest)
+            for uid, key, digest in conn.execute(
+                "SELECT sop_instance_uid, storage_key, sha256 FROM instances"
+            )
+        }
+
+
+def stored_files(data_dir: Path) -> set[str]:
+    store = data_dir / "store"
+    return {
+        p.relative_to(store).as_posix()
+        for p in store.rglob("*")
+        if p.is_file() and ".tmp" not in p.parts
+    }
+
+
+def assert_consistent(data_dir: Path, expected: set[str]) -> None:
+    """Every expected instance is indexed, its object exists and has its SHA-256."""
+    index = rows(data_dir)
+    assert set(index) == expected
+    for key, digest in index.values():
+        path = data_dir / "store" / key
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, key
+
+
+def test_kill_9_during_deferred_compression_loses_nothing(node_factory, tmp_path):
+    config = write_config(
+        tmp_path / "slow.toml", '[compression]\nwhen = "deferred"\ndelay = 1\nworkers = 1\n'
+    )
+    node = node_factory(config=config)
+    series = list(ct_series(60, seed=80))  # 512 x 512: ~20 ms of compression each
+    assert send_datasets(node.port, series) == [Status.SUCCESS] * 60
+
+    def compressed() -> int:
+        with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
+            query = "SELECT COUNT(*) FROM instances WHERE compression = 'compressed'"
+            return conn.execute(query).fetchone()[0]
+
+    deadline = time.monotonic() + 60
+    while compressed() < 3 and time.monotonic() < deadline:  # kill it amid the backlog
+        time.sleep(0.005)
+    assert node.stop(signal.SIGKILL) == -signal.SIGKILL
+    pending_at_kill = node.stats()["pending"]
+    assert pending_at_kill > 0, "the kill came too late to test anything"
+
+    node.start()  # the work resumes
+    deadline = time.monotonic() + 120
+    while node.stats()["pending"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stats = node.stats()
+    assert stats["pending"] == 0 and stats["compression"] == {"compressed": 60}
+    uids = {str(ds.SOPInstanceUID) for ds in series}
+    assert_consistent(node.data_dir, uids)
+    index = rows(node.data_dir)
+    for ds in series:  # nothing corrupt: every stored object decodes to the pixels sent
+        key, _ = index[str(ds.SOPInstanceUID)]
+        stored = pydicom.dcmread(node.data_dir / "store" / key)
+        assert np.array_equal(decompress(stored).pixel_array, ds.pixel_array)
+    # at most the one object the worker was writing when killed is left unreferenced
+    orphans = stored_files(node.data_dir) - {key for key, _ in index.values()}
+    assert len(orphans) <= 1
+    print(f"\nkill -9 during compression: 60 stored, {pending_at_kill} pending at the kill, "
+          f"60 compressed after restart, {len(orphans)} orphan object(s)")  # fmt: skip
+
+
+def test_eight_associations_of_250_instances(node_factory):
+    node = node_factory()
+    batches = [list(ct_series(250, 32, 32, seed=100 + n, patient_id=f"CONC{n}")) for n in range(8)]
+    results: dict[int, list] = {}
+
+    def send(n: int) -> None:
+        try:
+            results[n] = send_datasets(node.port, batches[n], calling=f"SCU{n}")
+        except Exception as exc:  # reported by the assertion below
+            results[n] = [repr(exc)]
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    seconds = time.monotonic() - start
+    for n in range(8):
+        assert results.get(n) == [Status.SUCCESS] * 250, (n, set(results.get(n, ["no result"])))
+    deadline = time.monotonic() + 300
+    while node.stats()["pending"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    uids = {str(ds.SOPInstanceUID) for batch in batches for ds in batch}
+    assert_consistent(node.data_dir, uids)
+    assert stored_files(node.data_dir) == {key for key, _ in rows(node.data_dir).values()}
+    print(
+        f"\n8 x 250 instances on 8 associations: 2000 acknowledged in {seconds:.1f} s, "
+        "2000 indexed, store and index consistent"
+    )
+
+
+# -- fuzzing ---------------------------------------------------------------------------
+
+SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]
+HOSTILE_UIDS = ["../../x", "1.2.3/../../4", "/etc/passwd", "1..2", "", "1.2." + "9" * 70]
+
+
+def _seeds() -> list[tuple[bytes, str, str, str]]:
+    out = []
+    for ds in ct_series(3, 16, 16, seed=90):
+        for ts in SYNTAXES[:2]:
+            data = dataset_bytes(ds, implicit=ts == "1.2.840.10008.1.2")
+            out.append((data, ts, str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+    return out
+
+
+SEEDS = _seeds()
+
+
+@st.composite
+def mutated(draw) -> Received:
+    data, ts, sop_class, sop_uid = draw(st.sampled_from(SEEDS))
+    buf = bytearray(data)
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["flip", "truncate", "insert", "length", "delete"]))
+        if not buf:
+            break
+        at = draw(st.integers(0, len(buf) - 1))
+        if kind == "flip":
+            buf[at] ^= draw(st.integers(1, 255))
+        elif kind == "truncate":
+            del buf[at:]
+        elif kind == "insert":
+            buf[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif kind == "delete":
+            del buf[at : at + draw(st.integers(1, 32))]
+        elif at + 4 <= len(buf):  # a plausible element length turned huge or odd
+            buf[at : at + 4] = struct.pack("<L", draw(st.sampled_from([0xFFFFFFFF, 1, 2**31])))
+    if draw(st.booleans()):
+        ts = draw(st.sampled_from(SYNTAXES))
+    if draw(st.integers(0, 9)) == 0:
+        sop_uid = draw(st.sampled_from(HOSTILE_UIDS))
+    return Received(bytes(buf), ts, sop_class, sop_uid, "FUZZER", "COMPACS")
+
+
+def test_ten_thousand_mutated_data_sets_on_the_store_path(tmp_path):
+    """The C-STORE path behind the network handler, in process: every mutated data set
+    gets a status (no exception escapes, none hangs), and nothing is written outside
+    the store."""
+    data = tmp_path / "data"
+    store = FileStore(data / "store")
+    index = SqliteIndex(data / "index.sqlite")
+    ingest = Ingest(store, index, Duplicates.KEEP_FIRST)
+    statuses: dict[int, int] = {}
+
+    @settings(
+        max_examples=10_000,
+        deadline=2000,  # ms per example: a hang fails the test
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(mutated())
+    def check(rx: Received) -> None:
+        outcome = ingest.receive(rx)
+        statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
+        assert outcome.status in {
+            Status.SUCCESS,
+            Status.CANNOT_UNDERSTAND,
+            Status.INVALID_UID,
+            Status.DATASET_MISMATCH,
+        }, outcome
+
+    try:
+        check()
+    finally:
+        index.close()
+    assert sum(statuses.values()) >= 10_000
+    everything = {p for p in tmp_path.rglob("*") if p.is_file()}
+    inside = {p for p in everything if (data / "store") in p.parents or p.parent == data}
+    assert everything == inside
+    assert list((data / "store" / ".tmp").glob("*")) == []
+    # whatever was acknowledged is indexed and whole
+    for key, digest in rows(data).values():
+        assert hashlib.sha256((data / "store" / key).read_bytes()).hexdigest() == digest
+    print(f"\nfuzzed data sets: {sum(statuses.values())}, statuses "
+          + ", ".join(f"0x{s:04X}: {n}" for s, n in sorted(statuses.items())))  # fmt: skip
+
+
+def _recorded_store_session(port: int) -> list[bytes]:
+    """The PDUs a pynetdicom SCU sends for one C-STORE, recorded through a relay."""
+    recorded: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    relay_port = listener.getsockname()[1]
+
+    def relay() -> None:
+        client, _ = listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", port))
+
+        def back() -> None:
+            try:
+                while data := upstream.recv(65536):
+                    client.sendall(data)
+            except OSError:
+                pass
+
+        threading.Thread(target=back, daemon=True).start()
+        try:
+            while data := client.recv(65536):
+                recorded.append(data)
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            upstream.close()
+            client.close()
+            listener.close()
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    (ds,) = ct_series(1, 16, 16, seed=91)
+    ae = AE(ae_title="RECORDER")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", relay_port, ae_title="COMPACS")
+    assert assoc.send_c_store(ds).Status == Status.SUCCESS
+    assoc.release()
+    thread.join(10)
+    stream = b"".join(recorded)
+    pdus, at = [], 0
+    while at + 6 <= len(stream):
+        (length,) = struct.unpack_from(">L", stream, at + 2)
+        pdus.append(stream[at : at + 6 + length])
+        at += 6 + length
+    return pdus
+
+
+def test_mutated_pdus_do_not_hurt_the_node(plain_node):
+    """Mutated A-ASSOCIATE-RQ and P-DATA-TF PDUs over TCP: the node answers or drops the
+    connection, keeps serving, and writes nothing outside its store."""
+    node = plain_node
+    pdus = _recorded_store_session(node.port)
+    assert [p[0] for p in pdus][:2] == [0x01, 0x04]  # A-ASSOCIATE-RQ, then P-DATA-TF
+    rng = np.random.default_rng(7)
+    sessions = 500
+    for n in range(sessions):
+        session = [bytearray(p) for p in pdus[:-1]]  # everything but the release
+        victim = session[int(rng.integers(len(session)))]
+        for _ in range(int(rng.integers(1, 8))):
+            victim[int(rng.integers(len(victim)))] = int(rng.integers(256))
+        if n % 10 == 0:  # sometimes cut the PDU short as well
+            del victim[int(rng.integers(1, len(victim))) :]
+        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+            sock.settimeout(0.5)
+            try:
+                for pdu in session:
+                    sock.sendall(pdu)
+                    sock.recv(65536)
+            except OSError:  # timeout, reset: the node decided to stop listening to us
+                pass
+    assert echo(node.port) == Status.SUCCESS
+    assert "failed unexpectedly" not in node.log()  # ingest met nothing it did not expect
+    store = node.data_dir / "store"
+    outside = [
+        p
+        for p in node.data_dir.parent.rglob("*")
+        if p.is_file() and store not in p.parents and p.parent != node.data_dir
+        and not p.name.endswith(".log") and not p.name.endswith(".toml")
+    ]  # fmt: skip
+    assert outside == []
+    for key, digest in rows(node.data_dir).values():  # anything stored is whole
+        assert hashlib.sha256((store / key).read_bytes()).hexdigest() == digest
+    print(f"\nmutated PDU sessions: {sessions}; node still serving")
