@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import time
@@ -202,9 +203,13 @@ def test_sigkill_during_ingest_loses_nothing_acknowledged(node_factory, tmp_path
 
     acknowledged = storescu_until(node.port, list(files), 150, kill)
     assert not node.is_running() and 150 <= len(acknowledged) < 300
+    tmp = node.data_dir / "store" / ".tmp"
+    (tmp / "0123456789abcdef.part").write_bytes(b"\0" * 4096)  # as a kill inside a put leaves
 
     node.start()
-    assert "start-up recovery:" in node.log()
+    recovered = re.search(r"start-up recovery: removed (\d+) partial write", node.log())
+    assert recovered and int(recovered[1]) >= 1, node.log()[-2000:]
+    assert list(tmp.iterdir()) == []
     deadline = time.monotonic() + 60
     while node.stats()["pending"] and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -322,6 +322,17 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[n : n + size]
 
 
+def _built(
+    rebuilder: Rebuilder, target: Path, progress: Callable[[int], Progress] | None
+) -> ReindexReport:
+    """``rebuilder.build(target)``; a failure leaves no half-built file behind."""
+    try:
+        return rebuilder.build(target, progress)
+    except BaseException:
+        _remove_database(target)
+        raise
+
+
 def rebuild(
     store: BlobStore,
     index_url: str,
@@ -339,7 +350,7 @@ def rebuild(
         if into.exists():
             raise ReindexError(f"--into {into}: the file exists; name a new SQLite file")
         into.parent.mkdir(parents=True, exist_ok=True)
-        return rebuilder.build(into, progress)
+        return _built(rebuilder, into, progress)
     current = sqlite_path(index_url)
     instances = instance_count(current)
     if instances and not force:
@@ -351,7 +362,7 @@ def rebuild(
     quiesce(current)
     fresh = current.with_name(current.name + ".reindex")
     _remove_database(fresh)  # what an interrupted reindex left
-    report = rebuilder.build(fresh, progress)
+    report = _built(rebuilder, fresh, progress)
     report.backup = swap_in(fresh, current)
     report.target = current
     return report
