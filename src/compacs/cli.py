@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="delete instances from the index and the store")
     _common(delete)
     _selection(delete)
+    _integrity_parsers(sub)
     return parser
 
 
@@ -106,6 +107,46 @@ def _selection(parser: argparse.ArgumentParser) -> None:
             metavar="ID" if option == "patient" else "UID",
             help=f"everything under this {what}",
         )
+
+
+def _integrity_parsers(sub: argparse._SubParsersAction) -> None:
+    from compacs.integrity import ORPHAN_MIN_AGE
+    from compacs.reindex import NOT_RECOVERED
+
+    verify = sub.add_parser(
+        "verify",
+        help="check every indexed object (present, digest, parses, UID, pixels decode)",
+        description="Check every indexed instance's object: present, size and SHA-256 as "
+        "indexed, parses, SOP Instance UID as indexed, pixel data decodes; and report "
+        "objects no index row references (orphans). Exit code 0 clean, 1 problems, 2 usage.",
+    )
+    _common(verify)
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    verify.add_argument("--no-decode", action="store_true", help="do not decode pixel data")
+    verify.add_argument(
+        "--repair-orphans",
+        action="store_true",
+        help=f"delete orphan objects older than {ORPHAN_MIN_AGE:.0f} s "
+        "(never an object an index row references)",
+    )
+
+    reindex = sub.add_parser(
+        "reindex",
+        help="rebuild the index from the objects in the store (disaster recovery)",
+        description="Rebuild the index from the stored objects: attributes, storage key, "
+        f"stored transfer syntax, size and SHA-256 come from each file. Not in the files: "
+        f"{NOT_RECOVERED}. Stop the node first. Exit code 0 done, 1 some objects could not "
+        "be indexed or are damaged, 2 refused or usage error.",
+    )
+    _common(reindex)
+    reindex.add_argument(
+        "--into", type=Path, metavar="PATH", help="build into this new SQLite file instead"
+    )
+    reindex.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an index that has instances (the old one is kept as <name>.bak)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -241,6 +282,67 @@ def cmd_stats(settings: Settings, as_json: bool) -> int:
     return 0
 
 
+def _quiet_pydicom() -> None:
+    """Read stored files as the node does: no per-value validation warnings."""
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from compacs.index import open_index
+    from compacs.integrity import Verifier, print_report
+    from compacs.maintenance import Progress
+    from compacs.storage import open_store
+
+    if not _has_index(settings):
+        return 2
+    _quiet_pydicom()
+    store = open_store(settings.resolved_store_url)
+    index = open_index(settings.resolved_index_url)
+    try:
+        verifier = Verifier(store, index, decode=not args.no_decode, workers=_workers())
+        report = verifier.run(repair_orphans=args.repair_orphans, progress=Progress)
+    finally:
+        index.close()
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print_report(report)
+    return 0 if report.clean else 1
+
+
+def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    from compacs.maintenance import Progress
+    from compacs.reindex import ReindexError, print_report, rebuild
+    from compacs.storage import open_store
+
+    _quiet_pydicom()
+    store_url = settings.resolved_store_url
+    try:
+        store = open_store(store_url)
+        report = rebuild(
+            store,
+            settings.resolved_index_url,
+            settings.ae_title,
+            into=args.into,
+            force=args.force,
+            workers=_workers(),
+            progress=Progress,
+        )
+    except (ReindexError, ValueError) as exc:
+        print(f"compacs reindex: {exc}", file=sys.stderr)
+        return 2
+    print_report(report)
+    return 0 if report.ok else 1
+
+
+def _workers() -> int:
+    import os
+
+    return min(4, os.cpu_count() or 1)
+
+
 def _size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -269,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_stats(settings, args.json)
     if args.command in ("forward", "queue", "delete"):
         return cmd_gateway(settings, args)
+    if args.command == "verify":
+        return cmd_verify(settings, args)
+    if args.command == "reindex":
+        return cmd_reindex(settings, args)
     raise AssertionError(args.command)
 
 

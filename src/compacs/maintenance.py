@@ -41,7 +41,8 @@ class Progress:
         self.tty = stream.isatty()
         self._last = 0.0
 
-    def step(self, saved: int) -> None:
+    def step(self, saved: int | None = None, note: str = "") -> None:
+        """One more done; ``saved`` bytes (compress) or a short ``note`` (verify, reindex)."""
         self.done += 1
         now = time.monotonic()
         if not self.tty and now - self._last < 2 and self.done != self.total:
@@ -50,10 +51,11 @@ class Progress:
         width = 30
         filled = int(width * self.done / max(self.total, 1))
         rate = self.done / max(now - self.start, 1e-9)
-        line = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-            f"{rate:.0f}/s saved {saved / 2**20:.1f} MiB"
-        )
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {rate:.0f}/s"
+        if saved is not None:
+            line += f" saved {saved / 2**20:.1f} MiB"
+        if note:
+            line += f" {note}"
         self.stream.write(("\r" + line) if self.tty else line + "\n")
         if self.tty and self.done == self.total:
             self.stream.write("\n")

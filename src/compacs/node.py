@@ -39,9 +39,8 @@ class Node:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(settings.resolved_store_url)
         leftovers = self.store.recover()
-        if leftovers:
-            log.warning("removed %d partial object(s) left by an interrupted write", leftovers)
         self.index = open_index(settings.resolved_index_url)
+        log_recovery(leftovers, self.index.release_claims())
         policy = settings.policy
         self.compressor = Compressor(self.store, self.index, policy)
         self.workers = CompressionWorkers(
@@ -183,3 +182,18 @@ class Node:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+
+
+def log_recovery(partial_writes: int, released_jobs: int) -> None:
+    """One line on what start-up recovered. Orphan objects (written, never indexed) are
+    not counted here: that takes a scan of the whole store (``compacs verify``)."""
+    if not partial_writes and not released_jobs:
+        log.info("start-up recovery: nothing to recover (no partial write, no claimed job)")
+        return
+    log.warning(
+        "start-up recovery: removed %d partial write(s), queued again %d compression job(s) "
+        "claimed before a stop; objects written but never indexed may remain as orphans "
+        "(`compacs verify` lists them, --repair-orphans deletes them)",
+        partial_writes,
+        released_jobs,
+    )

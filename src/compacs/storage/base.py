@@ -59,3 +59,6 @@ class BlobStore(Protocol):
         """Remove what an interrupted put left behind; return how many leftovers."""
 
     def close(self) -> None: ...
+
+    def modified(self, key: str) -> float:
+        """When the object was written (epoch seconds); FileNotFoundError when absent."""

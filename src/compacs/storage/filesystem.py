@@ -131,3 +131,6 @@ class FileStore:
 
     def close(self) -> None:
         pass
+
+    def modified(self, key: str) -> float:
+        return self._path(key).stat().st_mtime
