@@ -1007,3 +1007,19 @@ def test_matching_instances_of_a_series_and_an_image(index):
 def test_matching_instances_of_nothing(index):
     assert _instance_uids(index, "STUDY", StudyInstanceUID="1.2.3.4") == set()
     assert _instance_uids(index, "STUDY", AccessionNumber="ACC%") == set()
+
+
+def test_a_stored_value_pydicom_cannot_convert_is_answered_as_stored():
+    """A modality once sent Series Number "1A" (IS): C-FIND answers it as stored instead of
+    failing every query that asks for Series Number (0xC311)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ident = identifier("SERIES", StudyInstanceUID="1.2.3", SeriesInstanceUID="", SeriesNumber="")
+    q = parse_identifier(ident, STUDY_ROOT)
+    row = {"study_uid": "1.2.3", "series_uid": "1.2.3.4", "series_number": "1A"}
+    answer = response_identifier(q, row, ident, "COMPACS")
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, answer)
+    assert b"IS\x02\x001A" in fp.getvalue() and b"1.2.3.4" in fp.getvalue()

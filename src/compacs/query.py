@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 
 from compacs.dicom.attributes import IMAGE, INDEXED, LEVELS, PATIENT, SERIES, STUDY, UNIQUE_KEY
 from compacs.dicom.status import Status
@@ -235,6 +237,19 @@ def parse_identifier(identifier: Dataset, model: str, *, pn_case_insensitive: bo
     return Query(model, level, tuple(conditions), tuple(return_keys), tuple(unsupported))
 
 
+def _set_stored(ds: Dataset, keyword: str, vr: str, value: Any) -> None:
+    """Set ``keyword`` to the indexed ``value``; a value pydicom will not convert (an IS of
+    "1A" that a modality once sent) goes out as stored, not as a failed C-FIND (0xC311)."""
+    try:
+        multiple = isinstance(value, str) and "\\" in value
+        setattr(ds, keyword, value.split("\\") if multiple else value)
+    except (ValueError, TypeError, OverflowError):
+        raw = str(value).encode("utf-8")
+        raw += b" " if len(raw) % 2 else b""
+        tag = tag_for_keyword(keyword)
+        ds[tag] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
+
+
 def response_identifier(
     query: Query, row: dict[str, Any], requested: Dataset, retrieve_aet: str
 ) -> Dataset:
@@ -250,10 +265,8 @@ def response_identifier(
             setattr(ds, keyword, [])
         elif value is None or value == "":
             setattr(ds, keyword, None)
-        elif isinstance(value, str) and "\\" in value:
-            setattr(ds, keyword, value.split("\\"))
         else:
-            setattr(ds, keyword, value)
+            _set_stored(ds, keyword, vr, value)
     for keyword in query.unsupported:
         if keyword in requested and keyword not in ds:
             ds[requested[keyword].tag] = requested[keyword]
