@@ -170,3 +170,25 @@ def plain_node(node_factory, tmp_path) -> NodeProcess:
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# -- scale-out servers (tests/servers.py) ------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session; ``postgres.database()`` -> a fresh URL."""
+    from tests.servers import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3 endpoint (SeaweedFS) for the session; ``s3.url(s3.bucket())``."""
+    from tests.servers import S3_CREDENTIALS, S3Server
+
+    os.environ.update(S3_CREDENTIALS)  # the nodes started by the tests inherit them
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()

@@ -19,7 +19,7 @@ from pydicom.uid import CTImageStorage
 
 from compacs.dicom.attributes import extract
 from compacs.dicom.status import Status
-from compacs.index import Duplicates, NewInstance
+from compacs.index import Duplicates, NewInstance, open_index
 from compacs.index.sqlite import SqliteIndex
 from compacs.query import (
     PATIENT_ROOT,
@@ -161,9 +161,14 @@ def _datasets() -> Iterator[Dataset]:
                 yield ds
 
 
-@pytest.fixture(scope="module")
-def index(tmp_path_factory) -> Iterator[SqliteIndex]:
-    idx = SqliteIndex(tmp_path_factory.mktemp("query") / "index.sqlite")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def index(request, tmp_path_factory) -> Iterator[SqliteIndex]:
+    """The same data set in each index backend: every test runs against both, so the
+    matching semantics are the same (PS3.4 C.2.2.2)."""
+    if request.param == "sqlite":
+        idx = SqliteIndex(tmp_path_factory.mktemp("query") / "index.sqlite")
+    else:
+        idx = open_index(request.getfixturevalue("postgres").database())
     try:
         for ds in _datasets():
             assert idx.add_instance(_new_instance(ds), Duplicates.KEEP_FIRST).added

@@ -23,6 +23,17 @@ def _peer(text: str) -> Peer:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument("--data-dir", type=Path, help="data directory (default ./data)")
+    parser.add_argument(
+        "--index",
+        metavar="URL",
+        help="index: sqlite:///path (default <data-dir>/index.sqlite) or postgresql://...",
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="object store: file:///path (default <data-dir>/store) or "
+        "s3://bucket/prefix?endpoint=http://host:port",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +165,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return with_overrides(
         settings,
         data_dir=args.data_dir,
+        index_url=getattr(args, "index", None),
+        store_url=getattr(args, "store", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         ae_title=getattr(args, "aet", None),

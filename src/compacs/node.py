@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import socketserver
 import threading
 import time
@@ -40,11 +41,13 @@ class Node:
         self.store = open_store(settings.resolved_store_url)
         leftovers = self.store.recover()
         self.index = open_index(settings.resolved_index_url)
-        log_recovery(leftovers, self.index.release_claims())
+        # who this node is in queue claims: stable across restarts, distinct per node
+        self.node_id = f"{socket.gethostname()}:{settings.port}"
+        log_recovery(leftovers, self.index.release_claims(self.node_id))
         policy = settings.policy
         self.compressor = Compressor(self.store, self.index, policy)
         self.workers = CompressionWorkers(
-            self.compressor, self.index, policy.workers, on_done=self._compressed
+            self.compressor, self.index, policy.workers, on_done=self._compressed, node=self.node_id
         )
         routing = settings.routing
         self.forwarder = Forwarder(
@@ -53,6 +56,7 @@ class Node:
             routing,
             settings.ae_title,
             threads=min(8, max(2, 2 * routing.associations)),
+            node=self.node_id,
         )
         self.ingest = Ingest(
             self.store,

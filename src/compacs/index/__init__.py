@@ -19,15 +19,19 @@ from compacs.index.base import (
     NewInstance,
     ObjectChange,
 )
+from compacs.index.postgres import PostgresIndex
 from compacs.index.sqlite import SqliteIndex
 
 BACKENDS: dict[str, Callable[[str], Index]] = {
     "sqlite": SqliteIndex.from_url,
+    "postgresql": PostgresIndex.from_url,
+    "postgres": PostgresIndex.from_url,
 }
 
 
 def open_index(url: str) -> Index:
-    """Open the index named by ``url`` (``sqlite:///abs/path.sqlite``)."""
+    """Open the index named by ``url`` (``sqlite:///abs/path.sqlite``,
+    ``postgresql://user@host:port/database``)."""
     return open_by_scheme(url, BACKENDS, "index")
 
 

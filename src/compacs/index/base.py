@@ -133,7 +133,7 @@ class Index(Protocol):
     def delete_instance(self, pk: int) -> str | None:
         """Remove the instance's row and job; return the key of the object to delete."""
 
-    def release_claims(self) -> int:
+    def release_claims(self, node: str) -> int:
         """Make claimed jobs pending again (start-up after a crash)."""
 
     def instances(self) -> list[InstanceFacts]:
@@ -172,9 +172,10 @@ class Index(Protocol):
 
     def drop_forwards(self, pks: list[int] | None, states: tuple[str, ...]) -> int: ...
 
-    def release_forward_claims(self, stale_commit_before: float, sending: bool) -> int:
-        """Items waiting too long for a commitment report and, with ``sending`` (start-up),
-        items a stopped node was sending, become pending again."""
+    def release_forward_claims(self, stale_before: float, node: str | None = None) -> int:
+        """Items sending or waiting for a commitment report since before ``stale_before``
+        and, with ``node`` (its start-up), the items that node was sending, become
+        pending again."""
 
     def retention_due(self, now: float) -> list[int]:
         """Instances whose every delivery is done and whose retention time has passed."""

@@ -140,16 +140,19 @@ class ForwardStatements:
             (now, destination, study_pk, limit),
         )
         stamp = _now_text()
-        for item in items:
+        claimed = []
+        for item in items:  # another node may have claimed some meanwhile (shared index)
             cur.execute(
                 self._q(
                     "UPDATE forwards SET state = 'sending', claimed_by = ?, "
-                    "attempts = attempts + 1, updated_at = ? WHERE pk = ?"
+                    "attempts = attempts + 1, updated_at = ? WHERE pk = ? AND state = 'pending'"
                 ),
                 (worker, stamp, item["pk"]),
             )
-            item["attempts"] += 1
-        return items
+            if cur.rowcount == 1:
+                item["attempts"] += 1
+                claimed.append(item)
+        return claimed
 
     def finish_forwards(self, cur: Any, outcomes: list[dict[str, Any]]) -> None:
         stamp = _now_text()
@@ -240,14 +243,26 @@ class ForwardStatements:
         cur.execute(self._q(f"DELETE FROM forwards WHERE {where}"), params)
         return cur.rowcount
 
-    def release_forward_claims(self, cur: Any, stale_commit_before: float, sending: bool) -> int:
+    def release_forward_claims(self, cur: Any, stale_before: float, node: str | None) -> int:
         released = 0
-        if sending:
+        if node is not None:  # its own start-up: what it was sending when it stopped
             cur.execute(
-                "UPDATE forwards SET state = 'pending', claimed_by = NULL WHERE state = 'sending'"
+                self._q(
+                    "UPDATE forwards SET state = 'pending', claimed_by = NULL "
+                    "WHERE state = 'sending' AND substr(claimed_by, 1, length(?)) = ?"
+                ),
+                (f"{node}:", f"{node}:"),
             )
             released = cur.rowcount
-        cutoff = datetime.fromtimestamp(stale_commit_before, UTC).isoformat(timespec="milliseconds")
+        cutoff = datetime.fromtimestamp(stale_before, UTC).isoformat(timespec="milliseconds")
+        cur.execute(  # a node that died sending and never came back
+            self._q(
+                "UPDATE forwards SET state = 'pending', claimed_by = NULL "
+                "WHERE state = 'sending' AND updated_at < ?"
+            ),
+            (cutoff,),
+        )
+        released += cur.rowcount
         cur.execute(
             self._q(
                 "UPDATE forwards SET state = 'pending', not_before = 0, "

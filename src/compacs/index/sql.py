@@ -25,6 +25,9 @@ from compacs.index.schema import INSTANCE_STORAGE_COLUMNS, PARENT_FK, TABLES
 from compacs.query import INDEXED_KEYS, Query, like_pattern
 
 UNIQUE_COLUMN = {level: INDEXED[level][0].column for level in INDEXED}
+CLAIM_LEASE = 900.0
+"""Seconds after which a compression job claimed by a node that never finished it (killed,
+never restarted) may be taken by another node."""
 
 
 def utc_now() -> str:
@@ -72,9 +75,14 @@ class SqlStatements(ForwardStatements):
     """Apply index operations on a DB-API cursor. ``ph`` is the placeholder ('?' or '%s');
     ``list_agg`` aggregates distinct values into a comma-separated string."""
 
-    def __init__(self, ph: str, list_agg: str = "group_concat(DISTINCT {})") -> None:
+    def __init__(
+        self, ph: str, list_agg: str = "group_concat(DISTINCT {})", skip_locked: str = ""
+    ) -> None:
         self.ph = ph
         self.list_agg = list_agg
+        self.skip_locked = skip_locked
+        """Appended to the SELECT of a queue claim: ``FOR UPDATE SKIP LOCKED`` where nodes
+        share the queue (PostgreSQL); SQLite has one writer and needs none."""
 
     def _q(self, sql: str) -> str:
         return sql.replace("?", self.ph) if self.ph != "?" else sql
@@ -135,12 +143,22 @@ class SqlStatements(ForwardStatements):
             columns = list(values)
             marks = ", ".join("?" for _ in columns)
             cur.execute(
-                self._q(f"INSERT INTO instances ({', '.join(columns)}) VALUES ({marks})"),
+                self._q(
+                    f"INSERT INTO instances ({', '.join(columns)}) VALUES ({marks}) "
+                    "ON CONFLICT (sop_instance_uid) DO NOTHING"
+                ),
                 [values[c] for c in columns],
             )
-            self._queue_job(cur, inst)
-            self._queue_forwards(cur, inst)
-            return AddResult(added=True)
+            if cur.rowcount == 1:
+                self._queue_job(cur, inst)
+                self._queue_forwards(cur, inst)
+                return AddResult(added=True)
+            # another node indexed it since our look-up (shared index): a duplicate
+            existing = self._one(
+                cur,
+                "SELECT pk, storage_key, series_fk FROM instances WHERE sop_instance_uid = ?",
+                (inst.sop_instance_uid,),
+            )
 
         pk, old_key, old_series_pk = existing
         if duplicates is Duplicates.KEEP_FIRST:
@@ -240,10 +258,12 @@ class SqlStatements(ForwardStatements):
         ]
         for keyword in query.return_keys:
             if keyword in _COUNTS:
-                selects.append(f"({_COUNTS[keyword]}) AS {keyword}")
+                selects.append(f'({_COUNTS[keyword]}) AS "{keyword}"')
             elif keyword in _LISTS:
                 expr, source = _LISTS[keyword]
-                selects.append(f"(SELECT {self.list_agg.format(expr)} FROM {source}) AS {keyword}")
+                selects.append(
+                    f'(SELECT {self.list_agg.format(expr)} FROM {source}) AS "{keyword}"'
+                )
         where, params = self._where(query)
         alias = _ALIAS[query.level]
         cur.execute(
@@ -294,10 +314,10 @@ class SqlStatements(ForwardStatements):
     def claim_jobs(self, cur: Any, worker: str, limit: int, now: float) -> list[InstanceFacts]:
         cur.execute(
             self._q(
-                "SELECT instance_fk FROM jobs WHERE claimed_by IS NULL AND not_before <= ? "
-                "ORDER BY not_before LIMIT ?"
+                "SELECT instance_fk FROM jobs WHERE (claimed_by IS NULL OR claimed_at < ?) "
+                f"AND not_before <= ? ORDER BY not_before LIMIT ?{self.skip_locked}"
             ),
-            (now, limit),
+            (now - CLAIM_LEASE, now, limit),
         )
         pks = [row[0] for row in cur.fetchall()]
         claimed = []
@@ -305,9 +325,9 @@ class SqlStatements(ForwardStatements):
             cur.execute(
                 self._q(
                     "UPDATE jobs SET claimed_by = ?, claimed_at = ?, attempts = attempts + 1 "
-                    "WHERE instance_fk = ? AND claimed_by IS NULL"
+                    "WHERE instance_fk = ? AND (claimed_by IS NULL OR claimed_at < ?)"
                 ),
-                (worker, now, pk),
+                (worker, now, pk, now - CLAIM_LEASE),
             )
             if cur.rowcount == 1:
                 claimed.append(pk)
@@ -376,9 +396,15 @@ class SqlStatements(ForwardStatements):
         self._prune_series(cur, row[1])
         return row[0]
 
-    def release_claims(self, cur: Any) -> int:
+    def release_claims(self, cur: Any, node: str) -> int:
+        """Free the jobs this node's workers held when it stopped (other nodes' claims
+        stay; theirs expire after :data:`CLAIM_LEASE` if they never come back)."""
         cur.execute(
-            "UPDATE jobs SET claimed_by = NULL, claimed_at = NULL WHERE claimed_by IS NOT NULL"
+            self._q(
+                "UPDATE jobs SET claimed_by = NULL, claimed_at = NULL "
+                "WHERE substr(claimed_by, 1, length(?)) = ?"
+            ),
+            (f"{node}:", f"{node}:"),
         )
         return cur.rowcount
 
@@ -474,7 +500,7 @@ class SqlStatements(ForwardStatements):
 
 
 def _ratio(received: int, stored: int) -> float:
-    return round(received / stored, 3) if stored else 1.0
+    return round(float(received) / float(stored), 3) if stored else 1.0
 
 
 def _bytes_entry(n: int, received: int, stored: int) -> dict[str, Any]:

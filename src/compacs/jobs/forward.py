@@ -11,7 +11,6 @@ when the destination's Storage Commitment report says so.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -45,6 +44,7 @@ class Forwarder:
         *,
         threads: int = 2,
         poll: float = 1.0,
+        node: str = "local",
     ) -> None:
         self.index = index
         self.store = store
@@ -60,12 +60,12 @@ class Forwarder:
         self._down_until: dict[str, float] = {}
         self._reports: dict[str, threading.Event] = {}
         self._workers: list[threading.Thread] = []
-        self._prefix = f"{os.uname().nodename}:{os.getpid()}"
+        self._prefix = node
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
         released = self.index.release_forward_claims(
-            time.time() - self.routing.commit_timeout, sending=True
+            time.time() - self.routing.commit_timeout, node=self._prefix
         )
         if released:
             log.warning("%d forwarding item(s) interrupted by a stop: queued again", released)
@@ -155,9 +155,7 @@ class Forwarder:
 
     def _sweep(self) -> None:
         try:
-            self.index.release_forward_claims(
-                time.time() - self.routing.commit_timeout, sending=False
-            )
+            self.index.release_forward_claims(time.time() - self.routing.commit_timeout)
             self.apply_retention()
         except Exception:
             log.exception("forwarding queue sweep failed")

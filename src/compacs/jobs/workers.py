@@ -8,7 +8,6 @@ decode, so two threads keep both cores busy while the network threads keep recei
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,10 @@ class CompressionWorkers:
         count: int,
         poll: float = 0.5,
         on_done: Callable[[], None] | None = None,
+        node: str = "local",
     ):
+        """``node`` names this node in claims (``host:port``): at its start it frees only
+        the jobs it held itself, not those of other nodes sharing the index."""
         self.compressor = compressor
         self.on_done = on_done
         self.index = index
@@ -36,10 +38,10 @@ class CompressionWorkers:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._prefix = f"{os.uname().nodename}:{os.getpid()}"
+        self._prefix = node
 
     def start(self) -> None:
-        released = self.index.release_claims()
+        released = self.index.release_claims(self._prefix)
         if released:
             log.warning("%d compression job(s) interrupted by a stop: queued again", released)
         for n in range(self.count):

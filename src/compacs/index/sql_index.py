@@ -1,0 +1,121 @@
+"""What every SQL index backend shares: the Index methods, each one statement of
+:class:`compacs.index.sql.SqlStatements` run in the backend's write path (a group commit)
+or on a reader connection. Backends supply ``_sql``, ``_writer``, ``_errors`` (the
+driver's exception base), ``_reader()`` and ``find``/``stats``/``close``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compacs.index.base import (
+    AddResult,
+    Duplicates,
+    Forward,
+    IndexUnavailable,
+    InstanceFacts,
+    InstanceLocation,
+    NewInstance,
+    ObjectChange,
+)
+from compacs.index.group_commit import GroupCommitter
+from compacs.index.sql import SqlStatements
+from compacs.query import Query
+
+
+class SqlIndex:
+    url: str
+    _sql: SqlStatements
+    _writer: GroupCommitter
+    _errors: type[Exception] | tuple[type[Exception], ...] = ()
+
+    def _reader(self) -> Any:  # pragma: no cover - backends provide it
+        raise NotImplementedError
+
+    # -- Index ---------------------------------------------------------------------------
+    def add_instance(self, instance: NewInstance, duplicates: Duplicates) -> AddResult:
+        try:
+            return self._writer.submit(
+                lambda cur: self._sql.add_instance(cur, instance, duplicates)
+            )
+        except self._errors as exc:
+            raise IndexUnavailable(f"index commit failed: {exc}") from exc
+
+    def _write(self, work):
+        try:
+            return self._writer.submit(work)
+        except self._errors as exc:
+            raise IndexUnavailable(f"index commit failed: {exc}") from exc
+
+    def claim_jobs(self, worker: str, limit: int, now: float) -> list[InstanceFacts]:
+        return self._write(lambda cur: self._sql.claim_jobs(cur, worker, limit, now))
+
+    def claim_instance(self, sop_instance_uid: str, worker: str) -> InstanceFacts | None:
+        return self._write(lambda cur: self._sql.claim_instance(cur, sop_instance_uid, worker))
+
+    def finish_job(
+        self, pk: int, old_key: str, change: ObjectChange | None, state: str, note: str | None
+    ) -> bool:
+        return self._write(lambda cur: self._sql.finish_job(cur, pk, old_key, change, state, note))
+
+    def delete_instance(self, pk: int) -> str | None:
+        return self._write(lambda cur: self._sql.delete_instance(cur, pk))
+
+    def release_claims(self, node: str) -> int:
+        return self._write(lambda cur: self._sql.release_claims(cur, node))
+
+    # -- forwarding queue --------------------------------------------------------------
+    def enqueue_forwards(self, instance_pks: list[int], forward: Forward) -> int:
+        return self._write(lambda cur: self._sql.enqueue_forwards(cur, instance_pks, forward))
+
+    def claim_forwards(
+        self, worker: str, now: float, limit: int, skip: frozenset[str], only: str | None = None
+    ) -> list[dict[str, Any]]:
+        return self._write(
+            lambda cur: self._sql.claim_forwards(cur, worker, now, limit, skip, only)
+        )
+
+    def finish_forwards(self, outcomes: list[dict[str, Any]]) -> None:
+        self._write(lambda cur: self._sql.finish_forwards(cur, outcomes))
+
+    def defer_destination(self, destination: str, until: float) -> None:
+        self._write(lambda cur: self._sql.defer_destination(cur, destination, until))
+
+    def commitment_result(self, transaction_uid: str, committed: set[str], failed: set[str]) -> int:
+        return self._write(
+            lambda cur: self._sql.commitment_result(cur, transaction_uid, committed, failed)
+        )
+
+    def forward_items(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        return self._read(lambda cur: self._sql.forward_items(cur, state, limit))
+
+    def requeue_forwards(self, pks: list[int] | None, states: tuple[str, ...]) -> int:
+        return self._write(lambda cur: self._sql.requeue_forwards(cur, pks, states))
+
+    def drop_forwards(self, pks: list[int] | None, states: tuple[str, ...]) -> int:
+        return self._write(lambda cur: self._sql.drop_forwards(cur, pks, states))
+
+    def release_forward_claims(self, stale_before: float, node: str | None = None) -> int:
+        return self._write(lambda cur: self._sql.release_forward_claims(cur, stale_before, node))
+
+    def retention_due(self, now: float) -> list[int]:
+        return self._read(lambda cur: self._sql.retention_due(cur, now))
+
+    def instances_under(self, level: str, uid: str) -> list[int]:
+        return self._read(lambda cur: self._sql.instances_under(cur, level, uid))
+
+    def _read(self, work):
+        """Run ``work(cursor)`` on this thread's reader connection."""
+        cur = self._reader().cursor()
+        try:
+            return work(cur)
+        finally:
+            cur.close()
+
+    def matching_instances(self, query: Query) -> list[InstanceFacts]:
+        return self._read(lambda cur: self._sql.matching_instances(cur, query))
+
+    def instances(self) -> list[InstanceFacts]:
+        return self._read(self._sql.instances)
+
+    def locate(self, sop_instance_uid: str) -> InstanceLocation | None:
+        return self._read(lambda cur: self._sql.locate(cur, sop_instance_uid))
