@@ -60,11 +60,18 @@ class Compacs:
     name = "compacs"
 
     def __init__(
-        self, workdir: Path, *, aet: str = "COMPACS", config: str = "", peers: tuple[str, ...] = ()
+        self,
+        workdir: Path,
+        *,
+        aet: str = "COMPACS",
+        config: str = "",
+        peers: tuple[str, ...] = (),
+        backends: tuple[str, ...] = (),
     ) -> None:
+        """``backends``: ``--index URL --store URL`` (default: SQLite + filesystem)."""
         self.workdir, self.aet, self.port = workdir, aet, free_port()
         self.data = workdir / "data"
-        self.config_text, self.peers = config, peers
+        self.config_text, self.peers, self.backends = config, peers, backends
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -90,6 +97,7 @@ class Compacs:
             cmd += ["--config", str(self.workdir / "compacs.toml")]
         for peer in self.peers:
             cmd += ["--peer", peer]
+        cmd += list(self.backends)
         log = (self.workdir / "serve.log").open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
         wait_for_echo(self.aet, self.port)
@@ -101,7 +109,10 @@ class Compacs:
 
     def stats(self) -> dict:
         out = subprocess.run(
-            [sys.executable, "-m", "compacs", "stats", "--json", "--data-dir", str(self.data)],
+            [
+                *(sys.executable, "-m", "compacs", "stats", "--json"),
+                *("--data-dir", str(self.data), *self.backends),
+            ],
             capture_output=True,
             text=True,
             check=True,

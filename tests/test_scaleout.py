@@ -237,3 +237,38 @@ def test_commands_take_the_same_backends(postgres, s3, tmp_path):
     finally:
         index.close()
         store.close()
+
+
+def test_reindex_rebuilds_a_postgresql_index_from_the_bucket(postgres, s3, tmp_path):
+    index_url, store_url = shared(postgres, s3)
+    node = node_on(tmp_path, "n", index_url, store_url).start()
+    try:
+        assert send_datasets(node.port, list(ct_series(6, 64, 64, seed=340))) == [0] * 6
+        wait_settled(index_url, 6)
+    finally:
+        node.stop()
+    backends = ("--index", index_url, "--store", store_url)
+    refused = run_cli("reindex", *backends)
+    assert refused.returncode == 2 and "--into postgresql://" in refused.stderr
+    rebuilt_url = postgres.database()
+    result = run_cli("reindex", *backends, "--into", rebuilt_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    def rows(url: str) -> dict:
+        index = open_index(url)
+        try:
+            out = {}
+            for facts in index.instances():
+                loc = index.locate(facts["sop_instance_uid"])
+                out[loc.sop_instance_uid] = (
+                    loc.storage_key,
+                    loc.sha256,
+                    loc.transfer_syntax_stored,
+                    loc.study_uid,
+                )
+            return out
+        finally:
+            index.close()
+
+    original = rows(index_url)
+    assert len(original) == 6 and rows(rebuilt_url) == original

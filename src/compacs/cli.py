@@ -151,7 +151,9 @@ def _integrity_parsers(sub: argparse._SubParsersAction) -> None:
     )
     _common(reindex)
     reindex.add_argument(
-        "--into", type=Path, metavar="PATH", help="build into this new SQLite file instead"
+        "--into",
+        metavar="PATH|URL",
+        help="build into this new SQLite file, or this empty PostgreSQL database, instead",
     )
     reindex.add_argument(
         "--force",

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
 
 from pydicom import dcmread
@@ -84,7 +84,8 @@ class Kept:
 
 @dataclass
 class ReindexReport:
-    target: Path
+    target: Path | str
+    """A SQLite file, or the URL of a PostgreSQL database."""
     objects: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -258,18 +259,15 @@ class Rebuilder:
         return out
 
     def build(
-        self, target: Path, progress: Callable[[int], Progress] | None = None
+        self, target: Path | str, progress: Callable[[int], Progress] | None = None
     ) -> ReindexReport:
-        """Index every stored object into the new SQLite file ``target``."""
+        """Index every stored object into ``target``: a new SQLite file, or an empty
+        PostgreSQL database given by its URL."""
         start = time.monotonic()
         report = ReindexReport(target=target)
         listing = self._listing()
         report.objects = len(listing)
-        SqliteIndex(target).close()  # the schema, by the node's own migrations
-        conn = sqlite3.connect(target, isolation_level=None, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # one fsync at the end instead
-        conn.execute("PRAGMA foreign_keys=ON")
+        conn, self._sql, begin = _open_target(target)
         kept: dict[str, Kept] = {}
         bar = progress(len(listing)) if progress else None
         try:
@@ -277,21 +275,23 @@ class Rebuilder:
             with ThreadPoolExecutor(self.workers) as pool:
                 for chunk in _chunks(listing, _BATCH):
                     scanned = list(pool.map(lambda item: self.scan(item[1], item[0]), chunk))
-                    cur.execute("BEGIN IMMEDIATE")
+                    cur.execute(begin)
                     for item in scanned:
                         if item is not None:
                             self._add(cur, item, kept, report)
                         if bar:
                             bar.step(note=f"indexed {len(kept)}")
                     cur.execute("COMMIT")
-            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if isinstance(target, Path):
+                cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             report.counts = {
                 table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
                 for table in ("patients", "studies", "series", "instances")
             }
         finally:
             conn.close()
-        _fsync(target)
+        if isinstance(target, Path):
+            _fsync(target)
         report.damaged = sorted((k.key, uid) for uid, k in kept.items() if k.damaged)
         report.seconds = time.monotonic() - start
         return report
@@ -317,13 +317,37 @@ class Rebuilder:
         )
 
 
+def _open_target(target: Path | str) -> tuple[Any, SqlStatements, str]:
+    """(connection in autocommit mode, the backend's statements, its BEGIN), the schema
+    made by the node's own migrations."""
+    if isinstance(target, str):
+        import psycopg
+
+        from compacs.index.postgres import PostgresIndex
+
+        index = PostgresIndex(target)
+        statements = index._sql
+        index.close()
+        return psycopg.connect(target, autocommit=True), statements, "BEGIN"
+    SqliteIndex(target).close()
+    conn = sqlite3.connect(target, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # one fsync at the end instead
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn, SqlStatements("?"), "BEGIN IMMEDIATE"
+
+
+def _is_postgres(url: str) -> bool:
+    return urlsplit(url).scheme in ("postgresql", "postgres")
+
+
 def _chunks(items: list, size: int) -> Iterator[list]:
     for n in range(0, len(items), size):
         yield items[n : n + size]
 
 
 def _built(
-    rebuilder: Rebuilder, target: Path, progress: Callable[[int], Progress] | None
+    rebuilder: Rebuilder, target: Path | str, progress: Callable[[int], Progress] | None
 ) -> ReindexReport:
     """``rebuilder.build(target)``; a failure leaves no half-built file behind."""
     try:
@@ -338,7 +362,7 @@ def rebuild(
     index_url: str,
     called_ae: str,
     *,
-    into: Path | None = None,
+    into: Path | str | None = None,
     force: bool = False,
     workers: int = 2,
     progress: Callable[[int], Progress] | None = None,
@@ -346,7 +370,24 @@ def rebuild(
     """Rebuild into the new file ``into``, or (``force`` when the current index has
     instances) into a fresh file beside the current index, then swap it in."""
     rebuilder = Rebuilder(store, called_ae, workers)
+    if isinstance(into, str) and _is_postgres(into):
+        from compacs.index import open_index
+
+        existing = open_index(into)
+        try:
+            instances = existing.stats()["instances"]
+        finally:
+            existing.close()
+        if instances:
+            raise ReindexError(f"--into: that database already indexes {instances} instance(s)")
+        return rebuilder.build(into, progress)
+    if _is_postgres(index_url):
+        raise ReindexError(
+            "a PostgreSQL index is rebuilt into a new, empty database: "
+            "--into postgresql://.../NEWDB, then point the nodes at it"
+        )
     if into is not None:
+        into = Path(into)
         if into.exists():
             raise ReindexError(f"--into {into}: the file exists; name a new SQLite file")
         into.parent.mkdir(parents=True, exist_ok=True)
