@@ -69,7 +69,7 @@ def main() -> int:
                 results["SQLite + filesystem"].append(
                     run_once(base / f"embedded{run}", series, args.slices, ())
                 )
-                backends = ("--index", postgres.database(), "--store", s3.url(s3.bucket()))
+                backends = ("--index", postgres.database(), "--store", s3.url())
                 results["PostgreSQL + S3"].append(
                     run_once(base / f"scaled{run}", series, args.slices, backends)
                 )

@@ -185,7 +185,7 @@ def postgres():
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
-    """A real S3 endpoint (SeaweedFS) for the session; ``s3.url(s3.bucket())``."""
+    """A real S3 endpoint (SeaweedFS) for the session; ``s3.url()``."""
     from tests.servers import S3_CREDENTIALS, S3Server
 
     os.environ.update(S3_CREDENTIALS)  # the nodes started by the tests inherit them

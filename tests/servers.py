@@ -95,6 +95,7 @@ class S3Server:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self._bucket: str | None = None
 
     def start(self) -> S3Server:
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
@@ -107,7 +108,9 @@ class S3Server:
                 weed, "server", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-master.port={ports[0]}", f"-volume.port={ports[1]}", "-filer=true",
                 f"-filer.port={ports[2]}", "-s3", f"-s3.port={self.port}",
-                "-master.volumeSizeLimitMB=64", "-volume.max=20",
+                # small volumes, as many as the disk allows: each bucket (a collection)
+                # takes several, and a test session makes a few
+                "-master.volumeSizeLimitMB=64", "-volume.max=0",
                 "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed default ports: off
                 f"-master.port.grpc={ports[3]}", f"-volume.port.grpc={ports[4]}",
                 f"-filer.port.grpc={ports[5]}", f"-s3.port.grpc={ports[6]}",
@@ -142,13 +145,20 @@ class S3Server:
                     raise
                 time.sleep(0.5)
 
-    def url(self, bucket: str, prefix: str = "archive") -> str:
+    def url(self, bucket: str | None = None, prefix: str | None = None) -> str:
+        """A store URL: in ``bucket`` (default: one bucket for the session) under
+        ``prefix`` (default: a fresh one, so tests do not see each other's objects)."""
+        if bucket is None:
+            if self._bucket is None:
+                self._bucket = self.bucket()
+            bucket = self._bucket
+        prefix = prefix or f"t{uuid.uuid4().hex[:10]}"
         return f"s3://{bucket}/{prefix}?endpoint={self.endpoint}"
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(20)
+                self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
