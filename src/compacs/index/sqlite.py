@@ -201,6 +201,12 @@ class SqliteIndex:
             conn.rollback()
             cur.close()
 
+    def sizes(self, level: str, uid: str) -> dict[str, Any]:
+        return self._read(lambda cur: self._sql.sizes(cur, level, uid))
+
+    def received_per_day(self) -> list[dict[str, Any]]:
+        return self._read(self._sql.received_per_day)
+
     def close(self) -> None:
         self._writer.close()
         conn = getattr(self._local, "conn", None)
