@@ -14,7 +14,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.pixels import apply_color_lut, convert_color_space, iter_pixels
+from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder, iter_pixels
 
 from compacs.codecs.pixels import PixelInfo, clean
 from compacs.codecs.table import BY_SYNTAX
@@ -30,13 +30,23 @@ class Window:
     width: float
 
 
+def _pydicom_decodes(uid: str) -> bool:
+    try:
+        return get_decoder(uid).is_available
+    except (NotImplementedError, ValueError):
+        return False
+
+
 def decode_frame(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
-    """Frame ``index`` (0-based) in its stored colour space, by compacs' codec table when
-    it produced the syntax (JPEG XL included), otherwise by pydicom and its plugins."""
+    """Frame ``index`` (0-based) in its stored colour space: by pydicom and its plugins
+    (``raw``: no colour conversion), or by compacs' codec table for what pydicom cannot
+    decode (JPEG XL). The table's JPEG decoder converts YCbCr to RGB, which would make a
+    YBR image's colours wrong here."""
     if not 0 <= index < info.frames:
         raise RenderError(f"frame {index + 1} out of range: the object has {info.frames}")
-    codec = BY_SYNTAX.get(str(ds.file_meta.TransferSyntaxUID))
-    if codec is not None:
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    codec = BY_SYNTAX.get(syntax)
+    if codec is not None and not _pydicom_decodes(syntax):
         fragments = generate_frames(ds.PixelData, number_of_frames=info.frames)
         encoded = next(islice(fragments, index, None))
         return clean(codec.decode(encoded, info), info)
