@@ -30,10 +30,12 @@ serve: $(VENV)/.installed
 # Debian's orthanc is the real downstream PACS of the gateway tests and a benchmark peer.
 # A temporary policy-rc.d keeps orthanc's package from starting a system service (the
 # tests start their own instances on free 127.0.0.1 ports); it is removed afterwards.
+# Debian's chromium is the browser the web tests drive with Playwright.
 deps-system:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	[ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
+	[ -x /usr/lib/chromium/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian's$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
