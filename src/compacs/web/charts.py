@@ -25,7 +25,8 @@ def stored_vs_received(rows: list[tuple[str, int, int]], title: str) -> str:
         f'<svg class="chart" role="img" aria-label="{escape(title)}" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
         f'<text x="0" y="14" class="title">{escape(title)}</text>',
-        f'<text x="{label_w}" y="14" class="label">(light: received, dark: stored)</text>',
+        f'<text x="{width - 4}" y="14" text-anchor="end" class="label">'
+        "light: received, dark: stored</text>",
     ]
     for n, (label, received, stored) in enumerate(rows):
         y = 24 + n * row_h
