@@ -31,11 +31,13 @@ serve: $(VENV)/.installed
 # Debian's postgresql provides the server the scale-out tests start in a temporary folder.
 # A temporary policy-rc.d keeps orthanc's package from starting a system service (the
 # tests start their own instances on free 127.0.0.1 ports); it is removed afterwards.
+# Debian's chromium is the browser the web tests drive with Playwright.
 deps-system:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	[ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/lib/chromium/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian's$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

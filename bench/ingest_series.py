@@ -72,6 +72,8 @@ def main() -> int:
                     str(port),
                     "--log-level",
                     "WARNING",
+                    "--http-port",
+                    "0",
                 ],
             )
             try:

@@ -91,6 +91,8 @@ class Compacs:
             self.aet,
             "--log-level",
             "WARNING",
+            "--http-port",
+            "0",
         ]
         if self.config_text:
             (self.workdir / "compacs.toml").write_text(self.config_text)

@@ -85,6 +85,8 @@ class NodeProcess:
         cmd += ["--port", str(self.port), "--aet", self.aet]
         if self.config:
             cmd += ["--config", str(self.config)]
+        if "--http-port" not in self.extra_args:  # nodes run side by side: no shared 8042
+            cmd += ["--http-port", "0"]
         return cmd + list(self.extra_args)
 
     def start(self, timeout: float = 30) -> NodeProcess:

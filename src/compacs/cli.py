@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="DICOM port (default 11112)")
     serve.add_argument("--aet", help="the node's AE title (default COMPACS)")
     serve.add_argument(
+        "--http-port", type=int, help="web API and pages port (default 8042, 0: off)"
+    )
+    serve.add_argument(
         "--peer",
         type=_peer,
         action="append",
@@ -175,6 +178,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         log_level=getattr(args, "log_level", None),
         peers=getattr(args, "peer", None),
         forward=getattr(args, "forward", None),
+        http_port=getattr(args, "http_port", None),
     )
 
 
@@ -214,8 +218,13 @@ def cmd_check_config(settings: Settings, path: Path | None) -> int:
 
 def cmd_serve(settings: Settings) -> int:
     from compacs.node import Node
+    from compacs.web.server import WebRefused
 
-    node = Node(settings)
+    try:
+        node = Node(settings)
+    except WebRefused as exc:
+        print(f"compacs: {exc}", file=sys.stderr)
+        return 2
     node.install_signal_handlers()
     node.serve_forever()
     return 0

@@ -86,6 +86,12 @@ class Settings:
     metrics_port: int = 0
     """Prometheus /metrics port; 0: off."""
     log_format: str = "text"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8042
+    """Web API and pages; 0: off."""
+    http_token: str | None = None
+    http_user: str | None = None
+    http_password: str | None = None
 
     def move_allowed(self, calling: str, destination: str) -> bool:
         if self.move_allow is None:
@@ -147,6 +153,13 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
     "metrics": {
         "host": ("metrics_host", (str,), lambda v: bool(v), "an address to listen on"),
         "port": ("metrics_port", (int,), lambda v: 0 <= v < 65536, "0 (off) or a TCP port"),
+    },
+    "http": {
+        "host": ("http_host", (str,), lambda v: bool(v), "an address to listen on"),
+        "port": ("http_port", (int,), lambda v: 0 <= v < 65536, "0 (off) or a TCP port"),
+        "token": ("http_token", (str,), lambda v: len(v) >= 16, "a secret of 16+ characters"),
+        "user": ("http_user", (str,), lambda v: bool(v) and ":" not in v, "a name without ':'"),
+        "password": ("http_password", (str,), lambda v: len(v) >= 8, "8+ characters"),
     },
     "index": {"url": ("index_url", (str,), lambda v: ":" in v, "an index URL (sqlite:///...)")},
     "storage": {"url": ("store_url", (str,), lambda v: ":" in v, "a storage URL (file:///...)")},
@@ -236,7 +249,24 @@ def from_document(doc: dict[str, Any], source: str = "<config>") -> Settings:
         raise ConfigError(f"{source}: [security] tls_certificate and tls_key go together")
     if values.get("tls_client_ca") and not values.get("tls_certificate"):
         raise ConfigError(f"{source}: [security] tls_client_ca needs tls_certificate and tls_key")
+    _check_http(values, source)
     return Settings(**values)
+
+
+def _check_http(values: dict[str, Any], source: str) -> None:
+    """[http] user and password go together; no unauthenticated non-loopback binding."""
+    from compacs.web.auth import Credentials, binding_problem
+
+    if bool(values.get("http_user")) != bool(values.get("http_password")):
+        raise ConfigError(f"{source}: [http] user and password go together")
+    defaults = Settings()
+    problem = binding_problem(
+        values.get("http_host", defaults.http_host),
+        values.get("http_port", defaults.http_port),
+        Credentials(values.get("http_token"), values.get("http_user"), values.get("http_password")),
+    )
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
 
 
 def _access(body: Any, source: str) -> list[AccessRule]:
@@ -382,6 +412,8 @@ def with_overrides(settings: Settings, **overrides: Any) -> Settings:
         raise ConfigError(f"--aet {changes['ae_title']!r}: expected an AE title of 1-16 characters")
     if "port" in changes and not 0 <= changes["port"] < 65536:
         raise ConfigError(f"--port {changes['port']}: expected a TCP port")
+    if "http_port" in changes and not 0 <= changes["http_port"] < 65536:
+        raise ConfigError(f"--http-port {changes['http_port']}: expected 0 (off) or a TCP port")
     peers = overrides.get("peers")
     if peers:
         by_aet = {p.ae_title: p for p in settings.peers}

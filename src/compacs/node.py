@@ -13,6 +13,7 @@ from types import FrameType
 import pydicom.config
 from pynetdicom import _config as pynetdicom_config
 
+from compacs.activity import Activity
 from compacs.config import Settings
 from compacs.index import open_index
 from compacs.ingest import Ingest
@@ -79,6 +80,9 @@ class Node:
             },
         )
         peers = {peer.ae_title: peer for peer in settings.peers}
+        self.activity = Activity()  # recent associations and errors, for the web page
+        self._activity_log = self.activity.log_handler()
+        logging.getLogger("compacs").addHandler(self._activity_log)
         services = (
             echo.HANDLERS
             + store.handlers(self.ingest)
@@ -99,7 +103,8 @@ class Node:
             settings.port,
             ACCEPTOR_HANDLERS
             + access.handlers(settings.access)
-            + access.guarded(settings.access, services),
+            + access.guarded(settings.access, services)
+            + self.activity.handlers(),
             ssl_context=tls,
         )
         self.metrics = None
@@ -107,6 +112,11 @@ class Node:
             self.metrics = MetricsServer(
                 settings.metrics_host, settings.metrics_port, index_gauges(self.index.stats)
             )
+        self.web = None
+        if settings.http_port:
+            from compacs.web.server import build
+
+            self.web = build(settings, self.index, self.store, self.activity)
         self._stopped = threading.Event()
 
     def _compress_now(self, sop_instance_uid: str) -> None:
@@ -139,6 +149,9 @@ class Node:
         if self.metrics is not None:
             self.metrics.start()
             log.info("metrics on http://%s:%d/metrics", *self.metrics.address)
+        if self.web is not None:
+            self.web.start()
+            log.info("web pages and API on http://%s:%d/", *self.web.address)
         try:
             self.server.serve_forever(poll_interval=0.2)
         finally:
@@ -175,6 +188,9 @@ class Node:
         self.forwarder.stop(timeout)
         if self.metrics is not None:
             self.metrics.stop()
+        if self.web is not None:
+            self.web.stop()
+        logging.getLogger("compacs").removeHandler(self._activity_log)
         self.index.close()
         self.store.close()
         log.info("compacs stopped")

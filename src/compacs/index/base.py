@@ -183,4 +183,11 @@ class Index(Protocol):
     def instances_under(self, level: str, uid: str) -> list[int]:
         """Instance pks below the patient/study/series/instance ``uid``."""
 
+    # -- the admin's window (compacs.web) -------------------------------------------------
+    def sizes(self, level: str, uid: str) -> dict[str, Any]:
+        """Instances, bytes received/stored, ratio and stored syntaxes under ``uid``."""
+
+    def received_per_day(self) -> list[dict[str, Any]]:
+        """Per UTC day of receipt: instances, bytes received and stored, ratio."""
+
     def close(self) -> None: ...

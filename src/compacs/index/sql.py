@@ -498,6 +498,37 @@ class SqlStatements(ForwardStatements):
             "forwarding": self.forward_counts(cur),
         }
 
+    # -- the admin's window (compacs.web) ---------------------------------------------
+    def sizes(self, cur: Any, level: str, uid: str) -> dict[str, Any]:
+        """Instances, bytes and stored syntaxes under one patient/study/series/instance."""
+        where = f"{_ALIAS[level]}.{UNIQUE_COLUMN[level]} = ?"
+        cur.execute(
+            self._q(
+                "SELECT i.transfer_syntax_stored, COUNT(*), SUM(i.bytes_received), "
+                f"SUM(i.bytes_stored) FROM {_FROM[IMAGE]} WHERE {where} "
+                "GROUP BY i.transfer_syntax_stored ORDER BY 1"
+            ),
+            (uid,),
+        )
+        rows = cur.fetchall()
+        n = sum(int(r[1]) for r in rows)
+        received = sum(int(r[2]) for r in rows)
+        stored = sum(int(r[3]) for r in rows)
+        return {
+            **_bytes_entry(n, received, stored),
+            "by_transfer_syntax": {
+                ts: {"name": name_of(ts), **_bytes_entry(c, r, s)} for ts, c, r, s in rows
+            },
+        }
+
+    def received_per_day(self, cur: Any) -> list[dict[str, Any]]:
+        """Bytes received and stored per UTC day of receipt (received_at), oldest first."""
+        cur.execute(
+            "SELECT substr(received_at, 1, 10), COUNT(*), SUM(bytes_received), "
+            "SUM(bytes_stored) FROM instances GROUP BY 1 ORDER BY 1"
+        )
+        return [{"day": day, **_bytes_entry(n, r, s)} for day, n, r, s in cur.fetchall()]
+
 
 def _ratio(received: int, stored: int) -> float:
     return round(float(received) / float(stored), 3) if stored else 1.0

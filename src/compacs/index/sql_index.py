@@ -119,3 +119,9 @@ class SqlIndex:
 
     def locate(self, sop_instance_uid: str) -> InstanceLocation | None:
         return self._read(lambda cur: self._sql.locate(cur, sop_instance_uid))
+
+    def sizes(self, level: str, uid: str) -> dict[str, Any]:
+        return self._read(lambda cur: self._sql.sizes(cur, level, uid))
+
+    def received_per_day(self) -> list[dict[str, Any]]:
+        return self._read(self._sql.received_per_day)

@@ -1,0 +1,160 @@
+"""What the node did lately, for the admin's window: recent associations and errors.
+
+Two in-memory ring buffers, fed by pynetdicom notification handlers bound next to the
+DICOM services (the services themselves stay as they are) and by a logging handler that
+keeps warnings and errors of compacs' own loggers. Nothing here is persisted: a restart
+starts an empty history. No patient data is kept: AE titles, addresses, operations and
+statuses only (compacs' log messages are PHI-free by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.events import Event
+
+_OPERATIONS = {
+    "C_ECHO_RQ": "C-ECHO",
+    "C_STORE_RQ": "C-STORE",
+    "C_FIND_RQ": "C-FIND",
+    "C_MOVE_RQ": "C-MOVE",
+    "C_GET_RQ": "C-GET",
+    "N_ACTION_RQ": "N-ACTION",
+    "N_EVENT_REPORT_RQ": "N-EVENT-REPORT",
+}
+_PENDING = (0xFF00, 0xFF01)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def is_failure(status: int) -> bool:
+    """PS3.7 C.1.2: not success, warning, pending or cancel."""
+    if status == 0 or status in _PENDING or status == 0xFE00:
+        return False
+    return not (0xB000 <= status <= 0xBFFF or status in (0x0001, 0x0107, 0x0116))
+
+
+class Activity:
+    """Ring buffers of the last ``size`` associations and errors (thread-safe)."""
+
+    def __init__(self, size: int = 100) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[int, dict[str, Any]] = {}
+        self._done: deque[dict[str, Any]] = deque(maxlen=size)
+        self._errors: deque[dict[str, Any]] = deque(maxlen=size)
+
+    # -- pynetdicom notification handlers --------------------------------------------
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_ESTABLISHED, self._established),
+            (evt.EVT_REJECTED, lambda e: self._ended(e, "rejected")),
+            (evt.EVT_RELEASED, lambda e: self._ended(e, "released")),
+            (evt.EVT_ABORTED, lambda e: self._ended(e, "aborted")),
+            (evt.EVT_CONN_CLOSE, lambda e: self._ended(e, "closed")),
+            (evt.EVT_DIMSE_RECV, self._request),
+            (evt.EVT_DIMSE_SENT, self._response),
+        ]
+
+    def _entry(self, event: Event) -> dict[str, Any]:
+        assoc = event.assoc
+        key = id(assoc)
+        entry = self._open.get(key)
+        if entry is None:
+            requestor = assoc.requestor
+            entry = {
+                "started": _now(),
+                "ended": None,
+                "calling_ae": (requestor.ae_title or "").strip(),
+                "address": str(requestor.address or ""),
+                "operations": {},
+                "failures": 0,
+                "status": "open",
+            }
+            self._open[key] = entry
+        return entry
+
+    def _established(self, event: Event) -> None:
+        with self._lock:
+            self._entry(event)
+
+    def _ended(self, event: Event, status: str) -> None:
+        with self._lock:
+            entry = self._open.pop(id(event.assoc), None)
+            if entry is None:
+                if status != "rejected":
+                    return  # closed after release/abort was already recorded
+                entry = self._entry(event)
+                self._open.pop(id(event.assoc))
+            entry["ended"], entry["status"] = _now(), status
+            self._done.append(entry)
+
+    def _request(self, event: Event) -> None:
+        operation = _OPERATIONS.get(type(event.message).__name__)
+        if operation is None:
+            return
+        with self._lock:
+            entry = self._entry(event)
+            entry["operations"][operation] = entry["operations"].get(operation, 0) + 1
+
+    def _response(self, event: Event) -> None:
+        name = type(event.message).__name__
+        if not name.endswith("_RSP"):
+            return
+        command = event.message.command_set
+        status = int(command.get("Status", 0) or 0)
+        if not is_failure(status):
+            return
+        with self._lock:
+            entry = self._entry(event)
+            entry["failures"] += 1
+            self._errors.append(
+                {
+                    "time": _now(),
+                    "source": "dimse",
+                    "calling_ae": entry["calling_ae"],
+                    "operation": name[:-4].replace("_", "-"),
+                    "status": f"0x{status:04X}",
+                    "message": str(command.get("ErrorComment", "") or ""),
+                }
+            )
+
+    # -- logging ------------------------------------------------------------------------
+    def log_handler(self) -> logging.Handler:
+        """A handler keeping WARNING and above as recent errors."""
+        activity = self
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                try:
+                    message = record.getMessage()
+                except Exception:  # a bad format string must not break logging
+                    message = str(record.msg)
+                activity.add_error("log", record.levelname, message, logger=record.name)
+
+        handler = Keep(level=logging.WARNING)
+        return handler
+
+    def add_error(self, source: str, status: str, message: str, **extra: str) -> None:
+        with self._lock:
+            self._errors.append(
+                {"time": _now(), "source": source, "status": status, "message": message, **extra}
+            )
+
+    # -- reading ------------------------------------------------------------------------
+    def associations(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Open associations, then the most recently ended, newest first."""
+        with self._lock:
+            current = [dict(e, operations=dict(e["operations"])) for e in self._open.values()]
+            done = [dict(e, operations=dict(e["operations"])) for e in reversed(self._done)]
+        return (current[::-1] + done)[:limit]
+
+    def errors(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(reversed(self._errors))[:limit]

@@ -1,0 +1,1 @@
+"""The admin's window: a REST API (JSON, OpenAPI) and server-rendered pages."""

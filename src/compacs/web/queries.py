@@ -1,0 +1,133 @@
+"""URL query parameters -> a C-FIND identifier -> index rows, with C-FIND's own matching.
+
+``GET /api/studies?PatientName=DOE*&StudyDate=20200101-20201231`` becomes the identifier a
+C-FIND SCU would send (raw elements, UTF-8), parsed by :func:`compacs.query.parse_identifier`
+and answered by ``index.find``: wildcards, ranges, UID lists and case rules are the same.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from compacs.dicom.attributes import IMAGE, INDEXED, LEVELS, PATIENT, SERIES, STUDY
+from compacs.query import INDEXED_KEYS, PATIENT_ROOT, QueryError, parse_identifier
+
+PAGING = ("limit", "offset")
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+
+# Derived keys answered per level (PS3.4 C.6.1.1); ModalitiesInStudy may also be matched.
+DERIVED = {
+    PATIENT: ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances"),
+    STUDY: ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy"),
+    SERIES: ("NumberOfSeriesRelatedInstances",),
+    IMAGE: (),
+}
+KEYWORD_OF_COLUMN = {attr.column: attr.keyword for attrs in INDEXED.values() for attr in attrs}
+
+
+class BadQuery(ValueError):
+    """A search the API refuses (HTTP 400); the message says which parameter and why."""
+
+
+def search_keys(level: str) -> list[str]:
+    """The keywords a search at ``level`` may match on (its level and those above)."""
+    depth = LEVELS.index(level)
+    keys = [a.keyword for lv in LEVELS[: depth + 1] for a in INDEXED[lv]]
+    return keys + (["ModalitiesInStudy"] if level == STUDY else [])
+
+
+def _raw(ds: Dataset, keyword: str, value: str) -> None:
+    tag = tag_for_keyword(keyword)
+    vr = dictionary_VR(keyword)
+    if vr == "US":
+        try:
+            number = int(value)
+            data = number.to_bytes(2, "little")
+        except (ValueError, OverflowError):
+            raise BadQuery(f"{keyword}={value!r}: expected an integer 0-65535") from None
+    else:
+        data = value.encode("utf-8")
+        data += b"\0" if vr == "UI" and len(data) % 2 else b" " if len(data) % 2 else b""
+    ds[tag] = RawDataElement(Tag(tag), vr, len(data), data, 0, False, True)
+
+
+def identifier(level: str, params: list[tuple[str, str]]) -> Dataset:
+    """The C-FIND identifier for a search at ``level`` (paging parameters left out)."""
+    allowed = search_keys(level)
+    values: dict[str, list[str]] = {}
+    for key, value in params:
+        if key in PAGING:
+            continue
+        if key not in allowed:
+            below = " (an attribute of a lower level)" if key in INDEXED_KEYS else ""
+            raise BadQuery(
+                f"unknown search key {key!r}{below} for {level.lower()} searches; "
+                f"known: {', '.join(allowed)}"
+            )
+        values.setdefault(key, []).append(value)
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.QueryRetrieveLevel = level
+    for key, given in values.items():
+        _raw(ds, key, "\\".join(given))
+    for key in DERIVED[level]:
+        if key not in values:
+            _raw(ds, key, "")
+    return ds
+
+
+def paging(params: list[tuple[str, str]]) -> tuple[int, int]:
+    given = dict(params)
+    try:
+        limit = int(given.get("limit", DEFAULT_LIMIT))
+        offset = int(given.get("offset", 0))
+    except ValueError:
+        raise BadQuery("limit and offset must be integers") from None
+    if not 1 <= limit <= MAX_LIMIT or offset < 0:
+        raise BadQuery(f"limit must be 1-{MAX_LIMIT} and offset >= 0")
+    return limit, offset
+
+
+def item(row: dict[str, Any]) -> dict[str, Any]:
+    """An index row keyed by DICOM keywords (derived keys keep their names)."""
+    return {KEYWORD_OF_COLUMN.get(k, k): v for k, v in row.items()}
+
+
+def search(
+    index: Any, level: str, params: list[tuple[str, str]], pn_case_insensitive: bool = True
+) -> dict[str, Any]:
+    """One page of matches: ``{"items", "offset", "limit", "more"}``."""
+    limit, offset = paging(params)
+    try:
+        query = parse_identifier(
+            identifier(level, params), PATIENT_ROOT, pn_case_insensitive=pn_case_insensitive
+        )
+    except QueryError as exc:
+        raise BadQuery(exc.comment) from None
+    rows = index.find(query)
+    try:
+        page = [item(r) for r in islice(rows, offset, offset + limit + 1)]
+    finally:
+        rows.close()
+    return {
+        "items": page[:limit],
+        "offset": offset,
+        "limit": limit,
+        "more": len(page) > limit,
+    }
+
+
+def one(index: Any, level: str, keyword: str, value: str) -> dict[str, Any] | None:
+    """The entity whose unique key ``keyword`` is exactly ``value`` (no wildcards)."""
+    if any(ch in value for ch in "*?\\"):
+        return None
+    asked = value or '""'  # an empty Patient ID (Type 2): empty-value matching
+    found = search(index, level, [(keyword, asked), ("limit", "2")])["items"]
+    exact = [f for f in found if f.get(keyword) == value]
+    return exact[0] if exact else None

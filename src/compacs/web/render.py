@@ -1,0 +1,166 @@
+"""Stored pixels -> an 8-bit image for a screen: frame decoding, modality and VOI LUT
+(window centre/width, PS3.3 C.11.2), MONOCHROME1 inversion, colour (RGB, YBR, palette),
+thumbnails and PNG encoding. Plain functions on arrays, testable without a node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO
+from itertools import islice
+
+import imagecodecs
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder, iter_pixels
+
+from compacs.codecs.pixels import PixelInfo, clean
+from compacs.codecs.table import BY_SYNTAX
+
+
+class RenderError(ValueError):
+    """The object cannot be shown (no pixel data, frame out of range, ...)."""
+
+
+@dataclass(frozen=True)
+class Window:
+    center: float
+    width: float
+
+
+def _pydicom_decodes(uid: str) -> bool:
+    try:
+        return get_decoder(uid).is_available
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def decode_frame(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
+    """Frame ``index`` (0-based) in its stored colour space: by pydicom and its plugins
+    (``raw``: no colour conversion), or by compacs' codec table for what pydicom cannot
+    decode (JPEG XL). The table's JPEG decoder converts YCbCr to RGB, which would make a
+    YBR image's colours wrong here."""
+    if not 0 <= index < info.frames:
+        raise RenderError(f"frame {index + 1} out of range: the object has {info.frames}")
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    codec = BY_SYNTAX.get(syntax)
+    if codec is not None and not _pydicom_decodes(syntax):
+        fragments = generate_frames(ds.PixelData, number_of_frames=info.frames)
+        encoded = next(islice(fragments, index, None))
+        return clean(codec.decode(encoded, info), info)
+    frame = next(iter_pixels(ds, raw=True, indices=[index]))
+    return clean(np.ascontiguousarray(frame).astype(info.dtype, copy=False), info)
+
+
+def _first(value: object) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else None  # type: ignore[index]
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def modality_lut(frame: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Rescale Slope/Intercept applied (PS3.3 C.11.1), as float32."""
+    slope = _first(ds.get("RescaleSlope")) or 1.0
+    intercept = _first(ds.get("RescaleIntercept")) or 0.0
+    out = frame.astype(np.float32)
+    if slope != 1.0:
+        out *= slope
+    if intercept:
+        out += intercept
+    return out
+
+
+def dataset_window(ds: Dataset) -> Window | None:
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is None or width is None or width <= 0:
+        return None
+    return Window(center, width)
+
+
+def apply_window(values: np.ndarray, window: Window | None) -> np.ndarray:
+    """The linear VOI function of PS3.3 C.11.2.1.2.1 to 0..255; without a window the
+    frame's own minimum..maximum."""
+    if window is None:
+        lo, hi = float(values.min()), float(values.max())
+        window = Window((lo + hi + 1) / 2, max(hi - lo + 1, 1.0))
+    c, w = window.center, max(window.width, 1.0)
+    if w == 1.0:  # C.11.2.1.2.1: a step at the centre
+        return np.where(values < c - 0.5, 0, 255).astype(np.uint8)
+    scaled = ((values - (c - 0.5)) / (w - 1) + 0.5) * 255.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _to_8bit(frame: np.ndarray, bits_stored: int) -> np.ndarray:
+    if frame.dtype == np.uint8 and bits_stored == 8:
+        return frame
+    shift = max(bits_stored - 8, 0)
+    return np.clip(frame.astype(np.int64) >> shift, 0, 255).astype(np.uint8)
+
+
+def display(
+    frame: np.ndarray, ds: Dataset, info: PixelInfo, window: Window | None = None
+) -> np.ndarray:
+    """A decoded frame as 8-bit grey (rows, columns) or RGB (rows, columns, 3)."""
+    photometric = info.photometric
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(frame, ds)
+        if rgb.dtype != np.uint8:  # 16-bit LUT entries
+            rgb = (rgb.astype(np.uint32) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(rgb)
+    if info.samples_per_pixel == 3:
+        rgb = _to_8bit(frame, info.bits_stored)
+        if photometric.startswith("YBR_FULL"):
+            rgb = convert_color_space(rgb, "YBR_FULL", "RGB")
+        return np.ascontiguousarray(rgb)
+    grey = apply_window(modality_lut(frame, ds), window or dataset_window(ds))
+    if photometric == "MONOCHROME1":
+        grey = 255 - grey
+    return grey
+
+
+def thumbnail(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` fitted within ``size`` x ``size`` (aspect kept): box-filtered by the
+    largest whole factor, then nearest-neighbour to the exact size. Never enlarged."""
+    rows, cols = image.shape[:2]
+    scale = min(size / rows, size / cols, 1.0)
+    if scale == 1.0:
+        return image
+    out_r, out_c = max(1, round(rows * scale)), max(1, round(cols * scale))
+    k = max(1, min(rows // out_r, cols // out_c))
+    if k > 1:
+        r, c = rows // k * k, cols // k * k
+        blocks = image[:r, :c].reshape(r // k, k, c // k, k, *image.shape[2:])
+        image = blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+        rows, cols = image.shape[:2]
+    ri = ((np.arange(out_r) + 0.5) * rows / out_r).astype(int)
+    ci = ((np.arange(out_c) + 0.5) * cols / out_c).astype(int)
+    return np.ascontiguousarray(image[ri][:, ci])
+
+
+def png(image: np.ndarray) -> bytes:
+    return bytes(imagecodecs.png_encode(np.ascontiguousarray(image)))
+
+
+def preview_png(
+    data: bytes,
+    frame: int = 0,
+    window: Window | None = None,
+    size: int | None = None,
+) -> bytes:
+    """The PNG of frame ``frame`` (0-based) of the Part 10 object ``data``."""
+    ds = dcmread(BytesIO(data))
+    try:
+        info = PixelInfo.of(ds)
+    except ValueError as exc:
+        raise RenderError(f"no image to show: {exc}") from None
+    image = display(decode_frame(ds, info, frame), ds, info, window)
+    if size is not None:
+        image = thumbnail(image, size)
+    return png(image)
