@@ -204,7 +204,13 @@ def _jpeg_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) ->
 
 
 def _jpeg_decode(data: bytes, info: PixelInfo) -> np.ndarray:
-    return imagecodecs.jpeg8_decode(data, colorspace="YCBCR", outcolorspace="RGB")
+    """Samples in the data set's own interpretation (PS3.5 8.2.1): YCbCr stays YCbCr, as
+    pydicom's raw decode gives it; converting to RGB here made native copies whose
+    Photometric Interpretation (still YBR_FULL) no longer described their pixels."""
+    if info.samples_per_pixel != 3:
+        return imagecodecs.jpeg8_decode(data)
+    space = "YCBCR" if info.photometric.startswith("YBR") else "RGB"
+    return imagecodecs.jpeg8_decode(data, colorspace=space, outcolorspace=space)
 
 
 # -- RLE Lossless (PS3.5 Annex G) via pydicom + pylibjpeg-rle -----------------------------
