@@ -83,6 +83,23 @@ def _monochrome1_twin(path: Path):
     return ds
 
 
+def _real_study() -> list:
+    """Real CT, MR and US images (pydicom's public files) as the series of one study, under
+    new UIDs: the study page's thumbnails are of real images."""
+    study = generate_uid(UID_ROOT)
+    out = []
+    for n, name in enumerate(("CT_small.dcm", "MR_small.dcm", "examples_ybr_color.dcm")):
+        ds = dcmread(by_name(name))
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = generate_uid(UID_ROOT)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(UID_ROOT)
+        ds.SeriesNumber = n + 1
+        ds.PatientID, ds.PatientName = "WEB-R", "Real^Images"
+        ds.StudyDescription = "REAL CT MR US"
+        out.append(ds)
+    return out
+
+
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """A running node holding the public files and the generated studies, compressed."""
@@ -96,6 +113,7 @@ def archive(tmp_path_factory):
         generated = [ds for p in PATIENTS for ds in _series(*p)]
         generated += _series("WEB-S", "Synthetic^Series", "20260115", n=12, size=128)
         generated.append(_monochrome1_twin(by_name("CT_small.dcm")))
+        generated += _real_study()
         assert set(send_datasets(node.port, generated)) == {0}
         http = Http(http_port)
         deadline = time.monotonic() + 60
@@ -135,7 +153,8 @@ def test_study_search_uses_cfind_wildcards_ranges_and_pn_case(archive):
     study = http.json("/api/studies?PatientID=WEB-A")["items"][0]
     assert study["ModalitiesInStudy"] == "CT" and study["NumberOfStudyRelatedInstances"] == 4
     assert [s["PatientID"] for s in http.json("/api/studies?ModalitiesInStudy=MR")["items"]] == [
-        "4MR1"
+        "4MR1",
+        "WEB-R",  # the real CT/MR/US study
     ]
     patients = http.json("/api/patients?PatientName=doe^j*")["items"]
     assert sorted(p["PatientID"] for p in patients) == ["WEB-A", "WEB-B"]
@@ -158,7 +177,7 @@ def test_paging_covers_every_study_once(archive):
     everything = http.json("/api/studies?limit=1000")
     assert not everything["more"]
     uids = [s["StudyInstanceUID"] for s in everything["items"]]
-    assert len(uids) == len(PUBLIC) + len(PATIENTS) + 2  # + synthetic series + MONOCHROME1
+    assert len(uids) == len(PUBLIC) + len(PATIENTS) + 3  # + synthetic, MONOCHROME1, real study
     paged, offset = [], 0
     while True:
         page = http.json(f"/api/studies?limit=3&offset={offset}")
@@ -434,6 +453,19 @@ def test_dashboard_and_study_page_in_chromium(archive, browser):
     assert widths == [128] * 12
     page.screenshot(path=str(ARTIFACTS / "study.png"), full_page=True)
 
+    page.goto(http.base + "/studies?PatientID=WEB-R")
+    page.click("table.studies a")
+    page.wait_for_load_state("networkidle")
+    widths = page.evaluate(
+        "Array.from(document.querySelectorAll('img.thumb')).map(i => i.complete && i.naturalWidth)"
+    )
+    assert len(widths) == 3 and all(widths), widths  # CT, MR, US
+    page.screenshot(path=str(ARTIFACTS / "study-real.png"), full_page=True)
+
+    page.goto(http.base + "/studies?PatientID=WEB-S")
+    page.click("table.studies a")
+    page.wait_for_load_state("networkidle")
+    thumbs = page.locator("img.thumb")
     thumbs.first.click()
     page.wait_for_load_state("networkidle")
     assert page.evaluate("document.getElementById('preview').naturalWidth") == 128
