@@ -13,6 +13,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pynetdicom import AE, _config
 
+from compacs.net.reactor_guard import keep_responses
 from tests.dicomfiles import DicomFile
 
 
@@ -36,7 +37,8 @@ def association(
     ae.maximum_pdu_size = max_pdu
     for sop_class, ts in dict.fromkeys(contexts):
         ae.add_requested_context(sop_class, ts)
-    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+    # pynetdicom's reactor race (#875) hit this client under load: see reactor_guard
+    assoc = keep_responses(ae.associate("127.0.0.1", port, ae_title=aet))
     assert assoc.is_established, "association was not established"
     try:
         yield assoc
