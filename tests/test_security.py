@@ -6,8 +6,10 @@ client certificate, as a site's PKI would issue them.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -77,7 +79,8 @@ def tls_node(pki, tmp_path_factory):
     config = write_config(
         base / "tls.toml",
         f'[security]\ntls_certificate = "{pki / "server.pem"}"\n'
-        f'tls_key = "{pki / "server.key"}"\ntls_client_ca = "{pki / "ca.pem"}"\n',
+        f'tls_key = "{pki / "server.key"}"\ntls_client_ca = "{pki / "ca.pem"}"\n'
+        "[network]\nacse_timeout = 5\n",
     )
     node = NodeProcess(base / "data", config=config, tls=tls_client(pki)).start()
     yield node
@@ -104,6 +107,27 @@ def test_tls_refuses_plain_tcp_and_unknown_client_certificates(tls_node, pki):
     assert not echo(tls_node.port, tls=tls_client(pki, None)).is_established  # no client cert
     assert not echo(tls_node.port, tls=tls_client(pki, "rogue")).is_established  # other CA
     assert echo(tls_node.port, tls=tls_client(pki)) == Status.SUCCESS  # still serving
+
+
+def test_silent_connections_do_not_stop_tls_associations(tls_node, pki):
+    """Clients that connect and send nothing (a port scan, a load balancer's health check)
+    must not hold the node's accept loop: pynetdicom alone did the handshake there, with
+    no timeout, and one silent connection locked every modality out."""
+    silent = [socket.create_connection(("127.0.0.1", tls_node.port)) for _ in range(3)]
+    try:
+        assert echo(tls_node.port, tls=tls_client(pki)) == Status.SUCCESS
+    finally:
+        for s in silent:
+            s.close()
+    half = socket.create_connection(("127.0.0.1", tls_node.port))  # says nothing at all
+    deadline = time.monotonic() + 30
+    while "timed out" not in tls_node.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert half.recv(1) == b""  # closed by the node after the ACSE timeout
+    half.close()
+    failures = [line for line in tls_node.log().splitlines() if "TLS handshake with" in line]
+    assert any("timed out" in line for line in failures), failures
+    assert echo(tls_node.port, tls=tls_client(pki)) == Status.SUCCESS
 
 
 def test_tls_with_dcmtk(tls_node, pki, tmp_path):

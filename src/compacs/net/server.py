@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
+import ssl
 from typing import Any
 
 from pynetdicom import AE, evt
@@ -23,6 +25,8 @@ from compacs import metrics
 from compacs.dicom.sop_classes import storage_sop_classes
 from compacs.dicom.syntaxes import accepted_for_storage
 from compacs.net.sender import ArchiveAE
+
+log = logging.getLogger(__name__)
 
 QUERY_RETRIEVE = (
     PatientRootQueryRetrieveInformationModelFind,
@@ -45,10 +49,17 @@ class _ReadOnlyContexts(list):
 
 
 class NoDelayAssociationServer(ThreadedAssociationServer):
-    """Sets TCP_NODELAY on every accepted socket, and shares the supported contexts.
+    """Sets TCP_NODELAY on every accepted socket, shares the supported contexts, and does
+    the TLS handshake in the connection's own thread.
 
     Without TCP_NODELAY a DIMSE response can wait ~40 ms for the peer's delayed ACK
     (Nagle), which caps a single association at a few dozen instances per second.
+
+    pynetdicom does the TLS handshake in ``get_request``, in the one thread that accepts
+    every connection, and with no timeout: a client that connects and says nothing (a
+    port scan, a load balancer's TCP health check) stopped the node accepting anything.
+    Here the accept thread only wraps the socket; the handshake runs in the connection's
+    thread, bounded by the ACSE timeout, and a failure is logged with the peer's address.
     """
 
     # socketserver listens with a backlog of 5: a burst of modalities connecting at once
@@ -60,10 +71,32 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
         self.contexts = _ReadOnlyContexts(self.contexts)
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        client, address = super().get_request()
+        client, address = self.socket.accept()
         with contextlib.suppress(OSError):
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
         return client, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
+            self.shutdown_request(request)
+            return
+        super().finish_request(request, client_address)
+
+    def _handshake(self, tls: ssl.SSLSocket, address: Any) -> bool:
+        previous = tls.gettimeout()
+        tls.settimeout(self.ae.acse_timeout)
+        try:
+            tls.do_handshake()
+        except (OSError, ValueError) as exc:  # ssl.SSLError, a timeout, a reset
+            log.warning("TLS handshake with %s:%s failed: %s", *address[:2], exc or "timeout")
+            metrics.ASSOCIATIONS.inc(outcome="tls_failed")
+            return False
+        tls.settimeout(previous)
+        return True
 
 
 def set_nodelay(event) -> None:
