@@ -3,8 +3,8 @@
 The reactor thread is held for a moment right after each checkpoint wait, and the sending
 thread right after it sent, as a busy machine deschedules threads: the reactor's "paused"
 flag is stale, a send_c_store starts at once, and the reactor takes the response off the
-queue before the sender looks. Unguarded, the sender waits out its
-DIMSE timeout and the association is aborted; guarded, every store gets its response.
+queue before the sender looks. Unguarded, the sender waits out its DIMSE timeout and the
+association is aborted; guarded, every store gets its response.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def test_silent_connections_do_not_stop_tls_associations(tls_node, pki):
     finally:
         for s in silent:
             s.close()
-    half = socket.create_connection(("127.0.0.1", tls_node.port))  # says nothing at all
+    half = socket.create_connection(("127.0.0.1", tls_node.port), timeout=30)  # silent
     deadline = time.monotonic() + 30
     while "timed out" not in tls_node.log() and time.monotonic() < deadline:
         time.sleep(0.2)
