@@ -22,7 +22,6 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from compacs.config import Peer
 from compacs.index import Index
-from compacs.net.reactor_guard import keep_responses
 from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.storage import BlobStore
 
@@ -75,14 +74,12 @@ def _send_on_new_association(ae_title: str, peer: Peer, info: Dataset, event_typ
     ae = AE(ae_title=ae_title)
     ae.add_requested_context(StorageCommitmentPushModel)
     role = build_role(StorageCommitmentPushModel, scp_role=True)
-    assoc = keep_responses(
-        ae.associate(
-            peer.host,
-            peer.port,
-            ae_title=peer.ae_title,
-            ext_neg=[role],
-            evt_handlers=REQUESTOR_HANDLERS,
-        )
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        ae_title=peer.ae_title,
+        ext_neg=[role],
+        evt_handlers=REQUESTOR_HANDLERS,
     )
     if not assoc.is_established:
         return False
@@ -109,7 +106,7 @@ def handlers(
         time.sleep(SAME_ASSOCIATION_GRACE)
         if assoc.is_established:
             try:
-                keep_responses(assoc).send_n_event_report(
+                assoc.send_n_event_report(
                     info, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
                 )
                 return

@@ -11,7 +11,10 @@ it; the sender then waits its DIMSE timeout and aborts the association
 (pydicom/pynetdicom#875, #850). Seen by compacs's 8-association load test.
 
 :func:`keep_responses` makes the reactor hand such a response back to the queue whenever
-a ``send_*()`` is waiting (the checkpoint is cleared), so the sender gets it.
+a ``send_*()`` is waiting (the checkpoint is cleared), so the sender gets it. The node
+applies it to every association it accepts or requests, through the EVT_CONN_OPEN
+handler :func:`keep_responses_on_open` (in ``server.ACCEPTOR_HANDLERS`` and
+``server.REQUESTOR_HANDLERS``).
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ from typing import Any
 
 def keep_responses(assoc: Any) -> Any:
     """Guard ``assoc`` (a pynetdicom Association) against the race; returns it."""
-    if getattr(assoc, "_responses_kept", False):
-        return assoc
     serve = assoc._serve_request
 
     def _serve_request(msg: Any, context_id: int) -> None:
@@ -32,5 +33,9 @@ def keep_responses(assoc: Any) -> Any:
         serve(msg, context_id)
 
     assoc._serve_request = _serve_request
-    assoc._responses_kept = True
     return assoc
+
+
+def keep_responses_on_open(event: Any) -> None:
+    """EVT_CONN_OPEN handler: the guard, before the association's reactor runs."""
+    keep_responses(event.assoc)

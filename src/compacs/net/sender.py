@@ -19,8 +19,6 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.presentation import PresentationContext
 
-from compacs.net.reactor_guard import keep_responses
-
 MAX_CONTEXTS = 128
 
 
@@ -91,8 +89,7 @@ class FanOutAssociation:
 
 
 class ArchiveAE(AE):
-    """pynetdicom's AE, whose outgoing associations split over 128 contexts, are guarded
-    against pynetdicom's reactor race (:mod:`compacs.net.reactor_guard`), and which
+    """pynetdicom's AE, whose outgoing associations split over 128 contexts, and which
     remembers per thread the association it last requested (the C-MOVE handler runs in
     the thread that pynetdicom's C-MOVE loop requests the sub-association from)."""
 
@@ -102,10 +99,9 @@ class ArchiveAE(AE):
 
     def associate(self, addr: Any, port: int, contexts: Any = None, **kwargs: Any) -> Any:
         contexts = list(contexts or self.requested_contexts)
-        associate = super().associate
         assoc = FanOutAssociation(
             [
-                keep_responses(associate(addr, port, contexts=batch, **kwargs))
+                super(ArchiveAE, self).associate(addr, port, contexts=batch, **kwargs)
                 for batch in batches(contexts)
             ]
         )

@@ -24,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from compacs import metrics
 from compacs.dicom.sop_classes import storage_sop_classes
 from compacs.dicom.syntaxes import accepted_for_storage
+from compacs.net.reactor_guard import keep_responses_on_open
 from compacs.net.sender import ArchiveAE
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,8 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
         tls.settimeout(self.ae.acse_timeout)
         try:
             tls.do_handshake()
-        except (OSError, ValueError) as exc:  # ssl.SSLError, a timeout, a reset
-            log.warning("TLS handshake with %s:%s failed: %s", *address[:2], exc or "timeout")
+        except OSError as exc:  # ssl.SSLError, a timeout, a reset
+            log.warning("TLS handshake with %s:%s failed: %s", *address[:2], exc)
             metrics.ASSOCIATIONS.inc(outcome="tls_failed")
             return False
         tls.settimeout(previous)
@@ -108,7 +109,9 @@ def set_nodelay(event) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-REQUESTOR_HANDLERS = [(evt.EVT_CONN_OPEN, set_nodelay)]
+# Every association compacs requests (C-MOVE/C-GET destinations, forwarding, commitment
+# reports) is opened with these.
+REQUESTOR_HANDLERS = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_CONN_OPEN, keep_responses_on_open)]
 
 
 def _counted(outcome: str) -> Any:
@@ -126,8 +129,10 @@ def end_negotiation_on_close(event) -> None:
         assoc.dul.to_user_queue.put(None)
 
 
-# Acceptor side: associations by outcome, for the metrics endpoint, and the above.
+# Acceptor side: the reactor guard, associations by outcome for the metrics endpoint, and
+# the above.
 ACCEPTOR_HANDLERS = [
+    (evt.EVT_CONN_OPEN, keep_responses_on_open),
     (evt.EVT_CONN_CLOSE, end_negotiation_on_close),
     (evt.EVT_ESTABLISHED, _counted("established")),
     (evt.EVT_REJECTED, _counted("rejected")),
