@@ -32,12 +32,14 @@ serve: $(VENV)/.installed
 # A temporary policy-rc.d keeps orthanc's package from starting a system service (the
 # tests start their own instances on free 127.0.0.1 ports); it is removed afterwards.
 # Debian's chromium is the browser the web tests drive with Playwright.
+# Debian's dicom3tools provides dciodvfy, the IOD validator the fidelity tests read output with.
 deps-system:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	[ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	[ -x /usr/lib/chromium/chromium ] || missing="$$missing chromium"; \
+	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian's$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
