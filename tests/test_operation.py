@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import urllib.request
 
@@ -11,7 +12,7 @@ import pytest
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import ROOT, free_port, run_cli, write_config
+from tests.conftest import ROOT, NodeProcess, echo, free_port, run_cli, write_config
 from tests.scu import send_datasets
 
 
@@ -124,3 +125,39 @@ def _other_address() -> str:
         except OSError:
             address = "192.0.2.1"
     return "192.0.2.1" if address.startswith("127.") else address
+
+
+def test_a_taken_dicom_port_is_named_in_one_line_and_exit_2(tmp_path):
+    """The first day: a port another program holds gives a sentence, not a traceback."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_cli(
+            "serve", "--data-dir", str(tmp_path / "d"), "--host", "127.0.0.1",
+            "--port", str(port), "--http-port", "0",
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot listen for DICOM on 127.0.0.1:{port}" in result.stderr
+    assert "--port" in result.stderr
+    # and the data directory it did not keep is free for the next node
+    result = run_cli("stats", "--data-dir", str(tmp_path / "d"), "--json")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_second_node_on_a_data_directory_in_use_is_refused(node_factory, tmp_path):
+    first = node_factory("shared")
+    second = NodeProcess(first.data_dir)
+    result = subprocess.run(second.command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"data directory {first.data_dir} is in use by another compacs serve" in result.stderr
+    assert f"pid {first.proc.pid}" in result.stderr
+    assert echo(first.port) == 0  # the first node never noticed
+
+    # a kill -9 leaves no stale lock: the kernel drops it with the process
+    first.stop(signal.SIGKILL)
+    assert node_factory("shared").is_running()

@@ -217,12 +217,12 @@ def cmd_check_config(settings: Settings, path: Path | None) -> int:
 
 
 def cmd_serve(settings: Settings) -> int:
-    from compacs.node import Node
+    from compacs.node import Node, NodeRefused
     from compacs.web.server import WebRefused
 
     try:
         node = Node(settings)
-    except WebRefused as exc:
+    except (NodeRefused, WebRefused) as exc:
         print(f"compacs: {exc}", file=sys.stderr)
         return 2
     node.install_signal_handlers()

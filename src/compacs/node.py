@@ -20,6 +20,7 @@ from compacs.ingest import Ingest
 from compacs.jobs.compress import Compressor
 from compacs.jobs.forward import Forwarder
 from compacs.jobs.workers import CompressionWorkers
+from compacs.lockfile import InUse, serving_locks
 from compacs.metrics import MetricsServer, index_gauges
 from compacs.net import access, commitment, echo, find, retrieve, store
 from compacs.net.server import ACCEPTOR_HANDLERS, build_ae, make_server
@@ -27,6 +28,10 @@ from compacs.security import server_tls_context
 from compacs.storage import open_store
 
 log = logging.getLogger(__name__)
+
+
+class NodeRefused(RuntimeError):
+    """The node must not start: its data directory is in use, or its port is taken."""
 
 
 class Node:
@@ -39,6 +44,13 @@ class Node:
         # the file's data set instead of decoding and re-encoding it
         pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._locks = serving_locks(settings.data_dir, settings.resolved_index_url)
+        try:
+            for lock in self._locks:
+                lock.acquire()
+        except InUse as exc:
+            self._release_locks()
+            raise NodeRefused(str(exc)) from None
         self.store = open_store(settings.resolved_store_url)
         leftovers = self.store.recover()
         self.index = open_index(settings.resolved_index_url)
@@ -97,16 +109,24 @@ class Node:
             tls = server_tls_context(
                 settings.tls_certificate, settings.tls_key, settings.tls_client_ca
             )
-        self.server = make_server(
-            self.ae,
-            settings.host,
-            settings.port,
-            ACCEPTOR_HANDLERS
-            + access.handlers(settings.access)
-            + access.guarded(settings.access, services)
-            + self.activity.handlers(),
-            ssl_context=tls,
-        )
+        try:
+            self.server = make_server(
+                self.ae,
+                settings.host,
+                settings.port,
+                ACCEPTOR_HANDLERS
+                + access.handlers(settings.access)
+                + access.guarded(settings.access, services)
+                + self.activity.handlers(),
+                ssl_context=tls,
+            )
+        except OSError as exc:
+            self._close_backends()
+            raise NodeRefused(
+                f"cannot listen for DICOM on {settings.host}:{settings.port}: "
+                f"{exc.strerror or exc} (another node or program has the port? choose "
+                "another with --port or [node] port)"
+            ) from None
         self.metrics = None
         if settings.metrics_port:
             self.metrics = MetricsServer(
@@ -116,7 +136,12 @@ class Node:
         if settings.http_port:
             from compacs.web.server import build
 
-            self.web = build(settings, self.index, self.store, self.activity)
+            try:
+                self.web = build(settings, self.index, self.store, self.activity)
+            except Exception:
+                self.server.server_close()
+                self._close_backends()
+                raise
         self._stopped = threading.Event()
 
     def _compress_now(self, sop_instance_uid: str) -> None:
@@ -193,7 +218,19 @@ class Node:
         logging.getLogger("compacs").removeHandler(self._activity_log)
         self.index.close()
         self.store.close()
+        self._release_locks()
         log.info("compacs stopped")
+
+    def _close_backends(self) -> None:
+        """Undo what __init__ opened when the node cannot start after all."""
+        logging.getLogger("compacs").removeHandler(self._activity_log)
+        self.index.close()
+        self.store.close()
+        self._release_locks()
+
+    def _release_locks(self) -> None:
+        for lock in self._locks:
+            lock.release()
 
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, frame: FrameType | None) -> None:
