@@ -16,6 +16,7 @@ from compacs.index.base import (
     InstanceLocation,
     NewInstance,
     ObjectChange,
+    Selected,
 )
 from compacs.index.group_commit import GroupCommitter
 from compacs.index.sql import SqlStatements
@@ -100,7 +101,7 @@ class SqlIndex:
     def retention_due(self, now: float) -> list[int]:
         return self._read(lambda cur: self._sql.retention_due(cur, now))
 
-    def instances_under(self, level: str, uid: str) -> list[int]:
+    def instances_under(self, level: str, uid: str) -> list[Selected]:
         return self._read(lambda cur: self._sql.instances_under(cur, level, uid))
 
     def _read(self, work):
