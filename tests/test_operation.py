@@ -6,10 +6,15 @@ import json
 import shutil
 import signal
 import subprocess
+import time
 import urllib.request
 
 import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from compacs import __version__
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
 from tests.conftest import ROOT, NodeProcess, echo, free_port, run_cli, write_config
@@ -93,7 +98,7 @@ def test_metrics_endpoint_counts_what_happens(node_factory, tmp_path):
         f'[node]\nlog_format = "json"\n[metrics]\nport = {port}\n[compression]\nwhen = "ingest"\n',
     )
     node = node_factory(config=config)
-    series = list(ct_series(3, 64, 64, seed=12))
+    series = list(ct_series(3, 512, 512, seed=12))  # > 10**6 bytes: seven digits or more
     assert send_datasets(node.port, series) == [Status.SUCCESS] * 3
     m = metrics_text(port)
     assert m['compacs_stores_total{outcome="success"}'] == 3
@@ -103,6 +108,29 @@ def test_metrics_endpoint_counts_what_happens(node_factory, tmp_path):
     assert m['compacs_compressions_total{result="compressed",syntax="1.2.840.10008.1.2.4.80"}'] == 3
     assert m["compacs_compression_seconds_total"] > 0
     assert m["compacs_stored_bytes"] < m["compacs_received_bytes"]
+    # exact values: the received bytes are the index's own number, digit for digit
+    stats = node.stats()
+    assert m["compacs_received_bytes"] == stats["bytes_received"] > 10**6
+    assert m['compacs_compression_instances{state="compressed"}'] == 3
+    assert m["compacs_disk_free_bytes"] > 0
+    assert m['compacs_build_info{version="' + __version__ + '"}'] == 1
+    assert 0 < time.time() - m["process_start_time_seconds"] < 600
+    # query/retrieve: counts and durations per service
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="COMPACS")
+    query = Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", ""
+    for _ in range(2):
+        assert [
+            int(s.Status)
+            for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+        ] == [0xFF00, 0]
+    assoc.release()
+    m = metrics_text(port)
+    assert m['compacs_dimse_requests_total{outcome="completed",service="C-FIND"}'] == 2
+    assert m['compacs_dimse_request_seconds_count{service="C-FIND"}'] == 2
+    assert m['compacs_dimse_request_seconds_bucket{le="+Inf",service="C-FIND"}'] == 2
     # the listener is on 127.0.0.1 only
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://{_other_address()}:{port}/metrics", timeout=2)

@@ -21,8 +21,8 @@ from compacs.jobs.compress import Compressor
 from compacs.jobs.forward import Forwarder
 from compacs.jobs.workers import CompressionWorkers
 from compacs.lockfile import InUse, serving_locks
-from compacs.metrics import MetricsServer, index_gauges
-from compacs.net import access, commitment, echo, find, retrieve, store
+from compacs.metrics import MetricsServer
+from compacs.net import access, commitment, echo, find, instrument, retrieve, store
 from compacs.net.server import ACCEPTOR_HANDLERS, build_ae, make_server
 from compacs.security import server_tls_context
 from compacs.storage import open_store
@@ -95,7 +95,7 @@ class Node:
         self.activity = Activity()  # recent associations and errors, for the web page
         self._activity_log = self.activity.log_handler()
         logging.getLogger("compacs").addHandler(self._activity_log)
-        services = (
+        services = instrument.timed(
             echo.HANDLERS
             + store.handlers(self.ingest)
             + find.handlers(self.index, settings.ae_title, settings.pn_case_insensitive)
@@ -129,9 +129,20 @@ class Node:
             ) from None
         self.metrics = None
         if settings.metrics_port:
-            self.metrics = MetricsServer(
-                settings.metrics_host, settings.metrics_port, index_gauges(self.index.stats)
-            )
+            try:
+                self.metrics = MetricsServer(
+                    settings.metrics_host,
+                    settings.metrics_port,
+                    self.index.stats,
+                    disk=settings.data_dir,
+                )
+            except OSError as exc:
+                self.server.server_close()
+                self._close_backends()
+                raise NodeRefused(
+                    f"[metrics] cannot listen on {settings.metrics_host}:"
+                    f"{settings.metrics_port}: {exc.strerror or exc}"
+                ) from None
         self.web = None
         if settings.http_port:
             from compacs.web.server import build
