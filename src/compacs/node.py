@@ -23,6 +23,7 @@ from compacs.jobs.workers import CompressionWorkers
 from compacs.lockfile import InUse, serving_locks
 from compacs.metrics import MetricsServer
 from compacs.net import access, commitment, echo, find, instrument, retrieve, store
+from compacs.net.guard import ConnectionGuard, Limits
 from compacs.net.server import ACCEPTOR_HANDLERS, build_ae, make_server
 from compacs.security import server_tls_context
 from compacs.storage import open_store
@@ -109,6 +110,18 @@ class Node:
             tls = server_tls_context(
                 settings.tls_certificate, settings.tls_key, settings.tls_client_ca
             )
+        guard = ConnectionGuard(
+            Limits(
+                acse_timeout=settings.acse_timeout,
+                network_timeout=settings.network_timeout,
+                max_pdu=settings.max_pdu,
+                # at least 4: a peer may open its next association the moment it reads
+                # the A-ASSOCIATE-AC, a moment before the previous one counts as established
+                max_negotiating=settings.max_negotiating or max(4, settings.max_associations),
+                max_negotiating_per_host=settings.max_negotiating_per_host
+                or max(4, settings.max_associations // 2),
+            )
+        )
         try:
             self.server = make_server(
                 self.ae,
@@ -119,8 +132,10 @@ class Node:
                 + access.guarded(settings.access, services)
                 + self.activity.handlers(),
                 ssl_context=tls,
+                guard=guard,
             )
         except OSError as exc:
+            guard.stop()
             self._close_backends()
             raise NodeRefused(
                 f"cannot listen for DICOM on {settings.host}:{settings.port}: "
