@@ -102,7 +102,14 @@ class Node:
             + find.handlers(self.index, settings.ae_title, settings.pn_case_insensitive)
             + retrieve.handlers(self.index, self.store, peers, settings.move_allowed)
             + commitment.handlers(
-                self.index, self.store, peers, settings.ae_title, self.forwarder.on_report
+                self.index,
+                self.store,
+                peers,
+                settings.ae_title,
+                self.forwarder.on_report,
+                sees_all=lambda calling, address: (
+                    "find" in settings.access.allowed(calling, address)
+                ),
             )
         )
         tls = None
