@@ -55,19 +55,22 @@ class NotAcceptable(ValueError):
 
 def proposal(instances: list[InstanceFacts]) -> list[PresentationContext]:
     """Contexts to propose to a C-MOVE destination (PS3.4 C.4.2.3.1): per SOP class, each
-    stored syntax on a context of its own, so that the peer can accept it alone, and one
-    context with Explicit and Implicit VR Little Endian. More than 128 are split over
-    several associations by :class:`compacs.net.sender.ArchiveAE`."""
+    stored syntax, then Explicit and Implicit VR Little Endian, each on a context of its
+    own. An acceptor chooses one syntax per context in its own order (PS3.8 9.3.3.2), and
+    many prefer Implicit VR, which loses the VRs of private attributes: offered apart,
+    each is accepted on its own and :func:`for_peer` sends the stored syntax, else
+    Explicit. More than 128 are split over several associations by
+    :class:`compacs.net.sender.ArchiveAE`."""
     stored: dict[str, list[str]] = {}
     for inst in instances:
         syntaxes = stored.setdefault(inst["sop_class_uid"], [])
         if inst["transfer_syntax_stored"] not in syntaxes + list(NATIVE_SYNTAXES):
             syntaxes.append(inst["transfer_syntax_stored"])
-    contexts = []
-    for sop_class, syntaxes in stored.items():
-        contexts += [build_context(sop_class, [syntax]) for syntax in syntaxes]
-        contexts.append(build_context(sop_class, list(NATIVE_SYNTAXES)))
-    return contexts
+    return [
+        build_context(sop_class, [syntax])
+        for sop_class, syntaxes in stored.items()
+        for syntax in [*syntaxes, *NATIVE_SYNTAXES]
+    ]
 
 
 def accepted_syntaxes(assoc: Any) -> dict[str, set[str]]:
