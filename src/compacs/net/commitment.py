@@ -21,6 +21,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from compacs.config import Peer
+from compacs.dicom.status import Status, done
 from compacs.index import Index
 from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.storage import BlobStore
@@ -28,9 +29,6 @@ from compacs.storage import BlobStore
 log = logging.getLogger(__name__)
 
 WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"  # PS3.4 J.3.1
-NO_SUCH_OBJECT = 0x0112  # Failure Reason (0008,1197), PS3.4 J.3.3.1.1
-PROCESSING_FAILURE = 0x0110
-CLASS_INSTANCE_CONFLICT = 0x0119
 SAME_ASSOCIATION_GRACE = 0.5  # seconds after the N-ACTION response to notice a release
 
 
@@ -45,9 +43,9 @@ def check(index: Index, store: BlobStore, references: list[Dataset]) -> tuple[li
         item.ReferencedSOPInstanceUID = uid
         location = index.locate(uid) if uid else None
         if location is None:
-            item.FailureReason = NO_SUCH_OBJECT
+            item.FailureReason = Status.NO_SUCH_OBJECT  # PS3.4 J.3.3.1.1
         elif location.sop_class_uid != sop_class:
-            item.FailureReason = CLASS_INSTANCE_CONFLICT
+            item.FailureReason = Status.CLASS_INSTANCE_CONFLICT
         else:
             try:
                 digest = hashlib.sha256(store.get(location.storage_key)).hexdigest()
@@ -55,7 +53,7 @@ def check(index: Index, store: BlobStore, references: list[Dataset]) -> tuple[li
                 digest = ""
             if digest != location.sha256:
                 log.error("storage commitment: %s does not match its SHA-256", uid)
-                item.FailureReason = PROCESSING_FAILURE
+                item.FailureReason = Status.PROCESSING_FAILURE
         (failed if "FailureReason" in item else committed).append(item)
     return committed, failed
 
@@ -87,7 +85,7 @@ def _send_on_new_association(ae_title: str, peer: Peer, info: Dataset, event_typ
         status, _ = assoc.send_n_event_report(
             info, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
         )
-        return "Status" in status and status.Status == 0
+        return "Status" in status and done(int(status.Status))
     finally:
         assoc.release()
 
@@ -127,7 +125,8 @@ def handlers(
         request = event.action_information
         transaction = str(request.get("TransactionUID", ""))
         if event.action_type != 1 or not transaction:
-            return 0x0123 if event.action_type != 1 else 0x0120, None  # no such action / missing
+            missing = Status.NO_SUCH_ACTION if event.action_type != 1 else Status.MISSING_ATTRIBUTE
+            return missing, None
         committed, failed = check(index, store, list(request.get("ReferencedSOPSequence", [])))
         log.info(
             "storage commitment %s from %s: %d committed, %d failed",
@@ -142,12 +141,12 @@ def handlers(
             args=(event.assoc, event.assoc.requestor.ae_title, info, event_type),
             daemon=True,
         ).start()
-        return 0x0000, None
+        return Status.SUCCESS, None
 
     def handle_report(event: Event):
         if on_report is None or event.event_type not in (1, 2):
-            return 0x0113, None  # no such event type
+            return Status.NO_SUCH_EVENT_TYPE, None
         on_report(event.event_information, event.event_type)
-        return 0x0000, None
+        return Status.SUCCESS, None
 
     return [(evt.EVT_N_ACTION, handle_action), (evt.EVT_N_EVENT_REPORT, handle_report)]
