@@ -338,8 +338,9 @@ def test_findscu_matching_rules(plain_node):
 
 
 def test_a_retrieve_needing_over_128_contexts_is_split(node_factory, tmp_path):
-    """70 SOP classes, each proposed with its stored syntax (JPEG-LS) and the native ones:
-    140 contexts, over the 128 a requestor may propose (PS3.8 9.3.2.2): two associations."""
+    """70 SOP classes, each proposed with its stored syntax (JPEG-LS) and the two native
+    ones, a context each: 210 contexts, over the 128 a requestor may propose (PS3.8
+    9.3.2.2): two associations."""
     from compacs.dicom.sop_classes import storage_sop_classes
     from compacs.dicom.syntaxes import accepted_for_storage
 

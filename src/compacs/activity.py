@@ -18,6 +18,8 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.events import Event
 
+from compacs.dicom.status import Category, category
+
 _OPERATIONS = {
     "C_ECHO_RQ": "C-ECHO",
     "C_STORE_RQ": "C-STORE",
@@ -27,7 +29,6 @@ _OPERATIONS = {
     "N_ACTION_RQ": "N-ACTION",
     "N_EVENT_REPORT_RQ": "N-EVENT-REPORT",
 }
-_PENDING = (0xFF00, 0xFF01)
 
 
 def _now() -> str:
@@ -36,9 +37,7 @@ def _now() -> str:
 
 def is_failure(status: int) -> bool:
     """PS3.7 C.1.2: not success, warning, pending or cancel."""
-    if status == 0 or status in _PENDING or status == 0xFE00:
-        return False
-    return not (0xB000 <= status <= 0xBFFF or status in (0x0001, 0x0107, 0x0116))
+    return category(status) is Category.FAILURE
 
 
 class Activity:

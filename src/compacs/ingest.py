@@ -210,6 +210,10 @@ class Ingest:
             attributes = extract(ds)
         except InvalidUID as exc:
             raise Rejected(Status.INVALID_UID, str(exc)) from None
+        except Exception as exc:  # pydicom decodes values lazily: an unknown VR fails here
+            raise Rejected(
+                Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}: {exc}"
+            ) from None
         image = attributes[IMAGE]
         if image["sop_instance_uid"] != sop_instance:
             raise Rejected(

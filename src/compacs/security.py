@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 OPERATIONS = ("echo", "store", "find", "move", "get", "commit")
-NOT_AUTHORIZED = 0x0124  # PS3.7 C.5.3 (general status "Refused: Not Authorized")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ table, so a syntax is added here once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -62,9 +63,58 @@ DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 
+def acceptance_order(proposals: Sequence[Sequence[str]]) -> list[str]:
+    """Every syntax of ``proposals`` once, in the order compacs prefers to accept them.
+
+    ``proposals`` are the transfer syntax lists of the presentation contexts a requestor
+    proposed for one abstract syntax, each most preferred first (PS3.8 9.3.2.2; the
+    acceptor chooses one per context, PS3.8 7.1.1.13). The order:
+
+    1. a context's first syntax when it is encapsulated: the requestor's own compressed
+       data, sent without a transcode (DCMTK and dcm4che propose the file's syntax first);
+       a lossy one only when every context offering it lists it first, so that a lossy
+       syntax never wins over a native one the requestor preferred;
+    2. Explicit VR Little Endian: it carries the VR of every element, private ones
+       included (PS3.5 7.1.2), which Implicit VR loses (PS3.5 7.1.3, A.1);
+    3. the other lossless syntaxes, in the requestor's order;
+    4. Implicit VR Little Endian;
+    5. the lossy ones, in the requestor's order: after every native syntax.
+    """
+    offered = list(dict.fromkeys(uid for syntaxes in proposals for uid in syntaxes))
+    leaders = [
+        syntaxes[0]
+        for syntaxes in proposals
+        if syntaxes and _encapsulated(syntaxes[0]) and _may_lead(syntaxes[0], proposals)
+    ]
+    explicit = [uid for uid in offered if uid == EXPLICIT_VR_LITTLE_ENDIAN]
+    lossless = [uid for uid in offered if _lossless(uid) and uid != IMPLICIT_VR_LITTLE_ENDIAN]
+    lossy = [uid for uid in offered if not _lossless(uid)]
+    implicit = [uid for uid in offered if uid == IMPLICIT_VR_LITTLE_ENDIAN]
+    return list(dict.fromkeys(leaders + explicit + lossless + implicit + lossy))
+
+
+def _encapsulated(uid: str) -> bool:
+    ts = BY_UID.get(uid)
+    return ts is not None and ts.encapsulated
+
+
+def _lossless(uid: str) -> bool:
+    """Unknown syntaxes count as lossy: they never come before a known lossless one."""
+    ts = BY_UID.get(uid)
+    return ts is not None and ts.lossless
+
+
+def _may_lead(uid: str, proposals: Sequence[Sequence[str]]) -> bool:
+    """A lossless syntax may always lead; a lossy one only when no context offering it
+    prefers another syntax."""
+    return _lossless(uid) or all(s[0] == uid for s in proposals if uid in s)
+
+
 def accepted_for_storage() -> list[str]:
-    """Every syntax the C-STORE SCP accepts, uncompressed first (PS3.7 D.3.3.2 preference)."""
-    return [ts.uid for ts in TRANSFER_SYNTAXES]
+    """Every syntax the C-STORE SCP accepts, in the order of :func:`acceptance_order`
+    (Explicit VR Little Endian first, lossy syntaxes last). Each association is negotiated with
+    this order applied to what its requestor proposed (compacs.net.negotiation)."""
+    return acceptance_order([[ts.uid for ts in TRANSFER_SYNTAXES]])
 
 
 def name_of(uid: str) -> str:

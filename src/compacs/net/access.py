@@ -10,8 +10,9 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from compacs import metrics
+from compacs.dicom.status import Status, describe
 from compacs.net.retrieve import MOVE_MODELS
-from compacs.security import NOT_AUTHORIZED, AccessControl
+from compacs.security import AccessControl
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ def permitted(access: AccessControl, event: Event, operation: str) -> bool:
     calling, address = peer(event)
     if operation in access.allowed(calling, address):
         return True
-    log.warning("%s from %s@%s refused: not authorized (0x0124)", operation, calling, address)
+    refusal = describe(Status.NOT_AUTHORIZED)
+    log.warning("%s from %s@%s refused: %s", operation, calling, address, refusal)
     return False
 
 
@@ -45,13 +47,13 @@ def _refusal() -> Dataset:
 def _refuse(kind: str) -> Any:
     """What a refusing handler of this kind returns or yields."""
     if kind == "find":
-        return iter([(NOT_AUTHORIZED, _refusal())])
+        return iter([(Status.NOT_AUTHORIZED, _refusal())])
     if kind == "get":  # pynetdicom wants the number of sub-operations first
-        return iter([1, (NOT_AUTHORIZED, _refusal())])
+        return iter([1, (Status.NOT_AUTHORIZED, _refusal())])
     if kind == "commit":
-        return NOT_AUTHORIZED, None
+        return Status.NOT_AUTHORIZED, None
     response = Dataset()
-    response.Status = NOT_AUTHORIZED
+    response.Status = int(Status.NOT_AUTHORIZED)
     return response
 
 

@@ -21,6 +21,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from compacs.config import Peer
+from compacs.dicom.status import Status, done
 from compacs.index import Index, InstanceLocation
 from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.storage import BlobStore
@@ -28,13 +29,9 @@ from compacs.storage import BlobStore
 log = logging.getLogger(__name__)
 
 WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"  # PS3.4 J.3.1
-NO_SUCH_OBJECT = 0x0112  # Failure Reason (0008,1197), PS3.4 J.3.3.1.1
-PROCESSING_FAILURE = 0x0110
-CLASS_INSTANCE_CONFLICT = 0x0119
 SAME_ASSOCIATION_GRACE = 0.5  # seconds after the N-ACTION response to notice a release
 
 
-RESOURCE_LIMITATION = 0x0213  # N-ACTION failure "Resource limitation", PS3.7 10.1.4.1.10
 MAX_REFERENCES = 10_000
 """References one N-ACTION may carry: each costs a read and a SHA-256 of its object."""
 CHECKS_AT_ONCE = threading.BoundedSemaphore(2)
@@ -79,16 +76,16 @@ def _failure_reason(
     """None when the archive holds ``uid`` whole (PS3.4 J.3.3.1.1 Failure Reasons)."""
     location = index.locate(uid) if uid else None
     if location is None or not visible(location):
-        return NO_SUCH_OBJECT
+        return Status.NO_SUCH_OBJECT  # PS3.4 J.3.3.1.1
     if location.sop_class_uid != sop_class:
-        return CLASS_INSTANCE_CONFLICT
+        return Status.CLASS_INSTANCE_CONFLICT
     try:
         digest = hashlib.sha256(store.get(location.storage_key)).hexdigest()
     except OSError:
         digest = ""
     if digest != location.sha256:
         log.error("storage commitment: %s does not match its SHA-256", uid)
-        return PROCESSING_FAILURE
+        return Status.PROCESSING_FAILURE
     return None
 
 
@@ -119,7 +116,7 @@ def _send_on_new_association(ae_title: str, peer: Peer, info: Dataset, event_typ
         status, _ = assoc.send_n_event_report(
             info, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
         )
-        return "Status" in status and status.Status == 0
+        return "Status" in status and done(int(status.Status))
     finally:
         assoc.release()
 
@@ -182,7 +179,8 @@ def handlers(
         request = event.action_information
         transaction = str(request.get("TransactionUID", ""))
         if event.action_type != 1 or not transaction:
-            return 0x0123 if event.action_type != 1 else 0x0120, None  # no such action / missing
+            missing = Status.NO_SUCH_ACTION if event.action_type != 1 else Status.MISSING_ATTRIBUTE
+            return missing, None
         references = list(request.get("ReferencedSOPSequence", []))
         calling = event.assoc.requestor.ae_title
         if len(references) > MAX_REFERENCES:
@@ -190,11 +188,11 @@ def handlers(
                 "storage commitment %s from %s refused (0x%04X): %d references, at most %d",
                 transaction,
                 calling,
-                RESOURCE_LIMITATION,
+                Status.RESOURCE_LIMITATION,
                 len(references),
                 MAX_REFERENCES,
             )
-            return RESOURCE_LIMITATION, None
+            return Status.RESOURCE_LIMITATION, None
         # the answer is the N-EVENT-REPORT (J.3.3); the N-ACTION response only takes the
         # request, so the reads and hashes happen after it, a bounded number at a time
         threading.Thread(
@@ -208,12 +206,12 @@ def handlers(
             ),
             daemon=True,
         ).start()
-        return 0x0000, None
+        return Status.SUCCESS, None
 
     def handle_report(event: Event):
         if on_report is None or event.event_type not in (1, 2):
-            return 0x0113, None  # no such event type
+            return Status.NO_SUCH_EVENT_TYPE, None
         on_report(event.event_information, event.event_type)
-        return 0x0000, None
+        return Status.SUCCESS, None
 
     return [(evt.EVT_N_ACTION, handle_action), (evt.EVT_N_EVENT_REPORT, handle_report)]

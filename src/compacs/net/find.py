@@ -14,6 +14,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
 )
 
+from compacs.dicom.status import Status
 from compacs.index import Index
 from compacs.query import (
     PATIENT_ROOT,
@@ -29,7 +30,6 @@ MODELS = {
     PatientRootQueryRetrieveInformationModelFind: PATIENT_ROOT,
     StudyRootQueryRetrieveInformationModelFind: STUDY_ROOT,
 }
-PENDING, PENDING_WARNING, CANCEL, UNABLE = 0xFF00, 0xFF01, 0xFE00, 0xC000
 
 
 def find(
@@ -49,10 +49,10 @@ def find(
         failure.ErrorComment = exc.comment[:64]
         yield exc.status, failure
         return
-    status = PENDING_WARNING if query.unsupported else PENDING
+    status = Status.PENDING_WARNING if query.unsupported else Status.PENDING
     for row in index.find(query):
         if is_cancelled():
-            yield CANCEL, None
+            yield Status.CANCEL, None
             return
         yield status, response_identifier(query, row, identifier, ae_title)
 
@@ -65,7 +65,7 @@ def handlers(index: Index, ae_title: str, pn_case_insensitive: bool):
         except Exception as exc:  # an identifier pydicom cannot decode
             failure = Dataset()
             failure.ErrorComment = f"identifier cannot be decoded: {exc}"[:64]
-            yield UNABLE, failure
+            yield Status.CANNOT_UNDERSTAND, failure
             return
         yield from find(
             index, identifier, model, ae_title, pn_case_insensitive, lambda: event.is_cancelled

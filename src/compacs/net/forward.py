@@ -21,6 +21,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from compacs.codecs.convert import convert
 from compacs.config import Peer
+from compacs.dicom.status import Status, describe, done
 from compacs.net.commitment import WELL_KNOWN_INSTANCE
 from compacs.net.sender import ArchiveAE, StoredFile
 from compacs.net.server import REQUESTOR_HANDLERS
@@ -28,9 +29,6 @@ from compacs.routing import STORED
 from compacs.storage import BlobStore
 
 log = logging.getLogger(__name__)
-
-# PS3.4 B.2.3 / PS3.7 C: success, and the warnings that still mean "stored"
-DELIVERED_STATUSES = frozenset({0x0000, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007})
 
 Report = Callable[[Dataset, int], None]
 
@@ -79,7 +77,7 @@ class Link:
 
         def report(event: Any) -> tuple[int, None]:
             on_report(event.event_information, event.event_type)
-            return 0x0000, None
+            return Status.SUCCESS, None
 
         handlers = [*REQUESTOR_HANDLERS, (evt.EVT_N_EVENT_REPORT, report)]
         self.assoc = ae.associate(
@@ -128,10 +126,10 @@ class Link:
         if "Status" not in status:
             return Sent(False, None, target, error="no response: the association was lost")
         code = int(status.Status)
-        if code in DELIVERED_STATUSES:
+        if done(code):  # success, or a warning: stored (PS3.4 B.2.3)
             return Sent(True, code, target, size, uid)
         comment = str(status.get("ErrorComment", "") or "")
-        error = f"refused with status 0x{code:04X}" + (f": {comment}" if comment else "")
+        error = f"refused with status {describe(code)}" + (f": {comment}" if comment else "")
         return Sent(False, code, target, error=error)
 
     def request_commitment(self, transaction: str, references: list[tuple[str, str]]) -> str | None:
@@ -157,8 +155,8 @@ class Link:
         )
         if "Status" not in status:
             return "no response to the Storage Commitment request"
-        if int(status.Status) != 0x0000:
-            return f"Storage Commitment request refused with status 0x{int(status.Status):04X}"
+        if not done(int(status.Status)):
+            return f"Storage Commitment request refused with status {describe(int(status.Status))}"
         return None
 
     def close(self) -> None:

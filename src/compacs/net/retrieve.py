@@ -29,6 +29,7 @@ from compacs.codecs.convert import convert
 from compacs.codecs.table import CODECS
 from compacs.codecs.transcode import NATIVE_SYNTAXES
 from compacs.config import Peer
+from compacs.dicom.status import Status
 from compacs.index import Index, InstanceFacts
 from compacs.net.sender import StoredFile
 from compacs.net.server import REQUESTOR_HANDLERS
@@ -45,7 +46,6 @@ GET_MODELS = {
     PatientRootQueryRetrieveInformationModelGet: PATIENT_ROOT,
     StudyRootQueryRetrieveInformationModelGet: STUDY_ROOT,
 }
-PENDING, CANCEL = 0xFF00, 0xFE00
 UNSENDABLE_SYNTAX = "1.2.840.10008.1.2.4.999.1"  # never negotiated: makes a sub-op fail
 
 
@@ -55,19 +55,22 @@ class NotAcceptable(ValueError):
 
 def proposal(instances: list[InstanceFacts]) -> list[PresentationContext]:
     """Contexts to propose to a C-MOVE destination (PS3.4 C.4.2.3.1): per SOP class, each
-    stored syntax on a context of its own, so that the peer can accept it alone, and one
-    context with Explicit and Implicit VR Little Endian. More than 128 are split over
-    several associations by :class:`compacs.net.sender.ArchiveAE`."""
+    stored syntax, then Explicit and Implicit VR Little Endian, each on a context of its
+    own. An acceptor chooses one syntax per context in its own order (PS3.8 9.3.3.2), and
+    many prefer Implicit VR, which loses the VRs of private attributes: offered apart,
+    each is accepted on its own and :func:`for_peer` sends the stored syntax, else
+    Explicit. More than 128 are split over several associations by
+    :class:`compacs.net.sender.ArchiveAE`."""
     stored: dict[str, list[str]] = {}
     for inst in instances:
         syntaxes = stored.setdefault(inst["sop_class_uid"], [])
         if inst["transfer_syntax_stored"] not in syntaxes + list(NATIVE_SYNTAXES):
             syntaxes.append(inst["transfer_syntax_stored"])
-    contexts = []
-    for sop_class, syntaxes in stored.items():
-        contexts += [build_context(sop_class, [syntax]) for syntax in syntaxes]
-        contexts.append(build_context(sop_class, list(NATIVE_SYNTAXES)))
-    return contexts
+    return [
+        build_context(sop_class, [syntax])
+        for sop_class, syntaxes in stored.items()
+        for syntax in [*syntaxes, *NATIVE_SYNTAXES]
+    ]
 
 
 def accepted_syntaxes(assoc: Any) -> dict[str, set[str]]:
@@ -115,20 +118,21 @@ def sub_operations(
     (C-MOVE through ArchiveAE) objects sent as stored are streamed from their files."""
     for inst in instances:
         if is_cancelled():
-            yield CANCEL, None
+            yield Status.CANCEL, None
             return
         try:
             syntaxes = accepted().get(inst["sop_class_uid"], set())
             path = store.local_path(inst["storage_key"]) if stream else None
             if path is not None and inst["transfer_syntax_stored"] in syntaxes and path.is_file():
                 # sent as stored, streamed from the file without a decode
-                yield PENDING, StoredFile(path, inst["sop_class_uid"], inst["sop_instance_uid"])
+                stored = StoredFile(path, inst["sop_class_uid"], inst["sop_instance_uid"])
+                yield Status.PENDING, stored
                 continue
             data = store.get(inst["storage_key"])
-            yield PENDING, for_peer(data, inst["transfer_syntax_stored"], syntaxes)
+            yield Status.PENDING, for_peer(data, inst["transfer_syntax_stored"], syntaxes)
         except Exception as exc:
             log.warning("sub-operation for %s failed: %s", inst["sop_instance_uid"], exc)
-            yield PENDING, _failed_sub_operation(inst)
+            yield Status.PENDING, _failed_sub_operation(inst)
 
 
 def _query(index: Index, identifier: Dataset, model: str) -> list[InstanceFacts]:

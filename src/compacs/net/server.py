@@ -25,6 +25,7 @@ from compacs import metrics
 from compacs.dicom.sop_classes import storage_sop_classes
 from compacs.dicom.syntaxes import accepted_for_storage
 from compacs.net.guard import ConnectionGuard
+from compacs.net.negotiation import prefer_on_request
 from compacs.net.reactor_guard import keep_responses_on_open
 from compacs.net.sender import ArchiveAE
 
@@ -44,7 +45,8 @@ class _ReadOnlyContexts(list):
     """pynetdicom deep-copies the acceptor's supported contexts for every association:
     with ~210 SOP classes x 20 transfer syntaxes that took ~40 ms of each association's
     setup. Negotiation (presentation.negotiate_as_acceptor) only reads them, so every
-    association shares the same context objects."""
+    association shares the same context objects; EVT_REQUESTED handlers that narrow or
+    reorder them (net/negotiation.py, net/access.py) build new lists and contexts."""
 
     def __deepcopy__(self, memo: dict) -> list:
         return list(self)
@@ -141,10 +143,11 @@ def end_negotiation_on_close(event) -> None:
         assoc.dul.to_user_queue.put(None)
 
 
-# Acceptor side: the reactor guard, associations by outcome for the metrics endpoint, and
-# the above.
+# Acceptor side: the reactor guard, the transfer syntax preference for what the requestor
+# proposed, associations by outcome for the metrics endpoint, and the above.
 ACCEPTOR_HANDLERS = [
     (evt.EVT_CONN_OPEN, keep_responses_on_open),
+    (evt.EVT_REQUESTED, prefer_on_request),
     (evt.EVT_CONN_CLOSE, end_negotiation_on_close),
     (evt.EVT_ESTABLISHED, _counted("established")),
     (evt.EVT_REJECTED, _counted("rejected")),
@@ -156,7 +159,8 @@ def build_ae(
     ae_title: str, *, max_pdu: int, max_associations: int, timeouts: dict[str, float]
 ) -> AE:
     """An AE accepting Verification and every storage SOP class (see ``sop_classes``), each
-    with every transfer syntax a modality may send (PS3.5 Annex A)."""
+    with every transfer syntax a modality may send (PS3.5 Annex A); the order in which they
+    are accepted is set per association by ``prefer_on_request``."""
     ae = ArchiveAE(ae_title=ae_title)
     ae.maximum_pdu_size = max_pdu
     ae.maximum_associations = max_associations

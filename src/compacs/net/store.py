@@ -11,6 +11,7 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from compacs import metrics
+from compacs.dicom.status import category
 from compacs.ingest import Ingest, Received
 
 
@@ -27,7 +28,7 @@ def make_store_handler(ingest: Ingest):
             called_ae=assoc.acceptor.ae_title,
         )
         outcome = ingest.receive(received)
-        metrics.STORES.inc(outcome=_category(outcome.status))
+        metrics.STORES.inc(outcome=category(outcome.status).value)
         if outcome.ok:
             metrics.BYTES_RECEIVED.inc(len(received.dataset))
         response = Dataset()
@@ -37,15 +38,6 @@ def make_store_handler(ingest: Ingest):
         return response
 
     return handle_store
-
-
-def _category(status: int) -> str:
-    """PS3.7 C.1.2: 0x0000 success, 0xB000-0xBFFF (and 0x0001, 0x0107, 0x0116) warning."""
-    if status == 0x0000:
-        return "success"
-    if 0xB000 <= status <= 0xBFFF or status in (0x0001, 0x0107, 0x0116):
-        return "warning"
-    return "failure"
 
 
 def handlers(ingest: Ingest):
