@@ -29,8 +29,10 @@ serve: $(VENV)/.installed
 # Debian's dcmtk provides the independent DICOM clients the tests talk to the node with;
 # Debian's orthanc is the real downstream PACS of the gateway tests and a benchmark peer;
 # Debian's postgresql provides the server the scale-out tests start in a temporary folder.
-# A temporary policy-rc.d keeps orthanc's package from starting a system service (the
-# tests start their own instances on free 127.0.0.1 ports); it is removed afterwards.
+# A temporary policy-rc.d keeps orthanc's and postgresql's packages from starting a system
+# service (the tests start their own instances on free 127.0.0.1 ports); it is removed
+# afterwards, and the services those packages enabled are disabled again: the host's boot
+# is left as it was (a system orthanc would take 8042, compacs's web port).
 # Debian's chromium is the browser the web tests drive with Playwright.
 # Debian's dicom3tools provides dciodvfy, the IOD validator the fidelity tests read output with.
 deps-system:
@@ -50,6 +52,12 @@ deps-system:
 		fi; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 		status=$$?; \
+		for service in orthanc postgresql; do \
+			case " $$missing " in *" $$service "*) \
+				$$SUDO systemctl disable --quiet $$service >/dev/null 2>&1 \
+					|| $$SUDO update-rc.d $$service disable >/dev/null 2>&1 || true;; \
+			esac; \
+		done; \
 		[ -z "$$created" ] || $$SUDO rm -f /usr/sbin/policy-rc.d; \
 		exit $$status; \
 	fi

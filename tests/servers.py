@@ -79,6 +79,36 @@ class PostgresServer:
         head, _, _ = self.admin_url.rpartition("/")
         return f"{head}/{name}"
 
+    def connections(self, database_url: str) -> int:
+        """Client connections open to the database of ``database_url``."""
+        import psycopg
+
+        name = database_url.rpartition("/")[2]
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)
+            ).fetchone()
+        return n
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (``resume`` starts it again)."""
+        assert not self.external, "an external server is not ours to stop"
+        subprocess.run(
+            self._as_postgres(*self._pg_ctl, "-m", "fast", "-w", "stop"),
+            check=True,
+            capture_output=True,
+        )
+
+    def resume(self) -> None:
+        options = f"-k {self.proc_dir} -p {self.port} -c listen_addresses=127.0.0.1"
+        subprocess.run(
+            self._as_postgres(
+                *self._pg_ctl, "-o", options, "-w", "-l", str(self.proc_dir / "log"), "start"
+            ),
+            check=True,
+            capture_output=True,
+        )
+
     def stop(self) -> None:
         if not self.external:
             subprocess.run(

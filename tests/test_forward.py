@@ -226,8 +226,20 @@ def test_forward_by_hand_and_delete(node_factory, tmp_path):
     assert node.cli("forward", "--study", study_uid, "--to", "UNKNOWN").returncode == 2
 
     before = {p for p in (node.data_dir / "store").rglob("*.dcm")}
-    result = node.cli("delete", "--series", str(series[0].SeriesInstanceUID))
+    series_uid = str(series[0].SeriesInstanceUID)
+    result = node.cli("delete", "--series", series_uid, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "would delete 3 instance(s) of 1 study(ies)" in result.stdout
+    # no terminal and no --yes: refused, nothing gone
+    result = node.cli("delete", "--series", series_uid)
+    assert result.returncode == 2 and "give --yes" in result.stderr
+    assert {p for p in (node.data_dir / "store").rglob("*.dcm")} == before
+    result = node.cli("delete", "--series", series_uid, "--yes")
     assert result.returncode == 0 and "deleted 3 instance(s)" in result.stdout
+    # logged by UIDs, never by the patient's name or ID
+    for ds in series:
+        assert f"deleted instance {ds.SOPInstanceUID} of study {study_uid}" in result.stderr
+        assert str(ds.PatientName) not in result.stderr and str(ds.PatientID) not in result.stderr
     after = {p for p in (node.data_dir / "store").rglob("*.dcm")}
     assert len(before - after) == 3 and len(after) == 2
     stats = node.stats()

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
+import time
 import urllib.request
 
 import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from compacs import __version__
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import ROOT, free_port, run_cli, write_config
+from tests.conftest import ROOT, NodeProcess, echo, free_port, run_cli, write_config
 from tests.scu import send_datasets
 
 
@@ -92,7 +98,7 @@ def test_metrics_endpoint_counts_what_happens(node_factory, tmp_path):
         f'[node]\nlog_format = "json"\n[metrics]\nport = {port}\n[compression]\nwhen = "ingest"\n',
     )
     node = node_factory(config=config)
-    series = list(ct_series(3, 64, 64, seed=12))
+    series = list(ct_series(3, 512, 512, seed=12))  # > 10**6 bytes: seven digits or more
     assert send_datasets(node.port, series) == [Status.SUCCESS] * 3
     m = metrics_text(port)
     assert m['compacs_stores_total{outcome="success"}'] == 3
@@ -102,6 +108,29 @@ def test_metrics_endpoint_counts_what_happens(node_factory, tmp_path):
     assert m['compacs_compressions_total{result="compressed",syntax="1.2.840.10008.1.2.4.80"}'] == 3
     assert m["compacs_compression_seconds_total"] > 0
     assert m["compacs_stored_bytes"] < m["compacs_received_bytes"]
+    # exact values: the received bytes are the index's own number, digit for digit
+    stats = node.stats()
+    assert m["compacs_received_bytes"] == stats["bytes_received"] > 10**6
+    assert m['compacs_compression_instances{state="compressed"}'] == 3
+    assert m["compacs_disk_free_bytes"] > 0
+    assert m['compacs_build_info{version="' + __version__ + '"}'] == 1
+    assert 0 < time.time() - m["process_start_time_seconds"] < 600
+    # query/retrieve: counts and durations per service
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="COMPACS")
+    query = Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", ""
+    for _ in range(2):
+        assert [
+            int(s.Status)
+            for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+        ] == [0xFF00, 0]
+    assoc.release()
+    m = metrics_text(port)
+    assert m['compacs_dimse_requests_total{outcome="completed",service="C-FIND"}'] == 2
+    assert m['compacs_dimse_request_seconds_count{service="C-FIND"}'] == 2
+    assert m['compacs_dimse_request_seconds_bucket{le="+Inf",service="C-FIND"}'] == 2
     # the listener is on 127.0.0.1 only
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://{_other_address()}:{port}/metrics", timeout=2)
@@ -124,3 +153,39 @@ def _other_address() -> str:
         except OSError:
             address = "192.0.2.1"
     return "192.0.2.1" if address.startswith("127.") else address
+
+
+def test_a_taken_dicom_port_is_named_in_one_line_and_exit_2(tmp_path):
+    """The first day: a port another program holds gives a sentence, not a traceback."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_cli(
+            "serve", "--data-dir", str(tmp_path / "d"), "--host", "127.0.0.1",
+            "--port", str(port), "--http-port", "0",
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot listen for DICOM on 127.0.0.1:{port}" in result.stderr
+    assert "--port" in result.stderr
+    # and the data directory it did not keep is free for the next node
+    result = run_cli("stats", "--data-dir", str(tmp_path / "d"), "--json")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_second_node_on_a_data_directory_in_use_is_refused(node_factory, tmp_path):
+    first = node_factory("shared")
+    second = NodeProcess(first.data_dir)
+    result = subprocess.run(second.command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"data directory {first.data_dir} is in use by another compacs serve" in result.stderr
+    assert f"pid {first.proc.pid}" in result.stderr
+    assert echo(first.port) == 0  # the first node never noticed
+
+    # a kill -9 leaves no stale lock: the kernel drops it with the process
+    first.stop(signal.SIGKILL)
+    assert node_factory("shared").is_running()

@@ -276,3 +276,60 @@ def test_reindex_rebuilds_a_postgresql_index_from_the_bucket(postgres, s3, tmp_p
 
     original = rows(index_url)
     assert len(original) == 6 and rows(rebuilt_url) == original
+
+
+def test_500_associations_keep_postgresql_connections_bounded(postgres, tmp_path):
+    """pynetdicom runs each association in a thread of its own: a reader connection kept
+    per thread leaked one per association, until PostgreSQL's max_connections (100)
+    refused every C-STORE from about the 98th association on."""
+    index_url = postgres.database()
+    node = node_on(tmp_path, "n", index_url, (tmp_path / "store").as_uri()).start()
+    try:
+        series = list(ct_series(500, 16, 16, seed=320, patient_id="MANY"))
+        statuses = [send_datasets(node.port, [ds])[0] for ds in series]  # one association each
+        assert statuses == [Status.SUCCESS] * 500
+        assert find_study_uids(node, "MANY") == [str(series[0].StudyInstanceUID)]
+        connections = postgres.connections(index_url)
+        print(f"\nPostgreSQL connections after 500 associations: {connections}")
+        # at most the pool's 8 readers and the index writer; never one per association
+        assert connections <= 9
+    finally:
+        node.stop()
+
+
+def test_the_node_recovers_by_itself_when_postgresql_restarts(tmp_path):
+    """While the database is away stores are refused with 0xA700 (Out of Resources, as the
+    README says), and once it is back the node stores and compresses again, no restart."""
+    from tests.servers import PostgresServer
+
+    server = PostgresServer()
+    if server.external:  # this test stops and starts the server: it needs its own
+        server.external = None
+        server.admin_url = f"postgresql://compacs@127.0.0.1:{server.port}/postgres"
+    server.start()
+    try:
+        index_url = server.database()
+        node = node_on(tmp_path, "n", index_url, (tmp_path / "store").as_uri()).start()
+        try:
+            series = list(ct_series(6, 64, 64, seed=330, patient_id="RESTART"))
+            assert send_datasets(node.port, series[:2]) == [Status.SUCCESS] * 2
+            server.pause()
+            assert send_datasets(node.port, series[2:3]) == [Status.OUT_OF_RESOURCES]
+            server.resume()
+            back = time.monotonic()
+            status = None
+            while time.monotonic() - back < 60 and status != Status.SUCCESS:
+                status = send_datasets(node.port, series[3:4])[0]
+                if status != Status.SUCCESS:
+                    assert status == Status.OUT_OF_RESOURCES
+                    time.sleep(0.5)
+            recovered = time.monotonic() - back
+            assert status == Status.SUCCESS
+            assert send_datasets(node.port, series[4:]) == [Status.SUCCESS] * 2
+            stats = wait_settled(index_url, 5)
+            assert stats["instances"] == 5 and stats["compression"] == {"compressed": 5}
+            print(f"\nstoring again {recovered:.1f} s after PostgreSQL came back")
+        finally:
+            node.stop()
+    finally:
+        server.stop()

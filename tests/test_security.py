@@ -120,13 +120,16 @@ def test_silent_connections_do_not_stop_tls_associations(tls_node, pki):
         for s in silent:
             s.close()
     half = socket.create_connection(("127.0.0.1", tls_node.port), timeout=30)  # silent
-    deadline = time.monotonic() + 30
-    while "timed out" not in tls_node.log() and time.monotonic() < deadline:
-        time.sleep(0.2)
     assert half.recv(1) == b""  # closed by the node after the ACSE timeout
     half.close()
-    failures = [line for line in tls_node.log().splitlines() if "TLS handshake with" in line]
-    assert any("timed out" in line for line in failures), failures
+    # by the handshake's own timeout, or by the negotiation reaper (net/guard), whichever
+    # of the two, both set to the ACSE timeout, comes first; either way the log says so
+    lines = tls_node.log().splitlines()
+    assert any(
+        ("TLS handshake with" in line and "timed out" in line)
+        or ("not negotiated within" in line and "(ACSE timeout)" in line)
+        for line in lines
+    ), lines[-5:]
     assert echo(tls_node.port, tls=tls_client(pki)) == Status.SUCCESS
 
 
@@ -220,9 +223,20 @@ def test_association_limit_rejects_transiently(node_factory, tmp_path):
     )
     ae = AE(ae_title="HOLDER")
     ae.add_requested_context(Verification)
-    held = [ae.associate("127.0.0.1", node.port, ae_title="COMPACS") for _ in range(2)]
+    # The readiness probe's association may still be ending when the first two arrive (the
+    # test failed once so under load): hold two established ones, however many tries
+    # that takes, then the third must be refused.
+    held: list = []
+    for _ in range(100):
+        if len(held) == 2:
+            break
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="COMPACS")
+        if assoc.is_established:
+            held.append(assoc)
+        else:
+            time.sleep(0.1)
     try:
-        assert all(a.is_established for a in held)
+        assert len(held) == 2
         third = ae.associate("127.0.0.1", node.port, ae_title="COMPACS")
         assert third.is_rejected
         rj = third.acceptor.primitive

@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="delete instances from the index and the store")
     _common(delete)
     _selection(delete)
+    delete.add_argument(
+        "--dry-run", action="store_true", help="say what would be deleted, delete nothing"
+    )
+    delete.add_argument(
+        "--yes", action="store_true", help="delete without asking (scripts; no terminal)"
+    )
     _integrity_parsers(sub)
     return parser
 
@@ -217,12 +223,12 @@ def cmd_check_config(settings: Settings, path: Path | None) -> int:
 
 
 def cmd_serve(settings: Settings) -> int:
-    from compacs.node import Node
+    from compacs.node import Node, NodeRefused
     from compacs.web.server import WebRefused
 
     try:
         node = Node(settings)
-    except WebRefused as exc:
+    except (NodeRefused, WebRefused) as exc:
         print(f"compacs: {exc}", file=sys.stderr)
         return 2
     node.install_signal_handlers()
@@ -420,8 +426,8 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
         if not any(chosen.values()):
             print("compacs: give --patient, --study, --series or --instance", file=sys.stderr)
             return 2
-        pks = gateway.selected(index, chosen)
-        if not pks:
+        instances = gateway.selected(index, chosen)
+        if not instances:
             print("compacs: no stored instance matches", file=sys.stderr)
             return 1
         if args.command == "forward":
@@ -430,18 +436,40 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
             except RuleError as exc:
                 print(f"compacs: --to: {exc}", file=sys.stderr)
                 return 2
-            n = gateway.forward(index, pks, destination)
+            n = gateway.forward(index, [i.pk for i in instances], destination)
             print(f"queued {n} instance(s) for {destination}")
             return 0
+        what = gateway.describe(instances)
+        if args.dry_run:
+            print(f"would delete {what} (dry run: nothing deleted)")
+            return 0
+        if not args.yes and not _confirmed(f"delete {what}? This cannot be undone [y/N] "):
+            return 2
         store = open_store(settings.resolved_store_url)
         try:
-            n = gateway.delete(index, store, pks)
+            n = gateway.delete(index, store, instances)
         finally:
             store.close()
         print(f"deleted {n} instance(s)")
         return 0
     finally:
         index.close()
+
+
+def _confirmed(question: str) -> bool:
+    """The admin's yes on a terminal; without one (a script), --yes is required."""
+    if not sys.stdin.isatty():
+        print(
+            "compacs: delete asks for confirmation and there is no terminal: give --yes "
+            "(or --dry-run to see what would be deleted)",
+            file=sys.stderr,
+        )
+        return False
+    answer = input(question).strip().lower()
+    if answer not in ("y", "yes"):
+        print("compacs: nothing deleted", file=sys.stderr)
+        return False
+    return True
 
 
 def _queue(index, args: argparse.Namespace) -> int:

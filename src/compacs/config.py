@@ -66,6 +66,10 @@ class Settings:
     duplicates: Duplicates = Duplicates.KEEP_FIRST
     max_pdu: int = 262144
     max_associations: int = 32
+    max_negotiating: int | None = None
+    """Connections not yet established, in all (None: max_associations, at least 4)."""
+    max_negotiating_per_host: int | None = None
+    """Connections not yet established from one host (None: max_associations / 2, >= 4)."""
     acse_timeout: float = 30.0
     dimse_timeout: float = 120.0
     network_timeout: float = 300.0
@@ -139,6 +143,13 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
             "0 (unlimited) or 4096..4294967295 bytes",
         ),
         "max_associations": ("max_associations", (int,), lambda v: 1 <= v <= 1000, "1..1000"),
+        "max_negotiating": ("max_negotiating", (int,), lambda v: 1 <= v <= 1000, "1..1000"),
+        "max_negotiating_per_host": (
+            "max_negotiating_per_host",
+            (int,),
+            lambda v: 1 <= v <= 1000,
+            "1..1000",
+        ),
         "acse_timeout": ("acse_timeout", (int, float), lambda v: v > 0, "seconds > 0"),
         "dimse_timeout": ("dimse_timeout", (int, float), lambda v: v > 0, "seconds > 0"),
         "network_timeout": ("network_timeout", (int, float), lambda v: v > 0, "seconds > 0"),

@@ -7,26 +7,36 @@ transaction, with objects deleted only after the rows that referenced them are g
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any, TextIO
 
 from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
-from compacs.index import Forward, Index
+from compacs.index import Forward, Index, Selected
 from compacs.index.forward_sql import COMMITTING, DONE, FAILED, PENDING, SENDING
 from compacs.routing import DEFAULT_SYNTAXES, syntax_uids
 from compacs.storage import BlobStore
 
+log = logging.getLogger(__name__)
+
 LEVEL_OPTIONS = {"patient": PATIENT, "study": STUDY, "series": SERIES, "instance": IMAGE}
 
 
-def selected(index: Index, selection: dict[str, str | None]) -> list[int]:
-    """Instance pks under the UIDs given per level (``--study``, ``--series``, ...)."""
-    pks: list[int] = []
+def selected(index: Index, selection: dict[str, str | None]) -> list[Selected]:
+    """The instances under the UIDs given per level (``--study``, ``--series``, ...)."""
+    chosen: dict[int, Selected] = {}
     for option, level in LEVEL_OPTIONS.items():
         uid = selection.get(option)
         if uid:
-            pks += [pk for pk in index.instances_under(level, uid) if pk not in pks]
-    return pks
+            chosen.update((s.pk, s) for s in index.instances_under(level, uid))
+    return list(chosen.values())
+
+
+def describe(instances: list[Selected]) -> str:
+    """``N instance(s) of S study(ies), X MiB stored``: what a deletion would remove."""
+    studies = len({s.study_uid for s in instances})
+    stored = sum(s.bytes_stored for s in instances) / 2**20
+    return f"{len(instances)} instance(s) of {studies} study(ies), {stored:.1f} MiB stored"
 
 
 def forward(index: Index, pks: list[int], destination: str) -> int:
@@ -35,14 +45,20 @@ def forward(index: Index, pks: list[int], destination: str) -> int:
     return index.enqueue_forwards(pks, Forward(destination=destination, syntaxes=syntaxes))
 
 
-def delete(index: Index, store: BlobStore, pks: list[int]) -> int:
-    """Remove instances: the row (and its queue items) first, then the object."""
+def delete(index: Index, store: BlobStore, instances: list[Selected]) -> int:
+    """Remove instances: the row (and its queue items) first, then the object. Each one is
+    logged by its UIDs (never by a patient's name or ID: the log is no place for PHI)."""
     removed = 0
-    for pk in pks:
-        key = index.delete_instance(pk)
+    for instance in instances:
+        key = index.delete_instance(instance.pk)
         if key is not None:
             store.delete(key)
             removed += 1
+            log.info(
+                "deleted instance %s of study %s (compacs delete)",
+                instance.sop_instance_uid,
+                instance.study_uid,
+            )
     return removed
 
 

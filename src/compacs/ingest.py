@@ -133,7 +133,7 @@ class Ingest:
     def _receive(self, rx: Received) -> Outcome:
         data, attributes = self._checked(rx)
         sop_instance = attributes[IMAGE]["sop_instance_uid"]
-        if self.duplicates is Duplicates.KEEP_FIRST and self.index.locate(sop_instance):
+        if self.duplicates is Duplicates.KEEP_FIRST and self._known(sop_instance):
             log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
             return Outcome(Status.SUCCESS)
 
@@ -182,6 +182,12 @@ class Ingest:
             self.forward_queued()
         return Outcome(Status.SUCCESS)
 
+    def _known(self, sop_instance: str) -> bool:
+        try:
+            return self.index.locate(sop_instance) is not None
+        except IndexUnavailable as exc:
+            raise Rejected(Status.OUT_OF_RESOURCES, str(exc)) from None
+
     def _checked(self, rx: Received) -> tuple[bytes, dict]:
         """The Part 10 bytes to store and the indexed attributes, or Rejected."""
         try:
@@ -204,6 +210,10 @@ class Ingest:
             attributes = extract(ds)
         except InvalidUID as exc:
             raise Rejected(Status.INVALID_UID, str(exc)) from None
+        except Exception as exc:  # pydicom decodes values lazily: an unknown VR fails here
+            raise Rejected(
+                Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}: {exc}"
+            ) from None
         image = attributes[IMAGE]
         if image["sop_instance_uid"] != sop_instance:
             raise Rejected(

@@ -1,118 +1,144 @@
-"""Prometheus metrics: counters the services increment, gauges read from the index at
-scrape time, served as text exposition format 0.0.4 on ``/metrics``.
+"""Prometheus metrics on ``/metrics``: counters the services increment, histograms of DIMSE
+request durations, and gauges read from the index and the disk at scrape time.
 
-Kept to the few types compacs needs (counters with labels, and gauges computed on
-demand) rather than a client library: the format is a dozen lines.
+Built on ``prometheus-client``, the ecosystem's own library: exact sample values (the
+hand-written exposition this replaces printed ``2.87666e+07`` for 28766620 bytes), the
+standard process metrics (CPU, memory, start time, open files), and the text format
+Prometheus and its scrapers expect, maintained upstream.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import prometheus_client
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from compacs import __version__
 
 log = logging.getLogger(__name__)
 
-Labels = tuple[tuple[str, str], ...]
+# ``_created`` samples per counter double the output and help no dashboard
+prometheus_client.disable_created_metrics()
+
+REGISTRY = CollectorRegistry()
+"""compacs's own registry: what one node exposes, nothing a library registered globally."""
+ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, _resident_memory_bytes, ...
+Info("compacs_build", "The running compacs.", registry=REGISTRY).info({"version": __version__})
 
 
-class Counter:
-    def __init__(self, name: str, help_text: str) -> None:
-        self.name, self.help = name, help_text
-        self._values: dict[Labels, float] = defaultdict(float)
-        self._lock = threading.Lock()
+class LabelledCounter:
+    """A counter incremented as ``COUNTER.inc(amount, label=value, ...)``."""
+
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
+        self._counter = Counter(name, help_text, labels, registry=REGISTRY)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            self._values[key] += amount
-
-    def samples(self) -> list[tuple[Labels, float]]:
-        with self._lock:
-            return list(self._values.items())
+        (self._counter.labels(**labels) if labels else self._counter).inc(amount)
 
 
-ASSOCIATIONS = Counter("compacs_associations_total", "Associations by outcome.")
-STORES = Counter("compacs_stores_total", "C-STORE requests by status category.")
-BYTES_RECEIVED = Counter("compacs_received_bytes_total", "Bytes of data sets received.")
-CODEC_SECONDS = Counter(
-    "compacs_compression_seconds_total", "Seconds spent compressing (encode and verify)."
+# prometheus-client appends _total to counter names
+ASSOCIATIONS = LabelledCounter("compacs_associations", "Associations by outcome.", ("outcome",))
+STORES = LabelledCounter("compacs_stores", "C-STORE requests by status category.", ("outcome",))
+BYTES_RECEIVED = LabelledCounter("compacs_received_bytes", "Bytes of data sets received.")
+CODEC_SECONDS = LabelledCounter(
+    "compacs_compression_seconds", "Seconds spent compressing (encode and verify)."
 )
-CODEC_RUNS = Counter("compacs_compressions_total", "Compression jobs by result and syntax.")
-COUNTERS = (ASSOCIATIONS, STORES, BYTES_RECEIVED, CODEC_SECONDS, CODEC_RUNS)
-
-Gauges = Callable[[], list[tuple[str, str, Labels, float]]]
-"""(name, help, labels, value) read at scrape time."""
-
-
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    escaped = (
-        (k, v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")) for k, v in labels
-    )
-    return "{" + ",".join(f'{k}="{v}"' for k, v in escaped) + "}"
-
-
-def exposition(gauges: Gauges) -> str:
-    lines: list[str] = []
-    for counter in COUNTERS:
-        lines += [f"# HELP {counter.name} {counter.help}", f"# TYPE {counter.name} counter"]
-        lines += [f"{counter.name}{_labels(k)} {v:g}" for k, v in sorted(counter.samples())]
-    seen: set[str] = set()
-    for name, help_text, labels, value in gauges():
-        if name not in seen:
-            seen.add(name)
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        lines.append(f"{name}{_labels(labels)} {value:g}")
-    return "\n".join(lines) + "\n"
+CODEC_RUNS = LabelledCounter(
+    "compacs_compressions", "Compression jobs by result and syntax.", ("result", "syntax")
+)
+DIMSE_REQUESTS = LabelledCounter(
+    "compacs_dimse_requests",
+    "C-FIND, C-MOVE and C-GET requests by service and how they ended.",
+    ("service", "outcome"),
+)
+DIMSE_SECONDS = Histogram(
+    "compacs_dimse_request_seconds",
+    "Duration of C-FIND, C-MOVE and C-GET requests, from request to final response.",
+    ("service",),
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
 
 
-def index_gauges(stats: Callable[[], dict]) -> Gauges:
-    """Gauges from the index's ``stats()`` document."""
+class _IndexCollector(Collector):
+    """Gauges read at scrape time: the index's ``stats()`` document and the disk."""
 
-    def read() -> list[tuple[str, str, Labels, float]]:
-        s = stats()
-        out = [
-            ("compacs_instances", "Instances stored.", (), s["instances"]),
-            ("compacs_stored_bytes", "Bytes stored.", (), s["bytes_stored"]),
-            (
-                "compacs_received_bytes",
-                "Bytes as received, of those stored.",
-                (),
-                s["bytes_received"],
-            ),
-            ("compacs_compression_pending", "Compression queue length.", (), s["pending"]),
-        ]
-        for destination, entry in s.get("forwarding", {}).items():
-            for state, n in entry.items():
+    def __init__(self, stats: Callable[[], dict], disk: Path | None) -> None:
+        self.stats = stats
+        self.disk = disk
+
+    def describe(self) -> list:
+        return []  # names are known only from the index; no duplicate check needed
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        s = self.stats()
+        for name, help_text, key in (
+            ("compacs_instances", "Instances stored.", "instances"),
+            ("compacs_stored_bytes", "Bytes stored.", "bytes_stored"),
+            ("compacs_received_bytes", "Bytes as received, of those stored.", "bytes_received"),
+            ("compacs_compression_pending", "Compression queue length.", "pending"),
+        ):
+            yield GaugeMetricFamily(name, help_text, value=s[key])
+        states = GaugeMetricFamily(
+            "compacs_compression_instances", "Instances per compression state.", labels=["state"]
+        )
+        for state, n in sorted((s.get("compression") or {}).items()):
+            states.add_metric([str(state)], n)
+        yield states
+        forwards = GaugeMetricFamily(
+            "compacs_forward_items", "Forwarding queue items.", labels=["destination", "state"]
+        )
+        for destination, entry in sorted(s.get("forwarding", {}).items()):
+            for state, n in sorted(entry.items()):
                 if state != "bytes_sent":
-                    labels = (("destination", destination), ("state", state))
-                    out.append(("compacs_forward_items", "Forwarding queue items.", labels, n))
-        return out
-
-    return read
+                    forwards.add_metric([destination, state], n)
+        yield forwards
+        if self.disk is not None:
+            usage = shutil.disk_usage(self.disk)
+            yield GaugeMetricFamily(
+                "compacs_disk_free_bytes", "Free bytes on the data directory's disk.", usage.free
+            )
 
 
 class MetricsServer:
     """``GET /metrics`` on its own port (127.0.0.1 by default), in a daemon thread."""
 
-    def __init__(self, host: str, port: int, gauges: Gauges) -> None:
+    def __init__(
+        self, host: str, port: int, stats: Callable[[], dict], disk: Path | None = None
+    ) -> None:
+        collector = _IndexCollector(stats, disk)
+        REGISTRY.register(collector)
+        self._collector = collector
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404)
                     return
                 try:
-                    body = exposition(gauges).encode()
+                    body = generate_latest(REGISTRY)
                 except Exception:
                     log.exception("metrics scrape failed")
                     self.send_error(500)
                     return
                 self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -120,7 +146,11 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:  # quiet
                 pass
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError:
+            REGISTRY.unregister(collector)
+            raise
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
 
     @property
@@ -133,3 +163,4 @@ class MetricsServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        REGISTRY.unregister(self._collector)

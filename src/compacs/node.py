@@ -20,13 +20,19 @@ from compacs.ingest import Ingest
 from compacs.jobs.compress import Compressor
 from compacs.jobs.forward import Forwarder
 from compacs.jobs.workers import CompressionWorkers
-from compacs.metrics import MetricsServer, index_gauges
-from compacs.net import access, commitment, echo, find, retrieve, store
+from compacs.lockfile import InUse, serving_locks
+from compacs.metrics import MetricsServer
+from compacs.net import access, commitment, echo, find, instrument, retrieve, store
+from compacs.net.guard import ConnectionGuard, Limits
 from compacs.net.server import ACCEPTOR_HANDLERS, build_ae, make_server
 from compacs.security import server_tls_context
 from compacs.storage import open_store
 
 log = logging.getLogger(__name__)
+
+
+class NodeRefused(RuntimeError):
+    """The node must not start: its data directory is in use, or its port is taken."""
 
 
 class Node:
@@ -39,6 +45,13 @@ class Node:
         # the file's data set instead of decoding and re-encoding it
         pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._locks = serving_locks(settings.data_dir, settings.resolved_index_url)
+        try:
+            for lock in self._locks:
+                lock.acquire()
+        except InUse as exc:
+            self._release_locks()
+            raise NodeRefused(str(exc)) from None
         self.store = open_store(settings.resolved_store_url)
         leftovers = self.store.recover()
         self.index = open_index(settings.resolved_index_url)
@@ -83,13 +96,20 @@ class Node:
         self.activity = Activity()  # recent associations and errors, for the web page
         self._activity_log = self.activity.log_handler()
         logging.getLogger("compacs").addHandler(self._activity_log)
-        services = (
+        services = instrument.timed(
             echo.HANDLERS
             + store.handlers(self.ingest)
             + find.handlers(self.index, settings.ae_title, settings.pn_case_insensitive)
             + retrieve.handlers(self.index, self.store, peers, settings.move_allowed)
             + commitment.handlers(
-                self.index, self.store, peers, settings.ae_title, self.forwarder.on_report
+                self.index,
+                self.store,
+                peers,
+                settings.ae_title,
+                self.forwarder.on_report,
+                sees_all=lambda calling, address: (
+                    "find" in settings.access.allowed(calling, address)
+                ),
             )
         )
         tls = None
@@ -97,26 +117,64 @@ class Node:
             tls = server_tls_context(
                 settings.tls_certificate, settings.tls_key, settings.tls_client_ca
             )
-        self.server = make_server(
-            self.ae,
-            settings.host,
-            settings.port,
-            ACCEPTOR_HANDLERS
-            + access.handlers(settings.access)
-            + access.guarded(settings.access, services)
-            + self.activity.handlers(),
-            ssl_context=tls,
+        guard = ConnectionGuard(
+            Limits(
+                acse_timeout=settings.acse_timeout,
+                network_timeout=settings.network_timeout,
+                max_pdu=settings.max_pdu,
+                # at least 4: a peer may open its next association the moment it reads
+                # the A-ASSOCIATE-AC, a moment before the previous one counts as established
+                max_negotiating=settings.max_negotiating or max(4, settings.max_associations),
+                max_negotiating_per_host=settings.max_negotiating_per_host
+                or max(4, settings.max_associations // 2),
+            )
         )
+        try:
+            self.server = make_server(
+                self.ae,
+                settings.host,
+                settings.port,
+                ACCEPTOR_HANDLERS
+                + access.handlers(settings.access)
+                + access.guarded(settings.access, services)
+                + self.activity.handlers(),
+                ssl_context=tls,
+                guard=guard,
+            )
+        except OSError as exc:
+            guard.stop()
+            self._close_backends()
+            raise NodeRefused(
+                f"cannot listen for DICOM on {settings.host}:{settings.port}: "
+                f"{exc.strerror or exc} (another node or program has the port? choose "
+                "another with --port or [node] port)"
+            ) from None
         self.metrics = None
         if settings.metrics_port:
-            self.metrics = MetricsServer(
-                settings.metrics_host, settings.metrics_port, index_gauges(self.index.stats)
-            )
+            try:
+                self.metrics = MetricsServer(
+                    settings.metrics_host,
+                    settings.metrics_port,
+                    self.index.stats,
+                    disk=settings.data_dir,
+                )
+            except OSError as exc:
+                self.server.server_close()
+                self._close_backends()
+                raise NodeRefused(
+                    f"[metrics] cannot listen on {settings.metrics_host}:"
+                    f"{settings.metrics_port}: {exc.strerror or exc}"
+                ) from None
         self.web = None
         if settings.http_port:
             from compacs.web.server import build
 
-            self.web = build(settings, self.index, self.store, self.activity)
+            try:
+                self.web = build(settings, self.index, self.store, self.activity)
+            except Exception:
+                self.server.server_close()
+                self._close_backends()
+                raise
         self._stopped = threading.Event()
 
     def _compress_now(self, sop_instance_uid: str) -> None:
@@ -193,7 +251,19 @@ class Node:
         logging.getLogger("compacs").removeHandler(self._activity_log)
         self.index.close()
         self.store.close()
+        self._release_locks()
         log.info("compacs stopped")
+
+    def _close_backends(self) -> None:
+        """Undo what __init__ opened when the node cannot start after all."""
+        logging.getLogger("compacs").removeHandler(self._activity_log)
+        self.index.close()
+        self.store.close()
+        self._release_locks()
+
+    def _release_locks(self) -> None:
+        for lock in self._locks:
+            lock.release()
 
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, frame: FrameType | None) -> None:

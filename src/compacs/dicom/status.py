@@ -57,6 +57,7 @@ class Status(IntEnum):
     MISSING_ATTRIBUTE = 0x0120, "Missing Attribute", "PS3.7 Annex C"
     NO_SUCH_ACTION = 0x0123, "No Such Action", "PS3.7 Annex C"
     NOT_AUTHORIZED = 0x0124, "Refused: Not Authorized", "PS3.7 Annex C"
+    RESOURCE_LIMITATION = 0x0213, "Resource Limitation", "PS3.7 Annex C"
     # Failures, service class specific (PS3.4 B.2.3, C.4.1.1.4, C.4.2.1.5, C.4.3.1.4)
     OUT_OF_RESOURCES = 0xA700, "Refused: Out of Resources", "PS3.4 B.2.3, C.4.1.1.4"
     OUT_OF_RESOURCES_MATCHES = (

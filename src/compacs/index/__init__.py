@@ -18,6 +18,7 @@ from compacs.index.base import (
     InstanceLocation,
     NewInstance,
     ObjectChange,
+    Selected,
 )
 from compacs.index.postgres import PostgresIndex
 from compacs.index.sqlite import SqliteIndex
@@ -46,5 +47,6 @@ __all__ = [
     "InstanceLocation",
     "NewInstance",
     "ObjectChange",
+    "Selected",
     "open_index",
 ]

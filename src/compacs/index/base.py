@@ -43,6 +43,16 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class Selected:
+    """An instance an admin command picked by UID (``--study``, ``--series``, ...)."""
+
+    pk: int
+    sop_instance_uid: str
+    study_uid: str
+    bytes_stored: int
+
+
+@dataclass(frozen=True)
 class NewInstance:
     """An instance whose object is durable in the blob store, ready to be indexed."""
 
@@ -180,8 +190,8 @@ class Index(Protocol):
     def retention_due(self, now: float) -> list[int]:
         """Instances whose every delivery is done and whose retention time has passed."""
 
-    def instances_under(self, level: str, uid: str) -> list[int]:
-        """Instance pks below the patient/study/series/instance ``uid``."""
+    def instances_under(self, level: str, uid: str) -> list[Selected]:
+        """The instances below the patient/study/series/instance ``uid``."""
 
     # -- the admin's window (compacs.web) -------------------------------------------------
     def sizes(self, level: str, uid: str) -> dict[str, Any]:

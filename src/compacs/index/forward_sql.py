@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
-from compacs.index.base import Forward
+from compacs.index.base import Forward, Selected
 
 PENDING, SENDING, COMMITTING, DONE, FAILED = "pending", "sending", "committing", "done", "failed"
 STATES = (PENDING, SENDING, COMMITTING, DONE, FAILED)
@@ -289,16 +289,17 @@ class ForwardStatements:
                 due.append(pk)
         return due
 
-    def instances_under(self, cur: Any, level: str, uid: str) -> list[int]:
+    def instances_under(self, cur: Any, level: str, uid: str) -> list[Selected]:
         cur.execute(
             self._q(
-                "SELECT i.pk FROM instances i JOIN series se ON se.pk = i.series_fk "
+                "SELECT i.pk, i.sop_instance_uid, st.study_uid, i.bytes_stored "
+                "FROM instances i JOIN series se ON se.pk = i.series_fk "
                 "JOIN studies st ON st.pk = se.study_fk JOIN patients p ON p.pk = st.patient_fk "
                 f"WHERE {_UNDER[level]} = ? ORDER BY i.pk"
             ),
             (uid,),
         )
-        return [row[0] for row in cur.fetchall()]
+        return [Selected(*row) for row in cur.fetchall()]
 
     def forward_counts(self, cur: Any) -> dict[str, Any]:
         cur.execute(

@@ -4,10 +4,13 @@ Each C-STORE handler submits its work and blocks until the transaction holding i
 committed. A single writer thread drains whatever is queued into one transaction, so
 concurrent associations share one commit (one WAL fsync) instead of paying one each.
 A failing item is rolled back to its savepoint alone; a failing commit fails the batch.
+A connection that broke (the database restarted) is replaced before the next batch; while
+no new one can be made, each batch fails with the connection error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -30,8 +33,10 @@ class GroupCommitter:
         begin: str = "BEGIN",
         max_batch: int = 64,
         name: str = "index-writer",
+        is_broken: Callable[[Any], bool] = lambda conn: False,
     ) -> None:
         self._connect = connect
+        self._is_broken = is_broken
         self._begin = begin
         self._max_batch = max_batch
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -80,11 +85,31 @@ class GroupCommitter:
                         stop = True
                         break
                     batch.append(item)
-                self._apply(conn, batch)
+                if conn is None:
+                    conn = self._reconnect(batch)
+                if conn is not None:
+                    self._apply(conn, batch)
+                    if self._is_broken(conn):
+                        log.warning("index writer: connection lost; a new one for the next batch")
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        conn = None
                 if stop:
                     return
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
+
+    def _reconnect(self, batch: list[tuple[Work, Future[Any]]]) -> Any:
+        """A new connection, or None after failing ``batch`` with the reason."""
+        try:
+            conn = self._connect()
+        except Exception as exc:
+            for _, future in batch:
+                future.set_exception(exc)
+            return None
+        log.info("index writer: connected again")
+        return conn
 
     def _apply(self, conn: Any, batch: list[tuple[Work, Future[Any]]]) -> None:
         results: list[tuple[Future[Any], Any, BaseException | None]] = []

@@ -9,14 +9,22 @@ is answered. Migrations take an advisory lock: nodes starting together migrate o
 
 URL: ``postgresql://user[:password]@host[:port]/database`` (libpq's, so ``?host=/socket``
 and the ``PG*`` environment variables work too).
+
+Connections: reads take one from a bounded pool (``psycopg_pool``; each checked before
+use, so a database restart costs one failed check, not a dead node) and give it back;
+the writer reconnects after its connection broke. pynetdicom runs every association in a
+thread of its own: a connection kept per thread leaked one per association, and from
+about the 98th association (PostgreSQL's default ``max_connections`` 100) every C-STORE
+failed until the node was restarted.
 """
 
 from __future__ import annotations
 
-import threading
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from compacs.index.base import IndexUnavailable
 from compacs.index.group_commit import GroupCommitter
 from compacs.index.schema import SCHEMA_VERSION, migrations
 from compacs.index.sql import SqlStatements
@@ -25,10 +33,14 @@ from compacs.query import Query
 
 try:
     import psycopg
+    import psycopg_pool
 except ImportError:  # pragma: no cover - an optional extra
-    psycopg = None  # type: ignore[assignment]
+    psycopg = psycopg_pool = None  # type: ignore[assignment]
 
 MIGRATION_LOCK = 0x636F6D70  # "comp": pg_advisory_xact_lock key for schema migrations
+READERS = 8
+"""Reader connections of one node at most (C-FIND, C-MOVE lookups, stats, the web)."""
+CONNECT_TIMEOUT = 10
 
 
 class PostgresIndex(SqlIndex):
@@ -38,15 +50,24 @@ class PostgresIndex(SqlIndex):
                 f"index URL {url!r}: PostgreSQL needs psycopg: pip install 'compacs[scale]'"
             )
         self.url = url
-        self._errors = psycopg.Error
+        self._errors = (psycopg.Error, psycopg_pool.PoolTimeout)
         self._sql = SqlStatements(
             "%s", list_agg="string_agg(DISTINCT {}, ',')", skip_locked=" FOR UPDATE SKIP LOCKED"
         )
-        self._local = threading.local()
-        self._readers: list[Any] = []
-        self._lock = threading.Lock()
         self._migrate()
-        self._writer = GroupCommitter(self._connect, begin="BEGIN")
+        self._pool = psycopg_pool.ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=READERS,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+            check=psycopg_pool.ConnectionPool.check_connection,
+            timeout=CONNECT_TIMEOUT,
+            name="compacs-readers",
+            open=True,
+        )
+        self._writer = GroupCommitter(
+            self._connect, begin="BEGIN", is_broken=lambda conn: conn.broken
+        )
 
     @classmethod
     def from_url(cls, url: str) -> PostgresIndex:
@@ -54,7 +75,7 @@ class PostgresIndex(SqlIndex):
 
     def _open(self) -> Any:
         try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
         except psycopg.Error as exc:
             raise ValueError(f"index {self._safe_url()}: cannot connect: {exc}") from None
 
@@ -67,17 +88,13 @@ class PostgresIndex(SqlIndex):
         return self.url
 
     def _connect(self) -> Any:
-        # autocommit: the GroupCommitter issues BEGIN/COMMIT itself
-        return _ExplicitTransactions(self._open())
+        # autocommit: the GroupCommitter issues BEGIN/COMMIT itself; a failure is the
+        # driver's error, which the index turns into IndexUnavailable (0xA700)
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        return _ExplicitTransactions(conn)
 
-    def _reader(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._open()
-            self._local.conn = conn
-            with self._lock:
-                self._readers.append(conn)
-        return conn
+    def _reading(self) -> contextlib.AbstractContextManager[Any]:
+        return self._pool.connection()
 
     def _migrate(self) -> None:
         with self._open() as conn, conn.transaction():
@@ -97,25 +114,26 @@ class PostgresIndex(SqlIndex):
                     conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
 
     def find(self, query: Query) -> Iterator[dict[str, Any]]:
-        conn = self._open()  # a generator may outlive a thread's turn
+        """Rows for C-FIND, on a pooled connection held until the generator ends."""
         try:
-            with conn.cursor() as cur:
+            with self._pool.connection() as conn, conn.cursor() as cur:
                 yield from self._sql.find(cur, query)
-        finally:
-            conn.close()
+        except self._errors as exc:
+            raise IndexUnavailable(f"index read failed: {exc}") from exc
 
     def stats(self) -> dict[str, Any]:
-        conn = self._reader()
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            return self._sql.stats(cur)  # one snapshot for every figure
+        def snapshot(cur: Any) -> dict[str, Any]:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                return self._sql.stats(cur)  # one snapshot for every figure
+            finally:
+                cur.execute("ROLLBACK")
+
+        return self._read(snapshot)
 
     def close(self) -> None:
         self._writer.close()
-        with self._lock:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
+        self._pool.close()
 
 
 class _ExplicitTransactions:
@@ -134,6 +152,11 @@ class _ExplicitTransactions:
     def rollback(self) -> None:
         if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             self._conn.execute("ROLLBACK")
+
+    @property
+    def broken(self) -> bool:
+        """The server went away (restart, network): a new connection is needed."""
+        return self._conn.closed or self._conn.broken
 
     def close(self) -> None:
         self._conn.close()

@@ -1,10 +1,16 @@
 """What every SQL index backend shares: the Index methods, each one statement of
 :class:`compacs.index.sql.SqlStatements` run in the backend's write path (a group commit)
 or on a reader connection. Backends supply ``_sql``, ``_writer``, ``_errors`` (the
-driver's exception base), ``_reader()`` and ``find``/``stats``/``close``."""
+driver's exception base), ``_reading()`` and ``find``/``stats``/``close``.
+
+Every driver error, on a read as on a write, is :class:`IndexUnavailable`: the senders
+get 0xA700 (Refused: Out of Resources) while the database is away, and the node serves
+again when it is back, without a restart."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from compacs.index.base import (
@@ -16,6 +22,7 @@ from compacs.index.base import (
     InstanceLocation,
     NewInstance,
     ObjectChange,
+    Selected,
 )
 from compacs.index.group_commit import GroupCommitter
 from compacs.index.sql import SqlStatements
@@ -28,7 +35,8 @@ class SqlIndex:
     _writer: GroupCommitter
     _errors: type[Exception] | tuple[type[Exception], ...] = ()
 
-    def _reader(self) -> Any:  # pragma: no cover - backends provide it
+    def _reading(self) -> AbstractContextManager[Any]:  # pragma: no cover - backends provide it
+        """A connection for reads, for the duration of a ``with`` block."""
         raise NotImplementedError
 
     # -- Index ---------------------------------------------------------------------------
@@ -100,16 +108,27 @@ class SqlIndex:
     def retention_due(self, now: float) -> list[int]:
         return self._read(lambda cur: self._sql.retention_due(cur, now))
 
-    def instances_under(self, level: str, uid: str) -> list[int]:
+    def instances_under(self, level: str, uid: str) -> list[Selected]:
         return self._read(lambda cur: self._sql.instances_under(cur, level, uid))
 
     def _read(self, work):
-        """Run ``work(cursor)`` on this thread's reader connection."""
-        cur = self._reader().cursor()
+        """Run ``work(cursor)`` on a reader connection."""
         try:
-            return work(cur)
-        finally:
-            cur.close()
+            with self._reading() as conn:
+                cur = conn.cursor()
+                try:
+                    return work(cur)
+                finally:
+                    cur.close()
+        except self._errors as exc:
+            raise IndexUnavailable(f"index read failed: {exc}") from exc
+
+    def _rows(self, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """``rows`` with driver errors as IndexUnavailable (for generators: ``find``)."""
+        try:
+            yield from rows
+        except self._errors as exc:
+            raise IndexUnavailable(f"index read failed: {exc}") from exc
 
     def matching_instances(self, query: Query) -> list[InstanceFacts]:
         return self._read(lambda cur: self._sql.matching_instances(cur, query))

@@ -7,6 +7,7 @@ the SCP has stored the instance). Writes go through one :class:`GroupCommitter`.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from compacs.index.base import IndexUnavailable
 from compacs.index.group_commit import GroupCommitter
 from compacs.index.schema import SCHEMA_VERSION, migrations
 from compacs.index.sql import SqlStatements
@@ -52,7 +54,12 @@ class SqliteIndex(SqlIndex):
         # The GroupCommitter issues BEGIN/COMMIT itself; give it commit()/rollback().
         return _AutocommitConnection(conn)
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        yield self._reader()
+
     def _reader(self) -> sqlite3.Connection:
+        """This thread's reader (SQLite connections are cheap; a thread's ends with it)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
@@ -85,11 +92,14 @@ class SqliteIndex(SqlIndex):
             conn.close()
 
     def find(self, query: Query) -> Iterator[dict[str, Any]]:
-        conn = sqlite3.connect(self.path, timeout=30)  # a generator may outlive a thread's turn
-        conn.execute("PRAGMA case_sensitive_like=ON")
+        try:
+            conn = sqlite3.connect(self.path, timeout=30)  # a generator may outlive a turn
+            conn.execute("PRAGMA case_sensitive_like=ON")
+        except sqlite3.Error as exc:
+            raise IndexUnavailable(f"index read failed: {exc}") from exc
         try:
             cur = conn.cursor()
-            yield from self._sql.find(cur, query)
+            yield from self._rows(self._sql.find(cur, query))
         finally:
             conn.close()
 

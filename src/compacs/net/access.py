@@ -63,6 +63,8 @@ GUARDED = {
     evt.EVT_C_FIND: "find",
     evt.EVT_C_GET: "get",
     evt.EVT_N_ACTION: "commit",
+    # a destination's Storage Commitment report (PS3.4 J.3.3) needs the same right
+    evt.EVT_N_EVENT_REPORT: "commit",
 }
 
 

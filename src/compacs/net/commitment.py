@@ -22,7 +22,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from compacs.config import Peer
 from compacs.dicom.status import Status, done
-from compacs.index import Index
+from compacs.index import Index, InstanceLocation
 from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.storage import BlobStore
 
@@ -32,30 +32,61 @@ WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"  # PS3.4 J.3.1
 SAME_ASSOCIATION_GRACE = 0.5  # seconds after the N-ACTION response to notice a release
 
 
-def check(index: Index, store: BlobStore, references: list[Dataset]) -> tuple[list, list]:
-    """(committed, failed) Referenced SOP items; failed ones carry a Failure Reason."""
+MAX_REFERENCES = 10_000
+"""References one N-ACTION may carry: each costs a read and a SHA-256 of its object."""
+CHECKS_AT_ONCE = threading.BoundedSemaphore(2)
+"""Commitment checks running at once, node-wide: the rest wait their turn."""
+
+
+def check(
+    index: Index,
+    store: BlobStore,
+    references: list[Dataset],
+    visible: Callable[[InstanceLocation], bool] = lambda location: True,
+) -> tuple[list, list]:
+    """(committed, failed) Referenced SOP items; failed ones carry a Failure Reason.
+
+    An instance the requester may not see (``visible``) is answered as if it did not exist
+    (0x0112): commitment reveals no more than C-FIND would. A UID referenced twice is read
+    and hashed once."""
     committed, failed = [], []
+    verdicts: dict[tuple[str, str], int | None] = {}
     for ref in references:
         uid = str(ref.get("ReferencedSOPInstanceUID", ""))
         sop_class = str(ref.get("ReferencedSOPClassUID", ""))
         item = Dataset()
         item.ReferencedSOPClassUID = sop_class
         item.ReferencedSOPInstanceUID = uid
-        location = index.locate(uid) if uid else None
-        if location is None:
-            item.FailureReason = Status.NO_SUCH_OBJECT  # PS3.4 J.3.3.1.1
-        elif location.sop_class_uid != sop_class:
-            item.FailureReason = Status.CLASS_INSTANCE_CONFLICT
-        else:
-            try:
-                digest = hashlib.sha256(store.get(location.storage_key)).hexdigest()
-            except OSError:
-                digest = ""
-            if digest != location.sha256:
-                log.error("storage commitment: %s does not match its SHA-256", uid)
-                item.FailureReason = Status.PROCESSING_FAILURE
+        if (uid, sop_class) not in verdicts:
+            verdicts[uid, sop_class] = _failure_reason(index, store, uid, sop_class, visible)
+        reason = verdicts[uid, sop_class]
+        if reason is not None:
+            item.FailureReason = reason
         (failed if "FailureReason" in item else committed).append(item)
     return committed, failed
+
+
+def _failure_reason(
+    index: Index,
+    store: BlobStore,
+    uid: str,
+    sop_class: str,
+    visible: Callable[[InstanceLocation], bool],
+) -> int | None:
+    """None when the archive holds ``uid`` whole (PS3.4 J.3.3.1.1 Failure Reasons)."""
+    location = index.locate(uid) if uid else None
+    if location is None or not visible(location):
+        return Status.NO_SUCH_OBJECT  # PS3.4 J.3.3.1.1
+    if location.sop_class_uid != sop_class:
+        return Status.CLASS_INSTANCE_CONFLICT
+    try:
+        digest = hashlib.sha256(store.get(location.storage_key)).hexdigest()
+    except OSError:
+        digest = ""
+    if digest != location.sha256:
+        log.error("storage commitment: %s does not match its SHA-256", uid)
+        return Status.PROCESSING_FAILURE
+    return None
 
 
 def event_report(transaction_uid: str, committed: list, failed: list) -> tuple[Dataset, int]:
@@ -96,12 +127,35 @@ def handlers(
     peers: dict[str, Peer],
     ae_title: str,
     on_report: Callable[[Dataset, int], None] | None = None,
+    sees_all: Callable[[str, str], bool] = lambda calling, address: True,
 ):
     """N-ACTION (compacs as the commitment SCP), and N-EVENT-REPORT: the report of a
-    destination compacs forwarded to, sent on an association of its own (J.3.3.1)."""
+    destination compacs forwarded to, sent on an association of its own (J.3.3.1).
 
-    def report_later(assoc, calling: str, info: Dataset, event_type: int) -> None:
-        time.sleep(SAME_ASSOCIATION_GRACE)
+    ``sees_all(calling AE, address)``: whether the requester may learn of every instance
+    (it may C-FIND); otherwise only of those it sent itself."""
+
+    def check_and_report(
+        assoc, calling: str, address: str, transaction: str, references: list[Dataset]
+    ) -> None:
+        def visible(location: InstanceLocation) -> bool:
+            return sees_all(calling, address) or location.extra.get("calling_ae") == calling
+
+        start = time.monotonic()
+        with CHECKS_AT_ONCE:
+            committed, failed = check(index, store, references, visible)
+        log.info(
+            "storage commitment %s from %s: %d committed, %d failed",
+            transaction,
+            calling,
+            len(committed),
+            len(failed),
+        )
+        info, event_type = event_report(transaction, committed, failed)
+        time.sleep(max(0.0, SAME_ASSOCIATION_GRACE - (time.monotonic() - start)))
+        report(assoc, calling, info, event_type)
+
+    def report(assoc, calling: str, info: Dataset, event_type: int) -> None:
         if assoc.is_established:
             try:
                 assoc.send_n_event_report(
@@ -127,18 +181,29 @@ def handlers(
         if event.action_type != 1 or not transaction:
             missing = Status.NO_SUCH_ACTION if event.action_type != 1 else Status.MISSING_ATTRIBUTE
             return missing, None
-        committed, failed = check(index, store, list(request.get("ReferencedSOPSequence", [])))
-        log.info(
-            "storage commitment %s from %s: %d committed, %d failed",
-            transaction,
-            event.assoc.requestor.ae_title,
-            len(committed),
-            len(failed),
-        )
-        info, event_type = event_report(transaction, committed, failed)
+        references = list(request.get("ReferencedSOPSequence", []))
+        calling = event.assoc.requestor.ae_title
+        if len(references) > MAX_REFERENCES:
+            log.warning(
+                "storage commitment %s from %s refused (0x%04X): %d references, at most %d",
+                transaction,
+                calling,
+                Status.RESOURCE_LIMITATION,
+                len(references),
+                MAX_REFERENCES,
+            )
+            return Status.RESOURCE_LIMITATION, None
+        # the answer is the N-EVENT-REPORT (J.3.3); the N-ACTION response only takes the
+        # request, so the reads and hashes happen after it, a bounded number at a time
         threading.Thread(
-            target=report_later,
-            args=(event.assoc, event.assoc.requestor.ae_title, info, event_type),
+            target=check_and_report,
+            args=(
+                event.assoc,
+                calling,
+                str(event.assoc.requestor.address),
+                transaction,
+                references,
+            ),
             daemon=True,
         ).start()
         return Status.SUCCESS, None

@@ -24,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from compacs import metrics
 from compacs.dicom.sop_classes import storage_sop_classes
 from compacs.dicom.syntaxes import accepted_for_storage
+from compacs.net.guard import ConnectionGuard
 from compacs.net.negotiation import prefer_on_request
 from compacs.net.reactor_guard import keep_responses_on_open
 from compacs.net.sender import ArchiveAE
@@ -69,9 +70,20 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
     # (a morning's worth of scanners after a restart) would wait on SYN retries
     request_queue_size = 128
 
+    guard: ConnectionGuard | None = None
+    """Timeouts, admission and PDU limits per connection (see ``net/guard``)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.contexts = _ReadOnlyContexts(self.contexts)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return self.guard is None or self.guard.admit(request, client_address)
+
+    def server_close(self) -> None:
+        if self.guard is not None:
+            self.guard.stop()
+        super().server_close()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = self.socket.accept()
@@ -173,12 +185,19 @@ def build_ae(
 
 
 def make_server(
-    ae: AE, host: str, port: int, handlers: list, ssl_context: Any = None
+    ae: AE,
+    host: str,
+    port: int,
+    handlers: list,
+    ssl_context: Any = None,
+    guard: ConnectionGuard | None = None,
 ) -> NoDelayAssociationServer:
     """The listening server; with ``ssl_context`` the port speaks DICOM over TLS only."""
-    return ae.make_server(
+    server = ae.make_server(
         (host, port),
-        evt_handlers=handlers,
+        evt_handlers=handlers + (guard.handlers() if guard is not None else []),
         server_class=NoDelayAssociationServer,
         ssl_context=ssl_context,
     )
+    server.guard = guard
+    return server

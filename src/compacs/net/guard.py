@@ -1,0 +1,195 @@
+"""What a peer that stops talking may hold: bounded in time, count and PDU size.
+
+pynetdicom reads and writes accepted sockets in blocking mode with no timeout, so a peer
+that sends part of a PDU and goes silent held its association thread, and its slot of
+``max_associations``, for good: 32 connections that sent 16 bytes of an A-ASSOCIATE-RQ
+locked every modality out (C-ECHO refused for 150 s and more), and the stuck threads spun
+(pynetdicom's ``kill()`` waits in a 1 ms loop for a DUL thread blocked in ``recv``). A
+P-DATA-TF declaring 4 GiB was read into memory as it came, whatever maximum PDU length
+compacs had announced. Here, per connection:
+
+- every read and write is bounded: the ACSE timeout until the association is established,
+  then the network timeout (a PDU stalled half-way, a C-GET requestor that stops reading);
+- an association not established within the ACSE timeout is shut down by a reaper, even
+  if its peer trickles a byte at a time (PS3.8 9.1.4, the ARTIM timer's purpose);
+- connections still negotiating are limited per host and in all, so that one host cannot
+  fill ``max_associations`` with silence;
+- a PDU longer than announced (P-DATA-TF: the Maximum Length Received, PS3.8 D.1) or an
+  association PDU over 1 MiB ends the connection before its body is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pynetdicom import evt
+
+from compacs import metrics
+
+log = logging.getLogger(__name__)
+
+P_DATA_TF = 0x04
+NEGOTIATION_PDU_LIMIT = 1 << 20
+"""A-ASSOCIATE-RQ with 128 contexts of 20 syntaxes is ~70 KB; nothing else is larger."""
+UNLIMITED_PDU_CAP = 1 << 26
+"""With ``max_pdu = 0`` (no limit announced) a P-DATA-TF still stops at 64 MiB."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    acse_timeout: float
+    network_timeout: float
+    max_pdu: int
+    max_negotiating: int
+    max_negotiating_per_host: int
+
+
+@dataclass
+class _Connection:
+    sock: Any
+    host: str
+    port: int
+    established: bool = False
+
+    @property
+    def closed(self) -> bool:
+        try:
+            return self.sock.fileno() == -1
+        except OSError:
+            return True
+
+
+class ConnectionGuard:
+    """Admission, timeouts and the negotiation reaper of one association server."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._connections: dict[int, _Connection] = {}
+        self._deadlines: list[tuple[float, int, int]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition(self._lock)
+        self._stopped = False
+        self._reaper = threading.Thread(target=self._reap, name="negotiation-reaper", daemon=True)
+        self._reaper.start()
+
+    # -- the server's side (accept thread) ---------------------------------------------
+    def admit(self, sock: Any, address: Any) -> bool:
+        """Whether a new connection from ``address`` may negotiate; sets its timeouts."""
+        host, port = str(address[0]), int(address[1])
+        with self._lock:
+            self._prune()
+            pending = [c for c in self._connections.values() if not c.established]
+            from_host = sum(1 for c in pending if c.host == host)
+            refusal = None
+            if from_host >= self.limits.max_negotiating_per_host:
+                refusal = f"{from_host} connections from {host} still negotiating"
+            elif len(pending) >= self.limits.max_negotiating:
+                refusal = f"{len(pending)} connections still negotiating"
+            if refusal is None:
+                self._connections[id(sock)] = _Connection(sock, host, port)
+                deadline = time.monotonic() + self.limits.acse_timeout
+                heapq.heappush(self._deadlines, (deadline, next(self._order), id(sock)))
+                self._wake.notify()
+        if refusal is not None:
+            log.warning("connection from %s:%d closed at once: %s", host, port, refusal)
+            metrics.ASSOCIATIONS.inc(outcome="refused_busy")
+            return False
+        with contextlib.suppress(OSError):
+            sock.settimeout(self.limits.acse_timeout)
+        return True
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._wake.notify()
+
+    # -- association events ------------------------------------------------------------
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [(evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_ESTABLISHED, self._on_established)]
+
+    def _on_open(self, event: Any) -> None:
+        assoc_socket = event.assoc.dul.socket
+        if assoc_socket is not None and event.assoc.is_acceptor:
+            assoc_socket.recv = _capped_recv(assoc_socket.recv, self.limits, event.address)
+
+    def _on_established(self, event: Any) -> None:
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        with self._lock:
+            connection = self._connections.get(id(sock))
+            if connection is not None:
+                connection.established = True
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(self.limits.network_timeout)
+
+    # -- the reaper --------------------------------------------------------------------
+    def _prune(self) -> None:
+        for key in [k for k, c in self._connections.items() if c.closed]:
+            del self._connections[key]
+
+    def _reap(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopped and (
+                    not self._deadlines or self._deadlines[0][0] > time.monotonic()
+                ):
+                    wait = self._deadlines[0][0] - time.monotonic() if self._deadlines else None
+                    self._wake.wait(wait)
+                if self._stopped:
+                    return
+                _, _, key = heapq.heappop(self._deadlines)
+                connection = self._connections.get(key)
+                stalled = connection is not None and not connection.established
+                if stalled and connection.closed:
+                    del self._connections[key]
+                    stalled = False
+            if stalled:
+                log.warning(
+                    "association from %s:%d not negotiated within %.0f s (ACSE timeout): "
+                    "connection closed",
+                    connection.host,
+                    connection.port,
+                    self.limits.acse_timeout,
+                )
+                metrics.ASSOCIATIONS.inc(outcome="negotiation_timeout")
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _capped_recv(recv: Any, limits: Limits, address: Any) -> Any:
+    """pynetdicom's ``AssociationSocket.recv`` refusing a PDU body over the limit.
+
+    pynetdicom's DUL reads a PDU as ``recv(6)`` (type, reserved, length) then
+    ``recv(length)`` (dul.py ``_read_pdu_data``); an OSError there is Evt17, the transport
+    closed, and the association ends as if the peer had dropped it."""
+    last_type = [0]
+    p_data_limit = limits.max_pdu or UNLIMITED_PDU_CAP
+
+    def capped(n: int) -> bytearray:
+        limit = p_data_limit if last_type[0] == P_DATA_TF else NEGOTIATION_PDU_LIMIT
+        if n > max(limit, 6):
+            metrics.ASSOCIATIONS.inc(outcome="pdu_too_long")
+            log.warning(
+                "%s:%s sent a PDU of type 0x%02X declaring %d bytes, over the %d allowed "
+                "(PS3.8 D.1 maximum length): connection closed",
+                *address[:2],
+                last_type[0],
+                n,
+                limit,
+            )
+            raise OSError(f"PDU of {n} bytes exceeds the limit of {limit}")
+        data = recv(n)
+        if n == 6 and len(data) == 6:
+            last_type[0] = data[0]
+        return data
+
+    return capped
