@@ -11,12 +11,17 @@ import os
 import socket
 import struct
 import time
+import zlib
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from compacs.dicom.status import Status
+from compacs.synthetic import ct_series
 from tests.conftest import echo, write_config
+from tests.scu import dataset_bytes, send_datasets, send_raw
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
 
 ATTACKER = "127.0.0.2"
 ACSE_TIMEOUT = 3
@@ -153,4 +158,56 @@ def test_a_p_data_that_stops_half_way_is_ended_by_the_network_timeout(node_facto
         assert _closed_by_peer(sock, 4 + 10)  # network_timeout = 4
     finally:
         sock.close()
+    assert echo(node.port) == Status.SUCCESS
+
+
+def _rss_mib(pid: int) -> float:
+    """Peak resident memory of the process (VmHWM), MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_deflate_bomb_is_refused_as_it_inflates(node_factory, tmp_path):
+    """1 MB on the wire claiming 1 GiB once inflated: refused with 0xA700 after inflating at
+    most max_object_size, never the whole; nothing stored, and the node serves on."""
+    node = _node(node_factory, tmp_path, "[ingest]\nmax_object_size = 67108864\n")
+    (ds,) = ct_series(1, 16, 16, seed=900)
+    plain = dataset_bytes(ds)
+    # a private OB element of 1 GiB of zeros (0x0009,0x1010), encoded explicit VR LE
+    huge = struct.pack("<HH2s2xL", 0x0009, 0x1010, b"OB", 1 << 30)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = deflater.compress(plain[: plain.find(b"\xe0\x7f\x10\x00")])  # up to Pixel Data
+    body += deflater.compress(huge)
+    zeros = bytes(1 << 24)
+    for _ in range(64):
+        body += deflater.compress(zeros)
+    body += deflater.flush()
+    assert len(body) < 2 << 20
+    response = send_raw(node.port, str(ds.SOPClassUID), str(ds.SOPInstanceUID), DEFLATED, body)
+    assert response.Status == Status.OUT_OF_RESOURCES
+    assert "inflates to more than 67108864 bytes" in response.ErrorComment
+    peak = _rss_mib(node.proc.pid)
+    print(
+        f"\npeak RSS after a 1 GiB deflate bomb ({len(body) / 2**20:.1f} MiB sent): {peak:.0f} MiB"
+    )
+    assert peak < 1024  # the 1 GiB was never materialised
+    assert node.stats()["instances"] == 0
+    assert echo(node.port) == Status.SUCCESS
+
+
+def test_a_data_set_over_the_size_limit_ends_the_association_as_it_arrives(node_factory, tmp_path):
+    node = _node(node_factory, tmp_path, "[ingest]\nmax_object_size = 1048576\n")
+    (small,) = ct_series(1, 64, 64, seed=901)
+    (large,) = ct_series(1, 1024, 1024, seed=902)  # 2 MiB of pixels
+    assert send_datasets(node.port, [small]) == [Status.SUCCESS]
+    try:
+        statuses = send_datasets(node.port, [large])
+    except (AssertionError, RuntimeError, OSError):  # the association went away under it
+        statuses = None
+    assert statuses != [Status.SUCCESS]
+    assert "([ingest] max_object_size): connection closed" in node.log()
+    assert node.stats()["instances"] == 1
     assert echo(node.port) == Status.SUCCESS

@@ -64,6 +64,8 @@ class Settings:
     index_url: str | None = None
     store_url: str | None = None
     duplicates: Duplicates = Duplicates.KEEP_FIRST
+    max_object_size: int = 2**31
+    """Largest data set accepted, in bytes (a deflated one: as inflated)."""
     max_pdu: int = 262144
     max_associations: int = 32
     max_negotiating: int | None = None
@@ -191,6 +193,12 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
             (str,),
             lambda v: v in {d.value for d in Duplicates},
             "'keep-first' or 'replace'",
+        ),
+        "max_object_size": (
+            "max_object_size",
+            (int,),
+            lambda v: 2**16 <= v <= 2**40,
+            "bytes, 65536..1099511627776",
         ),
     },
 }

@@ -20,7 +20,7 @@ from io import BytesIO
 from pydicom import dcmread
 
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY, extract
-from compacs.dicom.part10 import file_header, structure_problem
+from compacs.dicom.part10 import TooLarge, file_header, structure_problem
 from compacs.dicom.status import Status
 from compacs.dicom.uids import InvalidUID, require_uid
 from compacs.index import Duplicates, Index, IndexUnavailable, NewInstance
@@ -84,6 +84,7 @@ class Ingest:
         policy: Policy = DEFAULT_POLICY,
         *,
         routing: Routing | None = None,
+        max_object_size: int = 2**31,
         compress_now: Callable[[str], object] | None = None,
         queued: Callable[[], None] | None = None,
         forward_queued: Callable[[], None] | None = None,
@@ -96,6 +97,7 @@ class Ingest:
         self.duplicates = duplicates
         self.policy = policy
         self.routing = routing or Routing()
+        self.max_object_size = max_object_size
         self.compress_now = compress_now
         self.queued = queued
         self.forward_queued = forward_queued
@@ -198,7 +200,10 @@ class Ingest:
 
         header = file_header(sop_class, sop_instance, rx.transfer_syntax, rx.calling_ae)
         data = header + rx.dataset
-        problem = structure_problem(data, len(header), rx.transfer_syntax)
+        try:
+            problem = structure_problem(data, len(header), rx.transfer_syntax, self.max_object_size)
+        except TooLarge as exc:
+            raise Rejected(Status.OUT_OF_RESOURCES, f"{exc} ([ingest] max_object_size)") from None
         if problem:
             raise Rejected(Status.CANNOT_UNDERSTAND, f"malformed data set: {problem}")
         try:

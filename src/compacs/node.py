@@ -78,6 +78,7 @@ class Node:
             settings.duplicates,
             policy,
             routing=routing,
+            max_object_size=settings.max_object_size,
             compress_now=self._compress_now,
             queued=self.workers.wake,
             forward_queued=self.forwarder.wake,
@@ -122,6 +123,7 @@ class Node:
                 acse_timeout=settings.acse_timeout,
                 network_timeout=settings.network_timeout,
                 max_pdu=settings.max_pdu,
+                max_object_size=settings.max_object_size,
                 # at least 4: a peer may open its next association the moment it reads
                 # the A-ASSOCIATE-AC, a moment before the previous one counts as established
                 max_negotiating=settings.max_negotiating or max(4, settings.max_associations),

@@ -68,19 +68,38 @@ class Malformed(ValueError):
     """The encoded data set does not hold together (PS3.5 section 7)."""
 
 
-def structure_problem(buf: bytes, start: int, transfer_syntax: str) -> str | None:
+class TooLarge(ValueError):
+    """The data set is larger than the node accepts (a deflated one: once inflated)."""
+
+
+def inflate(deflated: bytes, limit: int) -> bytes:
+    """The deflated data set (PS3.5 A.5: raw deflate, no zlib header) inflated, stopped
+    as soon as it passes ``limit`` bytes: a megabyte that inflates to gigabytes costs
+    ``limit``, never what it claims. Raises TooLarge, or zlib.error on bad input."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = inflater.decompress(deflated, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise TooLarge(f"deflated data set inflates to more than {limit} bytes")
+    return out + inflater.flush()
+
+
+def structure_problem(
+    buf: bytes, start: int, transfer_syntax: str, max_size: int = 2**40
+) -> str | None:
     """Why the data set encoded in ``buf[start:]`` is malformed, or None when it is whole.
 
     pydicom reads short values, garbage and truncated files without complaint; an archive
     must not acknowledge what it could not give back. This walks every element header
     (PS3.5 7.1), every undefined-length sequence and item (7.5) and the encapsulated pixel
     data fragments (A.4), checking that each value fits in what was received. It never
-    decodes a value, so it costs little on the C-STORE path.
+    decodes a value, so it costs little on the C-STORE path. A data set over ``max_size``
+    bytes (a deflated one: as it inflates) raises TooLarge.
     """
+    if len(buf) - start > max_size:
+        raise TooLarge(f"data set of {len(buf) - start} bytes is over the {max_size} accepted")
     try:
         if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            buf, start = inflater.decompress(buf[start:]) + inflater.flush(), 0
+            buf, start = inflate(buf[start:], max_size), 0
         little = transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
         implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
         first_vr = buf[start + 4 : start + 6]

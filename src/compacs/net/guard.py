@@ -15,7 +15,12 @@ compacs had announced. Here, per connection:
 - connections still negotiating are limited per host and in all, so that one host cannot
   fill ``max_associations`` with silence;
 - a PDU longer than announced (P-DATA-TF: the Maximum Length Received, PS3.8 D.1) or an
-  association PDU over 1 MiB ends the connection before its body is read.
+  association PDU over 1 MiB ends the connection before its body is read;
+- a data set whose fragments (PS3.8 E.2) add up to more than ``max_object_size`` ends
+  the connection as it passes the limit: pynetdicom buffers a whole data set before the
+  C-STORE handler sees it, so this is the only point where such a peer can be stopped
+  (it gets no status; the ingest path answers 0xA700 for one that fits on the wire but
+  not once inflated).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import heapq
 import itertools
 import logging
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +54,7 @@ class Limits:
     acse_timeout: float
     network_timeout: float
     max_pdu: int
+    max_object_size: int
     max_negotiating: int
     max_negotiating_per_host: int
 
@@ -165,18 +172,49 @@ class ConnectionGuard:
                     connection.sock.shutdown(socket.SHUT_RDWR)
 
 
+class _DataSetSize:
+    """Bytes of the data set being received, from the PDV items of P-DATA-TF bodies."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def add(self, body: bytes | bytearray) -> int:
+        """Count ``body``'s data set fragments; the total so far of the current one.
+
+        PDV item (PS3.8 E.2, 9.3.5.1): 4-byte length, presentation context ID, message
+        control header (bit 0: command, bit 1: last fragment), then the fragment."""
+        pos, total = 0, self.received
+        while pos + 6 <= len(body):
+            (length,) = struct.unpack_from(">L", body, pos)
+            control = body[pos + 5]
+            if not control & 0x01:  # a data set fragment
+                total = self.received + max(0, length - 2)
+                self.received = 0 if control & 0x02 else total
+            pos += 4 + length
+        return total
+
+
 def _capped_recv(recv: Any, limits: Limits, address: Any) -> Any:
-    """pynetdicom's ``AssociationSocket.recv`` refusing a PDU body over the limit.
+    """pynetdicom's ``AssociationSocket.recv`` refusing a PDU body over the limit, and a
+    data set over ``max_object_size`` as its fragments arrive.
 
     pynetdicom's DUL reads a PDU as ``recv(6)`` (type, reserved, length) then
     ``recv(length)`` (dul.py ``_read_pdu_data``); an OSError there is Evt17, the transport
     closed, and the association ends as if the peer had dropped it."""
     last_type = [0]
+    header_next = [True]  # the DUL alternates: a 6-byte header, then that PDU's body
     p_data_limit = limits.max_pdu or UNLIMITED_PDU_CAP
+    data_set = _DataSetSize()
 
     def capped(n: int) -> bytearray:
+        if header_next[0]:
+            data = recv(n)
+            if len(data) == 6:
+                last_type[0], header_next[0] = data[0], False
+            return data
+        header_next[0] = True
         limit = p_data_limit if last_type[0] == P_DATA_TF else NEGOTIATION_PDU_LIMIT
-        if n > max(limit, 6):
+        if n > limit:
             metrics.ASSOCIATIONS.inc(outcome="pdu_too_long")
             log.warning(
                 "%s:%s sent a PDU of type 0x%02X declaring %d bytes, over the %d allowed "
@@ -188,8 +226,15 @@ def _capped_recv(recv: Any, limits: Limits, address: Any) -> Any:
             )
             raise OSError(f"PDU of {n} bytes exceeds the limit of {limit}")
         data = recv(n)
-        if n == 6 and len(data) == 6:
-            last_type[0] = data[0]
+        if last_type[0] == P_DATA_TF and data_set.add(data) > limits.max_object_size:
+            metrics.ASSOCIATIONS.inc(outcome="object_too_large")
+            log.warning(
+                "%s:%s sent a data set of more than %d bytes ([ingest] max_object_size): "
+                "connection closed",
+                *address[:2],
+                limits.max_object_size,
+            )
+            raise OSError("data set exceeds max_object_size")
         return data
 
     return capped
