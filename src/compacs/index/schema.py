@@ -104,7 +104,14 @@ def migrations(pk_declaration: str) -> dict[int, list[str]]:
             "CREATE INDEX ix_forwards_state ON forwards (state, not_before)",
             "CREATE INDEX ix_forwards_transaction ON forwards (transaction_uid)",
         ],
+        # 4: the index's identity, which the store it owns is marked with (storage/owner)
+        4: [
+            "CREATE TABLE index_identity (\n"
+            "  one INTEGER PRIMARY KEY CHECK (one = 1),\n"
+            "  index_id TEXT NOT NULL\n"
+            ")",
+        ],
     }
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
