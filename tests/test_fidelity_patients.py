@@ -245,7 +245,8 @@ def test_schema_3_is_migrated_to_one_patient_per_study_without_patient_id(
     """The migration parts the merged patient: each study without Patient ID gets a patient
     of its own (their names are still the merged row's: only the objects know better, and
     `compacs reindex` reads them, see the next test); new studies are filed apart."""
-    sent, _ = datasets(per_study=1)
+    latin = Study("latin", "MÜLLER-1", "Müller^Jörg", "KRANKENHAUS")  # key: LENGTH in chars
+    sent, _ = datasets((*STUDIES, latin), per_study=1)
     if backend == "sqlite":
         path = tmp_path / "index.sqlite"
         _schema_3(sqlite3.connect(path), SQLITE, "?", sent)
@@ -285,7 +286,7 @@ def test_schema_3_is_migrated_to_one_patient_per_study_without_patient_id(
         index.close()
     index = open_migrated()  # opened again: nothing left to migrate
     try:
-        assert index.stats()["patients"] == len(EMPTY_ID) + 1 + 1 + 2
+        assert index.stats()["patients"] == len(EMPTY_ID) + 1 + 1 + 2 + 1
     finally:
         index.close()
 
