@@ -25,10 +25,11 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, JPEGLSLossl
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
+from compacs.codecs.convert import convert
 from compacs.dicom.status import Status
 from compacs.net.reactor_guard import keep_responses
 from tests.conftest import NodeProcess, require_dcmtk, write_config
-from tests.dicomfiles import DicomFile, storage_files
+from tests.dicomfiles import DicomFile, by_name, storage_files
 from tests.scu import send_files
 from tests.test_store import EXPECTED_REFUSALS, stored_path
 
@@ -132,6 +133,7 @@ def assert_same_values(original: Path, output: Path, folder: Path) -> None:
     before, after = pydicom.dcmread(original), pydicom.dcmread(output)
     expected = {p: (vr, v) for p, vr, v in values(before) if p[-1] not in REARRANGED}
     found = {p: (vr, v) for p, vr, v in values(after) if p[-1] not in REARRANGED}
+    assert expected, f"{original.name}: pydicom found no elements"
     changed = {p: (expected.get(p), found.get(p)) for p in expected.keys() | found.keys()}
     changed = {p: pair for p, pair in changed.items() if pair[0] != pair[1]}
     assert not changed, f"{output.name}: values changed: " + "; ".join(
@@ -145,6 +147,7 @@ def assert_same_values(original: Path, output: Path, folder: Path) -> None:
     skip_dump = {f"({t >> 16:04x},{t & 0xFFFF:04x})" for t in REARRANGED}
     lines_before = [ln for ln in dump(original) if ln.strip()[:11] not in skip_dump]
     lines_after = [ln for ln in dump(output) if ln.strip()[:11] not in skip_dump]
+    assert lines_before, f"dcmdump could not read {original}"
     diff = [(a, b) for a, b in zip(lines_before, lines_after, strict=False) if a != b]
     assert len(lines_before) == len(lines_after) and not diff, (
         f"{output.name}: dcmdump differs: {[(a[:90], b[:90]) for a, b in diff[:3]]}"
@@ -250,3 +253,22 @@ def test_the_segmented_lut_keeps_its_values_in_dcmdump(nodes, tmp_path):
     ):
         (line,) = [ln for ln in dump(output) if ln.startswith("(0028,1221)")]
         assert line.startswith("(0028,1221) OW 0000\\0002\\0000\\7070\\0001\\0005\\c0c0"), line
+
+
+@pytest.mark.parametrize(
+    ("name", "twin"),
+    [("rtdose_expb_1frame.dcm", "rtdose_1frame.dcm"), ("rtdose_expb.dcm", "rtdose.dcm")],
+)
+def test_32_bit_pixel_data_in_ow_is_swapped_by_sample(name, twin, tmp_path):
+    """The only OW Pixel Data with Bits Allocated 32 (the node refuses these files: their
+    SOP Instance UIDs disagree), converted as retrieve, forwarding and the web download
+    convert: little endian, with the doses of the little endian twin pydicom ships
+    (DCMTK's dcmconv swaps such data by 16-bit words and gets other numbers)."""
+    require_tools()
+    converted = convert(by_name(name).read_bytes(), ExplicitVRLittleEndian).dataset
+    out = tmp_path / name
+    pydicom.dcmwrite(out, converted, enforce_file_format=True)
+    assert pydicom.dcmread(out).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert_same_values(by_name(name), out, tmp_path)
+    doses = pydicom.dcmread(by_name(twin)).pixel_array
+    assert np.array_equal(pydicom.dcmread(out).pixel_array, doses)
