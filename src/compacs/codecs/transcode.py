@@ -1,7 +1,7 @@
 """Data set -> data set in another transfer syntax, verified before anyone relies on it.
 
-Lossless means bit-exact: every encoded frame is decoded again with the codec's decoder
-and compared with the source frame (after the bits above Bits Stored were cleared);
+Lossless means bit-exact: every encoded frame is decoded again the way other decoders
+read it and compared with the source frame (after the bits above Bits Stored were cleared);
 any difference raises :class:`VerificationFailed` and the caller keeps the original.
 """
 
@@ -55,8 +55,12 @@ def _verify(
     n: int,
     options: dict[str, Any],
 ) -> None:
-    """Lossless: bit-exact. JPEG-LS near-lossless: no sample off by more than NEAR."""
-    decoded = codec.decode(encoded, info)
+    """Lossless: bit-exact. JPEG-LS near-lossless: no sample off by more than NEAR.
+
+    The stream is read as other decoders read it (:meth:`Codec.verification_decode`), so
+    the values a reader gets, interpreted by Pixel Representation and Bits Stored, must
+    equal the source values (PS3.5 8.2.3 for JPEG-LS)."""
+    decoded = codec.verification_decode(encoded, info)
     if decoded.shape != frame.shape:
         raise VerificationFailed(f"{codec.name}: frame {n + 1} decodes to {decoded.shape}")
     if codec.lossless:
