@@ -124,3 +124,21 @@ def stream_is_lossy(syntax: str, first_fragment: bytes) -> bool:
 def first_fragment(pixel_data: bytes) -> bytes:
     """The first fragment of encapsulated Pixel Data (PS3.5 A.4), b"" when there is none."""
     return next(generate_fragments(pixel_data), b"")
+
+
+def jls_misread_reason(
+    syntax: str, bits_allocated: int, bits_stored: int, signed: bool, fragment: bytes
+) -> str | None:
+    """Why other decoders misread this JPEG-LS stream of signed pixels, or None.
+
+    JPEG-LS carries no sign (PS3.5 8.2.3): pydicom sign-extends at the precision P, DCMTK
+    at Bits Stored. A stream of signed samples with Bits Stored < P <= Bits Allocated (what
+    compacs wrote before it used P = Bits Stored) reads as large positive values in pydicom
+    unless its samples were sign-extended to P; re-encoding with P = Bits Stored is right
+    for every reader either way."""
+    if syntax not in JPEG_LS_SYNTAXES or not signed or bits_stored >= bits_allocated:
+        return None
+    precision = jls_precision(fragment)
+    if precision is None or precision == bits_stored:
+        return None
+    return f"JPEG-LS precision P={precision} for signed Bits Stored {bits_stored} (PS3.5 8.2.3)"

@@ -157,9 +157,18 @@ def _j2k_decode(data: bytes, info: PixelInfo) -> np.ndarray:
 # Its encoder has rate control (imagecodecs' lossy J2K setting is not a ratio), but it
 # crashed the process when called from two threads: one encode at a time, under a lock.
 _OPENJPEG_LOCK = threading.Lock()
+# pylibjpeg-openjpeg always codes 6 resolutions (5 decompositions): opj_start_compress()
+# refuses images with a side under 2**5 (ISO 15444-1 B.5: each level halves the tile).
+_OPENJPEG_MIN_SIDE = 32
 
 
 def _j2k_lossy_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    """A 9-7 irreversible codestream of about ``native bytes / ratio`` (PS3.3 C.7.6.1.1.5:
+    the ratio of the pixel data as stored, Bits Allocated per sample). OpenJPEG's rate
+    counts the precision (Bits Stored) instead, so its ratio is scaled down to match."""
+    target = float(options["ratio"])
+    if min(info.rows, info.columns) < _OPENJPEG_MIN_SIDE:
+        return _j2k_lossy_small(frame, info, target)
     from openjpeg.utils import encode_array
 
     colour = info.samples_per_pixel == 3 and info.photometric == "RGB"
@@ -170,10 +179,42 @@ def _j2k_lossy_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any
                 bits_stored=info.bits_stored,
                 photometric_interpretation=1 if colour else 2,
                 use_mct=colour,
-                compression_ratios=[float(options["ratio"])],
+                compression_ratios=[target * info.bits_stored / info.bits_allocated],
                 codec_format=0,  # J2K codestream (PS3.5 A.4.4)
             )
         )
+
+
+def _j2k_lossy_small(frame: np.ndarray, info: PixelInfo, target: float) -> bytes:
+    """Images with a side under 32 px: imagecodecs (OpenJPEG) with as many resolutions as
+    the side allows and no rate control, so bisect its quality (PSNR, dB) for the best
+    stream that meets ``target``; the coarsest when none does (tiny images cannot)."""
+    resolutions = min(6, max(1, min(info.rows, info.columns).bit_length()))
+
+    def encode(psnr: float) -> bytes:
+        return bytes(
+            imagecodecs.jpeg2k_encode(
+                frame,
+                psnr,
+                codecformat="J2K",
+                reversible=False,
+                mct=info.samples_per_pixel == 3 and info.photometric == "RGB",
+                bitspersample=info.bits_stored,
+                resolutions=resolutions,
+                numthreads=1,
+            )
+        )
+
+    low, high = 1.0, 150.0  # coarse .. fine
+    best = encode(low)
+    for _ in range(10):
+        middle = (low + high) / 2
+        encoded = encode(middle)
+        if frame.nbytes / len(encoded) >= target:
+            best, low = encoded, middle
+        else:
+            high = middle
+    return best
 
 
 # -- HTJ2K (ISO 15444-15) via imagecodecs / OpenJPH ---------------------------------------

@@ -20,6 +20,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.filewriter import dcmwrite
 
 from compacs.codecs.pixels import PixelInfo, clean, source_frames
+from compacs.codecs.streams import first_fragment, stream_is_lossy
 from compacs.codecs.table import BY_SYNTAX, Codec
 from compacs.dicom.part10 import (
     IMPLEMENTATION_CLASS_UID,
@@ -206,6 +207,7 @@ def decompress(ds: Dataset) -> Dataset:
         return ds
     info = PixelInfo.of(ds)
     frames = decode_frames(ds, info)
+    encapsulated = ds.PixelData
     pixels = b"".join(
         np.ascontiguousarray(f, dtype=info.dtype.newbyteorder("<")).tobytes() for f in frames
     )
@@ -216,5 +218,7 @@ def decompress(ds: Dataset) -> Dataset:
     ds.PhotometricInterpretation = info.photometric
     if info.samples_per_pixel == 3:
         ds.PlanarConfiguration = 0
+    if stream_is_lossy(str(ds.file_meta.TransferSyntaxUID), first_fragment(encapsulated)):
+        ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: never reset once lossy
     ds.file_meta.TransferSyntaxUID = NATIVE_SYNTAXES[0]
     return ds
