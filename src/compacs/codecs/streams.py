@@ -122,8 +122,11 @@ def stream_is_lossy(syntax: str, first_fragment: bytes) -> bool:
 
 
 def first_fragment(pixel_data: bytes) -> bytes:
-    """The first fragment of encapsulated Pixel Data (PS3.5 A.4), b"" when there is none."""
-    return next(generate_fragments(pixel_data), b"")
+    """The first fragment of encapsulated Pixel Data (PS3.5 A.4), b"" when there is none.
+    The first item is the Basic Offset Table, possibly empty: it is skipped."""
+    items = generate_fragments(pixel_data)
+    next(items, None)
+    return next(items, b"")
 
 
 def jls_misread_reason(

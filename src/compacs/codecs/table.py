@@ -188,7 +188,8 @@ def _j2k_lossy_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any
 def _j2k_lossy_small(frame: np.ndarray, info: PixelInfo, target: float) -> bytes:
     """Images with a side under 32 px: imagecodecs (OpenJPEG) with as many resolutions as
     the side allows and no rate control, so bisect its quality (PSNR, dB) for the best
-    stream that meets ``target``; the coarsest when none does (tiny images cannot)."""
+    stream that meets ``target``; the finest when none does (a few pixels cannot: the
+    headers alone exceed the budget), rather than ruin the image for nothing."""
     resolutions = min(6, max(1, min(info.rows, info.columns).bit_length()))
 
     def encode(psnr: float) -> bytes:
@@ -207,6 +208,8 @@ def _j2k_lossy_small(frame: np.ndarray, info: PixelInfo, target: float) -> bytes
 
     low, high = 1.0, 150.0  # coarse .. fine
     best = encode(low)
+    if frame.nbytes / len(best) < target:
+        return encode(high)
     for _ in range(10):
         middle = (low + high) / 2
         encoded = encode(middle)
