@@ -370,7 +370,7 @@ class SqlStatements(ForwardStatements):
         "SELECT i.pk, i.sop_instance_uid, i.sop_class_uid, i.storage_key, "
         "i.transfer_syntax_received, i.transfer_syntax_stored, i.bytes_stored, i.calling_ae, "
         "i.called_ae, i.photometric_interpretation, i.bits_stored, i.bits_allocated, "
-        "i.compression, "
+        "i.pixel_representation, i.compression, "
         "se.modality, se.series_uid, st.study_uid "
         "FROM instances i JOIN series se ON se.pk = i.series_fk "
         "JOIN studies st ON st.pk = se.study_fk"
