@@ -115,7 +115,7 @@ def test_bits_above_bits_stored_are_masked_before_encoding():
 
 def test_a_codec_that_corrupts_is_caught_by_verification():
     jls = codec_for("jpeg-ls")
-    lying = replace(jls, decode=lambda data, info: jls.decode(data, info) ^ 1)
+    lying = replace(jls, read_as_others=lambda data, info: jls.decode(data, info) ^ 1)
     with pytest.raises(VerificationFailed):
         transcode(by_name("CT_small.dcm").read_bytes(), lying)
 

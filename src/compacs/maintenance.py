@@ -7,29 +7,74 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TextIO
+from io import BytesIO
+from typing import NamedTuple, TextIO
 
+from pydicom import dcmread
+
+from compacs.codecs.streams import JPEG_LS_SYNTAXES, first_fragment, jls_misread_reason
 from compacs.index import Index, InstanceFacts
-from compacs.jobs.compress import COMPRESSED, DERIVED, FAILED, KEPT, SKIPPED, Compressor
+from compacs.jobs.compress import (
+    COMPRESSED,
+    DERIVED,
+    FAILED,
+    KEPT,
+    SKIPPED,
+    Compressor,
+    Result,
+)
 from compacs.rules import Policy
+from compacs.storage import BlobStore
+
+REPAIR = "jpeg-ls (repair)"
 
 
-def candidates(index: Index, policy: Policy, retry: bool) -> list[tuple[InstanceFacts, str]]:
-    """Instances the policy would change, each with the name of its target."""
+class Candidate(NamedTuple):
+    facts: InstanceFacts
+    target: str
+    """A codec name, "smallest", or :data:`REPAIR`."""
+    reason: str = ""
+
+
+def candidates(
+    index: Index, policy: Policy, retry: bool, store: BlobStore | None = None
+) -> list[Candidate]:
+    """Instances the policy would change, each with the name of its target; with ``store``,
+    also the JPEG-LS objects other decoders misread (see :func:`misread_reason`), whatever
+    the policy says: they are re-encoded in JPEG-LS, values kept."""
     out = []
     for facts in index.instances():
-        if facts.get("compression") == DERIVED:
-            continue  # its lossy derivative exists; the original is kept on purpose
-        if facts.get("compression") in (FAILED, SKIPPED, KEPT) and not retry:
-            continue
-        decision = policy.decide(facts)
-        if decision is None:
-            continue
-        if facts["transfer_syntax_stored"] in decision.targets:
-            continue
-        target = decision.codecs[0].name if len(decision.codecs) == 1 else "smallest"
-        out.append((facts, target))
+        target = _policy_target(facts, policy, retry)
+        if target is not None:
+            out.append(Candidate(facts, target))
+        elif store is not None and (reason := misread_reason(facts, store)):
+            out.append(Candidate(facts, REPAIR, reason))
     return out
+
+
+def _policy_target(facts: InstanceFacts, policy: Policy, retry: bool) -> str | None:
+    if facts.get("compression") == DERIVED:
+        return None  # its lossy derivative exists; the original is kept on purpose
+    if facts.get("compression") in (FAILED, SKIPPED, KEPT) and not retry:
+        return None
+    decision = policy.decide(facts)
+    if decision is None or facts["transfer_syntax_stored"] in decision.targets:
+        return None
+    return decision.codecs[0].name if len(decision.codecs) == 1 else "smallest"
+
+
+def misread_reason(facts: InstanceFacts, store: BlobStore) -> str | None:
+    """Why the stored JPEG-LS object decodes wrong in other decoders, or None. Only signed
+    pixels with Bits Stored < Bits Allocated can be affected; only those are read."""
+    syntax = str(facts.get("transfer_syntax_stored"))
+    bits_allocated = int(facts.get("bits_allocated") or 0)
+    bits_stored = int(facts.get("bits_stored") or 0)
+    signed = facts.get("pixel_representation") == 1
+    if syntax not in JPEG_LS_SYNTAXES or not signed or not 0 < bits_stored < bits_allocated:
+        return None
+    ds = dcmread(BytesIO(store.get(facts["storage_key"])))
+    fragment = first_fragment(ds.PixelData) if "PixelData" in ds else b""
+    return jls_misread_reason(syntax, bits_allocated, bits_stored, signed, fragment)
 
 
 class Progress:
@@ -71,6 +116,12 @@ class Summary:
     seconds: float = 0.0
 
 
+def _run(compressor: Compressor, candidate: Candidate) -> Result:
+    if candidate.target == REPAIR:
+        return compressor.reencode(candidate.facts, candidate.reason)
+    return compressor.process(candidate.facts)
+
+
 def compress_stored(
     compressor: Compressor,
     index: Index,
@@ -81,24 +132,27 @@ def compress_stored(
     dry_run: bool,
     out: TextIO = sys.stdout,
 ) -> Summary:
-    plan = candidates(index, policy, retry)
+    plan = candidates(index, policy, retry, compressor.store)
     summary = Summary(planned=len(plan))
-    by_target = Counter(target for _, target in plan)
-    by_modality = Counter(facts.get("modality") or "(none)" for facts, _ in plan)
+    by_target = Counter(c.target for c in plan)
+    by_modality = Counter(c.facts.get("modality") or "(none)" for c in plan)
     print(
         f"{len(plan)} instance(s) to compress "
-        f"({sum(f['bytes_stored'] for f, _ in plan) / 2**20:.1f} MiB stored now)",
+        f"({sum(c.facts['bytes_stored'] for c in plan) / 2**20:.1f} MiB stored now)",
         file=out,
     )
     for name, counts in (("by target", by_target), ("by modality", by_modality)):
         if counts:
             print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()), file=out)
+    for c in plan:
+        if c.reason:
+            print(f"  {c.target} {c.facts['sop_instance_uid']}: {c.reason}", file=out)
     if dry_run or not plan:
         return summary
     progress = Progress(len(plan))
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for result in pool.map(lambda item: compressor.process(item[0]), plan):
+        for result in pool.map(lambda c: _run(compressor, c), plan):
             summary.states[result.state] += 1
             summary.bytes_before += result.bytes_before
             summary.bytes_after += result.bytes_after

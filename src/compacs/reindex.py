@@ -7,9 +7,14 @@ in large transactions on a fresh SQLite file.
 
 What a file cannot tell is filled in as documented in :data:`NOT_RECOVERED`. Objects
 are added in the order they were written (modification time), so the first-received
-values win at the patient, study and series levels as they did at ingest; a compressed
-object carries the time of its compression, so with deferred compression that order,
-and with it which of two disagreeing Patient Names a Patient ID keeps, may differ.
+values win at the study and series levels, and a patient keeps the latest received
+values, as at ingest; a compressed object carries the time of its compression, so with
+deferred compression that order, and with it which of two disagreeing Patient Names a
+patient answers at the Patient level, may differ (each study answers its own).
+
+It is also what restores the patient attributes of studies that an index of schema 3
+had filed under one patient (every study without a Patient ID): the schema 4 migration
+gives each its own patient, but only the objects hold the names they carried.
 
 Two objects of one SOP Instance UID (a crash between a compression's or a replacement's
 write and its delete): the sound one is kept (whole, and its pixel data decodes), then

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from compacs.codecs.lossy import derive
 from compacs.codecs.table import BY_SYNTAX
 from compacs.codecs.transcode import NATIVE_SYNTAXES, decompress, encode_dataset
+from compacs.dicom.byteorder import to_little_endian
 
 
 class NotConvertible(ValueError):
@@ -49,6 +50,7 @@ def convert(data: bytes, target: str, lossy_options: dict[str, Any] | None = Non
     stored = str(ds.file_meta.TransferSyntaxUID)
     if target == stored:
         return Converted(ds, len(data))
+    to_little_endian(ds)  # every other target is little endian; values kept
     if target in NATIVE_SYNTAXES:
         # Explicit VR LE; pynetdicom re-encodes it when only Implicit VR LE was accepted
         native = decompress(ds)

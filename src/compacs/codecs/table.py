@@ -2,10 +2,12 @@
 
 Kept as data (one :class:`Codec` row per syntax) so that negotiation, policy validation,
 transcoding and the documentation read the same facts. The backend choice and its
-measurements are recorded in ``docs/codecs.md``; in short: imagecodecs for JPEG-LS,
-JPEG 2000, HTJ2K and JPEG XL (it releases the GIL, so two worker threads use both cores,
-and its J2K encoder survived multi-threaded use where pylibjpeg-openjpeg 2.6 crashed),
-pydicom's RLE encoder with the pylibjpeg-rle plugin for RLE Lossless.
+measurements are recorded in ``docs/codecs.md``; in short: imagecodecs for JPEG 2000,
+HTJ2K and JPEG XL (it releases the GIL, so two worker threads use both cores, and its J2K
+encoder survived multi-threaded use where pylibjpeg-openjpeg 2.6 crashed), pyjpegls for
+encoding JPEG-LS (it writes the sample precision P = Bits Stored, which every reader needs
+for signed pixels; imagecodecs writes P = 8 or 16), pydicom's RLE encoder with the
+pylibjpeg-rle plugin for RLE Lossless.
 
 Photometric Interpretation of the output follows PS3.5 8.2: JPEG 2000 and HTJ2K store
 RGB with the reversible colour transform as YBR_RCT (8.2.4); JPEG-LS and RLE keep the
@@ -27,6 +29,7 @@ from pydicom.pixels import get_encoder
 from pydicom.uid import RLELossless
 
 from compacs.codecs.pixels import PixelInfo, as_unsigned, from_unsigned
+from compacs.codecs.streams import j2k_coding, jls_precision
 
 Encoder = Callable[[np.ndarray, PixelInfo, dict[str, Any]], bytes]
 Decoder = Callable[[bytes, PixelInfo], np.ndarray]
@@ -46,6 +49,13 @@ class Codec:
     decode: Decoder
     experimental: bool = False
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    read_as_others: Decoder | None = None
+    """How other conformant decoders read the stream (verification reads it so) when that
+    can differ from :attr:`decode`, which is lenient with what compacs stored earlier."""
+
+    def verification_decode(self, data: bytes, info: PixelInfo) -> np.ndarray:
+        """The frame as an outside decoder returns it (see :attr:`read_as_others`)."""
+        return (self.read_as_others or self.decode)(data, info)
 
     def check(self, info: PixelInfo) -> None:
         """Raise CodecUnavailable when this codec cannot carry ``info``'s pixels."""
@@ -71,27 +81,58 @@ class Codec:
         """PS3.5 8.2.4: a J2K stream with the colour transform is YBR_RCT (reversible) or
         YBR_ICT (irreversible); otherwise the decoded frames' interpretation is kept."""
         colour = self.name.startswith(("jpeg-2000", "htj2k")) and info.samples_per_pixel == 3
-        if colour and _j2k_uses_mct(encoded):
+        coding = j2k_coding(encoded) if colour else None
+        if coding is not None and coding.mct:
             return "YBR_RCT" if self.lossless else "YBR_ICT"
         if self.name == "jpeg-baseline" and info.samples_per_pixel == 3:
             return "YBR_FULL"  # PS3.5 8.2.1: YCbCr, no subsampling
         return info.photometric
 
 
-def _j2k_uses_mct(codestream: bytes) -> bool:
-    """Whether the COD segment (ISO 15444-1 A.6.1) switches the colour transform on."""
-    pos = codestream.find(b"\xff\x52", 2, 512)
-    return pos > 0 and codestream[pos + 8] == 1
-
-
-# -- JPEG-LS (ISO 14495-1) via imagecodecs / CharLS ----------------------------------------
+# -- JPEG-LS (ISO 14495-1): pyjpegls (CharLS) encodes, imagecodecs (CharLS) decodes -------
 def _jls_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
-    near = int(options.get("near", 0))
-    return bytes(imagecodecs.jpegls_encode(as_unsigned(frame, info), level=near or None))
+    """A stream with sample precision P = Bits Stored holding the samples' two's complement
+    at Bits Stored (PS3.5 8.2.3). JPEG-LS has no sign: a reader sign-extends at P (pydicom)
+    or at Bits Stored (DCMTK), and both agree only when P = Bits Stored. CharLS takes
+    P >= 2."""
+    if info.signed and info.bits_stored < 2:
+        raise CodecUnavailable("JPEG-LS cannot carry signed 1-bit samples")
+    import jpeg_ls  # pyjpegls
+
+    samples = np.ascontiguousarray(as_unsigned(frame, info), dtype=info.dtype.newbyteorder("<"))
+    extra = {"planar_configuration": 0} if info.samples_per_pixel > 1 else {}
+    return bytes(
+        jpeg_ls.encode_pixel_data(
+            samples.tobytes(),
+            lossy_error=int(options.get("near", 0)),
+            rows=info.rows,
+            columns=info.columns,
+            samples_per_pixel=info.samples_per_pixel,
+            bits_stored=max(info.bits_stored, 2),
+            **extra,
+        )
+    )
 
 
 def _jls_decode(data: bytes, info: PixelInfo) -> np.ndarray:
+    """Lenient: the samples sign-extended at Bits Stored, so streams compacs wrote before
+    it used P = Bits Stored (P = 16 with the masked two's complement) decode right too."""
     return from_unsigned(imagecodecs.jpegls_decode(data), info)
+
+
+def _jls_read_as_others(data: bytes, info: PixelInfo) -> np.ndarray:
+    """The samples as pydicom reads them: signed ones sign-extended at the stream's
+    precision P, not at Bits Stored (pydicom.pixels.decoders.base._apply_sign_correction)."""
+    precision = jls_precision(data)
+    if precision is None or precision > info.bits_allocated:
+        raise ValueError(f"JPEG-LS precision {precision} with Bits Allocated {info.bits_allocated}")
+    raw = np.asarray(imagecodecs.jpegls_decode(data))
+    if not info.signed:
+        return raw.astype(info.dtype, copy=False)
+    shift = info.bits_allocated - precision
+    unsigned = np.dtype(f"u{info.bits_allocated // 8}")
+    signed = raw.astype(unsigned, copy=False).view(info.dtype)
+    return (signed << shift) >> shift
 
 
 # -- JPEG 2000 (ISO 15444-1) via imagecodecs / OpenJPEG ----------------------------------
@@ -116,9 +157,18 @@ def _j2k_decode(data: bytes, info: PixelInfo) -> np.ndarray:
 # Its encoder has rate control (imagecodecs' lossy J2K setting is not a ratio), but it
 # crashed the process when called from two threads: one encode at a time, under a lock.
 _OPENJPEG_LOCK = threading.Lock()
+# pylibjpeg-openjpeg always codes 6 resolutions (5 decompositions): opj_start_compress()
+# refuses images with a side under 2**5 (ISO 15444-1 B.5: each level halves the tile).
+_OPENJPEG_MIN_SIDE = 32
 
 
 def _j2k_lossy_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    """A 9-7 irreversible codestream of about ``native bytes / ratio`` (PS3.3 C.7.6.1.1.5:
+    the ratio of the pixel data as stored, Bits Allocated per sample). OpenJPEG's rate
+    counts the precision (Bits Stored) instead, so its ratio is scaled down to match."""
+    target = float(options["ratio"])
+    if min(info.rows, info.columns) < _OPENJPEG_MIN_SIDE:
+        return _j2k_lossy_small(frame, info, target)
     from openjpeg.utils import encode_array
 
     colour = info.samples_per_pixel == 3 and info.photometric == "RGB"
@@ -129,10 +179,45 @@ def _j2k_lossy_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any
                 bits_stored=info.bits_stored,
                 photometric_interpretation=1 if colour else 2,
                 use_mct=colour,
-                compression_ratios=[float(options["ratio"])],
+                compression_ratios=[target * info.bits_stored / info.bits_allocated],
                 codec_format=0,  # J2K codestream (PS3.5 A.4.4)
             )
         )
+
+
+def _j2k_lossy_small(frame: np.ndarray, info: PixelInfo, target: float) -> bytes:
+    """Images with a side under 32 px: imagecodecs (OpenJPEG) with as many resolutions as
+    the side allows and no rate control, so bisect its quality (PSNR, dB) for the best
+    stream that meets ``target``; the finest when none does (a few pixels cannot: the
+    headers alone exceed the budget), rather than ruin the image for nothing."""
+    resolutions = min(6, max(1, min(info.rows, info.columns).bit_length()))
+
+    def encode(psnr: float) -> bytes:
+        return bytes(
+            imagecodecs.jpeg2k_encode(
+                frame,
+                psnr,
+                codecformat="J2K",
+                reversible=False,
+                mct=info.samples_per_pixel == 3 and info.photometric == "RGB",
+                bitspersample=info.bits_stored,
+                resolutions=resolutions,
+                numthreads=1,
+            )
+        )
+
+    low, high = 1.0, 150.0  # coarse .. fine
+    best = encode(low)
+    if frame.nbytes / len(best) < target:
+        return encode(high)
+    for _ in range(10):
+        middle = (low + high) / 2
+        encoded = encode(middle)
+        if frame.nbytes / len(encoded) >= target:
+            best, low = encoded, middle
+        else:
+            high = middle
+    return best
 
 
 # -- HTJ2K (ISO 15444-15) via imagecodecs / OpenJPH ---------------------------------------
@@ -253,19 +338,21 @@ CODECS: tuple[Codec, ...] = (
     Codec(
         "jpeg-ls",
         "1.2.840.10008.1.2.4.80",
-        "imagecodecs (CharLS)",
+        "pyjpegls (CharLS), P = Bits Stored",
         True,
         _jls_encode,
         _jls_decode,
         aliases=("jls", "jpegls"),
+        read_as_others=_jls_read_as_others,
     ),
     Codec(
         "jpeg-ls-near",
         "1.2.840.10008.1.2.4.81",
-        "imagecodecs (CharLS)",
+        "pyjpegls (CharLS), P = Bits Stored",
         False,
         _jls_encode,
         _jls_decode,
+        read_as_others=_jls_read_as_others,
     ),
     Codec(
         "jpeg-2000",

@@ -1,7 +1,7 @@
 """Data set -> data set in another transfer syntax, verified before anyone relies on it.
 
-Lossless means bit-exact: every encoded frame is decoded again with the codec's decoder
-and compared with the source frame (after the bits above Bits Stored were cleared);
+Lossless means bit-exact: every encoded frame is decoded again the way other decoders
+read it and compared with the source frame (after the bits above Bits Stored were cleared);
 any difference raises :class:`VerificationFailed` and the caller keeps the original.
 """
 
@@ -20,7 +20,9 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.filewriter import dcmwrite
 
 from compacs.codecs.pixels import PixelInfo, clean, source_frames
+from compacs.codecs.streams import first_fragment, stream_is_lossy
 from compacs.codecs.table import BY_SYNTAX, Codec
+from compacs.dicom.byteorder import to_little_endian
 from compacs.dicom.part10 import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -44,7 +46,11 @@ class Transcoded:
 
 
 def read_full(data: bytes) -> Dataset:
-    return dcmread(BytesIO(data))
+    """The Part 10 file ``data`` to be rewritten: a big endian one comes back in Explicit
+    VR Little Endian, every value kept (see :mod:`compacs.dicom.byteorder`)."""
+    ds = dcmread(BytesIO(data))
+    to_little_endian(ds)
+    return ds
 
 
 def _verify(
@@ -55,8 +61,12 @@ def _verify(
     n: int,
     options: dict[str, Any],
 ) -> None:
-    """Lossless: bit-exact. JPEG-LS near-lossless: no sample off by more than NEAR."""
-    decoded = codec.decode(encoded, info)
+    """Lossless: bit-exact. JPEG-LS near-lossless: no sample off by more than NEAR.
+
+    The stream is read as other decoders read it (:meth:`Codec.verification_decode`), so
+    the values a reader gets, interpreted by Pixel Representation and Bits Stored, must
+    equal the source values (PS3.5 8.2.3 for JPEG-LS)."""
+    decoded = codec.verification_decode(encoded, info)
     if decoded.shape != frame.shape:
         raise VerificationFailed(f"{codec.name}: frame {n + 1} decodes to {decoded.shape}")
     if codec.lossless:
@@ -137,16 +147,18 @@ def _splice(
     """The new file built from the received bytes with only the Pixel Data element
     replaced, or None when that is not enough (another source syntax, an attribute that
     must change). Saves pydicom's full re-encoding of the data set (~3 ms a CT slice)."""
-    if str(ds.file_meta.TransferSyntaxUID) != NATIVE_SYNTAXES[0] or 0x7FE00000 in ds:
-        return None  # another syntax, or a (retired) Group Length the new element would falsify
+    if 0x7FE00000 in ds:
+        return None  # a (retired) Group Length the new element would falsify
     if info.samples_per_pixel != 1 or codec.output_photometric(info, fragments[0]) != str(
         ds.PhotometricInterpretation
     ):
         return None
+    fp = BytesIO(data)
+    received = dcmread(fp, stop_before_pixels=True)  # ``ds`` may have changed byte order
+    if str(received.file_meta.TransferSyntaxUID) != NATIVE_SYNTAXES[0]:
+        return None  # the received bytes are in another syntax
     (group_length,) = struct.unpack_from("<L", data, 140)
     start = 144 + group_length
-    fp = BytesIO(data)
-    dcmread(fp, stop_before_pixels=True)
     at = fp.tell()
     if data[at : at + 6] != b"\xe0\x7f\x10\x00OW" and data[at : at + 6] != b"\xe0\x7f\x10\x00OB":
         return None
@@ -202,6 +214,7 @@ def decompress(ds: Dataset) -> Dataset:
         return ds
     info = PixelInfo.of(ds)
     frames = decode_frames(ds, info)
+    encapsulated = ds.PixelData
     pixels = b"".join(
         np.ascontiguousarray(f, dtype=info.dtype.newbyteorder("<")).tobytes() for f in frames
     )
@@ -212,5 +225,7 @@ def decompress(ds: Dataset) -> Dataset:
     ds.PhotometricInterpretation = info.photometric
     if info.samples_per_pixel == 3:
         ds.PlanarConfiguration = 0
+    if stream_is_lossy(str(ds.file_meta.TransferSyntaxUID), first_fragment(encapsulated)):
+        ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: never reset once lossy
     ds.file_meta.TransferSyntaxUID = NATIVE_SYNTAXES[0]
     return ds

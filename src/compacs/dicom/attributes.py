@@ -151,6 +151,7 @@ def extract(ds: Dataset) -> dict[str, dict[str, Any]]:
         for attr in attributes:
             row[attr.column] = _value(ds, attr, little_endian)
         if level == PATIENT and row["patient_id"] is None:
-            row["patient_id"] = ""  # Type 2: present but empty is a valid patient key
+            # Type 2: absent or empty is unknown, an ID of nobody (index.schema.patient_key)
+            row["patient_id"] = ""
         out[level] = row
     return out

@@ -21,7 +21,13 @@ from compacs.index.base import (
     ObjectChange,
 )
 from compacs.index.forward_sql import ForwardStatements
-from compacs.index.schema import INSTANCE_STORAGE_COLUMNS, PARENT_FK, TABLES
+from compacs.index.schema import (
+    INSTANCE_STORAGE_COLUMNS,
+    PARENT_FK,
+    STUDY_PATIENT_COLUMNS,
+    TABLES,
+    patient_key,
+)
 from compacs.query import INDEXED_KEYS, Query, like_pattern
 
 UNIQUE_COLUMN = {level: INDEXED[level][0].column for level in INDEXED}
@@ -43,6 +49,18 @@ _FROM = {
     IMAGE: "instances i JOIN series se ON se.pk = i.series_fk "
     "JOIN studies st ON st.pk = se.study_fk JOIN patients p ON p.pk = st.patient_fk",
 }
+
+
+def _alias(level: str, query_level: str) -> str:
+    """The table alias of ``level``'s attributes in a query at ``query_level``. Below the
+    Patient level a patient attribute is the study's own (:data:`STUDY_PATIENT_COLUMNS`):
+    a study is matched on, and answered with, what its instances say (PS3.4 C.6.2.1 makes
+    them Study level keys in Study Root; Patient Root's lower levels answer the same)."""
+    if level == PATIENT and query_level != PATIENT:
+        return _ALIAS[STUDY]
+    return _ALIAS[level]
+
+
 _COUNTS = {
     "NumberOfPatientRelatedStudies": "SELECT COUNT(*) FROM studies x WHERE x.patient_fk = p.pk",
     "NumberOfPatientRelatedSeries": "SELECT COUNT(*) FROM series x JOIN studies y "
@@ -92,17 +110,19 @@ class SqlStatements(ForwardStatements):
         return cur.fetchone()
 
     # -- add ---------------------------------------------------------------------------
-    def _level_pk(self, cur: Any, level: str, values: dict[str, Any], parent_pk: int | None) -> int:
-        """pk of the level's row for ``values``, inserting it when new (first writer wins)."""
-        table, key = TABLES[level], UNIQUE_COLUMN[level]
+    def _row_pk(
+        self, cur: Any, table: str, key: str, values: dict[str, Any], parent: tuple[str, int] | None
+    ) -> int:
+        """pk of ``table``'s row whose ``key`` column is ``values[key]``, inserting it when
+        new (first writer wins); ``parent`` is (foreign key column, pk)."""
         row = self._one(cur, f"SELECT pk FROM {table} WHERE {key} = ?", (values[key],))
         if row:
             return row[0]
         columns = list(values)
         params = [values[c] for c in columns]
-        if parent_pk is not None:
-            columns.append(PARENT_FK[level])
-            params.append(parent_pk)
+        if parent is not None:
+            columns.append(parent[0])
+            params.append(parent[1])
         marks = ", ".join("?" for _ in columns)
         cur.execute(
             self._q(
@@ -114,10 +134,60 @@ class SqlStatements(ForwardStatements):
         row = self._one(cur, f"SELECT pk FROM {table} WHERE {key} = ?", (values[key],))
         return row[0]
 
+    def _level_pk(self, cur: Any, level: str, values: dict[str, Any], parent_pk: int) -> int:
+        """pk of the series or instance row for ``values`` (keyed by the level's UID)."""
+        return self._row_pk(
+            cur, TABLES[level], UNIQUE_COLUMN[level], values, (PARENT_FK[level], parent_pk)
+        )
+
+    def _study_pk(self, cur: Any, attrs: dict[str, dict[str, Any]]) -> int:
+        """pk of the instance's study, made with its patient's when new.
+
+        The patient row is the one of :func:`~compacs.index.schema.patient_key` (Patient ID
+        + Issuer of Patient ID; a study without Patient ID has its own). A new study keeps
+        its instances' patient attributes as its own (first writer wins, like its other
+        attributes); an instance of a known study stays with that study's patient.
+        """
+        study, patient = attrs[STUDY], attrs[PATIENT]
+        key = patient_key(patient, study["study_uid"])
+        row = self._one(
+            cur, "SELECT pk, patient_fk FROM studies WHERE study_uid = ?", (study["study_uid"],)
+        )
+        if row is not None:
+            self._refresh_patient(cur, row[1], key, patient)
+            return row[0]
+        patient_pk = self._row_pk(
+            cur, "patients", "patient_key", {"patient_key": key, **patient}, None
+        )
+        self._refresh_patient(cur, patient_pk, key, patient)
+        own = {c: patient[c] for c in STUDY_PATIENT_COLUMNS}
+        return self._row_pk(
+            cur, "studies", "study_uid", {**study, **own}, (PARENT_FK[STUDY], patient_pk)
+        )
+
+    def _refresh_patient(self, cur: Any, pk: int, key: str, patient: dict[str, Any]) -> None:
+        """Give patient row ``pk`` the attributes of its latest received instance.
+
+        A patient (one Patient ID of one issuer) answers the Patient level of Patient Root
+        (PS3.4 C.6.1.1.2) with one name, birth date and sex, matched as answered: those of
+        the instance received last, as Orthanc and dcm4chee update a patient record (a
+        renamed patient answers the new name; each study keeps its own). Written only when
+        they differ, and only when the instance is of this patient (``key``).
+        """
+        columns = [c for c in STUDY_PATIENT_COLUMNS if c != "patient_id"]
+        row = self._one(
+            cur, f"SELECT patient_key, {', '.join(columns)} FROM patients WHERE pk = ?", (pk,)
+        )
+        if row is None or row[0] != key or list(row[1:]) == [patient[c] for c in columns]:
+            return
+        cur.execute(
+            self._q(f"UPDATE patients SET {', '.join(f'{c} = ?' for c in columns)} WHERE pk = ?"),
+            [*(patient[c] for c in columns), pk],
+        )
+
     def add_instance(self, cur: Any, inst: NewInstance, duplicates: Duplicates) -> AddResult:
         attrs = inst.attributes
-        patient_pk = self._level_pk(cur, PATIENT, attrs[PATIENT], None)
-        study_pk = self._level_pk(cur, STUDY, attrs[STUDY], patient_pk)
+        study_pk = self._study_pk(cur, attrs)
         series_pk = self._level_pk(cur, SERIES, attrs[SERIES], study_pk)
 
         values = dict(attrs[IMAGE])
@@ -201,7 +271,8 @@ class SqlStatements(ForwardStatements):
         clauses: list[str] = []
         params: list[Any] = []
         for c in query.conditions:
-            col = f"{_ALIAS[c.level]}.{c.column}"
+            alias = _alias(c.level, query.level)
+            col = f"{alias}.{c.column}"
             if c.kind in ("equal", "like"):
                 op = "=" if c.kind == "equal" else "LIKE"
                 escape = " ESCAPE '\\'" if c.kind == "like" else ""
@@ -220,8 +291,7 @@ class SqlStatements(ForwardStatements):
             elif c.kind in ("range", "datetime_range"):
                 if c.kind == "datetime_range":
                     date, time = c.column.split("|")
-                    a = _ALIAS[c.level]
-                    col = f"(COALESCE({a}.{date}, '') || {_tm(f'{a}.{time}')})"
+                    col = f"(COALESCE({alias}.{date}, '') || {_tm(f'{alias}.{time}')})"
                 elif INDEXED_KEYS[c.keyword][2] == "TM":
                     col = _tm(col)
                 lo, hi = c.values
@@ -252,7 +322,7 @@ class SqlStatements(ForwardStatements):
         """Rows of the query level matching ``query``, with the keys it asks for."""
         depth = LEVELS.index(query.level)
         selects = [
-            f"{_ALIAS[level]}.{attr.column}"
+            f"{_alias(level, query.level)}.{attr.column}"
             for level in LEVELS[: depth + 1]
             for attr in INDEXED[level]
         ]
@@ -300,7 +370,7 @@ class SqlStatements(ForwardStatements):
         "SELECT i.pk, i.sop_instance_uid, i.sop_class_uid, i.storage_key, "
         "i.transfer_syntax_received, i.transfer_syntax_stored, i.bytes_stored, i.calling_ae, "
         "i.called_ae, i.photometric_interpretation, i.bits_stored, i.bits_allocated, "
-        "i.compression, "
+        "i.pixel_representation, i.compression, "
         "se.modality, se.series_uid, st.study_uid "
         "FROM instances i JOIN series se ON se.pk = i.series_fk "
         "JOIN studies st ON st.pk = se.study_fk"
@@ -501,7 +571,7 @@ class SqlStatements(ForwardStatements):
     # -- the admin's window (compacs.web) ---------------------------------------------
     def sizes(self, cur: Any, level: str, uid: str) -> dict[str, Any]:
         """Instances, bytes and stored syntaxes under one patient/study/series/instance."""
-        where = f"{_ALIAS[level]}.{UNIQUE_COLUMN[level]} = ?"
+        where = f"{_alias(level, IMAGE)}.{UNIQUE_COLUMN[level]} = ?"
         cur.execute(
             self._q(
                 "SELECT i.transfer_syntax_stored, COUNT(*), SUM(i.bytes_received), "

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from compacs.index.base import IndexUnavailable
 from compacs.index.group_commit import GroupCommitter
-from compacs.index.schema import SCHEMA_VERSION, migrations
+from compacs.index.schema import SCHEMA_VERSION, SQLITE, migrations
 from compacs.index.sql import SqlStatements
 from compacs.index.sql_index import SqlIndex
 from compacs.query import Query
@@ -73,6 +73,8 @@ class SqliteIndex(SqlIndex):
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
+            # a migration may rebuild a table (drop, rename) that others reference
+            conn.execute("PRAGMA foreign_keys=OFF")
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
@@ -82,11 +84,15 @@ class SqliteIndex(SqlIndex):
                     f"{self.path}: index schema version {current} is newer than this "
                     f"compacs ({SCHEMA_VERSION}); upgrade compacs"
                 )
-            for version, statements in sorted(migrations("INTEGER PRIMARY KEY").items()):
+            for version, statements in sorted(migrations(SQLITE).items()):
                 if version > current:
                     for statement in statements:
                         conn.execute(statement)
                     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            if current and current < SCHEMA_VERSION:
+                broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:  # a rebuilt table lost rows that others reference
+                    raise RuntimeError(f"{self.path}: migration broke references: {broken[:5]}")
             conn.execute("COMMIT")
         finally:
             conn.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -20,9 +21,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from compacs import metrics
-from compacs.codecs.lossy import derive
+from compacs.codecs.lossy import DerivationRefused, derive
 from compacs.codecs.pixels import NotCompressible
-from compacs.codecs.table import CodecUnavailable
+from compacs.codecs.table import CodecUnavailable, codec_for
 from compacs.codecs.transcode import Transcoded, transcode
 from compacs.dicom.attributes import extract
 from compacs.index import Duplicates, Index, InstanceFacts, NewInstance, ObjectChange
@@ -66,8 +67,11 @@ class Compressor:
         return result
 
     def _process_safely(self, facts: InstanceFacts) -> Result:
+        return self._guarded(facts, lambda: self._process(facts))
+
+    def _guarded(self, facts: InstanceFacts, run: Callable[[], Result]) -> Result:
         try:
-            result = self._process(facts)
+            result = run()
         except Exception as exc:  # never let a codec or a file take the worker down
             log.exception("compression of %s failed", facts["sop_instance_uid"])
             result = Result(
@@ -114,19 +118,36 @@ class Compressor:
             self._finish(facts, None, result)
             return result
 
-        digest = hashlib.sha256(best.data).hexdigest()
+        return self._switch(facts, best, best.codec.name)
+
+    def _switch(self, facts: InstanceFacts, encoded: Transcoded, note: str) -> Result:
+        """Store ``encoded`` under a new key and switch the instance to it."""
+        before = int(facts["bytes_stored"])
+        digest = hashlib.sha256(encoded.data).hexdigest()
         key = storage_key(
             facts["study_uid"], facts["series_uid"], facts["sop_instance_uid"], digest
         )
-        self.store.put(key, best.data)
-        change = ObjectChange(key, best.transfer_syntax, len(best.data), digest)
-        result = Result(COMPRESSED, best.codec.name, before, len(best.data), best.transfer_syntax)
+        self.store.put(key, encoded.data)
+        change = ObjectChange(key, encoded.transfer_syntax, len(encoded.data), digest)
+        result = Result(COMPRESSED, note, before, len(encoded.data), encoded.transfer_syntax)
         if self._finish(facts, change, result):
             self.store.delete(facts["storage_key"])
         else:  # replaced or deleted meanwhile: the new object belongs to nobody
             self.store.delete(key)
             result = Result(SKIPPED, "instance changed while it was compressed", before, before)
         return result
+
+    def reencode(self, facts: InstanceFacts, reason: str) -> Result:
+        """Re-encode a stored JPEG-LS object that other decoders misread (``reason``) as
+        JPEG-LS Lossless with P = Bits Stored, the values kept: the source frames are
+        sign-extended at Bits Stored, which restores the old streams' masked samples."""
+
+        def run() -> Result:
+            data = self.store.get(facts["storage_key"])
+            encoded = transcode(data, codec_for("jpeg-ls"))
+            return self._switch(facts, encoded, f"jpeg-ls re-encoded: {reason}"[:500])
+
+        return self._guarded(facts, run)
 
     def _derive_lossy(self, facts: InstanceFacts, data: bytes, decision: Decision) -> Result:
         """Store the lossy derivative as a new instance (new SOP Instance UID); keep or drop
@@ -137,6 +158,10 @@ class Compressor:
         for codec in decision.codecs:
             try:
                 candidate = derive(data, codec, dict(decision.options))
+            except DerivationRefused as exc:
+                result = Result(SKIPPED, str(exc), before, before)
+                self._finish(facts, None, result)
+                return result
             except NotCompressible as exc:
                 result = Result(SKIPPED, f"not compressible: {exc}", before, before)
                 self._finish(facts, None, result)
