@@ -17,6 +17,7 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from compacs.dicom.status import Status
+from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
 from tests.conftest import NO_COMPRESSION, echo, free_port, write_config
 from tests.scu import association, dataset_bytes, send_datasets, send_raw, status_of
@@ -27,7 +28,7 @@ def good_slice(seed: int = 1, size: int = 64):
 
 
 def store_files(data_dir: Path) -> list[Path]:
-    return [p for p in (data_dir / "store").rglob("*") if p.is_file()]
+    return [p for p in (data_dir / "store").rglob("*") if p.is_file() and p.name != OWNER_KEY]
 
 
 def indexed(data_dir: Path) -> int:

@@ -25,6 +25,7 @@ from compacs.index import Duplicates
 from compacs.index.sqlite import SqliteIndex
 from compacs.ingest import Ingest, Received
 from compacs.storage import FileStore
+from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
 from tests.conftest import echo, write_config
 from tests.scu import dataset_bytes, send_datasets
@@ -46,7 +47,7 @@ def stored_files(data_dir: Path) -> set[str]:
     return {
         p.relative_to(store).as_posix()
         for p in store.rglob("*")
-        if p.is_file() and ".tmp" not in p.parts
+        if p.is_file() and ".tmp" not in p.parts and p.name != OWNER_KEY
     }
 
 

@@ -23,6 +23,7 @@ from compacs.index import Duplicates, NewInstance, open_index
 from compacs.index.schema import POSTGRESQL, SQLITE, Dialect, migrations
 from compacs.index.sqlite import SqliteIndex
 from compacs.query import PATIENT_ROOT, parse_identifier
+from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
 from tests.conftest import NO_COMPRESSION, NodeProcess, dcmtk_env, require_dcmtk, write_config
 from tests.scu import send_datasets
@@ -338,6 +339,8 @@ def test_reindex_restores_what_a_migrated_index_cannot_know(tmp_path):
     finally:
         assert node.stop() == 0
     _downgrade_to_schema_3(node.data_dir / "index.sqlite")
+    # a store of schema 3's time carried no owner marker (storage/owner, schema 5)
+    (node.data_dir / "store" / OWNER_KEY).unlink()
 
     node.start()  # migrates to schema 4
     try:

@@ -23,8 +23,16 @@ from compacs.dicom.attributes import INDEXED
 from compacs.dicom.part10 import file_header
 from compacs.dicom.status import Status
 from compacs.ingest import storage_key
+from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, dcmtk_env, require_dcmtk, run_cli, write_config
+from tests.conftest import (
+    NO_COMPRESSION,
+    NodeProcess,
+    dcmtk_env,
+    require_dcmtk,
+    run_cli,
+    write_config,
+)
 from tests.dcmtk import own_syntax_pairs, storescu, storescu_profile
 from tests.dicomfiles import storage_files
 from tests.scu import association, dataset_bytes, send_datasets
@@ -44,7 +52,7 @@ def store_files(data_dir: Path) -> dict[str, Path]:
     return {
         p.relative_to(store).as_posix(): p
         for p in store.rglob("*")
-        if p.is_file() and ".tmp" not in p.parts
+        if p.is_file() and ".tmp" not in p.parts and p.name != OWNER_KEY
     }
 
 
@@ -398,3 +406,39 @@ def test_reindex_gives_back_the_index_compression_off(node_factory, tmp_path):
 
 def test_reindex_gives_back_the_index_compression_jpeg_ls(node_factory, tmp_path):
     check_reindex(node_factory, tmp_path, "ingest")
+
+
+def test_a_store_belongs_to_one_index(node_factory, tmp_path):
+    """Two indexes on one store directory: the second's ``verify --repair-orphans`` took
+    every object of the first as an orphan and deleted it. The store is marked with its
+    index's identity at first use; another index is refused by serve, verify and repair,
+    and a rebuilt index (reindex) takes over the identity of the store it came from."""
+    store = tmp_path / "shared-store"
+    first = tmp_path / "first.sqlite"
+    args = ("--index", f"sqlite:///{first}", "--store", store.as_uri())
+    node = node_factory("a", extra_args=args)
+    sent = list(ct_series(5, 32, 32, seed=940))
+    assert send_datasets(node.port, sent) == [Status.SUCCESS] * 5
+    node.stop()
+    objects = sorted(p for p in store.rglob("*.dcm"))
+    assert len(objects) == 5
+    backdate(objects)  # old enough to be deleted as orphans, were they orphans
+
+    second = ("--index", f"sqlite:///{tmp_path / 'second.sqlite'}", "--store", store.as_uri())
+    repair = run_cli("verify", "--repair-orphans", "--data-dir", str(tmp_path / "b"), *second)
+    assert repair.returncode == 2, repair.stdout + repair.stderr
+    assert "belongs to another index" in repair.stderr
+    assert sorted(p for p in store.rglob("*.dcm")) == objects  # nothing deleted
+
+    serve = NodeProcess(tmp_path / "b", extra_args=second)
+    result = subprocess.run(serve.command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "belongs to another index" in result.stderr
+
+    # rebuilt from the store, an index is the store's own
+    rebuilt = tmp_path / "rebuilt.sqlite"
+    result = run_cli("reindex", "--into", str(rebuilt), "--data-dir", str(tmp_path / "c"), *args)
+    assert result.returncode == 0, result.stderr
+    again = ("--index", f"sqlite:///{rebuilt}", "--store", store.as_uri())
+    verified = run_cli("verify", "--repair-orphans", "--data-dir", str(tmp_path / "c"), *again)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert sorted(p for p in store.rglob("*.dcm")) == objects

@@ -328,9 +328,16 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     if not _has_index(settings):
         return 2
     _quiet_pydicom()
+    from compacs.storage.owner import StoreOwned, claim
+
     store = open_store(settings.resolved_store_url)
     index = open_index(settings.resolved_index_url)
     try:
+        try:  # another index's objects would all look like orphans here
+            claim(store, index.identity())
+        except StoreOwned as exc:
+            print(f"compacs verify: {exc}", file=sys.stderr)
+            return 2
         verifier = Verifier(store, index, decode=not args.no_decode, workers=_workers())
         report = verifier.run(repair_orphans=args.repair_orphans, progress=Progress)
     finally:

@@ -27,6 +27,7 @@ from compacs.net.guard import ConnectionGuard, Limits
 from compacs.net.server import ACCEPTOR_HANDLERS, build_ae, make_server
 from compacs.security import server_tls_context
 from compacs.storage import open_store
+from compacs.storage.owner import StoreOwned, claim
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,15 @@ class Node:
         self.store = open_store(settings.resolved_store_url)
         leftovers = self.store.recover()
         self.index = open_index(settings.resolved_index_url)
+        try:
+            claim(self.store, self.index.identity())
+        except StoreOwned as exc:
+            self.index.close()
+            self.store.close()
+            self._release_locks()
+            raise NodeRefused(str(exc)) from None
+        except OSError as exc:  # an unreachable store: stores get 0xA700 until it is back
+            log.warning("store %s unreachable at start-up: %s", self.store.url, exc)
         # who this node is in queue claims: stable across restarts, distinct per node
         self.node_id = f"{socket.gethostname()}:{settings.port}"
         log_recovery(leftovers, self.index.release_claims(self.node_id))

@@ -48,6 +48,7 @@ from compacs.index.sqlite import SqliteIndex
 from compacs.integrity import decode_problem, parse_key
 from compacs.maintenance import Progress
 from compacs.storage import BlobStore
+from compacs.storage.owner import owner_of
 
 NOT_RECOVERED = (
     "transfer syntax received: the stored one; bytes received: the stored size; "
@@ -277,6 +278,11 @@ class Rebuilder:
         bar = progress(len(listing)) if progress else None
         try:
             cur = conn.cursor()
+            owner = owner_of(self.store)
+            if owner is not None:  # the rebuilt index is the one the store belongs to
+                cur.execute(begin)
+                self._sql.adopt_identity(cur, owner)
+                cur.execute("COMMIT")
             with ThreadPoolExecutor(self.workers) as pool:
                 for chunk in _chunks(listing, _BATCH):
                     scanned = list(pool.map(lambda item: self.scan(item[1], item[0]), chunk))

@@ -120,6 +120,9 @@ InstanceFacts = dict[str, Any]
 class Index(Protocol):
     url: str
 
+    def identity(self) -> str:
+        """The index's UUID, made at its first use; its store is marked with it."""
+
     def add_instance(self, instance: NewInstance, duplicates: Duplicates) -> AddResult:
         """Index ``instance`` in one committed transaction; return when committed."""
 

@@ -225,7 +225,14 @@ def migrations(dialect: Dialect) -> dict[int, list[str]]:
         # 4: patients keyed by Patient ID + issuer, none by an empty ID; studies keep
         # their own patient attributes
         4: _patients_apart(dialect),
+        # 5: the index's identity, which the store it owns is marked with (storage/owner)
+        5: [
+            "CREATE TABLE index_identity (\n"
+            "  one INTEGER PRIMARY KEY CHECK (one = 1),\n"
+            "  index_id TEXT NOT NULL\n"
+            ")",
+        ],
     }
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5

@@ -599,6 +599,29 @@ class SqlStatements(ForwardStatements):
         )
         return [{"day": day, **_bytes_entry(n, r, s)} for day, n, r, s in cur.fetchall()]
 
+    # -- identity (storage/owner) --------------------------------------------------------
+    def ensure_identity(self, cur: Any, made: str) -> None:
+        """Record ``made`` as the index's identity unless it has one already."""
+        cur.execute(
+            self._q(
+                "INSERT INTO index_identity (one, index_id) VALUES (1, ?) "
+                "ON CONFLICT (one) DO NOTHING"
+            ),
+            (made,),
+        )
+
+    def adopt_identity(self, cur: Any, index_id: str) -> None:
+        """Take ``index_id`` as the identity (a rebuilt index takes its store's)."""
+        cur.execute("DELETE FROM index_identity")
+        cur.execute(
+            self._q("INSERT INTO index_identity (one, index_id) VALUES (1, ?)"), (index_id,)
+        )
+
+    def identity(self, cur: Any) -> str | None:
+        cur.execute("SELECT index_id FROM index_identity")
+        row = cur.fetchone()
+        return row[0] if row else None
+
 
 def _ratio(received: int, stored: int) -> float:
     return round(float(received) / float(stored), 3) if stored else 1.0

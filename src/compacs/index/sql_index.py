@@ -9,6 +9,7 @@ again when it is back, without a restart."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -38,6 +39,16 @@ class SqlIndex:
     def _reading(self) -> AbstractContextManager[Any]:  # pragma: no cover - backends provide it
         """A connection for reads, for the duration of a ``with`` block."""
         raise NotImplementedError
+
+    # -- identity ------------------------------------------------------------------------
+    def identity(self) -> str:
+        """This index's UUID, made at its first opening (the store is marked with it)."""
+        known = self._read(self._sql.identity)
+        if known is not None:
+            return known
+        made = str(uuid.uuid4())
+        self._write(lambda cur: self._sql.ensure_identity(cur, made))
+        return self._read(self._sql.identity)
 
     # -- Index ---------------------------------------------------------------------------
     def add_instance(self, instance: NewInstance, duplicates: Duplicates) -> AddResult:

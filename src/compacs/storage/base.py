@@ -23,6 +23,10 @@ class StorageFull(OSError):
 _KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
+OWNER_KEY = "compacs-owner.json"
+"""The store's marker (storage/owner); never an instance's key, never listed by keys()."""
+
+
 def validate_key(key: str) -> str:
     parts = key.split("/")
     if not parts or any(not _KEY_PART.fullmatch(p) or p in {".", ".."} for p in parts):
@@ -53,7 +57,7 @@ class BlobStore(Protocol):
     def size(self, key: str) -> int: ...
 
     def keys(self) -> Iterator[str]:
-        """Every stored key (for verify and reindex)."""
+        """Every stored object's key (for verify and reindex), the marker excepted."""
 
     def recover(self) -> int:
         """Remove what an interrupted put left behind; return how many leftovers."""

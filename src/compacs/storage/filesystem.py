@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from compacs.storage.base import StorageFull, validate_key
+from compacs.storage.base import OWNER_KEY, StorageFull, validate_key
 
 TMP_DIR = ".tmp"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -120,7 +120,9 @@ class FileStore:
                 dirnames[:] = [d for d in dirnames if d != TMP_DIR]
             rel = Path(dirpath).relative_to(self.root)
             for name in filenames:
-                yield (rel / name).as_posix()
+                key = (rel / name).as_posix()
+                if key != OWNER_KEY:
+                    yield key
 
     def recover(self) -> int:
         leftovers = 0

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
-from compacs.storage.base import StorageFull, validate_key
+from compacs.storage.base import OWNER_KEY, StorageFull, validate_key
 
 try:
     import boto3
@@ -130,7 +130,9 @@ class S3Store:
         paginator = self._s3.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
             for item in page.get("Contents", []):
-                yield item["Key"][len(start) :]
+                key = item["Key"][len(start) :]
+                if key != OWNER_KEY:
+                    yield key
 
     def recover(self) -> int:
         return 0  # a single PUT is atomic: an interrupted one leaves nothing behind
