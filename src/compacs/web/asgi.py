@@ -44,6 +44,8 @@ SECURITY_HEADERS = {
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 MAX_QUERY_FIELDS = 100
+MAX_HEAD_BYTES = 16 * 1024  # request line + headers; also h11's max incomplete event size
+MAX_TARGET_BYTES = 8 * 1024  # the path and query
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -129,11 +131,25 @@ class BodyTooLarge(HTTPException):
         )
 
 
+def head_problem(scope: Scope) -> HTTPException | None:
+    """414 for a request target over MAX_TARGET_BYTES (RFC 9110 15.5.15), 431 for a head
+    over MAX_HEAD_BYTES (RFC 6585 5), else None."""
+    target = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
+    if target > MAX_TARGET_BYTES:
+        return HTTPException(414, f"request target longer than {MAX_TARGET_BYTES} bytes")
+    fields = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+    if target + fields > MAX_HEAD_BYTES:
+        return HTTPException(431, f"request line and headers larger than {MAX_HEAD_BYTES} bytes")
+    return None
+
+
 class BodyLimit:
     """Refuses bodies beyond ``max_body`` bytes: by the declared Content-Length before the
     app runs, and by counting while the app reads a body of unknown length, so nothing past
     the limit is ever buffered. A body the app leaves unread closes the connection after the
-    answer (RFC 9112 9.6), so it is never read as a request."""
+    answer (RFC 9112 9.6), so it is never read as a request. An oversized head is refused
+    too (:func:`head_problem`): h11 bounds only a head still incomplete, not one that
+    arrived in one read."""
 
     def __init__(self, app: ASGIApp, max_body: int) -> None:
         self.app, self.max_body = app, max_body
@@ -141,6 +157,10 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        problem = head_problem(scope)
+        if problem is not None:
+            await _error_response(scope, problem, close=True)(scope, receive, send)
             return
         headers = Headers(scope=scope)
         declared = headers.get("content-length")

@@ -19,14 +19,13 @@ from typing import Any
 import uvicorn
 
 from compacs.web.api import App
-from compacs.web.asgi import Limits, allowed_hosts, asgi_app
+from compacs.web.asgi import MAX_HEAD_BYTES, Limits, allowed_hosts, asgi_app
 from compacs.web.auth import Credentials, binding_problem
 from compacs.web.protocol import HeaderTimeoutH11Protocol
 
 log = logging.getLogger(__name__)
 
 KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive connection is kept
-MAX_HEAD_BYTES = 16 * 1024  # request line + headers (h11's max incomplete event size)
 BACKLOG = 128
 START_TIMEOUT = 30.0
 
