@@ -42,7 +42,7 @@ SECURITY_HEADERS = {
     "form-action 'self'; frame-ancestors 'none'",
 }
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+METHODS = ["GET", "HEAD"]  # the API is read-only; anything else: 405 with Allow
 MAX_QUERY_FIELDS = 100
 MAX_HEAD_BYTES = 16 * 1024  # request line + headers; also h11's max incomplete event size
 MAX_TARGET_BYTES = 8 * 1024  # the path and query
@@ -198,6 +198,8 @@ def _error_response(scope: Scope, exc: HTTPException, close: bool = False) -> St
     else:
         body = pages.error(exc.status_code, str(exc.detail)).encode()
         response = StarletteResponse(body, exc.status_code, media_type="text/html; charset=utf-8")
+    for name, value in (exc.headers or {}).items():  # e.g. Allow on a 405
+        response.headers[name] = value
     if close:
         response.headers["Connection"] = "close"
     return response
@@ -238,6 +240,9 @@ class Endpoint:
 
 async def _http_exception(request: Request, exc: Exception) -> StarletteResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        detail = f"{request.method} is not supported: the API is read-only"
+        exc = HTTPException(405, detail, headers=exc.headers)
     return _error_response(request.scope, exc)
 
 

@@ -122,6 +122,7 @@ def build(settings: Any, index: Any, store: Any, activity: Any) -> WebServer:
     credentials = Credentials(settings.http_token, settings.http_user, settings.http_password)
     app = App(settings, index, store, activity)
     hosts = allowed_hosts(settings.http_host, settings.http_allowed_hosts)
+    log.info("web: answering Host %s only ([http] allowed_hosts adds names)", ", ".join(hosts))
     limits = Limits(max_body=settings.http_max_body)
     application = asgi_app(
         app, credentials, hosts=hosts, cors_origins=settings.http_cors_origins, limits=limits
