@@ -16,7 +16,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from compacs.synthetic import ct_series
@@ -336,14 +336,19 @@ def test_non_utf8_bytes_in_the_request_line_are_400(web):
 
 
 KEYS = [*search_keys("IMAGE"), "ModalitiesInStudy", "limit", "offset", "x"]
+EDGES = [str(2**63 - 2), str(2**64), "-1", "1e9", "nan", "%", "%zz", "\\" * 300, "*" * 300]
+VALUES = st.text(max_size=80) | st.integers().map(str) | st.sampled_from(EDGES)
 
 
 @settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+@example(fields=[("offset", str(2**63 - 2))], raw=b"")  # the probe's 500
+@example(fields=[("PatientName", "*" * 5000)], raw=b"%")
+@example(fields=[("ModalitiesInStudy", ""), ("ModalitiesInStudy", "")], raw=b"")  # found by it
 @given(
     fields=st.lists(
-        st.tuples(st.sampled_from(KEYS), st.text(max_size=80) | st.integers().map(str)),
+        st.tuples(st.sampled_from(KEYS), VALUES),
         max_size=4,
     ),
     raw=st.binary(max_size=40),

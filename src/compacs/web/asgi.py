@@ -1,7 +1,7 @@
 """The Starlette application in front of :class:`compacs.web.api.App`.
 
 Layers, outermost first: security headers on every answer (the framework's own 400/405
-included); the Host allow-list (DNS rebinding, RFC 9110 7.2); the request-size limit;
+included); the Host allow-list (DNS rebinding, RFC 9110 7.2); the head and body limits;
 CORS only when origins are configured; authentication; then the route, whose synchronous
 handler runs in a bounded thread pool. The path and query are decoded strictly: a request
 whose URL is not valid percent-encoded UTF-8 (RFC 3986 2.1, 2.5) is a 400, never a guess.
@@ -29,6 +29,7 @@ from starlette.responses import Response as StarletteResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from compacs.web import pages
 from compacs.web.api import App, Response, json_response
 from compacs.web.auth import REALM, Credentials
 
@@ -143,13 +144,26 @@ def head_problem(scope: Scope) -> HTTPException | None:
     return None
 
 
+class HeadLimit:
+    """Refuses an oversized request target or head (:func:`head_problem`): h11 bounds only a
+    head still incomplete, not one that arrived in one read."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = head_problem(scope) if scope["type"] == "http" else None
+        if problem is not None:
+            await _error_response(scope, problem, close=True)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class BodyLimit:
     """Refuses bodies beyond ``max_body`` bytes: by the declared Content-Length before the
     app runs, and by counting while the app reads a body of unknown length, so nothing past
     the limit is ever buffered. A body the app leaves unread closes the connection after the
-    answer (RFC 9112 9.6), so it is never read as a request. An oversized head is refused
-    too (:func:`head_problem`): h11 bounds only a head still incomplete, not one that
-    arrived in one read."""
+    answer (RFC 9112 9.6), so it is never read as a request."""
 
     def __init__(self, app: ASGIApp, max_body: int) -> None:
         self.app, self.max_body = app, max_body
@@ -157,10 +171,6 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        problem = head_problem(scope)
-        if problem is not None:
-            await _error_response(scope, problem, close=True)(scope, receive, send)
             return
         headers = Headers(scope=scope)
         declared = headers.get("content-length")
@@ -190,8 +200,6 @@ class BodyLimit:
 
 def _error_response(scope: Scope, exc: HTTPException, close: bool = False) -> StarletteResponse:
     """A JSON error under /api/, an HTML page elsewhere (as :meth:`App._error`)."""
-    from compacs.web import pages
-
     path = scope.get("path", "")
     if path.startswith("/api/"):
         response = _to_starlette(json_response({"error": exc.detail}, exc.status_code))
@@ -259,6 +267,7 @@ def asgi_app(
     middleware = [
         Middleware(SecurityHeaders),
         Middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False),
+        Middleware(HeadLimit),
         Middleware(BodyLimit, max_body=limits.max_body),
     ]
     origins = list(cors_origins)

@@ -83,6 +83,14 @@ def _raw(ds: Dataset, keyword: str, value: str) -> None:
     ds[tag] = RawDataElement(Tag(tag), vr, len(data), data, 0, False, True)
 
 
+def _joined(given: list[str]) -> str:
+    """The values of one key as one DICOM multi-value; only empty values (``a=&a=``, or
+    ``a=\\\\``) are one empty value: universal matching (PS3.4 C.2.2.2.3), not a list
+    of nothing."""
+    joined = "\\".join(given)
+    return "" if not joined.replace("\\", "") else joined
+
+
 def identifier(level: str, params: list[tuple[str, str]]) -> Dataset:
     """The C-FIND identifier for a search at ``level`` (paging parameters left out)."""
     allowed = search_keys(level)
@@ -101,7 +109,7 @@ def identifier(level: str, params: list[tuple[str, str]]) -> Dataset:
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.QueryRetrieveLevel = level
     for key, given in values.items():
-        _raw(ds, key, "\\".join(given))
+        _raw(ds, key, _joined(given))
     for key in DERIVED[level]:
         if key not in values:
             _raw(ds, key, "")
