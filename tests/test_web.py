@@ -13,6 +13,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from email.message import Message
 from io import BytesIO
 from pathlib import Path
 
@@ -48,15 +49,16 @@ class Http:
     def __init__(self, port: int, auth: str | None = None) -> None:
         self.base, self.auth = f"http://127.0.0.1:{port}", auth
 
-    def get(self, path: str, auth: str | None = None) -> tuple[int, dict, bytes]:
+    def get(self, path: str, auth: str | None = None) -> tuple[int, Message, bytes]:
+        """Status, headers (names case-insensitive, RFC 9110 5.1) and body."""
         request = urllib.request.Request(self.base + path)
         if auth or self.auth:
             request.add_header("Authorization", auth or self.auth)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, dict(response.headers), response.read()
+                return response.status, response.headers, response.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
+            return exc.code, exc.headers, exc.read()
 
     def json(self, path: str) -> dict:
         status, _, body = self.get(path)

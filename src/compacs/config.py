@@ -98,6 +98,16 @@ class Settings:
     http_token: str | None = None
     http_user: str | None = None
     http_password: str | None = None
+    http_allowed_hosts: tuple[str, ...] = ()
+    """Host header values answered besides the loopback names and [http] host (DNS rebinding)."""
+    http_cors_origins: tuple[str, ...] = ()
+    """Origins allowed cross-origin reads (CORS); none: no Access-Control-* headers."""
+    http_max_body: int = 1 << 20
+    """Largest request body in bytes (413 beyond)."""
+    http_header_timeout: float = 10.0
+    """Seconds a client has to send a complete request line and headers."""
+    http_max_connections: int = 1000
+    """Open HTTP connections at most; requests beyond get 503."""
 
     def move_allowed(self, calling: str, destination: str) -> bool:
         if self.move_allow is None:
@@ -173,6 +183,26 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
         "token": ("http_token", (str,), lambda v: len(v) >= 16, "a secret of 16+ characters"),
         "user": ("http_user", (str,), lambda v: bool(v) and ":" not in v, "a name without ':'"),
         "password": ("http_password", (str,), lambda v: len(v) >= 8, "8+ characters"),
+        "allowed_hosts": (
+            "http_allowed_hosts",
+            (list,),
+            lambda v: all(isinstance(h, str) and _host_pattern(h) for h in v),
+            'a list of host names ("pacs.example.org", "*.example.org"), without ports',
+        ),
+        "cors_origins": (
+            "http_cors_origins",
+            (list,),
+            lambda v: all(isinstance(o, str) and _origin(o) for o in v),
+            'a list of origins ("https://viewer.example.org")',
+        ),
+        "max_body": ("http_max_body", (int,), lambda v: 0 <= v <= 2**40, "bytes, 0..2**40"),
+        "header_timeout": (
+            "http_header_timeout",
+            (int, float),
+            lambda v: 0 < v <= 3600,
+            "seconds, > 0 and <= 3600",
+        ),
+        "max_connections": ("http_max_connections", (int,), lambda v: 1 <= v <= 10000, "1..10000"),
     },
     "index": {"url": ("index_url", (str,), lambda v: ":" in v, "an index URL (sqlite:///...)")},
     "storage": {"url": ("store_url", (str,), lambda v: ":" in v, "a storage URL (file:///...)")},
@@ -204,6 +234,16 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
 }
 
 
+def _host_pattern(value: str) -> bool:
+    """A host name, address or ``*.domain`` (Starlette's TrustedHostMiddleware patterns)."""
+    return bool(re.fullmatch(r"(\*\.)?[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]", value))
+
+
+def _origin(value: str) -> bool:
+    """``scheme://host[:port]`` with no path (RFC 6454 origin serialisation)."""
+    return bool(re.fullmatch(r"https?://[^/\s]+", value))
+
+
 def _convert(name: str, value: Any) -> Any:
     if name == "data_dir":
         return Path(value)
@@ -211,6 +251,8 @@ def _convert(name: str, value: Any) -> Any:
         return Duplicates(value)
     if name == "log_level":
         return value.upper()
+    if name in ("http_allowed_hosts", "http_cors_origins"):
+        return tuple(value)
     if name == "move_allow":
         return {calling: tuple(dests) for calling, dests in value.items()}
     return value

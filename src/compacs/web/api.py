@@ -24,7 +24,7 @@ from compacs.config import Settings
 from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
 from compacs.dicom.syntaxes import BY_UID, name_of
 from compacs.web import openapi, pages
-from compacs.web.queries import BadQuery, one, search
+from compacs.web.queries import MAX_LIMIT, BadQuery, one, paging, search
 from compacs.web.render import RenderError, Window, preview_png
 
 Params = list[tuple[str, str]]
@@ -88,6 +88,7 @@ class App:
             (r"/", lambda p: html_response(pages.dashboard(self.stats()))),
             (r"/studies", self.studies_page),
             (rf"/studies/{uid}", lambda p, uid: html_response(pages.study(self.study(uid)))),
+            (rf"/series/{uid}", self.series_page),
             (
                 rf"/instances/{uid}",
                 lambda p, uid: html_response(pages.instance(self.instance(uid), p)),
@@ -148,8 +149,14 @@ class App:
         return doc
 
     def _children(self, level: str, keyword: str, value: str) -> list[dict[str, Any]]:
-        params = [(keyword, value), ("limit", "1000")]
-        items = self.search(level, params)["items"]
+        """Every child entity, however many (page after page of the search)."""
+        items: list[dict[str, Any]] = []
+        while True:
+            params = [(keyword, value), ("limit", str(MAX_LIMIT)), ("offset", str(len(items)))]
+            page = self.search(level, params)
+            items += page["items"]
+            if not page["more"]:
+                break
         if level == IMAGE:
             items.sort(key=lambda i: _sort_number(i.get("InstanceNumber")))
         elif level == SERIES:
@@ -239,6 +246,11 @@ class App:
         )
 
     # -- pages --------------------------------------------------------------------------
+    def series_page(self, params: Params, uid: str) -> Response:
+        """A series' instances, a page of thumbnails at a time (``offset``, ``limit``)."""
+        limit, offset = paging(params, default_limit=pages.INSTANCES_PER_PAGE)
+        return html_response(pages.series(self.series(uid), offset, limit))
+
     def studies_page(self, params: Params) -> Response:
         wanted = [(k, v) for k, v in params if v != ""]
         return html_response(pages.studies(self.search(STUDY, wanted), wanted))

@@ -11,7 +11,8 @@ from urllib.parse import quote, urlencode
 
 from compacs.web.charts import ratio_over_time, size, stored_vs_received
 
-THUMBNAILS_PER_SERIES = 24
+THUMBNAILS_PER_SERIES = 24  # on the study page; the series page has them all
+INSTANCES_PER_PAGE = 100
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
 header{background:#1d2330;color:#fff;padding:10px 20px;display:flex;gap:24px;align-items:center}
@@ -244,24 +245,63 @@ def study(doc: dict[str, Any]) -> str:
     ]
     for series in doc["series"]:
         instances = series["instances"]
-        thumbs = "".join(
-            f'<a href="/instances/{quote(i["SOPInstanceUID"])}" title="instance '
-            f'{_v(i.get("InstanceNumber"))}"><img class="thumb" loading="lazy" alt="instance '
-            f'{_v(i.get("InstanceNumber"))}" src="/api/instances/{quote(i["SOPInstanceUID"])}'
-            '/preview.png?size=128"></a>'
-            for i in instances[:THUMBNAILS_PER_SERIES]
-        )
         more = len(instances) - THUMBNAILS_PER_SERIES
+        everything = f"/series/{quote(series['SeriesInstanceUID'])}"
         parts.append(
             f'<section class="series" data-series="{_v(series["SeriesInstanceUID"])}">'
-            f"<h2>Series {_v(series.get('SeriesNumber'))} {_v(series.get('Modality'))} "
-            f"{_v(series.get('SeriesDescription'))} "
-            f'<span class="muted">({len(instances)} instance(s))</span></h2>'
-            f'<div class="thumbs">{thumbs}</div>'
-            + (f'<p class="muted">and {more} more</p>' if more > 0 else "")
+            f"<h2>{_series_title(series)} "
+            f'<a class="muted" href="{everything}">({len(instances)} instance(s))</a></h2>'
+            f'<div class="thumbs">{_thumbnails(instances[:THUMBNAILS_PER_SERIES])}</div>'
+            + (
+                f'<p><a class="all" href="{everything}">all {len(instances)} instances '
+                f"({more} more)</a></p>"
+                if more > 0
+                else ""
+            )
             + "</section>"
         )
     return _page("Study", "".join(parts))
+
+
+def _series_title(series: dict[str, Any]) -> str:
+    return (
+        f"Series {_v(series.get('SeriesNumber'))} {_v(series.get('Modality'))} "
+        f"{_v(series.get('SeriesDescription'))}"
+    )
+
+
+def _thumbnails(instances: list[dict[str, Any]]) -> str:
+    """A linked thumbnail per instance (each opens the instance page)."""
+    return "".join(
+        f'<a href="/instances/{quote(i["SOPInstanceUID"])}" title="instance '
+        f'{_v(i.get("InstanceNumber"))}"><img class="thumb" loading="lazy" alt="instance '
+        f'{_v(i.get("InstanceNumber"))}" src="/api/instances/{quote(i["SOPInstanceUID"])}'
+        '/preview.png?size=128"></a>'
+        for i in instances
+    )
+
+
+def series(doc: dict[str, Any], offset: int, limit: int) -> str:
+    """Every instance of a series, ``limit`` thumbnails a page, with previous/next links."""
+    instances = doc["instances"]
+    shown = instances[offset : offset + limit]
+    here = f"/series/{quote(doc['SeriesInstanceUID'])}"
+    nav = []
+    if offset > 0:
+        back = urlencode({"offset": max(offset - limit, 0), "limit": limit})
+        nav.append(f'<a class="previous" href="{here}?{escape(back)}">previous</a>')
+    if offset + limit < len(instances):
+        ahead = urlencode({"offset": offset + limit, "limit": limit})
+        nav.append(f'<a class="next" href="{here}?{escape(ahead)}">next</a>')
+    first, last = (offset + 1, offset + len(shown)) if shown else (0, 0)
+    study_uid = doc.get("StudyInstanceUID", "")
+    body = (
+        f"<h1>{_series_title(doc)}</h1>"
+        f'<p><a href="/studies/{quote(study_uid)}">back to the study</a> · '
+        f"instances {first}-{last} of {len(instances)}</p>"
+        f'<div class="thumbs">{_thumbnails(shown)}</div><p>{" ".join(nav)}</p>'
+    )
+    return _page("Series", body)
 
 
 def instance(doc: dict[str, Any], params: list[tuple[str, str]]) -> str:

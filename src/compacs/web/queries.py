@@ -19,7 +19,15 @@ from compacs.dicom.attributes import IMAGE, INDEXED, LEVELS, PATIENT, SERIES, ST
 from compacs.query import INDEXED_KEYS, PATIENT_ROOT, QueryError, parse_identifier
 
 PAGING = ("limit", "offset")
-DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET = 100, 1000, 10**9
+
+# Longest value of one key per VR, in characters (PS3.5 6.2, Table 6.2-1): PN is up to three
+# component groups of 64 with their '=' delimiters; a DA/TM/DT range is two values and '-'
+# (PS3.4 C.2.2.2.5). A UID list (PS3.4 C.2.2.2.2) is bounded by MAX_VALUES.
+MAX_CHARS = {"AE": 16, "CS": 16, "DA": 8, "DT": 26, "IS": 12, "LO": 64, "PN": 3 * 64 + 2}
+MAX_CHARS |= {"SH": 16, "TM": 14, "UI": 64, "US": 5}
+RANGE_VRS = ("DA", "DT", "TM")
+MAX_VALUES = 256
 
 # Derived keys answered per level (PS3.4 C.6.1.1); ModalitiesInStudy may also be matched.
 DERIVED = {
@@ -42,9 +50,27 @@ def search_keys(level: str) -> list[str]:
     return keys + (["ModalitiesInStudy"] if level == STUDY else [])
 
 
+def check_length(keyword: str, vr: str, value: str) -> None:
+    """:class:`BadQuery` when ``value`` (backslash-separated values) is longer than its VR
+    allows, or has more than :data:`MAX_VALUES` values."""
+    values = value.split("\\")
+    if len(values) > MAX_VALUES:
+        raise BadQuery(f"{keyword}: {len(values)} values, at most {MAX_VALUES}")
+    limit = MAX_CHARS.get(vr, 64)
+    if vr in RANGE_VRS:
+        limit = 2 * limit + 1
+    for one in values:
+        if len(one) > limit:
+            raise BadQuery(
+                f"{keyword}: a value of {len(one)} characters; {vr} allows at most {limit} "
+                "(PS3.5 6.2)"
+            )
+
+
 def _raw(ds: Dataset, keyword: str, value: str) -> None:
     tag = tag_for_keyword(keyword)
     vr = dictionary_VR(keyword)
+    check_length(keyword, vr, value)
     if vr == "US":
         try:
             number = int(value)
@@ -55,6 +81,14 @@ def _raw(ds: Dataset, keyword: str, value: str) -> None:
         data = value.encode("utf-8")
         data += b"\0" if vr == "UI" and len(data) % 2 else b" " if len(data) % 2 else b""
     ds[tag] = RawDataElement(Tag(tag), vr, len(data), data, 0, False, True)
+
+
+def _joined(given: list[str]) -> str:
+    """The values of one key as one DICOM multi-value; only empty values (``a=&a=``, or
+    ``a=\\\\``) are one empty value: universal matching (PS3.4 C.2.2.2.3), not a list
+    of nothing."""
+    joined = "\\".join(given)
+    return "" if not joined.replace("\\", "") else joined
 
 
 def identifier(level: str, params: list[tuple[str, str]]) -> Dataset:
@@ -75,22 +109,23 @@ def identifier(level: str, params: list[tuple[str, str]]) -> Dataset:
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.QueryRetrieveLevel = level
     for key, given in values.items():
-        _raw(ds, key, "\\".join(given))
+        _raw(ds, key, _joined(given))
     for key in DERIVED[level]:
         if key not in values:
             _raw(ds, key, "")
     return ds
 
 
-def paging(params: list[tuple[str, str]]) -> tuple[int, int]:
+def paging(params: list[tuple[str, str]], default_limit: int = DEFAULT_LIMIT) -> tuple[int, int]:
+    """``(limit, offset)`` from the parameters; :class:`BadQuery` outside their bounds."""
     given = dict(params)
     try:
-        limit = int(given.get("limit", DEFAULT_LIMIT))
+        limit = int(given.get("limit", default_limit))
         offset = int(given.get("offset", 0))
     except ValueError:
         raise BadQuery("limit and offset must be integers") from None
-    if not 1 <= limit <= MAX_LIMIT or offset < 0:
-        raise BadQuery(f"limit must be 1-{MAX_LIMIT} and offset >= 0")
+    if not 1 <= limit <= MAX_LIMIT or not 0 <= offset <= MAX_OFFSET:
+        raise BadQuery(f"limit must be 1-{MAX_LIMIT} and offset 0-{MAX_OFFSET}")
     return limit, offset
 
 
