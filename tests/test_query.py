@@ -702,6 +702,9 @@ def test_empty_value_matching_returns_the_empty_attribute(index):
         ("NM", set()),
         ("ct", set()),  # CS: case-sensitive
         ("M?", {"S1", "S4", "S7", "S9"}),  # CS: wild cards apply
+        # a list of empty values is universal matching (it made the SQL "AND ()"; found
+        # by the web API's query fuzzing)
+        ("\\", {f"S{n}" for n in range(1, 10)}),
     ],
 )
 def test_modalities_in_study_matching(index, value, expected):

@@ -192,7 +192,8 @@ def parse_identifier(identifier: Dataset, model: str, *, pn_case_insensitive: bo
         if keyword in DERIVED_KEYS:
             if keyword == "ModalitiesInStudy":
                 modalities = tuple(v for v in value.split("\\") if v)
-                conditions.append(Condition(keyword, STUDY, "", "modalities", modalities))
+                if modalities:  # a list of empty values matches universally (C.2.2.2.3)
+                    conditions.append(Condition(keyword, STUDY, "", "modalities", modalities))
             else:
                 unsupported.append(keyword)  # counts are answered, not matched on
             continue
