@@ -9,27 +9,63 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from compacs.codecs.table import CODECS
 from compacs.index import Index, InstanceFacts
 from compacs.jobs.compress import COMPRESSED, DERIVED, FAILED, KEPT, SKIPPED, Compressor
 from compacs.rules import Policy
 
 
-def candidates(index: Index, policy: Policy, retry: bool) -> list[tuple[InstanceFacts, str]]:
+@dataclass
+class Plan:
+    """What ``compacs compress`` would do: the instances to compress, each with the name
+    of its target, and why every other instance is left as it is (reason -> count)."""
+
+    planned: list[tuple[InstanceFacts, str]] = field(default_factory=list)
+    not_planned: Counter = field(default_factory=Counter)
+
+
+def _codec_name(uid: str) -> str:
+    return next((c.name for c in CODECS if c.transfer_syntax == uid), uid)
+
+
+def why_not_planned(facts: InstanceFacts, policy: Policy, retry: bool) -> str | None:
+    """Why ``compacs compress`` leaves this instance as it is, or None to plan it.
+
+    The rule for ``smallest``: an instance already stored in one of the candidates is
+    reconsidered only by ``--retry``, which encodes it with the other candidates and keeps
+    the smallest (the stored object counts as one of them; see Compressor)."""
+    state = facts.get("compression")
+    if state == DERIVED:
+        return "lossy derivative made, original kept on purpose"
+    if state in (FAILED, SKIPPED, KEPT) and not retry:
+        return f"{state} before (--retry tries again)"
+    decision = policy.decide(facts)
+    if decision is None:
+        return "the policy keeps it as it is (keep rule, no match, lossy input or no pixels)"
+    stored = facts["transfer_syntax_stored"]
+    if stored not in decision.targets:
+        return None
+    if len(decision.codecs) == 1:
+        return f"already in its target {decision.codecs[0].name}"
+    if retry:
+        return None
+    names = ", ".join(c.name for c in decision.codecs)
+    return f"already in {_codec_name(stored)}, a candidate of smallest ({names}); --retry compares"
+
+
+def candidates(index: Index, policy: Policy, retry: bool) -> Plan:
     """Instances the policy would change, each with the name of its target."""
-    out = []
+    plan = Plan()
     for facts in index.instances():
-        if facts.get("compression") == DERIVED:
-            continue  # its lossy derivative exists; the original is kept on purpose
-        if facts.get("compression") in (FAILED, SKIPPED, KEPT) and not retry:
+        reason = why_not_planned(facts, policy, retry)
+        if reason is not None:
+            plan.not_planned[reason] += 1
             continue
         decision = policy.decide(facts)
-        if decision is None:
-            continue
-        if facts["transfer_syntax_stored"] in decision.targets:
-            continue
+        assert decision is not None
         target = decision.codecs[0].name if len(decision.codecs) == 1 else "smallest"
-        out.append((facts, target))
-    return out
+        plan.planned.append((facts, target))
+    return plan
 
 
 class Progress:
@@ -81,7 +117,8 @@ def compress_stored(
     dry_run: bool,
     out: TextIO = sys.stdout,
 ) -> Summary:
-    plan = candidates(index, policy, retry)
+    found = candidates(index, policy, retry)
+    plan = found.planned
     summary = Summary(planned=len(plan))
     by_target = Counter(target for _, target in plan)
     by_modality = Counter(facts.get("modality") or "(none)" for facts, _ in plan)
@@ -93,12 +130,14 @@ def compress_stored(
     for name, counts in (("by target", by_target), ("by modality", by_modality)):
         if counts:
             print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()), file=out)
+    for reason, count in found.not_planned.most_common():
+        print(f"  not planned: {count} {reason}", file=out)
     if dry_run or not plan:
         return summary
     progress = Progress(len(plan))
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for result in pool.map(lambda item: compressor.process(item[0]), plan):
+        for result in pool.map(lambda item: compressor.process(item[0], reconsider=retry), plan):
             summary.states[result.state] += 1
             summary.bytes_before += result.bytes_before
             summary.bytes_after += result.bytes_after

@@ -46,7 +46,20 @@ class Transcoded:
 
 
 def read_full(data: bytes) -> Dataset:
-    return dcmread(BytesIO(data))
+    """The Part 10 object ``data``, every element with a VR it can be written with."""
+    ds = dcmread(BytesIO(data))
+    if any(elem.is_raw and elem.VR is None for elem in ds.elements()):
+        _resolve_vrs(ds)
+    return ds
+
+
+def _resolve_vrs(ds: Dataset) -> None:
+    """A data set in Implicit VR under a meta that says Explicit (pydicom's reader falls
+    back to Implicit, e.g. SC_rgb_jpeg.dcm) keeps its elements without VRs, and pydicom
+    then cannot write it in any Explicit VR syntax (PS3.5 7.1.2). Looking every element
+    up converts it with the data dictionary's VR (UN for unknown private ones)."""
+    for _ in ds.iterall():
+        pass
 
 
 def _verify(
@@ -233,6 +246,9 @@ def decompress(ds: Dataset) -> Dataset:
     decodes (see ``compacs.codecs.decode``); NotDecodable when no decoder reads it."""
     syntax = str(ds.file_meta.TransferSyntaxUID)
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
+        return ds
+    if "PixelData" not in ds:  # nothing encapsulated (PS3.5 A.4): only the label changes
+        ds.file_meta.TransferSyntaxUID = NATIVE_SYNTAXES[0]
         return ds
     info = PixelInfo.of(ds)
     frames, photometric = native_colour(stored_frames(ds, info), info, syntax)
