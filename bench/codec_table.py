@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 
-from compacs.codecs.pixels import PixelInfo, source_frames
+from compacs.codecs.decode import source_frames
+from compacs.codecs.pixels import PixelInfo
 from compacs.codecs.table import CODECS, Codec, CodecUnavailable
 from compacs.synthetic import ct_series
 

@@ -13,7 +13,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from compacs.codecs.pixels import NotCompressible, PixelInfo, clean, source_frames
+from compacs.codecs.decode import source_frames
+from compacs.codecs.pixels import NotCompressible, PixelInfo, clean
 from compacs.codecs.table import CODECS, CodecUnavailable, codec_for
 from compacs.codecs.transcode import VerificationFailed, transcode
 from compacs.config import from_document

@@ -30,8 +30,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels import iter_pixels
 
+from compacs.codecs.decode import stored_frames
 from compacs.codecs.pixels import NotCompressible, PixelInfo
-from compacs.codecs.transcode import decode_frames
 from compacs.index import Index, InstanceLocation
 from compacs.maintenance import Progress
 from compacs.storage import BlobStore
@@ -115,7 +115,7 @@ def decode_problem(ds: Dataset) -> str | None:
             return f"pixel data does not decode: {type(exc).__name__}: {exc}"[:300]
         return None
     try:
-        frames = decode_frames(ds, info)
+        frames = stored_frames(ds, info)
     except Exception as exc:
         return f"pixel data does not decode: {type(exc).__name__}: {exc}"[:300]
     if len(frames) != info.frames:

@@ -13,6 +13,7 @@ from typing import NamedTuple, TextIO
 from pydicom import dcmread
 
 from compacs.codecs.streams import JPEG_LS_SYNTAXES, first_fragment, jls_misread_reason
+from compacs.codecs.table import CODECS
 from compacs.index import Index, InstanceFacts
 from compacs.jobs.compress import (
     COMPRESSED,
@@ -36,31 +37,61 @@ class Candidate(NamedTuple):
     reason: str = ""
 
 
-def candidates(
-    index: Index, policy: Policy, retry: bool, store: BlobStore | None = None
-) -> list[Candidate]:
+@dataclass
+class Plan:
+    """What ``compacs compress`` would do: the instances to compress, each with the name
+    of its target, and why every other instance is left as it is (reason -> count)."""
+
+    planned: list[Candidate] = field(default_factory=list)
+    not_planned: Counter = field(default_factory=Counter)
+
+
+def _codec_name(uid: str) -> str:
+    return next((c.name for c in CODECS if c.transfer_syntax == uid), uid)
+
+
+def why_not_planned(facts: InstanceFacts, policy: Policy, retry: bool) -> str | None:
+    """Why ``compacs compress`` leaves this instance as it is, or None to plan it.
+
+    The rule for ``smallest``: an instance already stored in one of the candidates is
+    reconsidered only by ``--retry``, which encodes it with the other candidates and keeps
+    the smallest (the stored object counts as one of them; see Compressor)."""
+    state = facts.get("compression")
+    if state == DERIVED:
+        return "lossy derivative made, original kept on purpose"
+    if state in (FAILED, SKIPPED, KEPT) and not retry:
+        return f"{state} before (--retry tries again)"
+    decision = policy.decide(facts)
+    if decision is None:
+        return "the policy keeps it as it is (keep rule, no match, lossy input or no pixels)"
+    stored = facts["transfer_syntax_stored"]
+    if stored not in decision.targets:
+        return None
+    if len(decision.codecs) == 1:
+        return f"already in its target {decision.codecs[0].name}"
+    if retry:
+        return None
+    names = ", ".join(c.name for c in decision.codecs)
+    return f"already in {_codec_name(stored)}, a candidate of smallest ({names}); --retry compares"
+
+
+def candidates(index: Index, policy: Policy, retry: bool, store: BlobStore | None = None) -> Plan:
     """Instances the policy would change, each with the name of its target; with ``store``,
     also the JPEG-LS objects other decoders misread (see :func:`misread_reason`), whatever
     the policy says: they are re-encoded in JPEG-LS, values kept."""
-    out = []
+    plan = Plan()
     for facts in index.instances():
-        target = _policy_target(facts, policy, retry)
-        if target is not None:
-            out.append(Candidate(facts, target))
-        elif store is not None and (reason := misread_reason(facts, store)):
-            out.append(Candidate(facts, REPAIR, reason))
-    return out
-
-
-def _policy_target(facts: InstanceFacts, policy: Policy, retry: bool) -> str | None:
-    if facts.get("compression") == DERIVED:
-        return None  # its lossy derivative exists; the original is kept on purpose
-    if facts.get("compression") in (FAILED, SKIPPED, KEPT) and not retry:
-        return None
-    decision = policy.decide(facts)
-    if decision is None or facts["transfer_syntax_stored"] in decision.targets:
-        return None
-    return decision.codecs[0].name if len(decision.codecs) == 1 else "smallest"
+        reason = why_not_planned(facts, policy, retry)
+        if reason is None:
+            decision = policy.decide(facts)
+            assert decision is not None
+            target = decision.codecs[0].name if len(decision.codecs) == 1 else "smallest"
+            plan.planned.append(Candidate(facts, target))
+        elif store is not None and (misread := misread_reason(facts, store)):
+            plan.planned.append(Candidate(facts, REPAIR, misread))
+        else:
+            plan.not_planned[reason] += 1
+    return plan
 
 
 def misread_reason(facts: InstanceFacts, store: BlobStore) -> str | None:
@@ -116,10 +147,10 @@ class Summary:
     seconds: float = 0.0
 
 
-def _run(compressor: Compressor, candidate: Candidate) -> Result:
+def _run(compressor: Compressor, candidate: Candidate, retry: bool) -> Result:
     if candidate.target == REPAIR:
         return compressor.reencode(candidate.facts, candidate.reason)
-    return compressor.process(candidate.facts)
+    return compressor.process(candidate.facts, reconsider=retry)
 
 
 def compress_stored(
@@ -132,7 +163,8 @@ def compress_stored(
     dry_run: bool,
     out: TextIO = sys.stdout,
 ) -> Summary:
-    plan = candidates(index, policy, retry, compressor.store)
+    found = candidates(index, policy, retry, compressor.store)
+    plan = found.planned
     summary = Summary(planned=len(plan))
     by_target = Counter(c.target for c in plan)
     by_modality = Counter(c.facts.get("modality") or "(none)" for c in plan)
@@ -147,12 +179,14 @@ def compress_stored(
     for c in plan:
         if c.reason:
             print(f"  {c.target} {c.facts['sop_instance_uid']}: {c.reason}", file=out)
+    for reason, count in found.not_planned.most_common():
+        print(f"  not planned: {count} {reason}", file=out)
     if dry_run or not plan:
         return summary
     progress = Progress(len(plan))
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for result in pool.map(lambda c: _run(compressor, c), plan):
+        for result in pool.map(lambda c: _run(compressor, c, retry), plan):
             summary.states[result.state] += 1
             summary.bytes_before += result.bytes_before
             summary.bytes_after += result.bytes_after

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from compacs.codecs.lossy import derive
 from compacs.codecs.table import BY_SYNTAX
-from compacs.codecs.transcode import NATIVE_SYNTAXES, decompress, encode_dataset
+from compacs.codecs.transcode import NATIVE_SYNTAXES, decompress, encode_dataset, read_dataset
 from compacs.dicom.byteorder import to_little_endian
 
 
@@ -46,7 +46,7 @@ def convert(data: bytes, target: str, lossy_options: dict[str, Any] | None = Non
     ``lossy_options`` (codec options, may be empty) permits a lossy ``target``; without
     it a lossy target raises NotConvertible.
     """
-    ds = dcmread(BytesIO(data))
+    ds = read_dataset(data)
     stored = str(ds.file_meta.TransferSyntaxUID)
     if target == stored:
         return Converted(ds, len(data))

@@ -1,25 +1,27 @@
-"""Frames out of a data set, and the pixel facts every codec needs (PS3.3 C.7.6.3).
+"""The pixel facts every codec needs (PS3.3 C.7.6.3), and sample-level helpers.
 
-Frames come out decoded with pydicom (and the pylibjpeg / pyjpegls plugins for the
-encapsulated syntaxes) in their stored colour space (``raw=True``: no YCbCr to RGB
-conversion), with the bits above Bits Stored cleared (unsigned) or sign-extended
-(signed): those bits are not pixel data (PS3.5 8.1.1), and peers have corrupted images
-by encoding them (dcm4che#813).
+Decoded frames (``compacs.codecs.decode``) have the bits above Bits Stored cleared
+(unsigned) or sign-extended (signed): those bits are not pixel data (PS3.5 8.1.1), and
+peers have corrupted images by encoding them (dcm4che#813).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import iter_pixels
 
 
 class NotCompressible(ValueError):
     """The object holds nothing these codecs can carry; it is kept as received."""
 
+
+# Bits Allocated the native and encapsulated syntaxes carry in Pixel Data (PS3.5 8.1.1,
+# PS3.3 C.7.6.3.1.1; 32 and 64 e.g. in RLE, PS3.5 G.2); all of them decode.
+DECODABLE_BITS_ALLOCATED = (1, 8, 16, 32, 64)
+# What the encoders (codec table) carry; anything else is kept as received.
+COMPRESSIBLE_BITS_ALLOCATED = (8, 16)
 
 # What the decoders hand back for these stored interpretations: the JPEG 2000 component
 # transforms are undone inside the codestream decoder (PS3.5 8.2.4), and native 4:2:2
@@ -41,6 +43,8 @@ class PixelInfo:
 
     @classmethod
     def of(cls, ds: Dataset) -> PixelInfo:
+        """The facts of ``ds``'s Pixel Data; NotCompressible when there is none or the
+        Image Pixel module does not describe pixels any decoder could produce."""
         if "PixelData" not in ds:
             if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
                 raise NotCompressible("float pixel data")
@@ -58,9 +62,7 @@ class PixelInfo:
             )
         except (AttributeError, TypeError, ValueError) as exc:
             raise NotCompressible(f"Image Pixel module incomplete: {exc}") from None
-        if info.bits_allocated == 1:
-            raise NotCompressible("Bits Allocated 1 (bit-packed, e.g. SEG)")
-        if info.bits_allocated not in (8, 16):
+        if info.bits_allocated not in DECODABLE_BITS_ALLOCATED:
             raise NotCompressible(f"Bits Allocated {info.bits_allocated}")
         if not 1 <= info.bits_stored <= info.bits_allocated:
             raise NotCompressible(f"Bits Stored {info.bits_stored}")
@@ -68,9 +70,19 @@ class PixelInfo:
             raise NotCompressible(f"Samples per Pixel {info.samples_per_pixel}")
         return info
 
+    def check_compressible(self) -> None:
+        """Raise NotCompressible when the encoders cannot carry these samples: decoding
+        handles every Bits Allocated, encoding only 8 and 16."""
+        if self.bits_allocated == 1:
+            raise NotCompressible("Bits Allocated 1 (bit-packed, e.g. SEG)")
+        if self.bits_allocated not in COMPRESSIBLE_BITS_ALLOCATED:
+            raise NotCompressible(f"Bits Allocated {self.bits_allocated}")
+
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(f"{'i' if self.signed else 'u'}{self.bits_allocated // 8}")
+        """One sample of a decoded frame (Bits Allocated 1: one byte a sample, 0 or 1)."""
+        size = max(self.bits_allocated // 8, 1)
+        return np.dtype(f"{'i' if self.signed else 'u'}{size}")
 
     @property
     def frame_bytes(self) -> int:
@@ -100,12 +112,3 @@ def from_unsigned(frame: np.ndarray, info: PixelInfo) -> np.ndarray:
     if not info.signed:
         return frame
     return clean(frame.astype(frame.dtype).view(info.dtype), info)
-
-
-def source_frames(ds: Dataset, info: PixelInfo) -> Iterator[np.ndarray]:
-    """Each frame as (rows, columns) or (rows, columns, samples), cleaned, planar 0."""
-    for frame in iter_pixels(ds, raw=True):
-        frame = np.ascontiguousarray(frame)
-        if frame.dtype != info.dtype:
-            frame = frame.astype(info.dtype)
-        yield clean(frame, info)

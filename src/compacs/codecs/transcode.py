@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate, generate_frames
+from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
+from pydicom.pixels import convert_color_space, pack_bits
 
-from compacs.codecs.pixels import PixelInfo, clean, source_frames
+from compacs.codecs.decode import source_frames, stored_frames
+from compacs.codecs.pixels import PixelInfo
 from compacs.codecs.streams import first_fragment, stream_is_lossy
-from compacs.codecs.table import BY_SYNTAX, Codec
+from compacs.codecs.table import Codec
 from compacs.dicom.byteorder import to_little_endian
 from compacs.dicom.part10 import (
     IMPLEMENTATION_CLASS_UID,
@@ -48,9 +50,26 @@ class Transcoded:
 def read_full(data: bytes) -> Dataset:
     """The Part 10 file ``data`` to be rewritten: a big endian one comes back in Explicit
     VR Little Endian, every value kept (see :mod:`compacs.dicom.byteorder`)."""
-    ds = dcmread(BytesIO(data))
+    ds = read_dataset(data)
     to_little_endian(ds)
     return ds
+
+
+def read_dataset(data: bytes) -> Dataset:
+    """The Part 10 object ``data``, every element with a VR it can be written with."""
+    ds = dcmread(BytesIO(data))
+    if any(elem.is_raw and elem.VR is None for elem in ds.elements()):
+        _resolve_vrs(ds)
+    return ds
+
+
+def _resolve_vrs(ds: Dataset) -> None:
+    """A data set in Implicit VR under a meta that says Explicit (pydicom's reader falls
+    back to Implicit, e.g. SC_rgb_jpeg.dcm) keeps its elements without VRs, and pydicom
+    then cannot write it in any Explicit VR syntax (PS3.5 7.1.2). Looking every element
+    up converts it with the data dictionary's VR (UN for unknown private ones)."""
+    for _ in ds.iterall():
+        pass
 
 
 def _verify(
@@ -89,6 +108,7 @@ def encode_frames(
     VerificationFailed, or whatever the codec raised.
     """
     info = PixelInfo.of(ds)
+    info.check_compressible()
     codec.check(info)
     fragments: list[bytes] = []
     for n, frame in enumerate(source_frames(ds, info)):
@@ -197,32 +217,63 @@ def transcode(data: bytes, codec: Codec, options: dict[str, Any] | None = None) 
 NATIVE_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 
-def decode_frames(ds: Dataset, info: PixelInfo) -> list[np.ndarray]:
-    """Every frame, decoded by compacs' codec table when it produced the syntax (JPEG XL
-    included, which pydicom 3 cannot decode), otherwise by pydicom and its plugins."""
-    codec = BY_SYNTAX.get(str(ds.file_meta.TransferSyntaxUID))
-    if codec is None:
-        return list(source_frames(ds, info))
-    fragments = generate_frames(ds.PixelData, number_of_frames=info.frames)
-    return [clean(codec.decode(frame, info), info) for frame in fragments]
+# ISO 10918-1 streams (PS3.5 8.2.1): their YCbCr is the JFIF transform of RGB
+JPEG_SYNTAXES = frozenset(
+    (
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+    )
+)
+
+
+def native_colour(
+    frames: list[np.ndarray], info: PixelInfo, syntax: str
+) -> tuple[list[np.ndarray], str]:
+    """The frames of a decompressed object and the Photometric Interpretation that
+    describes them, for native output.
+
+    A JPEG stream's YCbCr (YBR_FULL_422 or YBR_FULL) is made RGB (the PS3.3 C.7.6.3.1.2
+    equations, as DCMTK's dcmdjpeg does): YBR_FULL_422 is allowed for native data only
+    when it is subsampled (PS3.3 C.7.6.3.1.2), which decoded data no longer is, and IODs
+    such as US accept RGB where they do not accept YBR_FULL. Pixels and label change
+    together. Other interpretations are the decoded frames' own (``info.photometric``).
+    """
+    if syntax in JPEG_SYNTAXES and info.photometric == "YBR_FULL" and info.bits_allocated == 8:
+        return [convert_color_space(f, "YBR_FULL", "RGB") for f in frames], "RGB"
+    return frames, info.photometric
+
+
+def _native_pixel_data(frames: list[np.ndarray], info: PixelInfo) -> bytes:
+    """Native Pixel Data (PS3.5 8.1.1): little endian samples, colour-by-pixel; Bits
+    Allocated 1 packed without padding between frames; an odd length padded to even."""
+    if info.bits_allocated == 1:
+        pixels = pack_bits(np.concatenate([f.ravel() for f in frames]), pad=False)
+    else:
+        little = info.dtype.newbyteorder("<")
+        pixels = b"".join(np.ascontiguousarray(f, dtype=little).tobytes() for f in frames)
+    return pixels + (b"\0" if len(pixels) % 2 else b"")
 
 
 def decompress(ds: Dataset) -> Dataset:
     """``ds`` with native pixel data in Explicit VR Little Endian, changed in place; the
-    lossy attributes, if any, stay as they are (PS3.3 C.7.6.1.1.5)."""
+    lossy attributes, if any, stay as they are (PS3.3 C.7.6.1.1.5). Every Bits Allocated
+    decodes (see ``compacs.codecs.decode``); NotDecodable when no decoder reads it."""
+    syntax = str(ds.file_meta.TransferSyntaxUID)
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         return ds
+    if "PixelData" not in ds:  # nothing encapsulated (PS3.5 A.4): only the label changes
+        ds.file_meta.TransferSyntaxUID = NATIVE_SYNTAXES[0]
+        return ds
     info = PixelInfo.of(ds)
-    frames = decode_frames(ds, info)
     encapsulated = ds.PixelData
-    pixels = b"".join(
-        np.ascontiguousarray(f, dtype=info.dtype.newbyteorder("<")).tobytes() for f in frames
-    )
-    ds.PixelData = pixels + (b"\0" if len(pixels) % 2 else b"")
+    frames, photometric = native_colour(stored_frames(ds, info), info, syntax)
+    ds.PixelData = _native_pixel_data(frames, info)
     elem = ds["PixelData"]
     elem.VR = "OW" if info.bits_allocated > 8 else "OB"
     elem.is_undefined_length = False
-    ds.PhotometricInterpretation = info.photometric
+    ds.PhotometricInterpretation = photometric
     if info.samples_per_pixel == 3:
         ds.PlanarConfiguration = 0
     if stream_is_lossy(str(ds.file_meta.TransferSyntaxUID), first_fragment(encapsulated)):

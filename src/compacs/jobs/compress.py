@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import Any
 
@@ -58,16 +58,20 @@ class Compressor:
         self.index = index
         self.policy = policy
 
-    def process(self, facts: InstanceFacts) -> Result:
-        """Compress the instance described by ``facts`` (a claimed job or a candidate)."""
+    def process(self, facts: InstanceFacts, reconsider: bool = False) -> Result:
+        """Compress the instance described by ``facts`` (a claimed job or a candidate).
+
+        ``reconsider`` (``compacs compress --retry``): an instance stored in one of several
+        candidates of ``smallest`` is encoded with the others, and replaced only by a
+        smaller encoding."""
         start = time.perf_counter()
-        result = self._process_safely(facts)
+        result = self._process_safely(facts, reconsider)
         metrics.CODEC_SECONDS.inc(time.perf_counter() - start)
         metrics.CODEC_RUNS.inc(result=result.state, syntax=result.transfer_syntax or "")
         return result
 
-    def _process_safely(self, facts: InstanceFacts) -> Result:
-        return self._guarded(facts, lambda: self._process(facts))
+    def _process_safely(self, facts: InstanceFacts, reconsider: bool) -> Result:
+        return self._guarded(facts, lambda: self._process(facts, reconsider))
 
     def _guarded(self, facts: InstanceFacts, run: Callable[[], Result]) -> Result:
         try:
@@ -88,17 +92,22 @@ class Compressor:
             facts["pk"], facts["storage_key"], change, result.state, result.note
         )
 
-    def _process(self, facts: InstanceFacts) -> Result:
+    def _process(self, facts: InstanceFacts, reconsider: bool = False) -> Result:
         before = int(facts["bytes_stored"])
         decision = self.policy.decide(facts)
         if decision is None:
             result = Result(SKIPPED, "the policy keeps it as received", before, before)
             self._finish(facts, None, result)
             return result
-        if facts["transfer_syntax_stored"] in decision.targets:
+        stored = facts["transfer_syntax_stored"]
+        in_target = stored in decision.targets
+        if in_target and not (reconsider and len(decision.codecs) > 1):
             result = Result(KEPT, "already in a target syntax", before, before)
             self._finish(facts, None, result)
             return result
+        if in_target:  # smallest, reconsidered: the stored object is one of the candidates
+            others = tuple(c for c in decision.codecs if c.transfer_syntax != stored)
+            decision = replace(decision, codecs=others)
         data = self.store.get(facts["storage_key"])
         if decision.lossy:
             return self._derive_lossy(facts, data, decision)
@@ -111,10 +120,12 @@ class Compressor:
             log.warning("could not compress %s: %s", facts["sop_instance_uid"], result.note)
             self._finish(facts, None, result)
             return result
-        if self.policy.require_smaller and len(best.data) >= len(data):
-            result = Result(
-                KEPT, f"{best.codec.name} gave {len(best.data)} bytes, not smaller", before, before
-            )
+        if (self.policy.require_smaller or in_target) and len(best.data) >= len(data):
+            note = f"{best.codec.name} gave {len(best.data)} bytes, not smaller"
+            if in_target:
+                tried = ", ".join(c.name for c in decision.codecs)
+                note = f"stored syntax stays the smallest (tried {tried}): {note}"
+            result = Result(KEPT, note, before, before)
             self._finish(facts, None, result)
             return result
 
