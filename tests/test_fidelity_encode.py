@@ -25,8 +25,9 @@ from pydicom.multival import MultiValue
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
+from compacs.codecs.decode import source_frames
 from compacs.codecs.lossy import derive
-from compacs.codecs.pixels import PixelInfo, as_unsigned, source_frames
+from compacs.codecs.pixels import PixelInfo, as_unsigned
 from compacs.codecs.streams import jls_precision
 from compacs.codecs.table import codec_for
 from compacs.codecs.transcode import VerificationFailed, _verify, decompress, transcode
