@@ -105,3 +105,20 @@ def storescu(
     if current:
         outcomes.append(StoreOutcome(current, "not sent", pending_detail))
     return proc, outcomes
+
+
+def findscu_run(node, *options: str, keys: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """DCMTK findscu against ``node`` with ``options`` (model, output flags) and ``-k`` keys;
+    fails the test when findscu does."""
+    args = ["findscu", *options, "-aec", node.aet]
+    for key in keys:
+        args += ["-k", key]
+    result = subprocess.run(
+        [*args, "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-1500:]
+    return result

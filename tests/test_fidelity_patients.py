@@ -8,7 +8,6 @@ indexes); findscu's responses (``-X``) are compared with the values the test sen
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +18,16 @@ from pydicom.dataset import Dataset
 
 from compacs.dicom.attributes import extract
 from compacs.dicom.status import Status
-from compacs.index import Duplicates, NewInstance, open_index
+from compacs.index import Duplicates, open_index
 from compacs.index.schema import POSTGRESQL, SQLITE, Dialect, migrations
 from compacs.index.sqlite import SqliteIndex
 from compacs.query import PATIENT_ROOT, parse_identifier
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, NodeProcess, dcmtk_env, require_dcmtk, write_config
+from tests.conftest import NO_COMPRESSION, NodeProcess, require_dcmtk, write_config
+from tests.dcmtk import findscu_run
 from tests.scu import send_datasets
+from tests.test_query import _new_instance
 
 ABSENT = None  # the instance has no Patient ID element at all
 
@@ -80,17 +81,7 @@ def findscu(node: NodeProcess, out: Path, model: str, *keys: str) -> list[Datase
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("rsp*.dcm"):
         old.unlink()
-    args = ["findscu", "-X", "-od", str(out), model, "-aec", node.aet]
-    for key in keys:
-        args += ["-k", key]
-    result = subprocess.run(
-        [*args, "127.0.0.1", str(node.port)],
-        capture_output=True,
-        text=True,
-        env=dcmtk_env(),
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr[-1500:]
+    findscu_run(node, "-X", "-od", str(out), model, keys=keys)
     return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
 
 
@@ -223,20 +214,6 @@ def _patients(index, **keys: str) -> list[dict]:
         setattr(ident, keyword, value)
     ident.NumberOfPatientRelatedStudies = None
     return list(index.find(parse_identifier(ident, PATIENT_ROOT)))
-
-
-def _new_instance(ds: Dataset) -> NewInstance:
-    return NewInstance(
-        attributes=extract(ds),
-        storage_key=f"k/{ds.SOPInstanceUID}.dcm",
-        transfer_syntax="1.2.840.10008.1.2.1",
-        bytes_received=100,
-        bytes_stored=100,
-        sha256="0" * 64,
-        calling_ae="A",
-        called_ae="COMPACS",
-        received_at="2026-01-01T00:00:00+00:00",
-    )
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

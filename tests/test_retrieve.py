@@ -24,6 +24,7 @@ from compacs.codecs.transcode import decompress
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
 from tests.conftest import dcmtk_env, echo, free_port, require_dcmtk, write_config
+from tests.dcmtk import findscu_run
 from tests.scu import send_datasets
 
 # Each calling AE's images are stored in another syntax (see CONFIG): retrieval is
@@ -279,17 +280,7 @@ def test_unreadable_file_is_one_failed_sub_operation(archive):
 
 def findscu(node, *keys: str) -> list[str]:
     """findscu's matches, each as its dump text."""
-    args = ["findscu", "-v", "-S", "-aec", node.aet]
-    for key in keys:
-        args += ["-k", key]
-    result = subprocess.run(
-        [*args, "127.0.0.1", str(node.port)],
-        capture_output=True,
-        text=True,
-        env=dcmtk_env(),
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr[-1500:]
+    result = findscu_run(node, "-v", "-S", keys=keys)
     return re.split(r"I: Find Response: \d+ \(Pending", result.stdout + result.stderr)[1:]
 
 

@@ -59,9 +59,7 @@ class Node:
         try:
             claim(self.store, self.index.identity())
         except StoreOwned as exc:
-            self.index.close()
-            self.store.close()
-            self._release_locks()
+            self._close_backends()
             raise NodeRefused(str(exc)) from None
         except OSError as exc:  # an unreachable store: stores get 0xA700 until it is back
             log.warning("store %s unreachable at start-up: %s", self.store.url, exc)
@@ -268,7 +266,8 @@ class Node:
 
     def _close_backends(self) -> None:
         """Undo what __init__ opened when the node cannot start after all."""
-        logging.getLogger("compacs").removeHandler(self._activity_log)
+        if hasattr(self, "_activity_log"):  # not yet there when the store is refused
+            logging.getLogger("compacs").removeHandler(self._activity_log)
         self.index.close()
         self.store.close()
         self._release_locks()

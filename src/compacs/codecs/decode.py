@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import iter_pixels
 
-from compacs.codecs.pixels import PixelInfo, clean, from_unsigned
+from compacs.codecs.pixels import PixelInfo, clean
 from compacs.codecs.table import BY_SYNTAX
 
 FramesDecoder = Callable[[Dataset, PixelInfo], list[np.ndarray]]
@@ -48,12 +48,6 @@ def _jpeg_process_1_to_14(data: bytes, info: PixelInfo) -> np.ndarray:
     return imagecodecs.jpeg_decode(data)  # jpeg8, then ljpeg / jpegsof3 for process 14
 
 
-def _jpeg_ls(data: bytes, info: PixelInfo) -> np.ndarray:
-    """Signed samples come back as the unsigned two's complement of P bits (PS3.5 8.2.3)."""
-    unsigned = np.dtype(f"u{info.dtype.itemsize}")
-    return from_unsigned(imagecodecs.jpegls_decode(data).astype(unsigned, copy=False), info)
-
-
 def _jpeg_2000(data: bytes, info: PixelInfo) -> np.ndarray:
     return imagecodecs.jpeg2k_decode(data, numthreads=1)
 
@@ -62,25 +56,22 @@ def _jpeg_xl(data: bytes, info: PixelInfo) -> np.ndarray:
     return imagecodecs.jpegxl_decode(data, numthreads=1)
 
 
-# imagecodecs' decoder for the stream each encapsulated syntax holds (PS3.5 A.4)
+# imagecodecs' decoder for the stream of each encapsulated syntax the codec table has no
+# row for (PS3.5 A.4); where it has one, its decoder is that same imagecodecs call (JPEG-LS,
+# JPEG 2000, HTJ2K, JPEG XL, JPEG baseline), so trying it twice would add nothing.
 IMAGECODECS: dict[str, StreamDecoder] = {
-    **dict.fromkeys(
-        ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57"),
-        _jpeg_process_1_to_14,
-    ),
-    "1.2.840.10008.1.2.4.70": _jpeg_process_1_to_14,
-    "1.2.840.10008.1.2.4.80": _jpeg_ls,
-    "1.2.840.10008.1.2.4.81": _jpeg_ls,
-    "1.2.840.10008.1.2.4.90": _jpeg_2000,
-    "1.2.840.10008.1.2.4.91": _jpeg_2000,
-    **dict.fromkeys(
-        ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"),
-        _jpeg_2000,  # OpenJPEG reads HTJ2K (ISO 15444-15) too
-    ),
-    **dict.fromkeys(
-        ("1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112"),
-        _jpeg_xl,
-    ),
+    uid: decoder
+    for uid, decoder in {
+        **dict.fromkeys(
+            ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57"),
+            _jpeg_process_1_to_14,
+        ),
+        "1.2.840.10008.1.2.4.70": _jpeg_process_1_to_14,
+        "1.2.840.10008.1.2.4.202": _jpeg_2000,  # OpenJPEG reads HTJ2K (ISO 15444-15) too
+        "1.2.840.10008.1.2.4.111": _jpeg_xl,
+        "1.2.840.10008.1.2.4.112": _jpeg_xl,
+    }.items()
+    if uid not in BY_SYNTAX
 }
 
 
