@@ -1,4 +1,5 @@
-"""Peers that stop talking, or announce more than they may send, cannot hold the node.
+"""Peers that stop talking, or announce more than they may send, cannot hold the node;
+objects whose pixel data cannot hold what they declare are never decoded (frame bombs).
 
 Raw sockets play the attacker (bounded in count and time); pynetdicom is the modality
 that must still get through. The attacker connects from 127.0.0.2, the modality from
@@ -11,14 +12,30 @@ import os
 import socket
 import struct
 import time
+import tracemalloc
+import urllib.error
+import urllib.request
 import zlib
 
+import imagecodecs
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels import iter_pixels
+from pydicom.uid import RLELossless
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from compacs.codecs.decode import NotDecodable, source_frames
+from compacs.codecs.geometry import ImplausiblePixelData, check_pixel_data
+from compacs.codecs.pixels import PixelInfo
+from compacs.codecs.streams import jxl_geometry
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import echo, write_config
+from tests.conftest import echo, free_port, write_config
+from tests.dicomfiles import all_files
 from tests.scu import dataset_bytes, send_datasets, send_raw
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -80,7 +97,8 @@ def test_silent_connections_neither_lock_out_others_nor_stay(node_factory, tmp_p
         for sock in silent:
             sock.close()
     log = node.log()
-    assert "still negotiating" in log and "not negotiated within 3 s (ACSE timeout)" in log
+    assert "still negotiating" in log
+    assert "not negotiated within 3 s (ACSE timeout; 6 bytes received" in log
     # their threads are gone too (give the association threads a moment to end)
     for _ in range(50):
         if _threads(node.proc.pid) <= threads_before + 2:
@@ -211,3 +229,125 @@ def test_a_data_set_over_the_size_limit_ends_the_association_as_it_arrives(node_
     assert "([ingest] max_object_size): connection closed" in node.log()
     assert node.stats()["instances"] == 1
     assert echo(node.port) == Status.SUCCESS
+
+
+def _rle_frame_bomb() -> Dataset:
+    """One RLE frame declaring 8192 x 8192 x 3 samples x 16 bits (384 MiB decoded) whose six
+    segments are one replicate run each (PS3.5 G.3.1): a few hundred bytes in all."""
+    (ds,) = ct_series(1, 16, 16, seed=903)
+    ds.Rows = ds.Columns = 8192
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    segments = 6
+    offsets = [64 + 2 * n for n in range(segments)] + [0] * (15 - segments)
+    frame = struct.pack("<16I", segments, *offsets) + b"\x81\x00" * segments
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    return ds
+
+
+def test_a_frame_bomb_is_never_decoded(node_factory, tmp_path):
+    """An RLE object whose frame cannot hold the pixels it declares is stored as received
+    (it is a well-formed data set) but no decoder allocates its 384 MiB: compression fails
+    with the reason, its preview is a 4xx naming it, and the node serves on."""
+    http_port = free_port()
+    node = node_factory(extra_args=("--http-port", str(http_port)))
+    bomb = _rle_frame_bomb()
+    assert len(dataset_bytes(bomb)) < 2048
+    assert send_datasets(node.port, [bomb]) == [Status.SUCCESS]
+    deadline = time.monotonic() + 60
+    while node.stats()["compression"].get("failed", 0) < 1:
+        assert time.monotonic() < deadline, node.stats()
+        time.sleep(0.5)
+    peak = _rss_mib(node.proc.pid)
+    print(f"\npeak RSS after an RLE frame bomb (384 MiB declared): {peak:.0f} MiB")
+    assert peak < 384  # the declared frame was never allocated
+    assert "RLE segment 1 of 2 bytes cannot expand" in node.log()
+    uid = str(bomb.SOPInstanceUID)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/instances/{uid}/preview.png")
+    assert 400 <= refused.value.code < 500
+    assert b"cannot expand" in refused.value.read()
+    assert echo(node.port) == Status.SUCCESS
+
+
+def _claiming(syntax: str, stream: bytes, like: Dataset) -> Dataset:
+    ds = like.copy()
+    ds.file_meta = like.file_meta.copy()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds.PixelRepresentation = 0
+    return ds
+
+
+def _enlarged_jpeg(stream: bytes, marker: bytes) -> bytes:
+    """The stream with its frame header (ISO 10918-1 B.2.2, 14495-1 C.2.2) saying 16000 x 16000."""
+    out = bytearray(stream)
+    struct.pack_into(">HH", out, out.find(marker) + 5, 16000, 16000)
+    return bytes(out)
+
+
+def _enlarged_j2k(stream: bytes) -> bytes:
+    """The codestream with its SIZ (ISO 15444-1 A.5.1) saying 16000 x 16000."""
+    out = bytearray(stream)
+    struct.pack_into(">II", out, out.find(b"\xff\x4f\xff\x51") + 8, 16000, 16000)
+    return bytes(out)
+
+
+ENLARGED = {
+    "jpeg-ls": ("1.2.840.10008.1.2.4.80", imagecodecs.jpegls_encode, b"\xff\xf7"),
+    "jpeg-lossless": ("1.2.840.10008.1.2.4.70", imagecodecs.ljpeg_encode, b"\xff\xc3"),
+    "jpeg-2000": ("1.2.840.10008.1.2.4.90", imagecodecs.jpeg2k_encode, None),
+}
+
+
+@pytest.mark.parametrize("name", ENLARGED)
+def test_a_stream_declaring_more_pixels_than_the_data_set_is_never_decoded(name):
+    """A 64 x 64 data set whose stream header declares 16000 x 16000: before this check
+    pydicom's and imagecodecs' decoders allocated the declared 488 MiB and only then failed."""
+    syntax, encode, marker = ENLARGED[name]
+    (ct,) = ct_series(1, 64, 64, seed=904)
+    pixels = ct.pixel_array.astype(np.uint16)
+    stream = encode(pixels)
+    honest = _claiming(syntax, stream, ct)
+    (frame,) = source_frames(honest, PixelInfo.of(honest))
+    assert np.array_equal(frame, pixels)  # the check lets a consistent stream through
+    enlarged = _enlarged_j2k(stream) if marker is None else _enlarged_jpeg(stream, marker)
+    bomb = _claiming(syntax, enlarged, ct)
+    tracemalloc.start()
+    try:
+        with pytest.raises(NotDecodable, match="the stream declares 16000 x 16000 pixels"):
+            source_frames(bomb, PixelInfo.of(bomb))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak >> 20} MiB allocated"
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (100, 37), (600, 800), (513, 257), (4000, 6000)])
+def test_jpeg_xl_geometry_is_read_from_its_size_header(shape):
+    """ISO 18181-1 SizeHeader (small sizes, ratios, U32 sizes) as libjxl wrote it."""
+    stream = imagecodecs.jpegxl_encode(np.zeros(shape, np.uint8), lossless=True)
+    assert jxl_geometry(stream) == (*shape, None)
+
+
+def test_no_public_file_a_decoder_reads_is_refused_by_the_geometry_check():
+    """Every pydicom test file and pydicom-data file the geometry check refuses is one
+    pydicom's own decoders cannot read either (no false refusal)."""
+    refused = {}
+    for path in all_files():
+        try:
+            ds = pydicom.dcmread(path)
+            info = PixelInfo.of(ds)
+        except Exception:  # no pixels, or not DICOM: nothing to check
+            continue
+        try:
+            check_pixel_data(ds, info)
+        except ImplausiblePixelData as exc:
+            refused[path.name] = str(exc)
+            with pytest.raises(Exception):  # noqa: B017 - any decoder failure will do
+                for _ in iter_pixels(ds):
+                    pass
+    assert set(refused) == {"MR_truncated.dcm", "JPEG2000-embedded-sequence-delimiter.dcm"}

@@ -127,7 +127,7 @@ def test_silent_connections_do_not_stop_tls_associations(tls_node, pki):
     lines = tls_node.log().splitlines()
     assert any(
         ("TLS handshake with" in line and "timed out" in line)
-        or ("not negotiated within" in line and "(ACSE timeout)" in line)
+        or ("not negotiated within" in line and "(ACSE timeout;" in line)
         for line in lines
     ), lines[-5:]
     assert echo(tls_node.port, tls=tls_client(pki)) == Status.SUCCESS

@@ -3,7 +3,9 @@
 What is stored must come out again, whatever wrote it: retrieval to a peer that accepts
 only native syntaxes (PS3.4 C.4.2.3.1), forwarding, and transcoding into another
 syntax all decode here. Three decoders are tried in turn, and the first whose frames have
-the shape the Image Pixel module describes (PS3.3 C.7.6.3) wins:
+the shape the Image Pixel module describes (PS3.3 C.7.6.3) wins, once
+:func:`compacs.codecs.geometry.check_pixel_data` has found that the Pixel Data can hold
+those frames (no decoder runs on an object whose decoded size its data cannot explain):
 
 1. compacs' codec table, for the syntaxes compacs writes (its streams were verified with
    that decoder; JPEG XL, which pydicom 3.0 cannot decode, is only there);
@@ -27,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import iter_pixels
 
+from compacs.codecs.geometry import ImplausiblePixelData, check_pixel_data
 from compacs.codecs.pixels import PixelInfo, clean
 from compacs.codecs.table import BY_SYNTAX
 
@@ -126,6 +129,10 @@ def _decoders(syntax: str, pydicom_first: bool) -> list[tuple[str, FramesDecoder
 def _first_that_decodes(
     ds: Dataset, info: PixelInfo, decoders: Sequence[tuple[str, FramesDecoder]]
 ) -> list[np.ndarray]:
+    try:
+        check_pixel_data(ds, info)
+    except ImplausiblePixelData as exc:
+        raise NotDecodable(str(exc)) from None
     reasons = []
     for name, decode in decoders:
         try:

@@ -1,9 +1,10 @@
 """What a compressed stream says about itself, read from its marker segments.
 
 JPEG (ISO 10918-1 B.1) and JPEG-LS (ISO 14495-1 C.2) share the marker-segment syntax:
-the frame header gives the sample precision P, the JPEG-LS scan header gives NEAR. The
-JPEG 2000 / HTJ2K main header (ISO 15444-1 A.5-A.6) gives the coding style (COD): whether
-the 9-7 irreversible wavelet was used. No pixel is decoded here.
+the frame header gives the sample precision P and the geometry, the JPEG-LS scan header
+gives NEAR. The JPEG 2000 / HTJ2K main header (ISO 15444-1 A.5-A.6) gives the geometry
+(SIZ) and the coding style (COD): whether the 9-7 irreversible wavelet was used. The JPEG
+XL SizeHeader (ISO 18181-1) gives rows and columns. No pixel is decoded here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from pydicom.encaps import generate_fragments
 
-_J2K_SYNTAXES = frozenset(
+J2K_SYNTAXES = frozenset(
     {
         "1.2.840.10008.1.2.4.90",
         "1.2.840.10008.1.2.4.91",
@@ -24,13 +25,16 @@ _J2K_SYNTAXES = frozenset(
     }
 )
 JPEG_LS_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
-_JPEG_SYNTAXES = frozenset(
+JPEG_SYNTAXES = frozenset(
     {
         "1.2.840.10008.1.2.4.50",
         "1.2.840.10008.1.2.4.51",
         "1.2.840.10008.1.2.4.57",
         "1.2.840.10008.1.2.4.70",
     }
+)
+JPEG_XL_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112"}
 )
 _SOF55 = 0xF7  # JPEG-LS frame header (ISO 14495-1 C.2.2)
 _SOS = 0xDA
@@ -105,16 +109,99 @@ def j2k_coding(codestream: bytes) -> J2kCoding | None:
     return None
 
 
+Geometry = tuple[int, int, int | None]
+"""(rows, columns, components) a stream's header declares; components None if not read."""
+
+
+def jpeg_geometry(stream: bytes) -> Geometry | None:
+    """ISO 10918-1 B.2.2 / ISO 14495-1 C.2.2 frame header: P, Y, X, Nf."""
+    for marker, body in jpeg_segments(stream):
+        if marker in _JPEG_SOF | {_SOF55} and len(body) >= 6:
+            _, rows, columns, components = struct.unpack_from(">BHHB", body)
+            return rows, columns, components
+    return None
+
+
+def j2k_geometry(stream: bytes) -> Geometry | None:
+    """ISO 15444-1 A.5.1 SIZ: Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, 4 tile fields, Csiz."""
+    pos = stream.find(b"\xff\x4f\xff\x51")
+    if pos < 0 or pos + 42 > len(stream):
+        return None
+    x, y, x0, y0 = struct.unpack_from(">IIII", stream, pos + 8)
+    (components,) = struct.unpack_from(">H", stream, pos + 40)
+    return y - y0, x - x0, components
+
+
+class _Bits:
+    """ISO 18181-1 9.2: fields are read least significant bit first."""
+
+    def __init__(self, data: bytes) -> None:
+        self.value = int.from_bytes(data[:16], "little")
+        self.pos = 0
+
+    def u(self, n: int) -> int:
+        out = (self.value >> self.pos) & ((1 << n) - 1)
+        self.pos += n
+        return out
+
+
+_JXL_RATIOS = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}
+
+
+def _jxl_dimension(bits: _Bits, small: bool) -> int:
+    """ISO 18181-1 SizeHeader: (u(5)+1)*8 when small, else U32(1+u(9), 1+u(13), 1+u(18),
+    1+u(30))."""
+    if small:
+        return (bits.u(5) + 1) * 8
+    return 1 + bits.u((9, 13, 18, 30)[bits.u(2)])
+
+
+def _jxl_codestream(stream: bytes) -> bytes | None:
+    """The codestream of a bare JPEG XL stream or of its container's jxlc / first jxlp box
+    (ISO 18181-2)."""
+    if stream.startswith(b"\xff\x0a"):
+        return stream
+    pos = 0
+    while pos + 8 <= len(stream):
+        size, kind = struct.unpack_from(">I4s", stream, pos)
+        header = 8
+        if size == 1 and pos + 16 <= len(stream):
+            (size,) = struct.unpack_from(">Q", stream, pos + 8)
+            header = 16
+        if kind == b"jxlc":
+            return stream[pos + header :]
+        if kind == b"jxlp":
+            return stream[pos + header + 4 :]  # after the 4-byte part index
+        if size < header:
+            return None
+        pos += size
+    return None
+
+
+def jxl_geometry(stream: bytes) -> Geometry | None:
+    codestream = _jxl_codestream(stream)
+    if codestream is None or not codestream.startswith(b"\xff\x0a"):
+        return None
+    bits = _Bits(codestream[2:])
+    small = bool(bits.u(1))
+    rows = _jxl_dimension(bits, small)
+    ratio = bits.u(3)
+    if ratio:
+        num, den = _JXL_RATIOS[ratio]
+        return rows, rows * num // den, None
+    return rows, _jxl_dimension(bits, small), None
+
+
 def stream_is_lossy(syntax: str, first_fragment: bytes) -> bool:
     """Whether the stream itself shows lossy coding (for Lossy Image Compression, PS3.3
     C.7.6.1.1.5): J2K/HTJ2K with the 9-7 irreversible wavelet, JPEG-LS with NEAR > 0, a
     JPEG process other than 14. False when the stream does not tell."""
-    if syntax in _J2K_SYNTAXES:
+    if syntax in J2K_SYNTAXES:
         coding = j2k_coding(first_fragment)
         return coding is not None and not coding.reversible
     if syntax in JPEG_LS_SYNTAXES:
         return bool(_jls_near(first_fragment))
-    if syntax in _JPEG_SYNTAXES:
+    if syntax in JPEG_SYNTAXES:
         for marker, _ in jpeg_segments(first_fragment):
             if marker in _JPEG_SOF:
                 return marker not in _JPEG_LOSSLESS_SOF

@@ -65,6 +65,10 @@ class _Connection:
     host: str
     port: int
     established: bool = False
+    opened: bool = False
+    """Whether pynetdicom started the association (EVT_CONN_OPEN) on this connection."""
+    received: int = 0
+    """Bytes read from the peer so far (to tell a silent peer from a slow acceptor)."""
 
     @property
     def closed(self) -> bool:
@@ -81,7 +85,7 @@ class ConnectionGuard:
         self.limits = limits
         self._lock = threading.Lock()
         self._connections: dict[int, _Connection] = {}
-        self._deadlines: list[tuple[float, int, int]] = []
+        self._deadlines: list[tuple[float, int, _Connection]] = []
         self._order = itertools.count()
         self._wake = threading.Condition(self._lock)
         self._stopped = False
@@ -102,9 +106,10 @@ class ConnectionGuard:
             elif len(pending) >= self.limits.max_negotiating:
                 refusal = f"{len(pending)} connections still negotiating"
             if refusal is None:
-                self._connections[id(sock)] = _Connection(sock, host, port)
+                connection = _Connection(sock, host, port)
+                self._connections[id(sock)] = connection
                 deadline = time.monotonic() + self.limits.acse_timeout
-                heapq.heappush(self._deadlines, (deadline, next(self._order), id(sock)))
+                heapq.heappush(self._deadlines, (deadline, next(self._order), connection))
                 self._wake.notify()
         if refusal is not None:
             log.warning("connection from %s:%d closed at once: %s", host, port, refusal)
@@ -125,8 +130,13 @@ class ConnectionGuard:
 
     def _on_open(self, event: Any) -> None:
         assoc_socket = event.assoc.dul.socket
-        if assoc_socket is not None and event.assoc.is_acceptor:
-            assoc_socket.recv = _capped_recv(assoc_socket.recv, self.limits, event.address)
+        if assoc_socket is None or not event.assoc.is_acceptor:
+            return
+        with self._lock:
+            connection = self._connections.get(id(getattr(assoc_socket, "socket", None)))
+        if connection is not None:
+            connection.opened = True
+        assoc_socket.recv = _capped_recv(assoc_socket.recv, self.limits, event.address, connection)
 
     def _on_established(self, event: Any) -> None:
         sock = getattr(event.assoc.dul.socket, "socket", None)
@@ -153,19 +163,17 @@ class ConnectionGuard:
                     self._wake.wait(wait)
                 if self._stopped:
                     return
-                _, _, key = heapq.heappop(self._deadlines)
-                connection = self._connections.get(key)
-                stalled = connection is not None and not connection.established
-                if stalled and connection.closed:
-                    del self._connections[key]
-                    stalled = False
+                _, _, connection = heapq.heappop(self._deadlines)
+                stalled = not connection.established and not connection.closed
             if stalled:
                 log.warning(
-                    "association from %s:%d not negotiated within %.0f s (ACSE timeout): "
-                    "connection closed",
+                    "association from %s:%d not negotiated within %.0f s (ACSE timeout; "
+                    "%d bytes received, association %s): connection closed",
                     connection.host,
                     connection.port,
                     self.limits.acse_timeout,
+                    connection.received,
+                    "started" if connection.opened else "never started by pynetdicom",
                 )
                 metrics.ASSOCIATIONS.inc(outcome="negotiation_timeout")
                 with contextlib.suppress(OSError):
@@ -194,7 +202,9 @@ class _DataSetSize:
         return total
 
 
-def _capped_recv(recv: Any, limits: Limits, address: Any) -> Any:
+def _capped_recv(
+    recv: Any, limits: Limits, address: Any, connection: _Connection | None = None
+) -> Any:
     """pynetdicom's ``AssociationSocket.recv`` refusing a PDU body over the limit, and a
     data set over ``max_object_size`` as its fragments arrive.
 
@@ -209,6 +219,8 @@ def _capped_recv(recv: Any, limits: Limits, address: Any) -> Any:
     def capped(n: int) -> bytearray:
         if header_next[0]:
             data = recv(n)
+            if connection is not None:
+                connection.received += len(data)
             if len(data) == 6:
                 last_type[0], header_next[0] = data[0], False
             return data
@@ -226,6 +238,8 @@ def _capped_recv(recv: Any, limits: Limits, address: Any) -> Any:
             )
             raise OSError(f"PDU of {n} bytes exceeds the limit of {limit}")
         data = recv(n)
+        if connection is not None:
+            connection.received += len(data)
         if last_type[0] == P_DATA_TF and data_set.add(data) > limits.max_object_size:
             metrics.ASSOCIATIONS.inc(outcome="object_too_large")
             log.warning(

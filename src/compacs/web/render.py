@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder, iter_pixels
 
+from compacs.codecs.geometry import ImplausiblePixelData, check_pixel_data
 from compacs.codecs.pixels import PixelInfo, clean
 from compacs.codecs.table import BY_SYNTAX
 
@@ -44,6 +45,10 @@ def decode_frame(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
     YBR image's colours wrong here."""
     if not 0 <= index < info.frames:
         raise RenderError(f"frame {index + 1} out of range: the object has {info.frames}")
+    try:
+        check_pixel_data(ds, info, frames=[index])
+    except ImplausiblePixelData as exc:
+        raise RenderError(f"no image to show: {exc}") from None
     syntax = str(ds.file_meta.TransferSyntaxUID)
     codec = BY_SYNTAX.get(syntax)
     if codec is not None and not _pydicom_decodes(syntax):
