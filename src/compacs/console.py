@@ -115,9 +115,10 @@ class Console:
         logs and warns every message: the same text right after itself on the same
         thread through the other channel is that same event, counted once."""
         last = getattr(self._last, "value", None)
-        self._last.value = (channel, text)
         if last is not None and last[0] != channel and last[1] == text:
+            self._last.value = None  # the pair is complete: the next one counts again
             return
+        self._last.value = (channel, text)
         with self._lock:
             entry = self.tallies.setdefault(kind_of(text), Tally(source, text.strip()))
             entry.count += 1
@@ -165,7 +166,7 @@ class ConsoleHandler(logging.Handler):
                 text += f": {exc}"
             if uid and uid not in text:
                 text += f" [{uid}]"
-            self.console.line(text)
+            self.console.line(" ".join(text.split()))  # one line, whatever the message
         except Exception:  # a handler must never raise into the code that logged
             self.handleError(record)
 
