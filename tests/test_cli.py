@@ -231,7 +231,7 @@ def broken_jpeg_ls(node, uid: str) -> Path:
 
 def assert_clean_terminal(terminal: str) -> None:
     """The bar is live and nothing is written into it; no traceback."""
-    assert "\r\x1b[K[" in terminal, terminal  # drawn in place: a live bar
+    assert re.search(r"\r(\x1b\[K)?\[[#.]{30}\]", terminal), terminal  # redrawn in place: live
     assert "Traceback" not in terminal, terminal
     for line in screen_lines(terminal):
         bar = BAR.search(line)
