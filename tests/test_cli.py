@@ -272,6 +272,8 @@ def test_verify_and_compress_on_a_terminal_print_problems_as_lines_and_warnings_
     summary = next(line for line in stdout.splitlines() if "problem(s):" in line)
     assert summary.startswith("1 problem(s): undecodable 1 (1x pixel data does not decode")
     assert why in summary  # the summary says why, as the object's own line does
+    code, _, verbose = run_on_terminal("verify", "-v", *data)  # in full, as they come
+    assert code == 1 and verbose.count("UserWarning: The pixel data is") == 3, verbose
 
     policy = write_config(
         tmp_path / "j2k.toml",
