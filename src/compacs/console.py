@@ -29,6 +29,7 @@ from typing import TextIO
 
 from compacs.logs import subject
 
+_ACTIVE: Console | None = None  # the console of the command running now, see live()
 _CLEAR = "\r\033[K"  # carriage return, erase to the end of the line (ECMA-48 EL)
 _MASKS = (
     (re.compile(r"'[^']*'|\"[^\"]*\""), "'...'"),
@@ -59,7 +60,7 @@ def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def exception_line(exc_info) -> str:
+def exception_line(exc_info: tuple) -> str:
     """``Type: message`` of a record's exception, without the traceback."""
     _, exc, _ = exc_info
     return f"{type(exc).__name__}: {exc}" if exc is not None else ""
@@ -200,9 +201,6 @@ def live(stream: TextIO = sys.stderr, verbose: bool = False) -> Iterator[Console
         root.handlers = saved
         for text in console.summary():
             console.line(text)
-
-
-_ACTIVE: Console | None = None
 
 
 def active() -> Console | None:
