@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pty
+import re
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from contextlib import closing
+from pathlib import Path
 
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import echo, run_cli, write_config
+from tests.conftest import (
+    NO_COMPRESSION,
+    ROOT,
+    echo,
+    require_dcmtk,
+    run_cli,
+    write_config,
+)
 from tests.scu import association, send_datasets, status_of
 
 STATS_KEYS = {
@@ -140,3 +154,141 @@ def test_sigterm_during_ingest_loses_nothing_acknowledged(node_factory):
     assert send_datasets(node.port, remaining) == [Status.SUCCESS] * len(remaining)
     assert node.stats()["instances"] == 60
     assert json.loads(node.cli("stats", "--json").stdout)["series"] == 1
+
+
+# -- the progress bar on a terminal: one line per problem, warnings once --------------------
+BAR = re.compile(r"\[[#.]{30}\] \d+/\d+ \d+/s( saved [0-9.]+ MiB)?( problems \d+)?")
+
+
+def run_on_terminal(*args: str) -> tuple[int, str, str]:
+    """``compacs ARGS`` with stderr on a pseudo-terminal, as an admin sees it: the
+    progress bar is live (it draws in place only on a TTY). (exit code, stdout, stderr)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "compacs", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        cwd=ROOT,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        stdout, _ = proc.communicate(timeout=300)
+    finally:
+        reader.join(60)
+        os.close(master)
+    terminal = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    return proc.returncode, stdout.decode(errors="replace"), terminal
+
+
+def screen_lines(terminal: str) -> list[str]:
+    """What stays on screen: per line, the text after the last carriage return."""
+    return [line.rsplit("\r", 1)[-1].replace("\x1b[K", "") for line in terminal.split("\n")]
+
+
+def padded(ds):
+    """``ds`` with 128 bytes of padding after its pixel data: pydicom warns about it
+    (PS3.5 8.1.1) on every decode, once per object."""
+    ds.PixelData = ds.PixelData + b"\x00" * 128
+    return ds
+
+
+def broken_jpeg_ls(node, uid: str) -> Path:
+    """Damage the stored JPEG-LS stream of ``uid`` after its SOF (as a bad encoder would;
+    the index's SHA-256 follows) so that no decoder reads it; its path."""
+    index = node.data_dir / "index.sqlite"
+    with closing(sqlite3.connect(index)) as conn:
+        (key,) = conn.execute(
+            "SELECT storage_key FROM instances WHERE sop_instance_uid = ?", (uid,)
+        ).fetchone()
+    path = node.data_dir / "store" / key
+    original = path.read_bytes()
+    sof = original.find(b"\xff\xd8\xff\xf7")  # JPEG-LS SOI + SOF55
+    assert sof > 0
+    broken = original[: sof + 4] + b"\xff" * 12 + original[sof + 16 :]
+    path.write_bytes(broken)
+    with closing(sqlite3.connect(index)) as conn, conn:
+        conn.execute(
+            "UPDATE instances SET sha256 = ? WHERE sop_instance_uid = ?",
+            (hashlib.sha256(broken).hexdigest(), uid),
+        )
+    return path
+
+
+def assert_clean_terminal(terminal: str) -> None:
+    """The bar is live and nothing is written into it; no traceback."""
+    assert re.search(r"\r(\x1b\[K)?\[[#.]{30}\]", terminal), terminal  # redrawn in place: live
+    assert "Traceback" not in terminal, terminal
+    for line in screen_lines(terminal):
+        bar = BAR.search(line)
+        assert bar is None or bar.group(0) == line.strip(), line  # a bar alone on its line
+
+
+def test_verify_and_compress_on_a_terminal_print_problems_as_lines_and_warnings_once(
+    node_factory, tmp_path
+):
+    """A store with an undecodable JPEG-LS object and three objects whose pixel data is
+    padded (pydicom warns on each decode): ``verify`` and ``compress`` on a terminal name
+    the failed object and why, one line each, count the warning once, never a traceback."""
+    require_dcmtk()
+    node = node_factory(config=write_config(tmp_path / "off.toml", NO_COMPRESSION))
+    series = list(ct_series(5, 64, 64, seed=44))
+    for ds in series[:3]:
+        padded(ds)
+    series[3].compress(JPEGLSLossless, encoding_plugin="pyjpegls")
+    assert send_datasets(node.port, series) == [Status.SUCCESS] * 5
+    victim = str(series[3].SOPInstanceUID)
+    path = broken_jpeg_ls(node, victim)
+    # the independent reader agrees the object does not decode
+    dcmdjpls = subprocess.run(
+        ["dcmdjpls", str(path), str(tmp_path / "out.dcm")], capture_output=True, text=True
+    )
+    assert dcmdjpls.returncode != 0, dcmdjpls.stdout
+
+    data = ("--data-dir", str(node.data_dir))
+    code, stdout, terminal = run_on_terminal("verify", *data)
+    assert code == 1, stdout + terminal
+    assert_clean_terminal(terminal)
+    assert "5/5" in terminal
+    assert terminal.count("excess padding") == 1, terminal  # once, as a counted kind
+    assert re.search(r"3x pydicom: The pixel data is \d+ bytes long", terminal), terminal
+    (line,) = [line for line in stdout.splitlines() if line.strip().startswith("undecodable")]
+    assert victim in line and "pixel data does not decode: NotDecodable: " in line
+    why = line.split("pixel data does not decode: ", 1)[1][:100]
+    summary = next(line for line in stdout.splitlines() if "problem(s):" in line)
+    assert summary.startswith("1 problem(s): undecodable 1 (1x pixel data does not decode")
+    assert why in summary  # the summary says why, as the object's own line does
+    code, _, verbose = run_on_terminal("verify", "-v", *data)  # in full, as they come
+    assert code == 1 and verbose.count("UserWarning: The pixel data is") == 3, verbose
+
+    policy = write_config(
+        tmp_path / "j2k.toml",
+        '[compression]\nwhen = "off"\n[[compression.rules]]\naction = "jpeg-2000"\n',
+    )
+    code, stdout, terminal = run_on_terminal("compress", "--config", str(policy), *data)
+    assert code == 3, stdout + terminal  # 3: some instance failed
+    assert_clean_terminal(terminal)
+    assert terminal.count("excess padding") == 1, terminal
+    assert re.search(r"3x pydicom: The pixel data is \d+ bytes long", terminal), terminal
+    failure_lines = [line for line in screen_lines(terminal) if "could not compress" in line]
+    assert len(failure_lines) == 1 and victim in failure_lines[0], terminal
+    assert "jpeg-2000: NotDecodable: " in failure_lines[0]
+    why = failure_lines[0].split("jpeg-2000: NotDecodable: ", 1)[1][:60]
+    summary = next(line for line in stdout.splitlines() if line.startswith("compressed "))
+    assert summary.startswith("compressed 4, derived lossy 0, kept 0, skipped 0, failed 1 ")
+    assert "; failed: 1x jpeg-2000: NotDecodable: " + why in summary, summary
+    assert node.stats()["compression"]["failed"] == 1

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+import shutil
+import sqlite3
 import subprocess
 from collections import Counter
+from contextlib import closing
+
+import numpy as np
+from pydicom import dcmread
 
 from compacs.dicom.status import Status
-from tests.conftest import ARTIFACTS, dcmtk_env, echo, require_dcmtk
+from tests.conftest import ARTIFACTS, ROOT, dcmtk_env, echo, require_dcmtk
 from tests.dcmtk import own_syntax_pairs, storescu, storescu_profile
-from tests.dicomfiles import all_files, storage_files
+from tests.dicomfiles import all_files, by_name, storage_files
 from tests.test_store import EXPECTED_REFUSALS
 
 
@@ -89,3 +97,64 @@ def test_storescu_sends_every_public_file_in_its_own_syntax(node, tmp_path):
         *[f"  {n}: {d[:110]}" for n, d in sorted(not_sent.items())],
     ]
     (ARTIFACTS / "storescu-summary.txt").write_text("\n".join(lines) + "\n")
+
+
+# -- the README's first steps ---------------------------------------------------------------
+MIXED_FOLDER = {  # one file per syntax, each with its own SOP Instance UID
+    "CT_small.dcm": "1.2.840.10008.1.2.1",
+    "SC_rgb_jpeg_dcmtk.dcm": "1.2.840.10008.1.2.4.50",
+    "MR_small_jpeg_ls_lossless.dcm": "1.2.840.10008.1.2.4.80",
+    "GDCMJ2K_TextGBR.dcm": "1.2.840.10008.1.2.4.90",
+    "SC_rgb_rle.dcm": "1.2.840.10008.1.2.5",
+}
+
+
+def readme_storescu_command() -> list[str]:
+    """The README's storescu command for sending a folder (its first steps), as argv."""
+    text = (ROOT / "README.md").read_text()
+    commands = re.findall(r"`(storescu [^`]*\+sd some/folder)`", text)
+    assert commands, "the README shows no storescu command for a folder"
+    return shlex.split(commands[0])
+
+
+def test_the_readme_storescu_command_sends_a_folder_of_mixed_syntaxes_as_it_is(
+    plain_node, tmp_path
+):
+    """The README's command sends native, JPEG baseline, JPEG-LS, JPEG 2000 and RLE files
+    in one run; each is stored in its own syntax and decodes (pydicom) as the original."""
+    require_dcmtk()
+    node = plain_node
+    folder = tmp_path / "some" / "folder"
+    folder.mkdir(parents=True)
+    originals = {}
+    for name, syntax in MIXED_FOLDER.items():
+        shutil.copy(by_name(name), folder / name)
+        ds = dcmread(folder / name)
+        assert ds.file_meta.TransferSyntaxUID == syntax
+        originals[str(ds.SOPInstanceUID)] = ds
+    assert len(originals) == len(MIXED_FOLDER)
+
+    argv = [
+        {"11112": str(node.port), "some/folder": str(folder)}.get(a, a)
+        for a in readme_storescu_command()
+    ]
+    proc = subprocess.run(
+        [*argv[:1], "-v", *argv[1:]],
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr.count("Received Store Response (Success)") == len(MIXED_FOLDER)
+
+    stats = node.stats()
+    assert stats["instances"] == len(MIXED_FOLDER)
+    assert sorted(stats["by_transfer_syntax"]) == sorted(MIXED_FOLDER.values())
+    with closing(sqlite3.connect(node.data_dir / "index.sqlite")) as conn:
+        keys = dict(conn.execute("SELECT sop_instance_uid, storage_key FROM instances"))
+    for uid, original in originals.items():
+        stored = dcmread(node.data_dir / "store" / keys[uid])
+        assert stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert np.array_equal(stored.pixel_array, original.pixel_array), uid

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from compacs import __version__
 from compacs.config import ConfigError, Peer, Settings, load, with_overrides
+from compacs.console import live
 from compacs.logs import configure
 
 
@@ -18,6 +19,17 @@ def _peer(text: str) -> Peer:
         return Peer.parse(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _verbose(parser: argparse.ArgumentParser) -> None:
+    """``-v`` for the commands that draw a progress bar (see :mod:`compacs.console`)."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print every log record and warning in full as it comes, tracebacks included "
+        "(default: one line per problem, library messages and warnings counted once per kind)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compress", help="apply the compression policy to everything already stored"
     )
     _common(compress)
+    _verbose(compress)
     compress.add_argument("--dry-run", action="store_true", help="only say what would change")
     compress.add_argument("--workers", type=int, help="threads (default: [compression] workers)")
     compress.add_argument(
@@ -141,6 +154,7 @@ def _integrity_parsers(sub: argparse._SubParsersAction) -> None:
         "objects no index row references (orphans). Exit code 0 clean, 1 problems, 2 usage.",
     )
     _common(verify)
+    _verbose(verify)
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.add_argument("--no-decode", action="store_true", help="do not decode pixel data")
     verify.add_argument(
@@ -159,6 +173,7 @@ def _integrity_parsers(sub: argparse._SubParsersAction) -> None:
         "be indexed or are damaged, 2 refused or usage error.",
     )
     _common(reindex)
+    _verbose(reindex)
     reindex.add_argument(
         "--into",
         metavar="PATH|URL",
@@ -261,14 +276,15 @@ def cmd_compress(settings: Settings, args: argparse.Namespace) -> int:
 
             policy = replace(policy, when="deferred")  # an explicit command overrides 'off'
         compressor = Compressor(store, index, policy)
-        summary = compress_stored(
-            compressor,
-            index,
-            policy,
-            workers=args.workers or max(policy.workers, 1),
-            retry=args.retry,
-            dry_run=args.dry_run,
-        )
+        with live(verbose=args.verbose):
+            summary = compress_stored(
+                compressor,
+                index,
+                policy,
+                workers=args.workers or max(policy.workers, 1),
+                retry=args.retry,
+                dry_run=args.dry_run,
+            )
     finally:
         index.close()
     return 3 if summary.states[FAILED] else 0
@@ -339,7 +355,8 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
             print(f"compacs verify: {exc}", file=sys.stderr)
             return 2
         verifier = Verifier(store, index, decode=not args.no_decode, workers=_workers())
-        report = verifier.run(repair_orphans=args.repair_orphans, progress=Progress)
+        with live(verbose=args.verbose):
+            report = verifier.run(repair_orphans=args.repair_orphans, progress=Progress)
     finally:
         index.close()
     if args.json:
@@ -358,15 +375,16 @@ def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
     store_url = settings.resolved_store_url
     try:
         store = open_store(store_url)
-        report = rebuild(
-            store,
-            settings.resolved_index_url,
-            settings.ae_title,
-            into=args.into,
-            force=args.force,
-            workers=_workers(),
-            progress=Progress,
-        )
+        with live(verbose=args.verbose):
+            report = rebuild(
+                store,
+                settings.resolved_index_url,
+                settings.ae_title,
+                into=args.into,
+                force=args.force,
+                workers=_workers(),
+                progress=Progress,
+            )
     except (ReindexError, ValueError) as exc:
         print(f"compacs reindex: {exc}", file=sys.stderr)
         return 2

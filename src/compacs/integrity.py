@@ -32,7 +32,9 @@ from pydicom.pixels import iter_pixels
 
 from compacs.codecs.decode import stored_frames
 from compacs.codecs.pixels import NotCompressible, PixelInfo
+from compacs.console import reasons
 from compacs.index import Index, InstanceLocation
+from compacs.logs import about
 from compacs.maintenance import Progress
 from compacs.storage import BlobStore
 
@@ -194,6 +196,12 @@ class Verifier:
         self, sop_instance_uid: str, retry: bool = True
     ) -> tuple[str | None, Problem | None]:
         """(the key the row references now, the problem found or None)."""
+        with about(sop_instance_uid):  # library messages name the instance
+            return self._check_located(sop_instance_uid, retry)
+
+    def _check_located(
+        self, sop_instance_uid: str, retry: bool
+    ) -> tuple[str | None, Problem | None]:
         location = self.index.locate(sop_instance_uid)
         if location is None:
             return None, None  # deleted since the listing
@@ -253,6 +261,19 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.0f} h"
 
 
+def _by_kind(problems: list[Problem]) -> str:
+    """``undecodable 2 (2x why), orphan 1``: the count of each kind of problem, and why
+    for the kinds whose reason varies (damage; not missing objects or orphans)."""
+    parts = []
+    for kind in KINDS:
+        details = [p.detail for p in problems if p.kind == kind]
+        if not details:
+            continue
+        why = "" if kind in (MISSING, ORPHAN) else f" ({reasons(details)})"
+        parts.append(f"{kind} {len(details)}{why}")
+    return ", ".join(parts)
+
+
 def print_report(report: VerifyReport, out: TextIO = sys.stdout) -> None:
     """The human summary: totals, counts per kind, then each problem on its own line."""
     rate = report.instances / report.seconds if report.seconds else 0.0
@@ -270,11 +291,7 @@ def print_report(report: VerifyReport, out: TextIO = sys.stdout) -> None:
         print("clean: no problems found", file=out)
         return
     counts = report.counts
-    print(
-        f"{len(report.problems)} problem(s): "
-        + ", ".join(f"{kind} {counts[kind]}" for kind in KINDS if counts[kind]),
-        file=out,
-    )
+    print(f"{len(report.problems)} problem(s): " + _by_kind(report.problems), file=out)
     for p in sorted(report.problems, key=lambda p: (KINDS.index(p.kind), p.key)):
         print(f"  {p.kind:<12} {p.sop_instance_uid or '-'}  {p.key}  {p.detail}", file=out)
     if counts[ORPHAN]:

@@ -5,9 +5,30 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_SUBJECT: ContextVar[str | None] = ContextVar("compacs_subject", default=None)
+
+
+@contextmanager
+def about(sop_instance_uid: str) -> Iterator[None]:
+    """While the calling thread works on this instance, its log records and warnings can
+    name it (:func:`subject`), whichever library emitted them. UIDs only, never names."""
+    token = _SUBJECT.set(sop_instance_uid)
+    try:
+        yield
+    finally:
+        _SUBJECT.reset(token)
+
+
+def subject() -> str | None:
+    """The SOP Instance UID the calling thread is working on, if it said (:func:`about`)."""
+    return _SUBJECT.get()
 
 
 class JsonFormatter(logging.Formatter):

@@ -12,6 +12,7 @@ from typing import NamedTuple, TextIO
 
 from pydicom import dcmread
 
+from compacs import console
 from compacs.codecs.streams import JPEG_LS_SYNTAXES, first_fragment, jls_misread_reason
 from compacs.codecs.table import CODECS
 from compacs.index import Index, InstanceFacts
@@ -109,12 +110,15 @@ def misread_reason(facts: InstanceFacts, store: BlobStore) -> str | None:
 
 
 class Progress:
-    """A one-line progress bar on a terminal, plain lines otherwise."""
+    """A one-line progress bar on a terminal, plain lines otherwise. It draws through the
+    live :class:`compacs.console.Console` when a command opened one, so that log records
+    and warnings print above the bar instead of into it."""
 
     def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
-        self.total, self.done, self.stream = total, 0, stream
+        self.total, self.done = total, 0
         self.start = time.monotonic()
-        self.tty = stream.isatty()
+        self.console = console.active() or console.Console(stream)
+        self.tty = self.console.tty
         self._last = 0.0
 
     def step(self, saved: int | None = None, note: str = "") -> None:
@@ -132,10 +136,7 @@ class Progress:
             line += f" saved {saved / 2**20:.1f} MiB"
         if note:
             line += f" {note}"
-        self.stream.write(("\r" + line) if self.tty else line + "\n")
-        if self.tty and self.done == self.total:
-            self.stream.write("\n")
-        self.stream.flush()
+        self.console.draw(line, final=self.done == self.total)
 
 
 @dataclass
@@ -145,6 +146,8 @@ class Summary:
     bytes_before: int = 0
     bytes_after: int = 0
     seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+    """The note of each failed instance: why it could not be decoded or encoded."""
 
 
 def _run(compressor: Compressor, candidate: Candidate, retry: bool) -> Result:
@@ -188,6 +191,8 @@ def compress_stored(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for result in pool.map(lambda c: _run(compressor, c, retry), plan):
             summary.states[result.state] += 1
+            if result.state == FAILED:
+                summary.failures.append(result.note)
             summary.bytes_before += result.bytes_before
             summary.bytes_after += result.bytes_after
             progress.step(summary.bytes_before - summary.bytes_after)
@@ -199,7 +204,8 @@ def compress_stored(
         f"kept {summary.states[KEPT]}, "
         f"skipped {summary.states[SKIPPED]}, failed {summary.states[FAILED]} "
         f"in {summary.seconds:.1f} s; {summary.bytes_before / 2**20:.1f} MiB -> "
-        f"{summary.bytes_after / 2**20:.1f} MiB (saved {saved / 2**20:.1f} MiB, x{ratio:.2f})",
+        f"{summary.bytes_after / 2**20:.1f} MiB (saved {saved / 2**20:.1f} MiB, x{ratio:.2f})"
+        + (f"; failed: {console.reasons(summary.failures)}" if summary.failures else ""),
         file=out,
     )
     return summary

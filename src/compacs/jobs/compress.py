@@ -29,6 +29,7 @@ from compacs.dicom.attributes import extract
 from compacs.index import Duplicates, Index, InstanceFacts, NewInstance, ObjectChange
 from compacs.index.sql import utc_now
 from compacs.ingest import storage_key
+from compacs.logs import about
 from compacs.rules import Decision, Policy
 from compacs.storage import BlobStore
 
@@ -75,7 +76,8 @@ class Compressor:
 
     def _guarded(self, facts: InstanceFacts, run: Callable[[], Result]) -> Result:
         try:
-            result = run()
+            with about(facts["sop_instance_uid"]):  # library messages name the instance
+                result = run()
         except Exception as exc:  # never let a codec or a file take the worker down
             log.exception("compression of %s failed", facts["sop_instance_uid"])
             result = Result(
