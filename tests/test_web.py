@@ -21,10 +21,11 @@ import imagecodecs
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
 from compacs.synthetic import UID_ROOT, ct_series
 from tests.conftest import ARTIFACTS, NodeProcess, free_port, run_cli, write_config
+from tests.dcmtk import own_syntax_pairs, storescu, storescu_profile
 from tests.dicomfiles import by_name, storage_files
 from tests.scu import send_datasets, send_files
 
@@ -342,6 +343,48 @@ def test_a_failed_store_is_a_recent_error(archive):
     assert int(bad.Status) >= 0xA000
     errors = http.json("/api/stats")["errors"]
     assert any(e.get("operation") == "C-STORE" and e["status"].startswith("0x") for e in errors)
+
+
+def _deflated_over(path: Path, limit: int) -> Path:
+    """A Deflated Explicit VR LE file of a few kB that inflates to more than ``limit``."""
+    (ds,) = ct_series(1, 256, 256, seed=77, patient_id="WEB-BIG")
+    ds.PixelData = bytes(256 * 256 * 2)  # zeros: deflate makes them almost nothing
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    assert path.stat().st_size < limit // 4 and limit < 256 * 256 * 2
+    return path
+
+
+def test_a_refused_store_is_one_recent_error_with_status_comment_and_ae(tmp_path):
+    """DCMTK storescu sends a deflated object over [ingest] max_object_size: the dashboard
+    and the API list the refusal once (the response's status and Error Comment, and the
+    calling AE), not once more as the log line written while refusing it."""
+    http_port = free_port()
+    config = write_config(tmp_path / "small.toml", "[ingest]\nmax_object_size = 65536\n")
+    node = NodeProcess(tmp_path / "data", config=config, extra_args=("--http-port", str(http_port)))
+    node.start()
+    try:
+        big = _deflated_over(tmp_path / "big.dcm", 65536)
+        profile = storescu_profile(tmp_path / "p.cfg", own_syntax_pairs([big]))
+        _, outcomes = storescu(node.port, [big], profile, calling="MODALITY1")
+        assert [o.outcome for o in outcomes] == ["refused"], outcomes
+        assert "OutOfResources" in outcomes[0].detail  # 0xA7xx
+        reason = "inflates to more than 65536 bytes"
+        http = Http(http_port)
+        errors = [e for e in http.json("/api/stats")["errors"] if reason in e["message"]]
+        assert len(errors) == 1, errors
+        (error,) = errors
+        assert error["status"] == "0xA700" and error["operation"] == "C-STORE"
+        assert error["calling_ae"] == "MODALITY1"
+        status, _, body = http.get("/")
+        assert status == 200
+        html = body.decode()
+        assert html.count(reason) == 1, html[html.find("Recent errors") :]
+        row = html[html.rfind("<tr>", 0, html.find(reason)) : html.find(reason)]
+        assert "MODALITY1" in row and "0xA700" in row and "C-STORE" in row
+        assert node.stats()["instances"] == 0
+    finally:
+        node.stop()
 
 
 # -- security ----------------------------------------------------------------------------------
