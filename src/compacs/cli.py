@@ -299,6 +299,12 @@ def cmd_stats(settings: Settings, as_json: bool) -> int:
     for destination, entry in stats.get("forwarding", {}).items():
         states = ", ".join(f"{k} {v}" for k, v in sorted(entry.items()) if k != "bytes_sent")
         print(f"forwarding to {destination}: {states}; sent {_size(entry['bytes_sent'])}")
+    for destination, entry in stats.get("forwarding_problems", {}).items():
+        for e in entry["errors"]:
+            print(
+                f"  failing to {destination}: {e['items']} item(s), last attempt "
+                f"{e['last_attempt']}: {e['error']}"
+            )
     for title, key, label in (
         ("by modality", "by_modality", lambda k, v: k),
         ("by stored transfer syntax", "by_transfer_syntax", lambda k, v: f"{v['name']} ({k})"),

@@ -566,6 +566,7 @@ class SqlStatements(ForwardStatements):
             "by_modality": by_modality,
             "by_transfer_syntax": by_syntax,
             "forwarding": self.forward_counts(cur),
+            "forwarding_problems": self.forward_problems(cur),
         }
 
     # -- the admin's window (compacs.web) ---------------------------------------------
