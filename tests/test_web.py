@@ -9,11 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import shutil
 import time
 import urllib.error
 import urllib.request
 from email.message import Message
+from html import escape
 from io import BytesIO
 from pathlib import Path
 
@@ -383,6 +385,85 @@ def test_a_refused_store_is_one_recent_error_with_status_comment_and_ae(tmp_path
         row = html[html.rfind("<tr>", 0, html.find(reason)) : html.find(reason)]
         assert "MODALITY1" in row and "0xA700" in row and "C-STORE" in row
         assert node.stats()["instances"] == 0
+    finally:
+        node.stop()
+
+
+def _noise_ct(path: Path) -> Path:
+    """A CT slice of full-range 16-bit noise: no lossless encoding makes it smaller."""
+    (ds,) = ct_series(1, 64, 64, seed=78, patient_id="WEB-STATE")
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 0
+    noise = np.random.default_rng(7).integers(0, 65536, size=(64, 64), dtype=np.uint16)
+    ds.PixelData = noise.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_compression_state_and_note_on_the_instance_page_api_and_stats(tmp_path):
+    """DCMTK storescu sends a compressible CT, full-range noise (JPEG-LS is not smaller),
+    a JPEG baseline (lossy input) and a SEG (Bits Allocated 1); once the workers are done,
+    each instance's state and note are on its page (escaped) and in its JSON, and
+    `compacs stats` counts the instances stored as received by reason. pydicom reads the
+    stored objects back: the kept ones are the bytes sent, the compressed one decodes to
+    the pixels sent."""
+    http_port = free_port()
+    node = NodeProcess(tmp_path / "data", extra_args=("--http-port", str(http_port)))
+    node.start()
+    try:
+        (ct,) = ct_series(1, 64, 64, seed=79, patient_id="WEB-STATE")
+        ct.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+        files = {
+            "ct": tmp_path / "ct.dcm",
+            "noise": _noise_ct(tmp_path / "noise.dcm"),
+            "jpeg": by_name("examples_ybr_color.dcm"),
+            "seg": by_name("liver.dcm"),
+        }
+        profile = storescu_profile(tmp_path / "p.cfg", own_syntax_pairs(list(files.values())))
+        _, outcomes = storescu(node.port, list(files.values()), profile)
+        assert [o.outcome for o in outcomes] == ["accepted"] * 4, outcomes
+        http = Http(http_port)
+        deadline = time.monotonic() + 60
+        while http.json("/api/stats")["pending"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sent = {k: dcmread(f) for k, f in files.items()}
+        uids = {k: str(ds.SOPInstanceUID) for k, ds in sent.items()}
+        docs = {k: http.json(f"/api/instances/{uid}")["compression"] for k, uid in uids.items()}
+
+        assert docs["ct"] == {"state": "compressed", "note": "jpeg-ls", "reason": None}
+        assert docs["noise"]["state"] == "kept" and docs["noise"]["reason"] == "not smaller"
+        assert re.fullmatch(r"jpeg-ls gave \d+ bytes, not smaller", docs["noise"]["note"])
+        assert docs["jpeg"] == {
+            "state": "untouched",
+            "note": "lossy input kept",
+            "reason": "lossy input kept",
+        }
+        seg = "not compressible: Bits Allocated 1"
+        assert docs["seg"] == {"state": "untouched", "note": seg, "reason": seg}
+        for key in ("noise", "jpeg", "seg"):
+            status, _, body = http.get(f"/instances/{uids[key]}")
+            assert status == 200
+            html = body.decode()
+            assert f"<td>{escape(docs[key]['note'])}</td>" in html, key
+            assert f"<td>{escape(docs[key]['state'])}</td>" in html, key
+
+        want = {"not smaller": 1, "lossy input kept": 1, seg: 1}
+        assert node.stats()["untouched_by_reason"] == want
+        assert http.json("/api/stats")["untouched_by_reason"] == want
+        text = node.cli("stats").stdout
+        line = next(x for x in text.splitlines() if x.startswith("stored as received: "))
+        assert sorted(line.removeprefix("stored as received: ").split("; ")) == sorted(
+            f"{reason} {n}" for reason, n in want.items()
+        )
+
+        for key in ("noise", "jpeg", "seg"):  # stored as sent, byte for byte
+            status, _, body = http.get(f"/api/instances/{uids[key]}/file")
+            stored = dcmread(BytesIO(body))
+            assert stored.file_meta.TransferSyntaxUID == sent[key].file_meta.TransferSyntaxUID
+            assert stored.PixelData == sent[key].PixelData
+        status, _, body = http.get(f"/api/instances/{uids['ct']}/file")
+        stored = dcmread(BytesIO(body))
+        assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+        assert np.array_equal(stored.pixel_array, sent["ct"].pixel_array)
     finally:
         node.stop()
 

@@ -296,6 +296,9 @@ def cmd_stats(settings: Settings, as_json: bool) -> int:
         f"ratio {stats['ratio']:.2f}"
     )
     print("compression: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["compression"].items())))
+    untouched = stats.get("untouched_by_reason", {})
+    if untouched:
+        print("stored as received: " + "; ".join(f"{k} {v}" for k, v in untouched.items()))
     for destination, entry in stats.get("forwarding", {}).items():
         states = ", ".join(f"{k} {v}" for k, v in sorted(entry.items()) if k != "bytes_sent")
         print(f"forwarding to {destination}: {states}; sent {_size(entry['bytes_sent'])}")

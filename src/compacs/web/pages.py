@@ -348,6 +348,8 @@ def instance(doc: dict[str, Any], params: list[tuple[str, str]]) -> str:
             ["bytes received", _v(doc["bytes_received"])],
             ["bytes stored", _v(doc["bytes_stored"])],
             ["ratio", _v(doc["ratio"])],
+            ["compression", _v(doc["compression"]["state"])],
+            ["compression note", _v(doc["compression"]["note"])],
             ["from", _v(doc.get("calling_ae"))],
             ["received at", _v(doc.get("received_at"))],
             ["SHA-256", _v(doc["sha256"])],
