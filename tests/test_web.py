@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,13 +20,16 @@ from email.message import Message
 from html import escape
 from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
 
 import imagecodecs
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
+from compacs.activity import Activity
 from compacs.synthetic import UID_ROOT, ct_series
 from tests.conftest import ARTIFACTS, NodeProcess, free_port, run_cli, write_config
 from tests.dcmtk import own_syntax_pairs, storescu, storescu_profile
@@ -387,6 +392,54 @@ def test_a_refused_store_is_one_recent_error_with_status_comment_and_ae(tmp_path
         assert node.stats()["instances"] == 0
     finally:
         node.stop()
+
+
+class _Association(threading.Thread):
+    """Stands in for pynetdicom's Association (a thread) in Activity's notifications."""
+
+    requestor = SimpleNamespace(ae_title="MODALITY2", address="127.0.0.1")
+
+
+def _rsp(status: int, comment: str = "") -> object:
+    command = Dataset()
+    command.Status = status
+    if comment:
+        command.ErrorComment = comment
+    return type("C_STORE_RSP", (), {"command_set": command})()
+
+
+def test_a_log_line_of_a_request_that_succeeds_stays_a_recent_error():
+    """Only a failure response absorbs the log lines its association wrote; a warning
+    logged while answering a request that succeeds, or one logged outside any association,
+    stays one entry of its own."""
+    activity = Activity()
+    handler = activity.log_handler()
+    log = logging.getLogger("compacs.test_activity")
+    log.addHandler(handler)
+    try:
+        assoc = _Association()
+
+        def run() -> None:
+            event = SimpleNamespace(assoc=assoc)
+            activity._established(event)
+            log.warning("refused for a reason")
+            activity._response(SimpleNamespace(assoc=assoc, message=_rsp(0xA700, "a reason")))
+            log.warning("compression at ingest failed; stays queued")
+            activity._response(SimpleNamespace(assoc=assoc, message=_rsp(0x0000)))
+
+        assoc.run = run
+        assoc.start()
+        assoc.join(10)
+        log.warning("outside any association")
+    finally:
+        log.removeHandler(handler)
+    errors = [(e["source"], e["status"], e["message"]) for e in activity.errors()][::-1]
+    assert errors == [
+        ("dimse", "0xA700", "a reason"),
+        ("log", "WARNING", "compression at ingest failed; stays queued"),
+        ("log", "WARNING", "outside any association"),
+    ]
+    assert activity.errors()[1]["calling_ae"] == "MODALITY2"
 
 
 def _noise_ct(path: Path) -> Path:
