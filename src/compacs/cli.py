@@ -298,7 +298,9 @@ def cmd_stats(settings: Settings, as_json: bool) -> int:
     print("compression: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["compression"].items())))
     untouched = stats.get("untouched_by_reason", {})
     if untouched:
-        print("stored as received: " + "; ".join(f"{k} {v}" for k, v in untouched.items()))
+        print("stored as received, by reason:")
+        for reason, n in untouched.items():
+            print(f"  {n:>8}  {reason}")
     for destination, entry in stats.get("forwarding", {}).items():
         states = ", ".join(f"{k} {v}" for k, v in sorted(entry.items()) if k != "bytes_sent")
         print(f"forwarding to {destination}: {states}; sent {_size(entry['bytes_sent'])}")
