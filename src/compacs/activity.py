@@ -56,7 +56,9 @@ class Activity:
         self._open: dict[int, dict[str, Any]] = {}
         self._done: deque[dict[str, Any]] = deque(maxlen=size)
         self._errors: deque[dict[str, Any]] = deque(maxlen=size)
-        self._held: dict[int, list[dict[str, Any]]] = {}  # association -> its log lines
+        self._size = size
+        # association -> its log lines since its last response (at most ``size``)
+        self._held: dict[int, deque[dict[str, Any]]] = {}
 
     # -- pynetdicom notification handlers --------------------------------------------
     def handlers(self) -> list[tuple[Any, Any]]:
@@ -138,7 +140,7 @@ class Activity:
 
     def _release(self, key: int, entry: dict[str, Any]) -> None:
         """Keep an association's held log lines as errors of their own (lock held)."""
-        for error in self._held.pop(key, []):
+        for error in self._held.pop(key, ()):
             self._errors.append({**error, "calling_ae": entry["calling_ae"]})
 
     # -- logging ------------------------------------------------------------------------
@@ -167,7 +169,7 @@ class Activity:
         with self._lock:
             key = id(threading.current_thread())
             if key in self._open:
-                self._held.setdefault(key, []).append(error)
+                self._held.setdefault(key, deque(maxlen=self._size)).append(error)
             else:
                 self._errors.append(error)
 
