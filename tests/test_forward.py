@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 
@@ -283,3 +284,44 @@ def test_bytes_on_the_wire_compressed_versus_uncompressed(node_factory, tmp_path
         f"uncompressed {wire['uncompressed']:,} (saved {saving:.0%})"
     )
     assert wire["jpeg-ls"] < 0.5 * wire["uncompressed"]
+
+
+def _page(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+        return response.read().decode()
+
+
+def test_a_failure_the_retry_queue_delivered_is_no_longer_shown(node_factory, tmp_path):
+    """The destination is down: the dashboard, the API and `compacs stats` show the failed
+    attempts. Once it is up and the retry queue has delivered, none of them shows the
+    error any more (it was the items' state, and delivery cleared it); the destination has
+    the objects, pixels as sent (read by pydicom's own decoders)."""
+    dest = Destination("PACS")
+    http_port = free_port()
+    config = write_config(tmp_path / "fwd.toml", FAST_RETRIES)
+    node = node_factory(
+        config=config, extra_args=("--forward", dest.address, "--http-port", str(http_port))
+    )
+    sent = study(2, seed=40)
+    assert send_datasets(node.port, sent) == [Status.SUCCESS] * 2
+    error = f"no association with {dest.address}"
+    wait_for(lambda: error in _page(http_port, "/"), what="the error on the dashboard")
+    assert error in _page(http_port, "/api/stats")
+    stats_while_down = node.cli("stats").stdout
+
+    with dest:
+        wait_for(lambda: len(queue(node)) == 0, what="queue drained")
+        arrivals = list(dest.arrivals)
+    assert error not in _page(http_port, "/")
+    assert error not in _page(http_port, "/api/stats")
+    assert json.loads(_page(http_port, "/api/stats"))["forwarding_problems"] == {}
+    stats = node.cli("stats")
+    assert stats.returncode == 0 and error not in stats.stdout
+    assert error in stats_while_down  # it was shown while it lasted
+    assert sorted(a.sop_instance_uid for a in arrivals) == sorted(
+        str(ds.SOPInstanceUID) for ds in sent
+    )
+    by_uid = {a.sop_instance_uid: a.dataset for a in arrivals}
+    for ds in sent:
+        got = by_uid[str(ds.SOPInstanceUID)]
+        assert np.array_equal(got.pixel_array, ds.pixel_array)

@@ -9,22 +9,30 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
+import re
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
 from email.message import Message
+from html import escape
 from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
 
 import imagecodecs
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
+from compacs.activity import Activity
 from compacs.synthetic import UID_ROOT, ct_series
 from tests.conftest import ARTIFACTS, NodeProcess, free_port, run_cli, write_config
+from tests.dcmtk import own_syntax_pairs, storescu, storescu_profile
 from tests.dicomfiles import by_name, storage_files
 from tests.scu import send_datasets, send_files
 
@@ -342,6 +350,177 @@ def test_a_failed_store_is_a_recent_error(archive):
     assert int(bad.Status) >= 0xA000
     errors = http.json("/api/stats")["errors"]
     assert any(e.get("operation") == "C-STORE" and e["status"].startswith("0x") for e in errors)
+
+
+def _deflated_over(path: Path, limit: int) -> Path:
+    """A Deflated Explicit VR LE file of a few kB that inflates to more than ``limit``."""
+    (ds,) = ct_series(1, 256, 256, seed=77, patient_id="WEB-BIG")
+    ds.PixelData = bytes(256 * 256 * 2)  # zeros: deflate makes them almost nothing
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    assert path.stat().st_size < limit // 4 and limit < 256 * 256 * 2
+    return path
+
+
+def test_a_refused_store_is_one_recent_error_with_status_comment_and_ae(tmp_path):
+    """DCMTK storescu sends a deflated object over [ingest] max_object_size: the dashboard
+    and the API list the refusal once (the response's status and Error Comment, and the
+    calling AE), not once more as the log line written while refusing it."""
+    http_port = free_port()
+    config = write_config(tmp_path / "small.toml", "[ingest]\nmax_object_size = 65536\n")
+    node = NodeProcess(tmp_path / "data", config=config, extra_args=("--http-port", str(http_port)))
+    node.start()
+    try:
+        big = _deflated_over(tmp_path / "big.dcm", 65536)
+        profile = storescu_profile(tmp_path / "p.cfg", own_syntax_pairs([big]))
+        _, outcomes = storescu(node.port, [big], profile, calling="MODALITY1")
+        assert [o.outcome for o in outcomes] == ["refused"], outcomes
+        assert "OutOfResources" in outcomes[0].detail  # 0xA7xx
+        reason = "inflates to more than 65536 bytes"
+        http = Http(http_port)
+        errors = [e for e in http.json("/api/stats")["errors"] if reason in e["message"]]
+        assert len(errors) == 1, errors
+        (error,) = errors
+        assert error["status"] == "0xA700" and error["operation"] == "C-STORE"
+        assert error["calling_ae"] == "MODALITY1"
+        status, _, body = http.get("/")
+        assert status == 200
+        html = body.decode()
+        assert html.count(reason) == 1, html[html.find("Recent errors") :]
+        row = html[html.rfind("<tr>", 0, html.find(reason)) : html.find(reason)]
+        assert "MODALITY1" in row and "0xA700" in row and "C-STORE" in row
+        assert node.stats()["instances"] == 0
+    finally:
+        node.stop()
+
+
+class _Association(threading.Thread):
+    """Stands in for pynetdicom's Association (a thread) in Activity's notifications."""
+
+    requestor = SimpleNamespace(ae_title="MODALITY2", address="127.0.0.1")
+
+
+def _rsp(status: int, comment: str = "") -> object:
+    command = Dataset()
+    command.Status = status
+    if comment:
+        command.ErrorComment = comment
+    return type("C_STORE_RSP", (), {"command_set": command})()
+
+
+def test_a_log_line_of_a_request_that_succeeds_stays_a_recent_error():
+    """Only a failure response absorbs the log lines its association wrote; a warning
+    logged while answering a request that succeeds, or one logged outside any association,
+    stays one entry of its own."""
+    activity = Activity()
+    handler = activity.log_handler()
+    log = logging.getLogger("compacs.test_activity")
+    log.addHandler(handler)
+    try:
+        assoc = _Association()
+
+        def run() -> None:
+            event = SimpleNamespace(assoc=assoc)
+            activity._established(event)
+            log.warning("refused for a reason")
+            activity._response(SimpleNamespace(assoc=assoc, message=_rsp(0xA700, "a reason")))
+            log.warning("compression at ingest failed; stays queued")
+            activity._response(SimpleNamespace(assoc=assoc, message=_rsp(0x0000)))
+
+        assoc.run = run
+        assoc.start()
+        assoc.join(10)
+        log.warning("outside any association")
+    finally:
+        log.removeHandler(handler)
+    errors = [(e["source"], e["status"], e["message"]) for e in activity.errors()][::-1]
+    assert errors == [
+        ("dimse", "0xA700", "a reason"),
+        ("log", "WARNING", "compression at ingest failed; stays queued"),
+        ("log", "WARNING", "outside any association"),
+    ]
+    assert activity.errors()[1]["calling_ae"] == "MODALITY2"
+
+
+def _noise_ct(path: Path) -> Path:
+    """A CT slice of full-range 16-bit noise: no lossless encoding makes it smaller."""
+    (ds,) = ct_series(1, 64, 64, seed=78, patient_id="WEB-STATE")
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 0
+    noise = np.random.default_rng(7).integers(0, 65536, size=(64, 64), dtype=np.uint16)
+    ds.PixelData = noise.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_compression_state_and_note_on_the_instance_page_api_and_stats(tmp_path):
+    """DCMTK storescu sends a compressible CT, full-range noise (JPEG-LS is not smaller),
+    a JPEG baseline (lossy input) and a SEG (Bits Allocated 1); once the workers are done,
+    each instance's state and note are on its page (escaped) and in its JSON, and
+    `compacs stats` counts the instances stored as received by reason. pydicom reads the
+    stored objects back: the kept ones are the bytes sent, the compressed one decodes to
+    the pixels sent."""
+    http_port = free_port()
+    node = NodeProcess(tmp_path / "data", extra_args=("--http-port", str(http_port)))
+    node.start()
+    try:
+        (ct,) = ct_series(1, 64, 64, seed=79, patient_id="WEB-STATE")
+        ct.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+        files = {
+            "ct": tmp_path / "ct.dcm",
+            "noise": _noise_ct(tmp_path / "noise.dcm"),
+            "jpeg": by_name("examples_ybr_color.dcm"),
+            "seg": by_name("liver.dcm"),
+        }
+        profile = storescu_profile(tmp_path / "p.cfg", own_syntax_pairs(list(files.values())))
+        _, outcomes = storescu(node.port, list(files.values()), profile)
+        assert [o.outcome for o in outcomes] == ["accepted"] * 4, outcomes
+        http = Http(http_port)
+        deadline = time.monotonic() + 60
+        while http.json("/api/stats")["pending"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sent = {k: dcmread(f) for k, f in files.items()}
+        uids = {k: str(ds.SOPInstanceUID) for k, ds in sent.items()}
+        docs = {k: http.json(f"/api/instances/{uid}")["compression"] for k, uid in uids.items()}
+
+        assert docs["ct"] == {"state": "compressed", "note": "jpeg-ls", "reason": None}
+        assert docs["noise"]["state"] == "kept" and docs["noise"]["reason"] == "not smaller"
+        assert re.fullmatch(r"jpeg-ls gave \d+ bytes, not smaller", docs["noise"]["note"])
+        assert docs["jpeg"] == {
+            "state": "untouched",
+            "note": "lossy input kept",
+            "reason": "lossy input kept",
+        }
+        seg = "not compressible: Bits Allocated 1"
+        assert docs["seg"] == {"state": "untouched", "note": seg, "reason": seg}
+        for key in ("noise", "jpeg", "seg"):
+            status, _, body = http.get(f"/instances/{uids[key]}")
+            assert status == 200
+            html = body.decode()
+            assert f"<td>{escape(docs[key]['note'])}</td>" in html, key
+            assert f"<td>{escape(docs[key]['state'])}</td>" in html, key
+
+        want = {"not smaller": 1, "lossy input kept": 1, seg: 1}
+        assert node.stats()["untouched_by_reason"] == want
+        assert http.json("/api/stats")["untouched_by_reason"] == want
+        lines = node.cli("stats").stdout.splitlines()
+        at = lines.index("stored as received, by reason:")
+        counted = {}
+        for line in lines[at + 1 : at + 1 + len(want)]:
+            n, reason = line.split(maxsplit=1)
+            counted[reason] = int(n)
+        assert counted == want
+
+        for key in ("noise", "jpeg", "seg"):  # stored as sent, byte for byte
+            status, _, body = http.get(f"/api/instances/{uids[key]}/file")
+            stored = dcmread(BytesIO(body))
+            assert stored.file_meta.TransferSyntaxUID == sent[key].file_meta.TransferSyntaxUID
+            assert stored.PixelData == sent[key].PixelData
+        status, _, body = http.get(f"/api/instances/{uids['ct']}/file")
+        stored = dcmread(BytesIO(body))
+        assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+        assert np.array_equal(stored.pixel_array, sent["ct"].pixel_array)
+    finally:
+        node.stop()
 
 
 # -- security ----------------------------------------------------------------------------------

@@ -5,6 +5,14 @@ DICOM services (the services themselves stay as they are) and by a logging handl
 keeps warnings and errors of compacs' own loggers. Nothing here is persisted: a restart
 starts an empty history. No patient data is kept: AE titles, addresses, operations and
 statuses only (compacs' log messages are PHI-free by default).
+
+One event, one entry: a refused request is both a failure response (PS3.7 C.1.2: status
+and Error Comment, sent to the calling AE) and the log line the service wrote while
+refusing it. A log line written in an association's thread is therefore held until that
+association's next response: a failure response absorbs it (the response says the same,
+with status and calling AE); otherwise, and when the association ends, it is kept as an
+error of its own. Log records carrying ``kept_in`` (``compacs.logs.IN_FORWARDING_QUEUE``)
+report a problem whose state is kept elsewhere (the forwarding queue): not kept here.
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ class Activity:
         self._open: dict[int, dict[str, Any]] = {}
         self._done: deque[dict[str, Any]] = deque(maxlen=size)
         self._errors: deque[dict[str, Any]] = deque(maxlen=size)
+        self._size = size
+        # association -> its log lines since its last response (at most ``size``)
+        self._held: dict[int, deque[dict[str, Any]]] = {}
 
     # -- pynetdicom notification handlers --------------------------------------------
     def handlers(self) -> list[tuple[Any, Any]]:
@@ -93,6 +104,7 @@ class Activity:
                 self._open.pop(id(event.assoc))
             entry["ended"], entry["status"] = _now(), status
             self._done.append(entry)
+            self._release(id(event.assoc), entry)
 
     def _request(self, event: Event) -> None:
         operation = _OPERATIONS.get(type(event.message).__name__)
@@ -108,10 +120,12 @@ class Activity:
             return
         command = event.message.command_set
         status = int(command.get("Status", 0) or 0)
-        if not is_failure(status):
-            return
         with self._lock:
             entry = self._entry(event)
+            if not is_failure(status):
+                self._release(id(event.assoc), entry)
+                return
+            self._held.pop(id(event.assoc), None)  # the response reports the same event
             entry["failures"] += 1
             self._errors.append(
                 {
@@ -124,6 +138,11 @@ class Activity:
                 }
             )
 
+    def _release(self, key: int, entry: dict[str, Any]) -> None:
+        """Keep an association's held log lines as errors of their own (lock held)."""
+        for error in self._held.pop(key, ()):
+            self._errors.append({**error, "calling_ae": entry["calling_ae"]})
+
     # -- logging ------------------------------------------------------------------------
     def log_handler(self) -> logging.Handler:
         """A handler keeping WARNING and above as recent errors."""
@@ -131,14 +150,28 @@ class Activity:
 
         class Keep(logging.Handler):
             def emit(self, record: logging.LogRecord) -> None:
+                if getattr(record, "kept_in", None):
+                    return  # its state is shown from where it is kept
                 try:
                     message = record.getMessage()
                 except Exception:  # a bad format string must not break logging
                     message = str(record.msg)
-                activity.add_error("log", record.levelname, message, logger=record.name)
+                activity.add_log_line(record.levelname, message, record.name)
 
         handler = Keep(level=logging.WARNING)
         return handler
+
+    def add_log_line(self, level: str, message: str, logger: str) -> None:
+        """A warning or error logged by compacs: held when logged in the thread of an open
+        association (see the module docstring), kept at once otherwise."""
+        error = {"time": _now(), "source": "log", "status": level, "message": message}
+        error["logger"] = logger
+        with self._lock:
+            key = id(threading.current_thread())
+            if key in self._open:
+                self._held.setdefault(key, deque(maxlen=self._size)).append(error)
+            else:
+                self._errors.append(error)
 
     def add_error(self, source: str, status: str, message: str, **extra: str) -> None:
         with self._lock:

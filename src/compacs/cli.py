@@ -312,9 +312,20 @@ def cmd_stats(settings: Settings, as_json: bool) -> int:
         f"ratio {stats['ratio']:.2f}"
     )
     print("compression: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["compression"].items())))
+    untouched = stats.get("untouched_by_reason", {})
+    if untouched:
+        print("stored as received, by reason:")
+        for reason, n in untouched.items():
+            print(f"  {n:>8}  {reason}")
     for destination, entry in stats.get("forwarding", {}).items():
         states = ", ".join(f"{k} {v}" for k, v in sorted(entry.items()) if k != "bytes_sent")
         print(f"forwarding to {destination}: {states}; sent {_size(entry['bytes_sent'])}")
+    for destination, entry in stats.get("forwarding_problems", {}).items():
+        for e in entry["errors"]:
+            print(
+                f"  failing to {destination}: {e['items']} item(s), last attempt "
+                f"{e['last_attempt']}: {e['error']}"
+            )
     for title, key, label in (
         ("by modality", "by_modality", lambda k, v: k),
         ("by stored transfer syntax", "by_transfer_syntax", lambda k, v: f"{v['name']} ({k})"),

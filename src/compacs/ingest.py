@@ -151,7 +151,7 @@ class Ingest:
             raise Rejected(Status.OUT_OF_RESOURCES, f"storage write failed: {exc}") from None
 
         facts = self._facts(rx, attributes)
-        due = self._compression_due(facts)
+        due, kept_because = self._compression_due(facts)
         forwards = self.routing.forwards_for(facts)
         instance = NewInstance(
             attributes=attributes,
@@ -165,6 +165,7 @@ class Ingest:
             received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             compress_after=due,
             forwards=forwards,
+            compression_note=kept_because,
         )
         try:
             result = self.index.add_instance(instance, self.duplicates)
@@ -243,14 +244,15 @@ class Ingest:
         facts["transfer_syntax_received"] = rx.transfer_syntax
         return facts
 
-    def _compression_due(self, facts: dict) -> float | None:
-        """When the policy wants this instance compressed (epoch seconds), or None."""
-        decision = self.policy.decide(facts_of(facts))
-        if decision is None:
-            return None
+    def _compression_due(self, facts: dict) -> tuple[float | None, str | None]:
+        """When the policy wants this instance compressed (epoch seconds) and None, or
+        None and why the policy keeps it as received."""
+        verdict = self.policy.verdict(facts_of(facts))
+        if isinstance(verdict, str):
+            return None, verdict
         # at ingest the handler compresses at once; the queued job is only the safety net
         # for a crash in between, so the workers leave it alone for a while
-        return time.time() + (self.policy.delay if self.policy.when == "deferred" else 60)
+        return time.time() + (self.policy.delay if self.policy.when == "deferred" else 60), None
 
     def _compress(self, sop_instance: str) -> None:
         """Compress now (policy 'ingest') or wake the workers; never fails the store:

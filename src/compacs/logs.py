@@ -53,3 +53,9 @@ def configure(level: str, fmt: str = "text", log_phi: bool = False) -> None:
     # pynetdicom logs data sets (names, IDs) from INFO on: only when the admin allows it
     verbose = level == "DEBUG" and log_phi
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+IN_FORWARDING_QUEUE = {"kept_in": "forwarding queue"}
+"""``extra`` of a log record reporting a problem the forwarding queue keeps as its items'
+state (``last_error``, cleared when they are delivered): the admin's window shows it from
+the queue, so that it goes when the problem does (compacs.activity keeps no copy)."""

@@ -102,22 +102,28 @@ class Policy:
 
     def decide(self, facts: Mapping[str, Any]) -> Decision | None:
         """What to do with an instance, or None to keep it as it is."""
+        verdict = self.verdict(facts)
+        return verdict if isinstance(verdict, Decision) else None
+
+    def verdict(self, facts: Mapping[str, Any]) -> Decision | str:
+        """What to do with an instance, or why it is kept as it is (a reason without
+        numbers of this instance, so that reasons can be counted)."""
         if self.when == "off":
-            return None
-        if facts.get("photometric_interpretation") is None or facts.get("bits_allocated") not in (
-            8,
-            16,
-        ):
-            return None  # no image pixels these codecs carry (SR, PDF, SEG, float, 32-bit)
+            return "compression off"
+        if facts.get("photometric_interpretation") is None:
+            return "not compressible: no image pixels"  # SR, PDF, waveforms
+        bits = facts.get("bits_allocated")
+        if bits not in (8, 16):  # SEG (1), float or 32-bit: these codecs carry 8 and 16
+            return f"not compressible: Bits Allocated {bits}"
         received = BY_UID.get(str(facts.get("transfer_syntax_received")))
         if received is not None and not received.lossless and not self.recompress_lossy:
-            return None  # lossy input is kept as received: re-encoding gains nothing
+            return "lossy input kept"  # re-encoding gains nothing (PS3.3 C.7.6.1.1.5)
         for n, rule in enumerate(self.rules, 1):
             if rule.matches(facts):
                 if rule.action == "keep":
-                    return None
+                    return f"kept by rule {n}"
                 return Decision(rule.codecs, rule.options, rule.lossy, rule.keep_original, n)
-        return None
+        return "no rule matches"
 
 
 DEFAULT_RULES = (Rule(match={}, action="jpeg-ls", codecs=(codec_for("jpeg-ls"),)),)

@@ -72,6 +72,9 @@ class NewInstance:
     the same transaction), or None when the policy keeps it as received."""
     forwards: tuple[Forward, ...] = ()
     """Deliveries queued in the same transaction (routing rules, ``--forward``)."""
+    compression_note: str | None = None
+    """Why the policy keeps it as received (:meth:`compacs.rules.Policy.verdict`), when
+    it does: recorded with the instance, whose compression state stays empty."""
 
     @property
     def sop_instance_uid(self) -> str:

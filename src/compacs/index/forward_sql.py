@@ -301,6 +301,23 @@ class ForwardStatements:
         )
         return [Selected(*row) for row in cur.fetchall()]
 
+    def forward_problems(self, cur: Any) -> dict[str, Any]:
+        """Per destination, the items not yet delivered whose last attempt failed, grouped
+        by that attempt's error: the queue's own state (a delivery clears ``last_error``),
+        so a problem shows exactly as long as it lasts. ``{destination: {"items": n,
+        "errors": [{"error", "items", "last_attempt"}, newest first]}}``."""
+        cur.execute(
+            "SELECT destination, last_error, COUNT(*), MAX(updated_at) FROM forwards "
+            f"WHERE last_error IS NOT NULL AND state IN ('{PENDING}', '{SENDING}', '{FAILED}') "
+            "GROUP BY destination, last_error ORDER BY 1, 4 DESC"
+        )
+        out: dict[str, Any] = {}
+        for destination, error, n, last in cur.fetchall():
+            entry = out.setdefault(destination, {"items": 0, "errors": []})
+            entry["items"] += int(n)
+            entry["errors"].append({"error": error, "items": int(n), "last_attempt": last})
+        return out
+
     def forward_counts(self, cur: Any) -> dict[str, Any]:
         cur.execute(
             "SELECT destination, state, COUNT(*), COALESCE(SUM(bytes_sent), 0) FROM forwards "

@@ -6,6 +6,7 @@ stored and how a C-STORE becomes rows lives here, once.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from compacs.index.base import (
     NewInstance,
     ObjectChange,
 )
+from compacs.index.compression_state import CHANGED, reason_of
 from compacs.index.forward_sql import ForwardStatements
 from compacs.index.schema import (
     INSTANCE_STORAGE_COLUMNS,
@@ -203,6 +205,7 @@ class SqlStatements(ForwardStatements):
             called_ae=inst.called_ae,
             received_at=inst.received_at,
             stored_at=utc_now(),
+            compression_note=inst.compression_note,
         )
         existing = self._one(
             cur,
@@ -235,7 +238,7 @@ class SqlStatements(ForwardStatements):
             return AddResult(
                 added=False, obsolete_key=None if old_key == inst.storage_key else inst.storage_key
             )
-        values.update(compression=None, compression_note=None)
+        values.update(compression=None)  # a new object: its compression starts afresh
         assignments = ", ".join(f"{c} = ?" for c in values)
         cur.execute(
             self._q(f"UPDATE instances SET {assignments} WHERE pk = ?"),
@@ -504,13 +507,14 @@ class SqlStatements(ForwardStatements):
             cur,
             "SELECT i.sop_instance_uid, i.sop_class_uid, st.study_uid, se.series_uid, "
             + ", ".join(f"i.{c}" for c in storage)
+            + ", i.compression, i.compression_note"
             + " FROM instances i JOIN series se ON se.pk = i.series_fk "
             "JOIN studies st ON st.pk = se.study_fk WHERE i.sop_instance_uid = ?",
             (sop_instance_uid,),
         )
         if row is None:
             return None
-        rest = dict(zip(storage, row[4:], strict=True))
+        rest = dict(zip([*storage, "compression", "compression_note"], row[4:], strict=True))
         return InstanceLocation(
             sop_instance_uid=row[0],
             sop_class_uid=row[1],
@@ -556,6 +560,7 @@ class SqlStatements(ForwardStatements):
         pending = self._one(cur, "SELECT COUNT(*) FROM jobs", ())[0]
         cur.execute("SELECT COALESCE(compression, 'untouched'), COUNT(*) FROM instances GROUP BY 1")
         compression = {state: int(n) for state, n in cur.fetchall()}
+        untouched = self._untouched_by_reason(cur)
         return {
             **counts,
             "bytes_received": int(received),
@@ -563,10 +568,26 @@ class SqlStatements(ForwardStatements):
             "ratio": _ratio(received, stored),
             "pending": int(pending),
             "compression": compression,
+            "untouched_by_reason": untouched,
             "by_modality": by_modality,
             "by_transfer_syntax": by_syntax,
             "forwarding": self.forward_counts(cur),
+            "forwarding_problems": self.forward_problems(cur),
         }
+
+    def _untouched_by_reason(self, cur: Any) -> dict[str, int]:
+        """Instances stored as received and not waiting for compression, counted by reason
+        (:func:`compacs.index.compression_state.reason_of`), most frequent first."""
+        changed = ", ".join(f"'{state}'" for state in CHANGED)
+        cur.execute(
+            "SELECT i.compression, i.compression_note, COUNT(*) FROM instances i "
+            f"WHERE (i.compression IS NULL OR i.compression NOT IN ({changed})) "
+            "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_fk = i.pk) GROUP BY 1, 2"
+        )
+        counts: Counter[str] = Counter()
+        for state, note, n in cur.fetchall():
+            counts[reason_of(state, note)] += int(n)
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     # -- the admin's window (compacs.web) ---------------------------------------------
     def sizes(self, cur: Any, level: str, uid: str) -> dict[str, Any]:

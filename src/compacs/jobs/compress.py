@@ -27,6 +27,13 @@ from compacs.codecs.table import CodecUnavailable, codec_for
 from compacs.codecs.transcode import Transcoded, transcode
 from compacs.dicom.attributes import extract
 from compacs.index import Duplicates, Index, InstanceFacts, NewInstance, ObjectChange
+from compacs.index.compression_state import (
+    COMPRESSED,
+    DERIVED,
+    FAILED,
+    KEPT,
+    SKIPPED,
+)
 from compacs.index.sql import utc_now
 from compacs.ingest import storage_key
 from compacs.logs import about
@@ -38,10 +45,6 @@ log = logging.getLogger(__name__)
 
 def read_header(data: bytes) -> Dataset:
     return dcmread(BytesIO(data), stop_before_pixels=True)
-
-
-COMPRESSED, KEPT, SKIPPED, FAILED = "compressed", "kept", "skipped", "failed"
-DERIVED = "derived"  # a lossy derivative was stored as a new instance
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,9 @@ class Compressor:
 
     def _process(self, facts: InstanceFacts, reconsider: bool = False) -> Result:
         before = int(facts["bytes_stored"])
-        decision = self.policy.decide(facts)
-        if decision is None:
-            result = Result(SKIPPED, "the policy keeps it as received", before, before)
+        decision = self.policy.verdict(facts)
+        if isinstance(decision, str):  # the policy keeps it as received, and says why
+            result = Result(SKIPPED, decision, before, before)
             self._finish(facts, None, result)
             return result
         stored = facts["transfer_syntax_stored"]

@@ -22,6 +22,7 @@ from pydicom.uid import generate_uid
 from compacs.config import Peer
 from compacs.index import Index
 from compacs.index.forward_sql import COMMITTING, DONE, FAILED, PENDING
+from compacs.logs import IN_FORWARDING_QUEUE
 from compacs.net.forward import Link, Sent, proposal, report_outcome
 from compacs.routing import Routing
 from compacs.storage import BlobStore
@@ -169,6 +170,7 @@ class Forwarder:
                 item["destination"],
                 item["attempts"],
                 error,
+                extra=IN_FORWARDING_QUEUE,
             )
             return {"pk": item["pk"], "state": FAILED, "error": error}
         until = self.routing.retry_at(time.time(), item["attempts"])
@@ -212,7 +214,7 @@ class Forwarder:
 
     def _unreachable(self, destination: str, items: list[dict[str, Any]]) -> None:
         error = f"no association with {destination} (refused or unreachable)"
-        log.warning("%s; %d item(s) wait", error, len(items))
+        log.warning("%s; %d item(s) wait", error, len(items), extra=IN_FORWARDING_QUEUE)
         outcomes = [self._retry(i, error) for i in items]
         self._back_off(destination, outcomes)
         self.index.finish_forwards(outcomes)
@@ -237,7 +239,12 @@ class Forwarder:
                 try:
                     sent = link.send(item, self.store)
                 except Exception as exc:  # unreadable object, failed transcode
-                    log.warning("cannot send %s: %s", item["sop_instance_uid"], exc)
+                    log.warning(
+                        "cannot send %s: %s",
+                        item["sop_instance_uid"],
+                        exc,
+                        extra=IN_FORWARDING_QUEUE,
+                    )
                     sent = Sent(False, -1, error=f"{type(exc).__name__}: {exc}"[:300])
                 if sent.delivered and item["commit"]:
                     to_commit.append((item, sent))
@@ -286,7 +293,7 @@ class Forwarder:
             refs = [(i["sop_class_uid"], s.sop_instance_uid) for i, s in delivered]
             problem = link.request_commitment(transaction, refs)
             if problem is not None:
-                log.warning("%s: %s", link.peer, problem)
+                log.warning("%s: %s", link.peer, problem, extra=IN_FORWARDING_QUEUE)
                 return [self._retry(i, problem) for i, _ in delivered]
             arrived.wait(REPORT_WAIT)
             return []

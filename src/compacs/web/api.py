@@ -23,6 +23,7 @@ from compacs.codecs.pixels import NotCompressible
 from compacs.config import Settings
 from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
 from compacs.dicom.syntaxes import BY_UID, name_of
+from compacs.index.compression_state import CHANGED, reason_of
 from compacs.web import openapi, pages
 from compacs.web.queries import MAX_LIMIT, BadQuery, one, paging, search
 from compacs.web.render import RenderError, Window, preview_png
@@ -177,6 +178,7 @@ class App:
             sha256=where.sha256,
             **{k: where.extra.get(k) for k in ("calling_ae", "called_ae", "received_at")},
             stored_at=where.extra.get("stored_at"),
+            compression=_compression(where.extra),
             links={
                 "preview": f"/api/instances/{uid}/preview.png",
                 "thumbnail": f"/api/instances/{uid}/preview.png?size=128",
@@ -254,6 +256,18 @@ class App:
     def studies_page(self, params: Params) -> Response:
         wanted = [(k, v) for k, v in params if v != ""]
         return html_response(pages.studies(self.search(STUDY, wanted), wanted))
+
+
+def _compression(extra: dict[str, Any]) -> dict[str, Any]:
+    """The instance's compression state and note, and why it is stored as received (None
+    when its object was compressed or has a lossy derivative)."""
+    state, note = extra.get("compression"), extra.get("compression_note")
+    kept = state not in CHANGED
+    return {
+        "state": state or "untouched",
+        "note": note,
+        "reason": reason_of(state, note) if kept else None,
+    }
 
 
 def _sort_number(value: Any) -> tuple[int, float]:

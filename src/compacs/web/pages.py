@@ -116,6 +116,16 @@ def dashboard(stats: dict[str, Any]) -> str:
         ]
         for a in stats.get("associations", [])
     ]
+    problem_rows = [
+        [
+            _v(destination),
+            _v(e["items"]),
+            _v(e["error"]),
+            _v(e["last_attempt"]),
+        ]
+        for destination, entry in stats.get("forwarding_problems", {}).items()
+        for e in entry["errors"]
+    ]
     error_rows = [
         [
             _v(e["time"]),
@@ -138,6 +148,16 @@ def dashboard(stats: dict[str, Any]) -> str:
             )
             if assoc_rows
             else '<p class="empty">none since the node started</p>'
+        )
+        + "<h2>Forwarding problems</h2>"
+        + (
+            _table(
+                ["destination", "items waiting", "last attempt's error", "last attempt"],
+                problem_rows,
+                "forwarding-problems",
+            )
+            if problem_rows
+            else '<p class="empty">none: every item due was delivered</p>'
         )
         + "<h2>Recent errors</h2>"
         + (
@@ -328,6 +348,8 @@ def instance(doc: dict[str, Any], params: list[tuple[str, str]]) -> str:
             ["bytes received", _v(doc["bytes_received"])],
             ["bytes stored", _v(doc["bytes_stored"])],
             ["ratio", _v(doc["ratio"])],
+            ["compression", _v(doc["compression"]["state"])],
+            ["compression note", _v(doc["compression"]["note"])],
             ["from", _v(doc.get("calling_ae"))],
             ["received at", _v(doc.get("received_at"))],
             ["SHA-256", _v(doc["sha256"])],

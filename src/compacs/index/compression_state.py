@@ -1,0 +1,42 @@
+"""An instance's compression state, and why it is stored as received (a reason).
+
+States (``instances.compression``): empty until the compressor or ``compacs compress`` has
+looked at it (a note may already say why the policy keeps it as received), then
+``compressed``, ``kept`` (an encoding was not smaller, or it is already in a target
+syntax), ``skipped`` (the policy or the pixel module keeps it), ``failed`` (original kept),
+``derived`` (a lossy derivative was stored as a new instance).
+
+The compressor (``compacs.jobs.compress``) and the policy (``compacs.rules.Policy.verdict``)
+write a note per instance; a note may carry numbers of that one instance ("htj2k gave
+202108 bytes, not smaller"). Its reason is the note without them, so that instances can be
+counted by reason (``compacs stats``, the API's ``untouched_by_reason``).
+"""
+
+from __future__ import annotations
+
+import re
+
+COMPRESSED, KEPT, SKIPPED, FAILED = "compressed", "kept", "skipped", "failed"
+DERIVED = "derived"  # a lossy derivative was stored as a new instance
+CHANGED = (COMPRESSED, DERIVED)
+"""States of instances whose stored object is not the one received (or has a derivative)."""
+
+_NOT_SMALLER = re.compile(r"gave \d+ bytes, not smaller$")
+_SMALLEST = "stored syntax stays the smallest"
+_NOT_COMPRESSIBLE = "not compressible: "
+
+
+def reason_of(state: str | None, note: str | None) -> str:
+    """The reason an instance in compression ``state`` with ``note`` is left as received."""
+    if not note:
+        return state or "no compression recorded"
+    if note.startswith(_SMALLEST):
+        return _SMALLEST
+    if _NOT_SMALLER.search(note):
+        return "not smaller"
+    if note.startswith(_NOT_COMPRESSIBLE):  # the pixel module's fact, not its details
+        fact = note[len(_NOT_COMPRESSIBLE) :].split(" (")[0].split(": ")[0]
+        return _NOT_COMPRESSIBLE + fact
+    if state == FAILED:  # "jpeg-ls: ValueError: ..." -> the codec or the error type
+        return f"failed: {note.split(':')[0]}"
+    return note
