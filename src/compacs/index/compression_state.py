@@ -26,6 +26,20 @@ _SMALLEST = "stored syntax stays the smallest"
 _NOT_COMPRESSIBLE = "not compressible: "
 
 
+# Notes that carry one instance's numbers, grouped by SQL before they are counted, so that
+# counting by reason reads one row per kind of note, not one per instance.
+_NOTE_KINDS_SQL = (
+    f"CASE WHEN {{note}} LIKE '{_SMALLEST}%' THEN '{_SMALLEST}' "
+    "WHEN {note} LIKE '%bytes, not smaller' THEN 'not smaller' ELSE {note} END"
+)
+
+
+def note_kind_sql(column: str) -> str:
+    """An SQL expression of ``column`` (a compression note) with the per-instance numbers
+    of the common notes left out; :func:`reason_of` gives the same reason for both."""
+    return _NOTE_KINDS_SQL.format(note=column)
+
+
 def reason_of(state: str | None, note: str | None) -> str:
     """The reason an instance in compression ``state`` with ``note`` is left as received."""
     if not note:

@@ -21,7 +21,7 @@ from compacs.index.base import (
     NewInstance,
     ObjectChange,
 )
-from compacs.index.compression_state import CHANGED, reason_of
+from compacs.index.compression_state import CHANGED, note_kind_sql, reason_of
 from compacs.index.forward_sql import ForwardStatements
 from compacs.index.schema import (
     INSTANCE_STORAGE_COLUMNS,
@@ -580,8 +580,8 @@ class SqlStatements(ForwardStatements):
         (:func:`compacs.index.compression_state.reason_of`), most frequent first."""
         changed = ", ".join(f"'{state}'" for state in CHANGED)
         cur.execute(
-            "SELECT i.compression, i.compression_note, COUNT(*) FROM instances i "
-            f"WHERE (i.compression IS NULL OR i.compression NOT IN ({changed})) "
+            f"SELECT i.compression, {note_kind_sql('i.compression_note')}, COUNT(*) "
+            f"FROM instances i WHERE (i.compression IS NULL OR i.compression NOT IN ({changed})) "
             "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_fk = i.pk) GROUP BY 1, 2"
         )
         counts: Counter[str] = Counter()
