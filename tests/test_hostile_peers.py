@@ -34,7 +34,7 @@ from compacs.codecs.pixels import PixelInfo
 from compacs.codecs.streams import jxl_geometry
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import echo, free_port, write_config
+from tests.conftest import NO_COMPRESSION, echo, free_port, write_config
 from tests.dicomfiles import all_files
 from tests.scu import dataset_bytes, send_datasets, send_raw
 
@@ -351,3 +351,20 @@ def test_no_public_file_a_decoder_reads_is_refused_by_the_geometry_check():
                 for _ in iter_pixels(ds):
                     pass
     assert set(refused) == {"MR_truncated.dcm", "JPEG2000-embedded-sequence-delimiter.dcm"}
+
+
+def test_a_large_data_set_costs_the_node_about_its_size_once(node_factory, tmp_path):
+    """pynetdicom holds a received data set whole; compacs must not copy it again (it
+    joined the File Meta header and the data set into one buffer: twice the size)."""
+    node = node_factory(config=write_config(tmp_path / "off.toml", NO_COMPRESSION))
+    idle = _rss_mib(node.proc.pid)
+    (ds,) = ct_series(1, 7168, 7168, seed=905)  # 98 MiB of pixels
+    size = len(ds.PixelData) / 2**20
+    assert send_datasets(node.port, [ds], max_pdu=262144) == [Status.SUCCESS]
+    growth = _rss_mib(node.proc.pid) - idle
+    print(f"\npeak RSS growth for one {size:.0f} MiB data set: {growth:.0f} MiB ({idle:.0f} idle)")
+    assert growth < 1.5 * size
+    (path,) = (node.data_dir / "store").rglob("*.dcm")
+    stored = pydicom.dcmread(path)
+    assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+    assert stored.PixelData == ds.PixelData

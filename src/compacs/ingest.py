@@ -15,12 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from io import BytesIO
 
 from pydicom import dcmread
 
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY, extract
-from compacs.dicom.part10 import TooLarge, file_header, structure_problem
+from compacs.dicom.part10 import TooLarge, file_header, joined, structure_problem
 from compacs.dicom.status import Status
 from compacs.dicom.uids import InvalidUID, require_uid
 from compacs.index import Duplicates, Index, IndexUnavailable, NewInstance
@@ -133,18 +132,22 @@ class Ingest:
                 self._idle.notify_all()
 
     def _receive(self, rx: Received) -> Outcome:
-        data, attributes = self._checked(rx)
+        parts, attributes = self._checked(rx)
+        size = sum(len(part) for part in parts)
         sop_instance = attributes[IMAGE]["sop_instance_uid"]
         if self.duplicates is Duplicates.KEEP_FIRST and self._known(sop_instance):
             log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
             return Outcome(Status.SUCCESS)
 
-        digest = hashlib.sha256(data).hexdigest()
+        sha256 = hashlib.sha256()
+        for part in parts:
+            sha256.update(part)
+        digest = sha256.hexdigest()
         key = storage_key(
             attributes[STUDY]["study_uid"], attributes[SERIES]["series_uid"], sop_instance, digest
         )
         try:
-            self.store.put(key, data)
+            self.store.put(key, parts)
         except StorageFull as exc:
             raise Rejected(Status.OUT_OF_RESOURCES, f"storage full: {exc.strerror}") from None
         except OSError as exc:
@@ -157,8 +160,8 @@ class Ingest:
             attributes=attributes,
             storage_key=key,
             transfer_syntax=rx.transfer_syntax,
-            bytes_received=len(data),
-            bytes_stored=len(data),
+            bytes_received=size,
+            bytes_stored=size,
             sha256=digest,
             calling_ae=rx.calling_ae,
             called_ae=rx.called_ae,
@@ -191,8 +194,10 @@ class Ingest:
         except IndexUnavailable as exc:
             raise Rejected(Status.OUT_OF_RESOURCES, str(exc)) from None
 
-    def _checked(self, rx: Received) -> tuple[bytes, dict]:
-        """The Part 10 bytes to store and the indexed attributes, or Rejected."""
+    def _checked(self, rx: Received) -> tuple[tuple[bytes, bytes], dict]:
+        """The Part 10 object to store, as (File Meta header, data set as received), and
+        the indexed attributes; or Rejected. The two parts are never joined: that would
+        copy the whole data set once more (a 256 MiB data set cost twice its size)."""
         try:
             sop_class = require_uid(rx.sop_class_uid, "Affected SOP Class UID (0000,0002)")
             sop_instance = require_uid(rx.sop_instance_uid, "Affected SOP Instance UID (0000,1000)")
@@ -200,15 +205,14 @@ class Ingest:
             raise Rejected(Status.INVALID_UID, str(exc)) from None
 
         header = file_header(sop_class, sop_instance, rx.transfer_syntax, rx.calling_ae)
-        data = header + rx.dataset
         try:
-            problem = structure_problem(data, len(header), rx.transfer_syntax, self.max_object_size)
+            problem = structure_problem(rx.dataset, 0, rx.transfer_syntax, self.max_object_size)
         except TooLarge as exc:
             raise Rejected(Status.OUT_OF_RESOURCES, f"{exc} ([ingest] max_object_size)") from None
         if problem:
             raise Rejected(Status.CANNOT_UNDERSTAND, f"malformed data set: {problem}")
         try:
-            ds = dcmread(BytesIO(data), stop_before_pixels=True)
+            ds = dcmread(joined(header, rx.dataset), stop_before_pixels=True)
         except Exception as exc:  # pydicom raises many types on odd input
             raise Rejected(Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}") from None
 
@@ -233,7 +237,7 @@ class Ingest:
                 "SOP Class UID (0008,0016) differs from the request's Affected SOP Class UID",
             )
 
-        return data, attributes
+        return (header, rx.dataset), attributes
 
     @staticmethod
     def _facts(rx: Received, attributes: dict) -> dict:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
+from typing import Any
 
 from compacs import __version__
 from compacs.dicom.syntaxes import (
@@ -62,6 +64,51 @@ def file_header(
         )
     )
     return PREAMBLE + struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(body)) + body
+
+
+class JoinedReader(io.RawIOBase):
+    """A read-only, seekable file over buffers read one after the other, never joined:
+    a received object is its File Meta header and the data set as pynetdicom received it,
+    and joining them would copy the whole data set once more."""
+
+    name = ""  # pydicom reads a file object's name; this one has none
+
+    def __init__(self, *parts: bytes) -> None:
+        self._parts = [memoryview(p).cast("B") for p in parts]
+        self._size = sum(len(p) for p in self._parts)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        done, start = 0, 0
+        for part in self._parts:
+            end = start + len(part)
+            if done < len(out) and start <= self._pos < end:
+                chunk = part[self._pos - start : self._pos - start + len(out) - done]
+                out[done : done + len(chunk)] = chunk
+                done += len(chunk)
+                self._pos += len(chunk)
+            start = end
+        return done
+
+
+def joined(*parts: bytes) -> io.BufferedReader:
+    """A buffered file over ``parts`` (see :class:`JoinedReader`), for ``dcmread``."""
+    return io.BufferedReader(JoinedReader(*parts))
 
 
 class Malformed(ValueError):

@@ -8,7 +8,7 @@ returns, so the index may reference the key and the sender may be told Success.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -34,11 +34,18 @@ def validate_key(key: str) -> str:
     return key
 
 
+def parts_of(data: bytes | Sequence[bytes]) -> Sequence[bytes]:
+    """``data`` as a sequence of parts (one part when it is a single buffer)."""
+    return [data] if isinstance(data, bytes | bytearray | memoryview) else data
+
+
 class BlobStore(Protocol):
     url: str
 
-    def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key``; durable on return. Raises StorageFull when full."""
+    def put(self, key: str, data: bytes | Sequence[bytes]) -> None:
+        """Store ``data`` (or its parts, joined in order: a received object is its File
+        Meta header and the data set as received, never copied into one buffer) under
+        ``key``; durable on return. Raises StorageFull when full."""
 
     def get(self, key: str) -> bytes:
         """The object's bytes; FileNotFoundError when absent."""

@@ -13,12 +13,12 @@ import errno
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from compacs.storage.base import OWNER_KEY, StorageFull, validate_key
+from compacs.storage.base import OWNER_KEY, StorageFull, parts_of, validate_key
 
 TMP_DIR = ".tmp"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -69,17 +69,18 @@ class FileStore:
             self._known_dirs.add(directory)
 
     # -- BlobStore -----------------------------------------------------------------------
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | Sequence[bytes]) -> None:
         final = self._path(key)
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         try:
             self._ensure_dir(final.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                for part in parts_of(data):
+                    view = memoryview(part)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
-from compacs.storage.base import OWNER_KEY, StorageFull, validate_key
+from compacs.storage.base import OWNER_KEY, StorageFull, parts_of, validate_key
 
 try:
     import boto3
@@ -67,7 +67,9 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     # -- BlobStore -----------------------------------------------------------------------
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | Sequence[bytes]) -> None:
+        if not isinstance(data, bytes):  # one request body: its parts joined
+            data = b"".join(parts_of(data))
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
         try:
             self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentMD5=md5)
