@@ -19,10 +19,11 @@ from compacs.codecs.table import CODECS, CodecUnavailable, codec_for
 from compacs.codecs.transcode import VerificationFailed, transcode
 from compacs.config import from_document
 from compacs.dicom.status import Status
-from compacs.index import Duplicates
+from compacs.index import Duplicates, IndexUnavailable
 from compacs.index.sqlite import SqliteIndex
 from compacs.ingest import Ingest, Received
 from compacs.jobs.compress import Compressor
+from compacs.jobs.workers import CompressionWorkers
 from compacs.rules import DEFAULT_POLICY, RuleError, parse_rule
 from compacs.storage import FileStore
 from compacs.synthetic import ct_series
@@ -243,6 +244,83 @@ def test_a_failing_codec_never_loses_the_original(archive):
     (result,) = run_jobs(store, index, policy)
     assert result.state == "failed" and "codec blew up" in result.note
     assert store.get(index.locate(uid).storage_key) == original
+
+
+class _ReadOnce:
+    """A store whose objects read as they were at their first read (a second worker that
+    read the original before the first worker deleted it)."""
+
+    def __init__(self, store) -> None:
+        self._store, self._read = store, {}
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def get(self, key):
+        if key not in self._read:
+            self._read[key] = self._store.get(key)
+        return self._read[key]
+
+
+def test_a_second_compression_of_the_same_instance_keeps_the_object_it_made(archive):
+    """Two workers with the same claim (a lease that expired under a slow job, or a finish
+    retried after its commit went through) encode to the same content-addressed key: the
+    second must not delete, as "belonging to nobody", the object the instance now uses."""
+    store, index = archive
+    uid = ingest_file(store, index, by_name("CT_small.dcm").read_bytes())
+    original = pydicom.dcmread(by_name("CT_small.dcm")).pixel_array
+    (claimed,) = index.claim_jobs("a", 1, time.time() + 1e6)
+    both_read = _ReadOnce(store)  # both workers read the original before either deleted it
+    compressor = Compressor(both_read, index, DEFAULT_POLICY)
+    first = compressor.process(claimed)
+    second = compressor.process(claimed)  # the same, stale facts: the old key
+    assert first.state == second.state == "compressed"
+    location = index.locate(uid)
+    stored = pydicom.dcmread(io.BytesIO(store.get(location.storage_key)))
+    assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    assert np.array_equal(stored.pixel_array, original)
+    assert list(store.keys()) == [location.storage_key]
+
+
+class _IndexAway:
+    """An index whose first ``failures`` finish_job calls fail as a lost database does."""
+
+    def __init__(self, index, failures: int) -> None:
+        self._index, self.failures = index, failures
+
+    def __getattr__(self, name):
+        return getattr(self._index, name)
+
+    def finish_job(self, *args, **kwargs):
+        if self.failures:
+            self.failures -= 1
+            raise IndexUnavailable("index database unreachable (test)")
+        return self._index.finish_job(*args, **kwargs)
+
+
+def test_a_worker_outlives_an_index_that_cannot_record_its_job(archive):
+    """The database goes away while a job is being finished: the worker must neither die
+    (its job claimed for the 15-minute lease, one core fewer) nor lose the object; it
+    finishes the job once the index answers."""
+    store, index = archive
+    uid = ingest_file(store, index, by_name("CT_small.dcm").read_bytes())
+    original = pydicom.dcmread(by_name("CT_small.dcm")).pixel_array
+    away = _IndexAway(index, failures=3)
+    policy = replace(DEFAULT_POLICY, delay=0)
+    workers = CompressionWorkers(Compressor(store, away, policy), away, count=1, poll=0.05)
+    workers.retry_after = 0.05
+    workers.start()
+    try:
+        deadline = time.monotonic() + 30
+        while index.stats()["compression"] != {"compressed": 1}:
+            assert time.monotonic() < deadline, index.stats()
+            assert all(t.is_alive() for t in workers._threads), "the worker died"
+            time.sleep(0.05)
+    finally:
+        workers.stop(10)
+    assert away.failures == 0 and index.stats()["pending"] == 0
+    stored = pydicom.dcmread(io.BytesIO(store.get(index.locate(uid).storage_key)))
+    assert np.array_equal(stored.pixel_array, original)
 
 
 def test_an_encoding_that_is_not_smaller_is_not_kept(archive):

@@ -339,7 +339,8 @@ def test_the_node_recovers_by_itself_when_postgresql_restarts(tmp_path):
             assert status == Status.SUCCESS
             assert send_datasets(node.port, series[4:]) == [Status.SUCCESS] * 2
             stats = wait_settled(index_url, 5)
-            assert stats["instances"] == 5 and stats["compression"] == {"compressed": 5}
+            assert stats["instances"] == 5 and stats["pending"] == 0
+            assert stats["compression"] == {"compressed": 5}
             print(f"\nstoring again {recovered:.1f} s after PostgreSQL came back")
         finally:
             node.stop()

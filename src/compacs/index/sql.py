@@ -432,10 +432,13 @@ class SqlStatements(ForwardStatements):
         note: str | None,
     ) -> bool:
         cur.execute(self._q("DELETE FROM jobs WHERE instance_fk = ?"), (pk,))
-        if change is None:
+        if change is None:  # an outcome for the object processed, not for a newer one
             cur.execute(
-                self._q("UPDATE instances SET compression = ?, compression_note = ? WHERE pk = ?"),
-                (state, note, pk),
+                self._q(
+                    "UPDATE instances SET compression = ?, compression_note = ? "
+                    "WHERE pk = ? AND storage_key = ?"
+                ),
+                (state, note, pk, old_key),
             )
             return True
         cur.execute(
@@ -456,7 +459,12 @@ class SqlStatements(ForwardStatements):
                 old_key,
             ),
         )
-        return cur.rowcount == 1
+        if cur.rowcount == 1:
+            return True
+        # A retried finish whose first commit went through (the connection broke after
+        # it): the instance already references the new object, which must stay.
+        row = self._one(cur, "SELECT storage_key FROM instances WHERE pk = ?", (pk,))
+        return row is not None and row[0] == change.storage_key
 
     def delete_instance(self, cur: Any, pk: int) -> str | None:
         """Remove an instance's row (and its job); return its storage key."""

@@ -26,7 +26,14 @@ from compacs.codecs.pixels import NotCompressible
 from compacs.codecs.table import CodecUnavailable, codec_for
 from compacs.codecs.transcode import Transcoded, transcode
 from compacs.dicom.attributes import extract
-from compacs.index import Duplicates, Index, InstanceFacts, NewInstance, ObjectChange
+from compacs.index import (
+    Duplicates,
+    Index,
+    IndexUnavailable,
+    InstanceFacts,
+    NewInstance,
+    ObjectChange,
+)
 from compacs.index.compression_state import (
     COMPRESSED,
     DERIVED,
@@ -81,6 +88,8 @@ class Compressor:
         try:
             with about(facts["sop_instance_uid"]):  # library messages name the instance
                 result = run()
+        except IndexUnavailable:  # not this object's failure: processed again later
+            raise
         except Exception as exc:  # never let a codec or a file take the worker down
             log.exception("compression of %s failed", facts["sop_instance_uid"])
             result = Result(

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from compacs.index import Index
+from compacs.index import Index, InstanceFacts
 from compacs.jobs.compress import Compressor
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class CompressionWorkers:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._prefix = node
+        self.retry_after = 2.0
 
     def start(self) -> None:
         released = self.index.release_claims(self._prefix)
@@ -72,7 +73,27 @@ class CompressionWorkers:
                 self._wake.wait(self.poll)
                 self._wake.clear()
                 continue
-            for facts in jobs:
-                self.compressor.process(facts)
+            self._process(jobs)
             if self.on_done is not None:
                 self.on_done()
+
+    def _process(self, jobs: list[InstanceFacts]) -> None:
+        """Process the claimed ``jobs`` in turn. A job whose outcome the index could not record
+        (the database went away: the compressor records failures too, so only that gets
+        here) stays claimed by this worker and is processed again once the index answers;
+        processing is idempotent (see ``finish_job``). The worker never dies of it."""
+        while jobs and not self._stop.is_set():
+            facts = jobs[0]
+            try:
+                self.compressor.process(facts)
+            except Exception as exc:
+                log.warning(
+                    "compression of %s not recorded (%s: %s): tried again in %.0f s",
+                    facts["sop_instance_uid"],
+                    type(exc).__name__,
+                    exc,
+                    self.retry_after,
+                )
+                self._stop.wait(self.retry_after)
+                continue
+            jobs.pop(0)
