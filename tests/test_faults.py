@@ -30,7 +30,7 @@ from compacs.storage import FileStore
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
 from tests.conftest import echo, require_dcmtk, write_config
-from tests.procfs import children, rss_kib
+from tests.procfs import children, descendants, rss_kib
 from tests.scu import dataset_bytes, send_datasets
 
 
@@ -375,3 +375,26 @@ def wait_for(read, done, timeout: float = 120):
         if done(value) or time.monotonic() > deadline:
             return value
         time.sleep(0.1)
+
+
+def test_worker_processes_end_with_a_killed_node(node_factory):
+    """After kill -9 of the node its worker processes and their fork server end too,
+    instead of waiting forever for a job from a node that is gone."""
+    node = node_factory()
+    below = descendants(node.proc.pid)
+    assert len(worker_processes(node.proc.pid)) == 2, below
+    assert node.stop(signal.SIGKILL) == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while (left := [pid for pid in below if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:  # leave no stray process behind, whatever the verdict
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs (a zombie, ended but not yet reaped, counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

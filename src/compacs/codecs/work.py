@@ -12,10 +12,12 @@ happens here, so the node process keeps its core for receiving.
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import partial
 from io import BytesIO
 from typing import Any
 
@@ -51,8 +53,9 @@ class Encoding:
     """The SOP Instance UID of a lossy derivative."""
     attributes: dict[str, Any] | None = None
     """A lossy derivative's indexed attributes (:func:`compacs.dicom.attributes.extract`)."""
-    warnings: tuple[str, ...] = field(default_factory=tuple)
-    """Warnings the libraries raised, for the caller to log naming the instance."""
+    messages: tuple[Message, ...] = field(default_factory=tuple)
+    """What the libraries logged and warned in a worker process, for the node to emit
+    naming the instance (:func:`encode_named`)."""
 
 
 def encode_best(
@@ -64,17 +67,79 @@ def encode_best(
 
 
 def encode_named(
-    data: bytes, codecs: Sequence[str], options: Mapping[str, Any], lossy: bool
+    data: bytes,
+    codecs: Sequence[str],
+    options: Mapping[str, Any],
+    lossy: bool,
+    log_level: int = logging.WARNING,
 ) -> Encoding:
     """:func:`encode_best` with the codecs named (``codecs.table`` names): the entry point
-    of a worker process, which looks the codecs up in its own table. The warnings the
-    libraries raise travel back with the result (one job at a time runs in a worker
-    process, so catching them here sees this job's only)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = encode_best(data, tuple(codec_for(name) for name in codecs), options, lossy)
-    seen = tuple(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
-    return replace(result, warnings=seen) if seen else result
+    of a worker process, which looks the codecs up in its own table. The libraries' log
+    records (at ``log_level`` and above) and warnings travel back with the result, in the
+    order they came, for the node to emit as its own (one job at a time runs in a worker
+    process, so what is caught here is this job's)."""
+    messages: list[Message] = []
+    handler = _Collector(messages)
+    handler.setLevel(log_level)
+    root = logging.getLogger()
+    saved = root.level
+    root.addHandler(handler)
+    root.setLevel(min(log_level, saved))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # the node's own filters decide on replay
+            warnings.showwarning = partial(_warned, messages)
+            result = encode_best(data, tuple(codec_for(name) for name in codecs), options, lossy)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)
+    return replace(result, messages=tuple(messages)) if messages else result
+
+
+@dataclass(frozen=True)
+class Message:
+    """One log record (``category`` None) or warning raised during a job."""
+
+    logger: str
+    level: int
+    text: str
+    filename: str
+    lineno: int
+    category: type[Warning] | None = None
+    exc_text: str | None = None
+
+
+class _Collector(logging.Handler):
+    def __init__(self, messages: list[Message]) -> None:
+        super().__init__()
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc_text = None
+        if record.exc_info:
+            exc_text = logging.Formatter().formatException(record.exc_info)
+        self.messages.append(
+            Message(
+                record.name,
+                record.levelno,
+                record.getMessage(),
+                record.pathname,
+                record.lineno,
+                exc_text=exc_text or record.exc_text,
+            )
+        )
+
+
+def _warned(
+    messages: list[Message],
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    messages.append(Message("", logging.WARNING, str(message), filename, lineno, category))
 
 
 def _encoded(encoded: Transcoded, new_uid: str = "", attributes: Any = None) -> Encoding:

@@ -21,7 +21,7 @@ from compacs.codecs.work import Encoding, Outcome
 from compacs.index import Duplicates, Index, InstanceFacts, NewInstance, ObjectChange
 from compacs.index.sql import utc_now
 from compacs.ingest import storage_key
-from compacs.jobs.pool import Encoder, InProcess, PoolClosed
+from compacs.jobs.pool import Encoder, InProcess, PoolClosed, replay
 from compacs.logs import about
 from compacs.rules import Decision, Policy
 from compacs.storage import BlobStore
@@ -106,11 +106,11 @@ class Compressor:
     def _encode(
         self, data: bytes, codecs: tuple[Codec, ...], options: Any, lossy: bool
     ) -> Encoding:
-        """The job's CPU part, wherever the encoder runs it; its warnings logged here,
-        naming the instance (see :func:`compacs.logs.about`)."""
+        """The job's CPU part, wherever the encoder runs it; what the libraries logged and
+        warned in a worker process is emitted here, naming the instance
+        (:func:`compacs.logs.about`)."""
         encoding = self.encoder.encode(data, codecs, options, lossy)
-        for warning in encoding.warnings:
-            log.warning("%s", warning)
+        replay(encoding.messages)
         return encoding
 
     def _process(

@@ -29,20 +29,24 @@ import logging
 import multiprocessing
 import os
 import queue
+import select
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
+import pydicom.config
+
 from compacs.codecs.table import Codec, codec_for
-from compacs.codecs.work import Encoding, Outcome, encode_best, encode_named
+from compacs.codecs.work import Encoding, Message, Outcome, encode_best, encode_named
 
 log = logging.getLogger(__name__)
 
-PRELOAD = ["__main__", "compacs.codecs.work"]
+PRELOAD = ["__main__", "compacs.jobs.pool"]
 """What the fork server imports once before it forks workers: the codecs layer, and the
 main module multiprocessing makes every child import (nothing for ``python -m compacs``;
 the ``compacs`` script's guarded imports otherwise), so that children share it."""
@@ -93,6 +97,26 @@ def table_names(codecs: Sequence[Codec]) -> tuple[str, ...]:
     return tuple(codec.name for codec in codecs)
 
 
+_REGISTRIES: dict[str, dict[Any, Any]] = {}
+"""Per source file, what :func:`warnings.warn_explicit` remembers of warnings shown
+("default" shows each once per place), as a module's ``__warningregistry__`` would."""
+
+
+def replay(messages: Sequence[Message]) -> None:
+    """Emit a worker process's log records and warnings in this process, in their order,
+    as if raised here: through the same loggers, handlers and warning filters."""
+    for m in messages:
+        if m.category is not None:
+            registry = _REGISTRIES.setdefault(m.filename, {})
+            warnings.warn_explicit(m.text, m.category, m.filename, m.lineno, registry=registry)
+            continue
+        logger = logging.getLogger(m.logger)
+        if logger.isEnabledFor(m.level):
+            record = logger.makeRecord(m.logger, m.level, m.filename, m.lineno, m.text, None, None)
+            record.exc_text = m.exc_text
+            logger.handle(record)
+
+
 class _Lane:
     """One worker process in an executor of its own (see the module docstring)."""
 
@@ -105,7 +129,12 @@ class _Lane:
     def start(self) -> None:
         """Start the worker process (and learn its pid) unless it runs."""
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=self._context)
+            self._executor = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=self._context,
+                initializer=_worker_start,
+                initargs=(os.getpid(), pydicom.config.settings.reading_validation_mode),
+            )
             self.pid = self._executor.submit(os.getpid).result()
 
     def _submit(self, *args: Any) -> Future[Encoding]:
@@ -123,7 +152,8 @@ class _Lane:
     def run(
         self, data: bytes, names: tuple[str, ...], options: dict[str, Any], lossy: bool
     ) -> Encoding:
-        future = self._submit(data, names, options, lossy)
+        level = logging.getLogger().getEffectiveLevel()
+        future = self._submit(data, names, options, lossy, level)
         pid = self.pid
         try:
             return future.result()
@@ -197,6 +227,22 @@ class WorkerProcesses:
             if _alive(pid):
                 log.warning("compression worker process %d still busy at the stop: killed", pid)
                 os.kill(pid, signal.SIGKILL)
+
+
+def _worker_start(node: int, validation_mode: int) -> None:
+    """Initializer of a worker process: read data sets as the node does (its pydicom
+    validation mode), and end with the node. A ProcessPoolExecutor worker holds both ends
+    of its call queue's pipe, so after a kill -9 of the node it would wait for a job
+    forever (and keep the fork server alive); a pidfd of the node becomes readable when the
+    node ends (pidfd_open(2), Linux 5.3), which a daemon thread waits for."""
+    pydicom.config.settings.reading_validation_mode = validation_mode
+    pidfd = os.pidfd_open(node)
+
+    def leave_with_the_node() -> None:
+        select.select([pidfd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=leave_with_the_node, name="node-watch", daemon=True).start()
 
 
 def _alive(pid: int) -> bool:
