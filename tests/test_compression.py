@@ -557,3 +557,20 @@ def test_ingest_policy_encodes_the_received_bytes_without_reading_them_back(tmp_
         stored = pydicom.dcmread(tmp_path / "data" / "store" / keys[str(ds.SOPInstanceUID)])
         assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
         assert np.array_equal(stored.pixel_array, ds.pixel_array)
+
+
+def test_no_workers_means_no_worker_process_and_ingest_still_compresses(node_factory, tmp_path):
+    """``[compression] workers = 0`` keeps its meaning: no background workers (so no
+    worker process); policy "ingest" compresses in the receiving thread."""
+    config = write_config(tmp_path / "zero.toml", '[compression]\nwhen = "ingest"\nworkers = 0\n')
+    node = node_factory(config=config)
+    assert children(node.proc.pid) == []
+    series = list(ct_series(3, 128, 128, seed=23))
+    assert send_datasets(node.port, series) == [Status.SUCCESS] * 3
+    syntaxes = stored_syntaxes(node.data_dir)  # read right after the last Success
+    assert set(syntaxes.values()) == {"1.2.840.10008.1.2.4.80"}
+    with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
+        keys = dict(conn.execute("SELECT sop_instance_uid, storage_key FROM instances"))
+    for ds in series:
+        stored = pydicom.dcmread(node.data_dir / "store" / keys[str(ds.SOPInstanceUID)])
+        assert np.array_equal(stored.pixel_array, ds.pixel_array)

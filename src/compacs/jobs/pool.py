@@ -190,9 +190,15 @@ class WorkerProcesses:
         self._closed = threading.Event()
 
     def start(self) -> None:
-        """Start every worker process now rather than at the first job."""
+        """Start every worker process now rather than at the first job. A process that
+        cannot start is logged, not raised: the node keeps receiving, and each job tries
+        again (and fails with the reason, the original kept)."""
         for lane in self._lanes:
-            lane.start()
+            try:
+                lane.start()
+            except Exception:
+                log.exception("compression worker process %d could not start", lane.number)
+                lane.discard()
 
     def pids(self) -> list[int]:
         """The running worker processes (for tests and measurements)."""
