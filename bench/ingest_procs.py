@@ -49,14 +49,19 @@ def tree(pid: int) -> list[int]:
     return [pid, *descendants(pid)]
 
 
-def tree_cpu(pid: int) -> float:
-    total = 0.0
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """(node's CPU seconds, its descendants' CPU seconds)."""
+    own, others = 0.0, 0.0
     for p in tree(pid):
         try:
-            total += cpu_seconds(p)
+            seconds = cpu_seconds(p)
         except OSError:
-            pass
-    return total
+            continue
+        if p == pid:
+            own = seconds
+        else:
+            others += seconds
+    return own, others
 
 
 def tree_pss(pid: int) -> tuple[int, int]:
@@ -116,7 +121,7 @@ def one_run(src: str, series_dir: Path, data_dir: Path, slices: int) -> dict[str
         while pending(index) and time.monotonic() < deadline:  # bounded
             time.sleep(0.02)
         settled = time.perf_counter() - start
-        cpu = tree_cpu(node.pid) - cpu0
+        cpu1 = tree_cpu(node.pid)
         stop.set()
         sampler.join()
     finally:
@@ -125,7 +130,9 @@ def one_run(src: str, series_dir: Path, data_dir: Path, slices: int) -> dict[str
     return {
         "acks/s": slices / acked,
         "until compressed s": settled,
-        "CPU ms/instance": 1000 * cpu / slices,
+        "CPU ms/instance": 1000 * (sum(cpu1) - sum(cpu0)) / slices,
+        "CPU node ms/instance": 1000 * (cpu1[0] - cpu0[0]) / slices,
+        "CPU children ms/instance": 1000 * (cpu1[1] - cpu0[1]) / slices,
         "peak PSS node MiB": peak[0] / 1024,
         "peak PSS children MiB": peak[1] / 1024,
         "peak PSS total MiB": sum(peak) / 1024,
