@@ -23,8 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-from compacs.synthetic import ct_series
 from tests.procfs import cpu_seconds, descendants, pss_kib
+
+from compacs.synthetic import ct_series
 
 
 def free_port() -> int:
@@ -88,9 +89,11 @@ def one_run(src: str, series_dir: Path, data_dir: Path, slices: int) -> dict[str
     env = {**os.environ, "TCP_NODELAY": "1", "PYTHONPATH": src}
     port = free_port()
     node = subprocess.Popen(
-        [sys.executable, "-m", "compacs", "serve", "--data-dir", str(data_dir)]
-        + ["--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
-        + ["--http-port", "0"],
+        [
+            *(sys.executable, "-m", "compacs", "serve", "--data-dir", str(data_dir)),
+            *("--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"),
+            *("--http-port", "0"),
+        ],
         env=env,
     )
     peak = [0, 0]
