@@ -195,7 +195,7 @@ class Node:
         """Policy "ingest": compress before the response, from the received bytes."""
         facts = self.index.claim_instance(sop_instance_uid, "ingest")
         if facts is not None:
-            self.compressor.process(facts, received=(key, data))
+            self.compressor.process(facts, written=(key, data))
             self.forwarder.wake()
 
     def _compressed(self) -> None:

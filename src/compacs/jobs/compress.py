@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 COMPRESSED, KEPT, SKIPPED, FAILED = "compressed", "kept", "skipped", "failed"
 DERIVED = "derived"  # a lossy derivative was stored as a new instance
 
-Received = tuple[str, bytes]
+JustWritten = tuple[str, bytes]
 """(storage key, bytes) of an object just written, still in memory."""
 
 
@@ -59,17 +59,17 @@ class Compressor:
         self.encoder: Encoder = encoder if encoder is not None else InProcess()
 
     def process(
-        self, facts: InstanceFacts, reconsider: bool = False, received: Received | None = None
+        self, facts: InstanceFacts, reconsider: bool = False, written: JustWritten | None = None
     ) -> Result:
         """Compress the instance described by ``facts`` (a claimed job or a candidate).
 
         ``reconsider`` (``compacs compress --retry``): an instance stored in one of several
         candidates of ``smallest`` is encoded with the others, and replaced only by a
-        smaller encoding. ``received``: the object's bytes still in memory (policy
+        smaller encoding. ``written``: the object's bytes still in memory (policy
         ``when = "ingest"``), used if the instance still references them, instead of a
         second read of what was just written."""
         start = time.perf_counter()
-        result = self._guarded(facts, lambda: self._process(facts, reconsider, received))
+        result = self._guarded(facts, lambda: self._process(facts, reconsider, written))
         metrics.CODEC_SECONDS.inc(time.perf_counter() - start)
         metrics.CODEC_RUNS.inc(result=result.state, syntax=result.transfer_syntax or "")
         return result
@@ -96,11 +96,11 @@ class Compressor:
             facts["pk"], facts["storage_key"], change, result.state, result.note
         )
 
-    def _read(self, facts: InstanceFacts, received: Received | None) -> bytes:
+    def _read(self, facts: InstanceFacts, written: JustWritten | None) -> bytes:
         """The stored object's bytes: those still in memory when they are the ones the
         instance references (the key names their SHA-256), else read from the store."""
-        if received is not None and received[0] == facts["storage_key"]:
-            return received[1]
+        if written is not None and written[0] == facts["storage_key"]:
+            return written[1]
         return self.store.get(facts["storage_key"])
 
     def _encode(
@@ -114,7 +114,7 @@ class Compressor:
         return encoding
 
     def _process(
-        self, facts: InstanceFacts, reconsider: bool = False, received: Received | None = None
+        self, facts: InstanceFacts, reconsider: bool = False, written: JustWritten | None = None
     ) -> Result:
         before = int(facts["bytes_stored"])
         decision = self.policy.decide(facts)
@@ -131,7 +131,7 @@ class Compressor:
         if in_target:  # smallest, reconsidered: the stored object is one of the candidates
             others = tuple(c for c in decision.codecs if c.transfer_syntax != stored)
             decision = replace(decision, codecs=others)
-        data = self._read(facts, received)
+        data = self._read(facts, written)
         encoding = self._encode(data, decision.codecs, decision.options, decision.lossy)
         if encoding.outcome in (Outcome.NOT_COMPRESSIBLE, Outcome.REFUSED):
             result = Result(SKIPPED, encoding.note, before, before)
