@@ -30,7 +30,7 @@ from compacs.storage import FileStore
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
 from tests.conftest import echo, require_dcmtk, write_config
-from tests.procfs import children, descendants, rss_kib
+from tests.procfs import children, cpu_seconds, descendants
 from tests.scu import dataset_bytes, send_datasets
 
 
@@ -328,14 +328,13 @@ def test_a_worker_process_killed_while_encoding_fails_one_job(node_factory, tmp_
     require_dcmtk()
     config = write_config(tmp_path / "one.toml", "[compression]\nworkers = 1\n")
     node = node_factory(config=config)
-    big = multiframe_ct(100, seed=90)  # 52 MB of pixels: ~2 s of JPEG-LS encode + verify
-    size_kib = len(big.PixelData) // 1024
+    big = multiframe_ct(100, seed=90)  # 52 MB of pixels: ~1.3 s CPU of encode + verify
     (worker,) = worker_processes(node.proc.pid)
-    idle = rss_kib(worker)
+    idle = cpu_seconds(worker)
     assert send_datasets(node.port, [big]) == [Status.SUCCESS]
     deadline = time.monotonic() + 60
-    while rss_kib(worker) < idle + size_kib and time.monotonic() < deadline:
-        time.sleep(0.002)  # until the worker holds the whole object: it is encoding
+    while cpu_seconds(worker) < idle + 0.3 and time.monotonic() < deadline:
+        time.sleep(0.002)  # receiving and parsing take < 0.1 s of CPU: past it, it encodes
     os.kill(worker, signal.SIGKILL)
 
     stats = wait_for(lambda: node.stats(), lambda s: s["pending"] == 0)
