@@ -281,7 +281,7 @@ def cmd_compress(settings: Settings, args: argparse.Namespace) -> int:
             from dataclasses import replace
 
             policy = replace(policy, when="deferred")  # an explicit command overrides 'off'
-        workers = args.workers or max(policy.workers, 1)
+        workers = max(1, args.workers or policy.workers)
         # the node's mechanism: the CPU part in worker processes, so that GIL-holding
         # codecs (pyjpegls, RLE) and the Python parts of each job use every core
         encoder = None if args.dry_run else WorkerProcesses(workers)
