@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import sqlite3
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import _config as pynetdicom_config
 
 from compacs.codecs.decode import source_frames
 from compacs.codecs.pixels import NotCompressible, PixelInfo, clean
@@ -24,11 +27,13 @@ from compacs.index.sqlite import SqliteIndex
 from compacs.ingest import Ingest, Received
 from compacs.jobs.compress import Compressor
 from compacs.jobs.workers import CompressionWorkers
+from compacs.node import Node
 from compacs.rules import DEFAULT_POLICY, RuleError, parse_rule
 from compacs.storage import FileStore
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, write_config
+from tests.conftest import NO_COMPRESSION, free_port, require_dcmtk, write_config
 from tests.dicomfiles import by_name, storage_files
+from tests.procfs import children, cpu_seconds
 from tests.scu import send_datasets, send_files
 
 LOSSLESS = [c for c in CODECS if c.lossless]
@@ -551,3 +556,99 @@ def test_splicing_the_pixel_data_equals_a_full_rewrite(name):
     assert a.file_meta.TransferSyntaxUID == b.file_meta.TransferSyntaxUID == jls.transfer_syntax
     assert np.array_equal(a.pixel_array, pydicom.dcmread(io.BytesIO(data)).pixel_array)
     assert transcode(data, jls).data == spliced
+
+
+# -- where the work runs (issue 15) ---------------------------------------------------------
+def test_the_node_encodes_and_verifies_in_worker_processes(node, tmp_path):
+    """The CPU part of each job (parse, encode, verify, encapsulate, hash) runs in the
+    node's worker processes, not in the threads of the node that receive."""
+    require_dcmtk()
+    workers = [pid for child in children(node.proc.pid) for pid in children(child)]
+    assert len(workers) == 2  # [compression] workers = 2 by default
+    before = sum(cpu_seconds(pid) for pid in workers)
+    series = list(ct_series(12, seed=21))
+    assert send_datasets(node.port, series) == [Status.SUCCESS] * 12
+    assert wait_for_pending_zero(node)["compression"] == {"compressed": 12}
+    in_workers = sum(cpu_seconds(pid) for pid in workers) - before
+    start = time.process_time()  # the same jobs' CPU part, here, for scale
+    for ds in series:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        transcode(buf.getvalue(), codec_for("jpeg-ls"))
+    alone = time.process_time() - start
+    print(f"\nCPU in the worker processes {in_workers:.2f} s; the same jobs here {alone:.2f} s")
+    assert in_workers > alone / 2
+    with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
+        rows = conn.execute("SELECT sop_instance_uid, storage_key, sha256 FROM instances")
+        stored = {uid: (key, digest) for uid, key, digest in rows}
+    for ds in series:  # DCMTK decodes the result; the index's hash is the file's
+        key, digest = stored[str(ds.SOPInstanceUID)]
+        path = node.data_dir / "store" / key
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        out = tmp_path / "out.dcm"
+        done = subprocess.run(["dcmdjpls", str(path), str(out)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert np.array_equal(pydicom.dcmread(out).pixel_array, ds.pixel_array)
+
+
+def test_ingest_policy_encodes_the_received_bytes_without_reading_them_back(tmp_path, monkeypatch):
+    """Policy "ingest": the bytes just received and written are still in memory; the
+    compression encodes those, with no second read of the stored object."""
+    monkeypatch.setattr(  # restored afterwards: the Node sets it process-wide
+        pydicom.config.settings,
+        "reading_validation_mode",
+        pydicom.config.settings.reading_validation_mode,
+    )
+    monkeypatch.setattr(
+        pynetdicom_config,
+        "STORE_SEND_CHUNKED_DATASET",
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET,
+    )
+    settings = from_document(
+        {
+            "node": {"data_dir": str(tmp_path / "data"), "host": "127.0.0.1", "port": free_port()},
+            "http": {"port": 0},
+            "compression": {"when": "ingest", "workers": 1},
+        }
+    )
+    node = Node(settings)
+    reads: list[str] = []
+    get = node.store.get
+    monkeypatch.setattr(node.store, "get", lambda key: reads.append(key) or get(key))
+    series = list(ct_series(3, 128, 128, seed=22))
+    try:
+        for ds in series:
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            data = buf.getvalue()
+            body = data[132 + 12 + int.from_bytes(data[140:144], "little") :]
+            received = Received(
+                body, ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID, "T", "COMPACS"
+            )
+            assert node.ingest.receive(received).ok
+    finally:
+        node._shutdown()
+    assert reads == []
+    with sqlite3.connect(tmp_path / "data" / "index.sqlite") as conn:
+        keys = dict(conn.execute("SELECT sop_instance_uid, storage_key FROM instances"))
+    for ds in series:  # pydicom's own JPEG-LS decoder reads what was stored
+        stored = pydicom.dcmread(tmp_path / "data" / "store" / keys[str(ds.SOPInstanceUID)])
+        assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+        assert np.array_equal(stored.pixel_array, ds.pixel_array)
+
+
+def test_no_workers_means_no_worker_process_and_ingest_still_compresses(node_factory, tmp_path):
+    """``[compression] workers = 0`` keeps its meaning: no background workers (so no
+    worker process); policy "ingest" compresses in the receiving thread."""
+    config = write_config(tmp_path / "zero.toml", '[compression]\nwhen = "ingest"\nworkers = 0\n')
+    node = node_factory(config=config)
+    assert children(node.proc.pid) == []
+    series = list(ct_series(3, 128, 128, seed=23))
+    assert send_datasets(node.port, series) == [Status.SUCCESS] * 3
+    syntaxes = stored_syntaxes(node.data_dir)  # read right after the last Success
+    assert set(syntaxes.values()) == {"1.2.840.10008.1.2.4.80"}
+    with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
+        keys = dict(conn.execute("SELECT sop_instance_uid, storage_key FROM instances"))
+    for ds in series:
+        stored = pydicom.dcmread(node.data_dir / "store" / keys[str(ds.SOPInstanceUID)])
+        assert np.array_equal(stored.pixel_array, ds.pixel_array)

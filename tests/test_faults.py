@@ -4,10 +4,12 @@ many associations at once, and fuzzed data sets and PDUs against the store path.
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import socket
 import sqlite3
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -27,7 +29,8 @@ from compacs.ingest import Ingest, Received
 from compacs.storage import FileStore
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
-from tests.conftest import echo, write_config
+from tests.conftest import echo, require_dcmtk, write_config
+from tests.procfs import children, cpu_seconds, descendants
 from tests.scu import dataset_bytes, send_datasets
 
 
@@ -303,3 +306,94 @@ def test_mutated_pdus_do_not_hurt_the_node(plain_node):
     for key, digest in rows(node.data_dir).values():  # anything stored is whole
         assert hashlib.sha256((store / key).read_bytes()).hexdigest() == digest
     print(f"\nmutated PDU sessions: {sessions}; node still serving")
+
+
+def worker_processes(node_pid: int) -> list[int]:
+    """The node's compression worker processes: the fork server's children."""
+    return [pid for child in children(node_pid) for pid in children(child)]
+
+
+def multiframe_ct(frames: int, seed: int) -> pydicom.Dataset:
+    """One CT object of ``frames`` 512 x 512 frames: seconds of encode and verify."""
+    slices = list(ct_series(frames, seed=seed))
+    ds = slices[0]
+    ds.NumberOfFrames = frames
+    ds.PixelData = b"".join(s.PixelData for s in slices)
+    return ds
+
+
+def test_a_worker_process_killed_while_encoding_fails_one_job(node_factory, tmp_path):
+    """kill -9 of the worker process mid-encode: one failed job naming it, the original
+    intact, and the next instances compress in a new worker process (issue 15)."""
+    require_dcmtk()
+    config = write_config(tmp_path / "one.toml", "[compression]\nworkers = 1\n")
+    node = node_factory(config=config)
+    big = multiframe_ct(100, seed=90)  # 52 MB of pixels: ~1.3 s CPU of encode + verify
+    (worker,) = worker_processes(node.proc.pid)
+    idle = cpu_seconds(worker)
+    assert send_datasets(node.port, [big]) == [Status.SUCCESS]
+    deadline = time.monotonic() + 60
+    while cpu_seconds(worker) < idle + 0.3 and time.monotonic() < deadline:
+        time.sleep(0.002)  # receiving and parsing take < 0.1 s of CPU: past it, it encodes
+    os.kill(worker, signal.SIGKILL)
+
+    stats = wait_for(lambda: node.stats(), lambda s: s["pending"] == 0)
+    assert stats["compression"] == {"failed": 1}, stats
+    with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
+        key, syntax, state, note = conn.execute(
+            "SELECT storage_key, transfer_syntax_stored, compression, compression_note "
+            "FROM instances"
+        ).fetchone()
+    assert state == "failed" and note.startswith(f"worker process died: pid {worker} "), note
+    assert syntax == "1.2.840.10008.1.2.1"
+    stored = pydicom.dcmread(node.data_dir / "store" / key)  # the original, as sent
+    assert np.array_equal(stored.pixel_array, big.pixel_array)
+    assert stored.PixelData == big.PixelData
+
+    series = list(ct_series(4, seed=91))
+    assert send_datasets(node.port, series) == [Status.SUCCESS] * 4
+    stats = wait_for(lambda: node.stats(), lambda s: s["pending"] == 0)
+    assert stats["compression"] == {"failed": 1, "compressed": 4}, stats
+    (replacement,) = worker_processes(node.proc.pid)
+    assert replacement != worker
+    keys = rows(node.data_dir)
+    for ds in series:  # DCMTK decodes what the new worker process encoded
+        path = node.data_dir / "store" / keys[str(ds.SOPInstanceUID)][0]
+        out = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+        done = subprocess.run(["dcmdjpls", str(path), str(out)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert np.array_equal(pydicom.dcmread(out).pixel_array, ds.pixel_array)
+    assert "worker process died" in node.log()
+
+
+def wait_for(read, done, timeout: float = 120):
+    """``read()`` until ``done`` says so (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def test_worker_processes_end_with_a_killed_node(node_factory):
+    """After kill -9 of the node its worker processes and their fork server end too,
+    instead of waiting forever for a job from a node that is gone."""
+    node = node_factory()
+    below = descendants(node.proc.pid)
+    assert len(worker_processes(node.proc.pid)) == 2, below
+    assert node.stop(signal.SIGKILL) == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while (left := [pid for pid in below if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:  # leave no stray process behind, whatever the verdict
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs (a zombie, ended but not yet reaped, counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -83,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(compress)
     _verbose(compress)
     compress.add_argument("--dry-run", action="store_true", help="only say what would change")
-    compress.add_argument("--workers", type=int, help="threads (default: [compression] workers)")
+    compress.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (default: [compression] workers)",
+    )
     compress.add_argument(
         "--retry",
         action="store_true",
@@ -262,6 +266,7 @@ def _has_index(settings: Settings) -> bool:
 def cmd_compress(settings: Settings, args: argparse.Namespace) -> int:
     from compacs.index import open_index
     from compacs.jobs.compress import FAILED, Compressor
+    from compacs.jobs.pool import WorkerProcesses
     from compacs.maintenance import compress_stored
     from compacs.storage import open_store
 
@@ -269,23 +274,30 @@ def cmd_compress(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     store = open_store(settings.resolved_store_url)
     index = open_index(settings.resolved_index_url)
+    encoder = None
     try:
         policy = settings.policy
         if policy.when == "off":
             from dataclasses import replace
 
             policy = replace(policy, when="deferred")  # an explicit command overrides 'off'
-        compressor = Compressor(store, index, policy)
+        workers = max(1, args.workers or policy.workers)
+        # the node's mechanism: the CPU part in worker processes, so that GIL-holding
+        # codecs (pyjpegls, RLE) and the Python parts of each job use every core
+        encoder = None if args.dry_run else WorkerProcesses(workers)
+        compressor = Compressor(store, index, policy, encoder)
         with live(verbose=args.verbose):
             summary = compress_stored(
                 compressor,
                 index,
                 policy,
-                workers=args.workers or max(policy.workers, 1),
+                workers=workers,
                 retry=args.retry,
                 dry_run=args.dry_run,
             )
     finally:
+        if encoder is not None:
+            encoder.close(60)
         index.close()
     return 3 if summary.states[FAILED] else 0
 

@@ -84,13 +84,14 @@ class Ingest:
         *,
         routing: Routing | None = None,
         max_object_size: int = 2**31,
-        compress_now: Callable[[str], object] | None = None,
+        compress_now: Callable[[str, str, bytes], object] | None = None,
         queued: Callable[[], None] | None = None,
         forward_queued: Callable[[], None] | None = None,
     ) -> None:
-        """``compress_now(sop_instance_uid)`` compresses before the response (policy
-        ``when = "ingest"``); ``queued()`` tells the workers a job is waiting;
-        ``forward_queued()`` tells the forwarders a delivery is waiting."""
+        """``compress_now(sop_instance_uid, storage_key, data)`` compresses before the
+        response (policy ``when = "ingest"``), from the bytes still in memory; ``queued()``
+        tells the workers a job is waiting; ``forward_queued()`` tells the forwarders a
+        delivery is waiting."""
         self.store = store
         self.index = index
         self.duplicates = duplicates
@@ -183,7 +184,7 @@ class Ingest:
         if not result.added:
             log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
         elif due is not None:
-            self._compress(sop_instance)
+            self._compress(sop_instance, key, parts)
         if result.added and forwards and self.forward_queued is not None:
             self.forward_queued()
         return Outcome(Status.SUCCESS)
@@ -258,12 +259,14 @@ class Ingest:
         # for a crash in between, so the workers leave it alone for a while
         return time.time() + (self.policy.delay if self.policy.when == "deferred" else 60), None
 
-    def _compress(self, sop_instance: str) -> None:
+    def _compress(self, sop_instance: str, key: str, parts: tuple[bytes, bytes]) -> None:
         """Compress now (policy 'ingest') or wake the workers; never fails the store:
-        the original is durable and indexed, and its job stays queued on any error."""
+        the original is durable and indexed, and its job stays queued on any error. The
+        encoder gets the object's bytes from memory (one buffer: it goes to a worker
+        process), not read back from the store."""
         if self.policy.when == "ingest" and self.compress_now is not None:
             try:
-                self.compress_now(sop_instance)
+                self.compress_now(sop_instance, key, b"".join(parts))
             except Exception:
                 log.exception("compression at ingest of %s failed; stays queued", sop_instance)
         elif self.queued is not None:

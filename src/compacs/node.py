@@ -19,6 +19,7 @@ from compacs.index import open_index
 from compacs.ingest import Ingest
 from compacs.jobs.compress import Compressor
 from compacs.jobs.forward import Forwarder
+from compacs.jobs.pool import Encoder, InProcess, WorkerProcesses
 from compacs.jobs.workers import CompressionWorkers
 from compacs.lockfile import InUse, serving_locks
 from compacs.metrics import MetricsServer
@@ -67,7 +68,10 @@ class Node:
         self.node_id = f"{socket.gethostname()}:{settings.port}"
         log_recovery(leftovers, self.index.release_claims(self.node_id))
         policy = settings.policy
-        self.compressor = Compressor(self.store, self.index, policy)
+        # the CPU part of compression in [compression] workers processes; with 0 (no
+        # background workers) policy "ingest" still compresses, in the receiving thread
+        self.encoder: Encoder = WorkerProcesses(policy.workers) if policy.workers else InProcess()
+        self.compressor = Compressor(self.store, self.index, policy, self.encoder)
         self.workers = CompressionWorkers(
             self.compressor, self.index, policy.workers, on_done=self._compressed, node=self.node_id
         )
@@ -187,10 +191,11 @@ class Node:
                 raise
         self._stopped = threading.Event()
 
-    def _compress_now(self, sop_instance_uid: str) -> None:
+    def _compress_now(self, sop_instance_uid: str, key: str, data: bytes) -> None:
+        """Policy "ingest": compress before the response, from the received bytes."""
         facts = self.index.claim_instance(sop_instance_uid, "ingest")
         if facts is not None:
-            self.compressor.process(facts)
+            self.compressor.process(facts, written=(key, data))
             self.forwarder.wake()
 
     def _compressed(self) -> None:
@@ -212,6 +217,7 @@ class Node:
             self.index.url,
             self.store.url,
         )
+        self.encoder.start()
         self.workers.start()
         self.forwarder.start()
         if self.metrics is not None:
@@ -253,6 +259,7 @@ class Node:
             for assoc in active:
                 assoc.join(5)
         self.workers.stop(timeout)
+        self.encoder.close(timeout)
         self.forwarder.stop(timeout)
         if self.metrics is not None:
             self.metrics.stop()

@@ -9,23 +9,15 @@ recorded on the instance (``compression`` = failed, with a note) and logged.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from io import BytesIO
 from typing import Any
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-
 from compacs import metrics
-from compacs.codecs.lossy import DerivationRefused, derive
-from compacs.codecs.pixels import NotCompressible
-from compacs.codecs.table import CodecUnavailable, codec_for
-from compacs.codecs.transcode import Transcoded, transcode
-from compacs.dicom.attributes import extract
+from compacs.codecs.table import Codec, codec_for
+from compacs.codecs.work import Encoding, Outcome
 from compacs.index import (
     Duplicates,
     Index,
@@ -34,15 +26,10 @@ from compacs.index import (
     NewInstance,
     ObjectChange,
 )
-from compacs.index.compression_state import (
-    COMPRESSED,
-    DERIVED,
-    FAILED,
-    KEPT,
-    SKIPPED,
-)
+from compacs.index.compression_state import COMPRESSED, DERIVED, FAILED, KEPT, SKIPPED
 from compacs.index.sql import utc_now
 from compacs.ingest import storage_key
+from compacs.jobs.pool import Encoder, InProcess, PoolClosed, replay
 from compacs.logs import about
 from compacs.rules import Decision, Policy
 from compacs.storage import BlobStore
@@ -50,8 +37,8 @@ from compacs.storage import BlobStore
 log = logging.getLogger(__name__)
 
 
-def read_header(data: bytes) -> Dataset:
-    return dcmread(BytesIO(data), stop_before_pixels=True)
+JustWritten = tuple[str, bytes]
+"""(storage key, bytes) of an object just written, still in memory."""
 
 
 @dataclass(frozen=True)
@@ -64,25 +51,33 @@ class Result:
 
 
 class Compressor:
-    def __init__(self, store: BlobStore, index: Index, policy: Policy) -> None:
+    """Claimed job -> switched index. The CPU part of a job runs in ``encoder``
+    (:mod:`compacs.jobs.pool`: worker processes, or the calling thread by default); reading
+    and writing the store and switching the index stay here, in the node's threads."""
+
+    def __init__(
+        self, store: BlobStore, index: Index, policy: Policy, encoder: Encoder | None = None
+    ) -> None:
         self.store = store
         self.index = index
         self.policy = policy
+        self.encoder: Encoder = encoder if encoder is not None else InProcess()
 
-    def process(self, facts: InstanceFacts, reconsider: bool = False) -> Result:
+    def process(
+        self, facts: InstanceFacts, reconsider: bool = False, written: JustWritten | None = None
+    ) -> Result:
         """Compress the instance described by ``facts`` (a claimed job or a candidate).
 
         ``reconsider`` (``compacs compress --retry``): an instance stored in one of several
         candidates of ``smallest`` is encoded with the others, and replaced only by a
-        smaller encoding."""
+        smaller encoding. ``written``: the object's bytes still in memory (policy
+        ``when = "ingest"``), used if the instance still references them, instead of a
+        second read of what was just written."""
         start = time.perf_counter()
-        result = self._process_safely(facts, reconsider)
+        result = self._guarded(facts, lambda: self._process(facts, reconsider, written))
         metrics.CODEC_SECONDS.inc(time.perf_counter() - start)
         metrics.CODEC_RUNS.inc(result=result.state, syntax=result.transfer_syntax or "")
         return result
-
-    def _process_safely(self, facts: InstanceFacts, reconsider: bool) -> Result:
-        return self._guarded(facts, lambda: self._process(facts, reconsider))
 
     def _guarded(self, facts: InstanceFacts, run: Callable[[], Result]) -> Result:
         try:
@@ -90,6 +85,8 @@ class Compressor:
                 result = run()
         except IndexUnavailable:  # not this object's failure: processed again later
             raise
+        except PoolClosed:
+            raise  # the node stops: the job stays claimed, queued again at the next start
         except Exception as exc:  # never let a codec or a file take the worker down
             log.exception("compression of %s failed", facts["sop_instance_uid"])
             result = Result(
@@ -106,7 +103,26 @@ class Compressor:
             facts["pk"], facts["storage_key"], change, result.state, result.note
         )
 
-    def _process(self, facts: InstanceFacts, reconsider: bool = False) -> Result:
+    def _read(self, facts: InstanceFacts, written: JustWritten | None) -> bytes:
+        """The stored object's bytes: those still in memory when they are the ones the
+        instance references (the key names their SHA-256), else read from the store."""
+        if written is not None and written[0] == facts["storage_key"]:
+            return written[1]
+        return self.store.get(facts["storage_key"])
+
+    def _encode(
+        self, data: bytes, codecs: tuple[Codec, ...], options: Any, lossy: bool
+    ) -> Encoding:
+        """The job's CPU part, wherever the encoder runs it; what the libraries logged and
+        warned in a worker process is emitted here, naming the instance
+        (:func:`compacs.logs.about`)."""
+        encoding = self.encoder.encode(data, codecs, options, lossy)
+        replay(encoding.messages)
+        return encoding
+
+    def _process(
+        self, facts: InstanceFacts, reconsider: bool = False, written: JustWritten | None = None
+    ) -> Result:
         before = int(facts["bytes_stored"])
         decision = self.policy.verdict(facts)
         if isinstance(decision, str):  # the policy keeps it as received, and says why
@@ -122,20 +138,21 @@ class Compressor:
         if in_target:  # smallest, reconsidered: the stored object is one of the candidates
             others = tuple(c for c in decision.codecs if c.transfer_syntax != stored)
             decision = replace(decision, codecs=others)
-        data = self.store.get(facts["storage_key"])
-        if decision.lossy:
-            return self._derive_lossy(facts, data, decision)
-        best, errors = self._encode(data, decision)
-        if isinstance(best, Result):  # not compressible at all
-            self._finish(facts, None, best)
-            return best
-        if best is None:
-            result = Result(FAILED, "; ".join(errors)[:500], before, before)
+        data = self._read(facts, written)
+        encoding = self._encode(data, decision.codecs, decision.options, decision.lossy)
+        if encoding.outcome in (Outcome.NOT_COMPRESSIBLE, Outcome.REFUSED):
+            result = Result(SKIPPED, encoding.note, before, before)
+            self._finish(facts, None, result)
+            return result
+        if encoding.outcome is Outcome.FAILED:
+            result = Result(FAILED, encoding.note, before, before)
             log.warning("could not compress %s: %s", facts["sop_instance_uid"], result.note)
             self._finish(facts, None, result)
             return result
-        if (self.policy.require_smaller or in_target) and len(best.data) >= len(data):
-            note = f"{best.codec.name} gave {len(best.data)} bytes, not smaller"
+        if decision.lossy:
+            return self._store_derived(facts, len(data), encoding, decision)
+        if (self.policy.require_smaller or in_target) and len(encoding.data) >= len(data):
+            note = f"{encoding.codec} gave {len(encoding.data)} bytes, not smaller"
             if in_target:
                 tried = ", ".join(c.name for c in decision.codecs)
                 note = f"stored syntax stays the smallest (tried {tried}): {note}"
@@ -143,12 +160,12 @@ class Compressor:
             self._finish(facts, None, result)
             return result
 
-        return self._switch(facts, best, best.codec.name)
+        return self._switch(facts, encoding, encoding.codec)
 
-    def _switch(self, facts: InstanceFacts, encoded: Transcoded, note: str) -> Result:
+    def _switch(self, facts: InstanceFacts, encoded: Encoding, note: str) -> Result:
         """Store ``encoded`` under a new key and switch the instance to it."""
         before = int(facts["bytes_stored"])
-        digest = hashlib.sha256(encoded.data).hexdigest()
+        digest = encoded.sha256  # hashed once, where the bytes were made
         key = storage_key(
             facts["study_uid"], facts["series_uid"], facts["sop_instance_uid"], digest
         )
@@ -169,44 +186,27 @@ class Compressor:
 
         def run() -> Result:
             data = self.store.get(facts["storage_key"])
-            encoded = transcode(data, codec_for("jpeg-ls"))
-            return self._switch(facts, encoded, f"jpeg-ls re-encoded: {reason}"[:500])
+            encoding = self._encode(data, (codec_for("jpeg-ls"),), {}, False)
+            if encoding.outcome is not Outcome.ENCODED:
+                before = int(facts["bytes_stored"])
+                result = Result(FAILED, encoding.note, before, before)
+                self._finish(facts, None, result)
+                return result
+            return self._switch(facts, encoding, f"jpeg-ls re-encoded: {reason}"[:500])
 
         return self._guarded(facts, run)
 
-    def _derive_lossy(self, facts: InstanceFacts, data: bytes, decision: Decision) -> Result:
+    def _store_derived(
+        self, facts: InstanceFacts, before: int, encoded: Encoding, decision: Decision
+    ) -> Result:
         """Store the lossy derivative as a new instance (new SOP Instance UID); keep or drop
         the original as the rule says. Only a rule with ``lossy = true`` gets here."""
-        before = len(data)
-        errors: list[str] = []
-        best: tuple[Transcoded, str] | None = None
-        for codec in decision.codecs:
-            try:
-                candidate = derive(data, codec, dict(decision.options))
-            except DerivationRefused as exc:
-                result = Result(SKIPPED, str(exc), before, before)
-                self._finish(facts, None, result)
-                return result
-            except NotCompressible as exc:
-                result = Result(SKIPPED, f"not compressible: {exc}", before, before)
-                self._finish(facts, None, result)
-                return result
-            except Exception as exc:
-                errors.append(f"{codec.name}: {type(exc).__name__}: {exc}")
-                continue
-            if best is None or len(candidate[0].data) < len(best[0].data):
-                best = candidate
-        if best is None:
-            result = Result(FAILED, "; ".join(errors)[:500], before, before)
-            self._finish(facts, None, result)
-            return result
-        encoded, new_uid = best
-        digest = hashlib.sha256(encoded.data).hexdigest()
+        new_uid, digest = encoded.new_uid, encoded.sha256
         key = storage_key(facts["study_uid"], facts["series_uid"], new_uid, digest)
-        derived = read_header(encoded.data)
+        assert encoded.attributes is not None  # the worker extracts them with the encoding
         self.store.put(key, encoded.data)
         instance = NewInstance(
-            attributes=extract(derived),
+            attributes=encoded.attributes,
             storage_key=key,
             transfer_syntax=encoded.transfer_syntax,
             bytes_received=before,  # what the original took: the saving shows in stats
@@ -221,7 +221,7 @@ class Compressor:
         except Exception:
             self.store.delete(key)
             raise
-        note = f"lossy derivative {new_uid} ({encoded.codec.name})"
+        note = f"lossy derivative {new_uid} ({encoded.codec})"
         if decision.keep_original:
             result = Result(DERIVED, note, before, before, facts["transfer_syntax_stored"])
             self._finish(facts, None, result)
@@ -238,24 +238,3 @@ class Compressor:
             )
         log.info("%s: %s", facts["sop_instance_uid"], result.note)
         return result
-
-    def _encode(self, data: bytes, decision: Decision) -> tuple[Any, list[str]]:
-        """The smallest verified encoding among the decision's codecs."""
-        best: Transcoded | None = None
-        errors: list[str] = []
-        for codec in decision.codecs:
-            try:
-                encoded = transcode(data, codec, dict(decision.options))
-            except NotCompressible as exc:
-                before = len(data)
-                return Result(SKIPPED, f"not compressible: {exc}", before, before), errors
-            except CodecUnavailable as exc:
-                errors.append(f"{codec.name}: {exc}")
-                continue
-            except Exception as exc:
-                errors.append(f"{codec.name}: {type(exc).__name__}: {exc}")
-                log.warning("%s failed: %s", codec.name, exc)
-                continue
-            if best is None or len(encoded.data) < len(best.data):
-                best = encoded
-        return best, errors

@@ -1,8 +1,9 @@
 """Compression workers: threads that claim due jobs from the index and compress them.
 
-Threads, not processes: the codecs (imagecodecs) release the GIL while they encode and
-decode, so two threads keep both cores busy while the network threads keep receiving
-(measured in docs/codecs.md). Jobs live in the index, so pending work survives a restart.
+Each thread claims a job, reads the stored object, hands the CPU part to the compressor's
+encoder (worker processes, :mod:`compacs.jobs.pool`) and waits without the GIL, then
+writes the result and switches the index. Jobs live in the index, so pending work
+survives a restart.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 
 from compacs.index import Index, InstanceFacts
 from compacs.jobs.compress import Compressor
+from compacs.jobs.pool import PoolClosed
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,10 @@ class CompressionWorkers:
                 self._wake.wait(self.poll)
                 self._wake.clear()
                 continue
-            self._process(jobs)
+            try:
+                self._process(jobs)
+            except PoolClosed:  # the node stops: the claim is released at the next start
+                return
             if self.on_done is not None:
                 self.on_done()
 
@@ -86,6 +91,8 @@ class CompressionWorkers:
             facts = jobs[0]
             try:
                 self.compressor.process(facts)
+            except PoolClosed:
+                raise
             except Exception as exc:
                 log.warning(
                     "compression of %s not recorded (%s: %s): tried again in %.0f s",

@@ -1,0 +1,259 @@
+"""Where a compression job's CPU part runs: in worker processes, or in the calling thread.
+
+Worker processes (issue 15): parsing, frame extraction, compare and encapsulation hold the
+GIL, and so do some codecs (pyjpegls, pylibjpeg-openjpeg, RLE); in threads of the node they
+take it from the threads that receive. So the CPU part of a job
+(:func:`compacs.codecs.work.encode_named`: bytes in, a small picklable
+:class:`~compacs.codecs.work.Encoding` out) runs in long-lived worker processes, while the
+node's threads claim jobs, read and write the store and switch the index: children need
+neither index nor store.
+
+The mechanism is :class:`concurrent.futures.ProcessPoolExecutor` with the "forkserver"
+start method: "fork" from a multi-threaded process can copy a lock some other thread held
+(the index's, the logging module's) into a child where nobody will release it. The fork
+server is a fresh interpreter that imports the codecs layer once
+(:func:`multiprocessing.set_forkserver_preload`); the workers fork from it and share those
+pages, so the children's proportional memory (PSS) stays small.
+
+Each worker process has its own single-worker executor (a *lane*), and a job takes a whole
+lane: when a process dies (a codec's segfault, kill -9, the OOM killer) ProcessPoolExecutor
+breaks the whole executor and fails every future in it; with one process per executor that
+is exactly the one job the process was running. That job is recorded as failed ("worker
+process died: ..."), the original stays as it was, and the lane starts a new process for
+the next job.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import select
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol
+
+import pydicom.config
+
+from compacs.codecs.table import Codec, codec_for
+from compacs.codecs.work import Encoding, Message, Outcome, encode_best, encode_named
+
+log = logging.getLogger(__name__)
+
+PRELOAD = ["__main__", "compacs.jobs.pool"]
+"""What the fork server imports once before it forks workers: the codecs layer, and the
+main module multiprocessing makes every child import (nothing for ``python -m compacs``;
+the ``compacs`` script's guarded imports otherwise), so that children share it."""
+
+
+class PoolClosed(RuntimeError):
+    """The pool was closed (the node stops) while the job ran: the job is not finished,
+    its claim is released at the next start."""
+
+
+class Encoder(Protocol):
+    """Runs a job's CPU part (:func:`compacs.codecs.work.encode_best`)."""
+
+    def encode(
+        self, data: bytes, codecs: Sequence[Codec], options: Mapping[str, Any], lossy: bool
+    ) -> Encoding: ...
+
+    def start(self) -> None: ...
+
+    def close(self, timeout: float) -> None: ...
+
+
+class InProcess:
+    """The CPU part in the calling thread: ``[compression] workers = 0`` (no background
+    workers; policy ``when = "ingest"`` still compresses in the receiving thread), and
+    callers that hand in codecs outside the table (tests)."""
+
+    def encode(
+        self, data: bytes, codecs: Sequence[Codec], options: Mapping[str, Any], lossy: bool
+    ) -> Encoding:
+        return encode_best(data, codecs, options, lossy)
+
+    def start(self) -> None:
+        pass
+
+    def close(self, timeout: float) -> None:
+        pass
+
+
+def table_names(codecs: Sequence[Codec]) -> tuple[str, ...]:
+    """The codecs' names, which a worker process looks up in its own table; ValueError for
+    a codec that is not the table's own row (the worker would encode with another)."""
+    for codec in codecs:
+        if codec_for(codec.name) is not codec:
+            raise ValueError(
+                f"codec {codec.name!r} is not the codec table's: a worker process cannot run it"
+            )
+    return tuple(codec.name for codec in codecs)
+
+
+_REGISTRIES: dict[str, dict[Any, Any]] = {}
+"""Per source file, what :func:`warnings.warn_explicit` remembers of warnings shown
+("default" shows each once per place), as a module's ``__warningregistry__`` would."""
+
+
+def replay(messages: Sequence[Message]) -> None:
+    """Emit a worker process's log records and warnings in this process, in their order,
+    as if raised here: through the same loggers, handlers and warning filters."""
+    for m in messages:
+        if m.category is not None:
+            registry = _REGISTRIES.setdefault(m.filename, {})
+            warnings.warn_explicit(m.text, m.category, m.filename, m.lineno, registry=registry)
+            continue
+        logger = logging.getLogger(m.logger)
+        if logger.isEnabledFor(m.level):
+            record = logger.makeRecord(m.logger, m.level, m.filename, m.lineno, m.text, None, None)
+            record.exc_text = m.exc_text
+            logger.handle(record)
+
+
+class _Lane:
+    """One worker process in an executor of its own (see the module docstring)."""
+
+    def __init__(self, context: Any, number: int) -> None:
+        self._context = context
+        self.number = number
+        self._executor: ProcessPoolExecutor | None = None
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        """Start the worker process (and learn its pid) unless it runs."""
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=self._context,
+                initializer=_worker_start,
+                initargs=(os.getpid(), pydicom.config.settings.reading_validation_mode),
+            )
+            self.pid = self._executor.submit(os.getpid).result()
+
+    def _submit(self, *args: Any) -> Future[Encoding]:
+        self.start()
+        assert self._executor is not None
+        try:
+            return self._executor.submit(encode_named, *args)
+        except BrokenProcessPool:  # it died between jobs: no job of its own was lost
+            log.warning("compression worker process %s had died while idle: replaced", self.pid)
+            self.discard()
+            self.start()
+            assert self._executor is not None
+            return self._executor.submit(encode_named, *args)
+
+    def run(
+        self, data: bytes, names: tuple[str, ...], options: dict[str, Any], lossy: bool
+    ) -> Encoding:
+        level = logging.getLogger().getEffectiveLevel()
+        future = self._submit(data, names, options, lossy, level)
+        pid = self.pid
+        try:
+            return future.result()
+        except BrokenProcessPool as exc:
+            self.discard()
+            note = (
+                f"worker process died: pid {pid} ended abruptly while encoding with "
+                f"{', '.join(names)} (a codec crash, a kill or the out-of-memory killer; "
+                f"{exc})"
+            )
+            log.error("compression %s", note)
+            return Encoding(Outcome.FAILED, note[:500])
+
+    def discard(self) -> None:
+        """Let go of the executor (broken, or the pool closes); the next job starts anew."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+
+
+class WorkerProcesses:
+    """``count`` long-lived worker processes; :meth:`encode` blocks the calling thread
+    (which holds no GIL while it waits) until a process has run the job."""
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError("worker processes: count must be >= 1")
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(PRELOAD)
+        self._lanes = [_Lane(self._context, n) for n in range(count)]
+        self._free: queue.SimpleQueue[_Lane] = queue.SimpleQueue()
+        for lane in self._lanes:
+            self._free.put(lane)
+        self._closed = threading.Event()
+
+    def start(self) -> None:
+        """Start every worker process now rather than at the first job. A process that
+        cannot start is logged, not raised: the node keeps receiving, and each job tries
+        again (and fails with the reason, the original kept)."""
+        for lane in self._lanes:
+            try:
+                lane.start()
+            except Exception:
+                log.exception("compression worker process %d could not start", lane.number)
+                lane.discard()
+
+    def pids(self) -> list[int]:
+        """The running worker processes (for tests and measurements)."""
+        return [lane.pid for lane in self._lanes if lane.pid is not None]
+
+    def encode(
+        self, data: bytes, codecs: Sequence[Codec], options: Mapping[str, Any], lossy: bool
+    ) -> Encoding:
+        names = table_names(codecs)
+        if self._closed.is_set():
+            raise PoolClosed("the compression worker processes are closed")
+        lane = self._free.get()
+        try:
+            result = lane.run(data, names, dict(options), lossy)
+        finally:
+            self._free.put(lane)
+        if self._closed.is_set() and result.outcome is Outcome.FAILED:
+            raise PoolClosed("the compression worker processes were closed during the job")
+        return result
+
+    def close(self, timeout: float) -> None:
+        """Stop the worker processes: a job still running after ``timeout`` seconds is
+        killed (its waiting thread gets :class:`PoolClosed`, the job stays claimed)."""
+        self._closed.set()
+        pids = self.pids()
+        for lane in self._lanes:
+            lane.discard()
+        deadline = time.monotonic() + timeout
+        for pid in pids:
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                log.warning("compression worker process %d still busy at the stop: killed", pid)
+                os.kill(pid, signal.SIGKILL)
+
+
+def _worker_start(node: int, validation_mode: int) -> None:
+    """Initializer of a worker process: read data sets as the node does (its pydicom
+    validation mode), and end with the node. A ProcessPoolExecutor worker holds both ends
+    of its call queue's pipe, so after a kill -9 of the node it would wait for a job
+    forever (and keep the fork server alive); a pidfd of the node becomes readable when the
+    node ends (pidfd_open(2), Linux 5.3), which a daemon thread waits for."""
+    pydicom.config.settings.reading_validation_mode = validation_mode
+    pidfd = os.pidfd_open(node)
+
+    def leave_with_the_node() -> None:
+        select.select([pidfd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=leave_with_the_node, name="node-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
