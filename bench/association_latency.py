@@ -27,33 +27,17 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
+from tests.conftest import (
+    NO_COMPRESSION,
+    NodeProcess,
+    PollingNode,
+    cpu_seconds,
+    dcmtk_env,
+    write_config,
+)
 
 from compacs.net.event_reactor import event_driven_on_open
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, NodeProcess, dcmtk_env, write_config
-
-POLLING_LAUNCHER = (
-    "import runpy, sys\n"
-    "import compacs.net.event_reactor as reactor\n"
-    "reactor.make_event_driven = lambda assoc: assoc  # pynetdicom's own polling reactors\n"
-    "sys.argv = ['compacs', *sys.argv[1:]]\n"
-    "runpy.run_module('compacs', run_name='__main__')\n"
-)
-
-
-class PollingNode(NodeProcess):
-    """``compacs serve`` with pynetdicom's polling reactors (the node before the change)."""
-
-    @property
-    def command(self) -> list[str]:
-        cmd = super().command
-        index = cmd.index("-m")
-        return [*cmd[:index], "-c", POLLING_LAUNCHER, *cmd[index + 2 :]]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks
 
 
 def write_series(folder: Path, count: int = 200) -> tuple[str, str]:
