@@ -351,8 +351,6 @@ class EventDrivenDUL(DULServiceProvider):
         if self.state_machine.current_state == "Sta13":
             return  # pynetdicom reads what is left, then closes: no waiting
         fd = self._socket_fd()
-        if fd is None and self._has_tls_bytes():
-            return
         waker = self._waker
         waker.waiting = True
         try:
