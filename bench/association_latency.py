@@ -7,6 +7,7 @@ beside the event-driven ones, alternating, in the same minutes (the machine is s
 Per run and variant, a fresh node (compression off):
 - storescu (TCP_NODELAY=1): 200 small CT instances on one association, acks/s;
 - findscu: C-FIND IMAGE with 200 matches, ms for the whole run;
+- movescu: C-MOVE of the study (200 instances) to DCMTK storescp, ms;
 - a pynetdicom SCU (itself event driven, so that the client adds no polling): 200 C-ECHOs
   and a 200-match C-FIND on one association, ms per message;
 - CPU seconds of the node over 5 s with 8 idle associations open.
@@ -38,6 +39,7 @@ from tests.conftest import (
 
 from compacs.net.event_reactor import event_driven_on_open
 from compacs.synthetic import ct_series
+from peers import StoreSCP  # bench/ is the working directory (see bench/README.md)
 
 
 def write_series(folder: Path, count: int = 200) -> tuple[str, str]:
@@ -84,6 +86,19 @@ def findscu_ms(node: NodeProcess, study: str, series: str) -> float:
         [*cmd, "127.0.0.1", str(node.port)], env=dcmtk_env(), check=True, capture_output=True
     )
     return (time.perf_counter() - start) * 1000
+
+
+def movescu_ms(node: NodeProcess, study: str, dest: StoreSCP, count: int) -> float:
+    dest.clear()
+    cmd = ["movescu", "-S", "-aet", "LATENCY", "-aec", node.aet, "-aem", dest.aet]
+    cmd += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+    start = time.perf_counter()
+    subprocess.run(
+        [*cmd, "127.0.0.1", str(node.port)], env=dcmtk_env(), check=True, capture_output=True
+    )
+    elapsed = (time.perf_counter() - start) * 1000
+    assert len(dest.files()) == count, len(dest.files())
+    return elapsed
 
 
 def echo_ms(node: NodeProcess, count: int = 200) -> float:
@@ -133,14 +148,19 @@ def idle_cpu(node: NodeProcess, associations: int = 8, seconds: float = 5) -> fl
             assoc.release()
 
 
-def one_run(kind: type[NodeProcess], work: Path, folder: Path, uids: tuple[str, str]) -> dict:
+def one_run(
+    kind: type[NodeProcess], work: Path, folder: Path, uids: tuple[str, str], dest: StoreSCP
+) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     config = write_config(work / "plain.toml", NO_COMPRESSION)
-    node = kind(work / "data", config=config, extra_args=("--log-level", "WARNING")).start()
+    peer = f"{dest.aet}@127.0.0.1:{dest.port}"
+    extra = ("--log-level", "WARNING", "--peer", peer)
+    node = kind(work / "data", config=config, extra_args=extra).start()
     try:
         return {
             "C-STORE acks/s (storescu, 200 small)": storescu_acks_per_s(node, folder, 200),
             "C-FIND IMAGE 200 matches, findscu (ms)": findscu_ms(node, *uids),
+            "C-MOVE 200 to storescp, movescu (ms)": movescu_ms(node, uids[0], dest, 200),
             "C-FIND response, pynetdicom SCU (ms each)": find_ms(node, *uids),
             "C-ECHO, pynetdicom SCU, one association (ms each)": echo_ms(node),
             "node CPU, 8 idle associations, 5 s (s)": idle_cpu(node),
@@ -158,12 +178,17 @@ def main() -> int:
         folder = work / "series"
         uids = write_series(folder)
         results: dict[str, dict[str, list[float]]] = {"polling": {}, "event-driven": {}}
-        for n in range(args.runs):
-            for name, kind in (("polling", PollingNode), ("event-driven", NodeProcess)):
-                out = one_run(kind, work / f"{name}-{n}", folder, uids)
-                for key, value in out.items():
-                    results[name].setdefault(key, []).append(value)
-                print(name, n, {k: round(v, 3) for k, v in out.items()}, flush=True)
+        dest = StoreSCP(work / "dest", aet="DEST", fork=False)
+        dest.start()
+        try:
+            for n in range(args.runs):
+                for name, kind in (("polling", PollingNode), ("event-driven", NodeProcess)):
+                    out = one_run(kind, work / f"{name}-{n}", folder, uids, dest)
+                    for key, value in out.items():
+                        results[name].setdefault(key, []).append(value)
+                    print(name, n, {k: round(v, 3) for k, v in out.items()}, flush=True)
+        finally:
+            dest.stop()
     print(f"\n| median of {args.runs} | polling (before) | event-driven (after) |")
     print("|---|---|---|")
     for key in results["polling"]:

@@ -154,6 +154,7 @@ def test_a_vanished_peer_ends_the_association_at_once(node_factory):
     """The DUL waits on its socket: a peer whose connection closes is seen at once and
     the association's threads end (not at the network timeout, 60 s here)."""
     node = node_factory()
+    time.sleep(0.5)  # the start-up probe's association has ended
     baseline = _threads(node)
     assoc = _associate(_client(Verification), node)
     assert _threads(node) > baseline
@@ -161,7 +162,7 @@ def test_a_vanished_peer_ends_the_association_at_once(node_factory):
     deadline = time.monotonic() + 5
     while _threads(node) > baseline and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _threads(node) == baseline
+    assert _threads(node) <= baseline, "the association's threads outlived its connection"
     again = _associate(_client(Verification), node)
     assert again.send_c_echo().Status == 0
     again.release()
