@@ -130,6 +130,32 @@ class NodeProcess:
         return json.loads(result.stdout)
 
 
+POLLING_LAUNCHER = (
+    "import runpy, sys\n"
+    "import compacs.net.event_reactor as reactor\n"
+    "reactor.make_event_driven = lambda assoc: assoc\n"
+    "sys.argv = ['compacs', *sys.argv[1:]]\n"
+    "runpy.run_module('compacs', run_name='__main__')\n"
+)
+
+
+class PollingNode(NodeProcess):
+    """``compacs serve`` with pynetdicom's own polling reactors (net/event_reactor.py
+    switched off in its process): the reference the event-driven node is measured against."""
+
+    @property
+    def command(self) -> list[str]:
+        cmd = super().command
+        at = cmd.index("-m")
+        return [*cmd[:at], "-c", POLLING_LAUNCHER, *cmd[at + 2 :]]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "compacs", *args],

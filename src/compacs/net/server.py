@@ -24,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from compacs import metrics
 from compacs.dicom.sop_classes import storage_sop_classes
 from compacs.dicom.syntaxes import accepted_for_storage
+from compacs.net.event_reactor import event_driven_on_open, require_supported
 from compacs.net.guard import ConnectionGuard
 from compacs.net.negotiation import prefer_on_request
 from compacs.net.reactor_guard import keep_responses_on_open
@@ -124,8 +125,12 @@ def set_nodelay(event) -> None:
 
 
 # Every association compacs requests (C-MOVE/C-GET destinations, forwarding, commitment
-# reports) is opened with these.
-REQUESTOR_HANDLERS = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_CONN_OPEN, keep_responses_on_open)]
+# reports) is opened with these: event driven (net/event_reactor.py) and race-guarded.
+REQUESTOR_HANDLERS = [
+    (evt.EVT_CONN_OPEN, set_nodelay),
+    (evt.EVT_CONN_OPEN, keep_responses_on_open),
+    (evt.EVT_CONN_OPEN, event_driven_on_open),
+]
 
 
 def _counted(outcome: str) -> Any:
@@ -143,10 +148,12 @@ def end_negotiation_on_close(event) -> None:
         assoc.dul.to_user_queue.put(None)
 
 
-# Acceptor side: the reactor guard, the transfer syntax preference for what the requestor
-# proposed, associations by outcome for the metrics endpoint, and the above.
+# Acceptor side: the reactor guard, event-driven reactors, the transfer syntax preference
+# for what the requestor proposed, associations by outcome for the metrics endpoint, and
+# the above.
 ACCEPTOR_HANDLERS = [
     (evt.EVT_CONN_OPEN, keep_responses_on_open),
+    (evt.EVT_CONN_OPEN, event_driven_on_open),
     (evt.EVT_REQUESTED, prefer_on_request),
     (evt.EVT_CONN_CLOSE, end_negotiation_on_close),
     (evt.EVT_ESTABLISHED, _counted("established")),
@@ -160,7 +167,11 @@ def build_ae(
 ) -> AE:
     """An AE accepting Verification and every storage SOP class (see ``sop_classes``), each
     with every transfer syntax a modality may send (PS3.5 Annex A); the order in which they
-    are accepted is set per association by ``prefer_on_request``."""
+    are accepted is set per association by ``prefer_on_request``.
+
+    Raises ``event_reactor.UnsupportedPynetdicom`` when the installed pynetdicom is not
+    the one the event-driven associations were written for: the node does not start."""
+    require_supported()
     ae = ArchiveAE(ae_title=ae_title)
     ae.maximum_pdu_size = max_pdu
     ae.maximum_associations = max_associations
