@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from tests.procfs import descendants
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -38,18 +42,38 @@ def wait_for_echo(aet: str, port: int, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def cpu_seconds(pid: int) -> float:
+def _own_cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its waited-for children (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mb(pid: int) -> float:
+def _alive(pids: list[int], read: Callable[[int], float]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):  # gone meanwhile
+            total += read(pid)
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU of a server and every live process below it (compacs's compression worker
+    processes live as long as the node, so their CPU is not yet in the node's cutime)."""
+    return _own_cpu_seconds(pid) + _alive(descendants(pid), _own_cpu_seconds)
+
+
+def _own_peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a server and its live descendants, added up (an upper
+    bound: pages a worker shares with the process it was forked from count twice)."""
+    return _own_peak_rss_mb(pid) + _alive(descendants(pid), _own_peak_rss_mb)
 
 
 def du(path: Path) -> int:
