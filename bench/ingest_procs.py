@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -26,24 +25,7 @@ from pathlib import Path
 from tests.procfs import cpu_seconds, descendants, pss_kib
 
 from compacs.synthetic import ct_series
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_echo(port: int, env: dict[str, str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ok = subprocess.run(
-            ["echoscu", "-aec", "COMPACS", "127.0.0.1", str(port)], env=env, capture_output=True
-        )
-        if ok.returncode == 0:
-            return
-        time.sleep(0.1)
-    raise RuntimeError("node did not answer C-ECHO")
+from ingest_series import free_port, wait_for_echo
 
 
 def tree(pid: int) -> list[int]:
