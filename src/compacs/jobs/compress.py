@@ -172,7 +172,9 @@ class Compressor:
         self.store.put(key, encoded.data)
         change = ObjectChange(key, encoded.transfer_syntax, len(encoded.data), digest)
         result = Result(COMPRESSED, note, before, len(encoded.data), encoded.transfer_syntax)
-        if self._finish(facts, change, result):
+        if key == facts["storage_key"]:  # the same bytes again: nothing to switch or delete
+            self._finish(facts, None, result)
+        elif self._finish(facts, change, result):
             self.store.delete(facts["storage_key"])
         else:  # replaced or deleted meanwhile: the new object belongs to nobody
             self.store.delete(key)
