@@ -24,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from compacs import metrics
 from compacs.dicom.sop_classes import storage_sop_classes
 from compacs.dicom.syntaxes import accepted_for_storage
+from compacs.net import command_set
 from compacs.net.event_reactor import event_driven_on_open, require_supported
 from compacs.net.guard import ConnectionGuard
 from compacs.net.negotiation import prefer_on_request
@@ -172,6 +173,7 @@ def build_ae(
     Raises ``event_reactor.UnsupportedPynetdicom`` when the installed pynetdicom is not
     the one the event-driven associations were written for: the node does not start."""
     require_supported()
+    command_set.install()
     ae = ArchiveAE(ae_title=ae_title)
     ae.maximum_pdu_size = max_pdu
     ae.maximum_associations = max_associations
