@@ -23,21 +23,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 from tests.conftest import (
     NO_COMPRESSION,
     NodeProcess,
     PollingNode,
-    cpu_seconds,
     dcmtk_env,
     write_config,
 )
+from tests.latency import echo_ms, find_ms, idle_cpu
 
-from compacs.net.event_reactor import event_driven_on_open
 from compacs.synthetic import ct_series
 from peers import StoreSCP  # bench/ is the working directory (see bench/README.md)
 
@@ -47,25 +42,6 @@ def write_series(folder: Path, count: int = 200) -> tuple[str, str]:
     for n, ds in enumerate(ct_series(count, 16, 16, seed=5)):
         ds.save_as(folder / f"CT{n:04d}.dcm", enforce_file_format=True)
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
-
-
-def client_ae(*contexts: str) -> AE:
-    ae = AE(ae_title="LATENCY")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    for context in contexts:
-        ae.add_requested_context(context)
-    return ae
-
-
-def associate(ae: AE, node: NodeProcess) -> Any:
-    assoc = ae.associate(
-        "127.0.0.1",
-        node.port,
-        ae_title=node.aet,
-        evt_handlers=[(evt.EVT_CONN_OPEN, event_driven_on_open)],
-    )
-    assert assoc.is_established
-    return assoc
 
 
 def storescu_acks_per_s(node: NodeProcess, folder: Path, count: int) -> float:
@@ -99,53 +75,6 @@ def movescu_ms(node: NodeProcess, study: str, dest: StoreSCP, count: int) -> flo
     elapsed = (time.perf_counter() - start) * 1000
     assert len(dest.files()) == count, len(dest.files())
     return elapsed
-
-
-def echo_ms(node: NodeProcess, count: int = 200) -> float:
-    assoc = associate(client_ae(Verification), node)
-    try:
-        start = time.perf_counter()
-        for _ in range(count):
-            assert assoc.send_c_echo().Status == 0
-        return (time.perf_counter() - start) * 1000 / count
-    finally:
-        assoc.release()
-
-
-def find_ms(node: NodeProcess, study: str, series: str, expected: int = 200) -> float:
-    """ms per response of one C-FIND IMAGE with ``expected`` matches."""
-    query = Dataset()
-    query.QueryRetrieveLevel = "IMAGE"
-    query.StudyInstanceUID, query.SeriesInstanceUID = study, series
-    query.SOPInstanceUID = ""
-    assoc = associate(client_ae(StudyRootQueryRetrieveInformationModelFind), node)
-    try:
-        start = time.perf_counter()
-        matches = sum(
-            1
-            for status, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
-            if status is not None and status.Status in (0xFF00, 0xFF01)
-        )
-        elapsed = (time.perf_counter() - start) * 1000
-        assert matches == expected, matches
-        return elapsed / expected
-    finally:
-        assoc.release()
-
-
-def idle_cpu(node: NodeProcess, associations: int = 8, seconds: float = 5) -> float:
-    """CPU seconds the node spends over ``seconds`` with ``associations`` idle ones open."""
-    ae = client_ae(Verification)
-    held = [associate(ae, node) for _ in range(associations)]
-    try:
-        time.sleep(0.5)
-        assert node.proc is not None
-        before = cpu_seconds(node.proc.pid)
-        time.sleep(seconds)
-        return cpu_seconds(node.proc.pid) - before
-    finally:
-        for assoc in held:
-            assoc.release()
 
 
 def one_run(

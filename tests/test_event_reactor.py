@@ -17,16 +17,15 @@ from pathlib import Path
 
 import pynetdicom
 import pytest
-from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
+from pynetdicom.sop_class import Verification
 
 from compacs.net import event_reactor
-from compacs.net.event_reactor import UnsupportedPynetdicom, event_driven_on_open
+from compacs.net.event_reactor import UnsupportedPynetdicom
 from compacs.net.server import build_ae
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, NodeProcess, PollingNode, cpu_seconds, write_config
+from tests.conftest import NO_COMPRESSION, NodeProcess, PollingNode, write_config
+from tests.latency import associate, client, echo_ms, find_ms, idle_cpu
 from tests.scu import send_datasets
 
 TIMEOUTS = {"acse": 30, "dimse": 30, "network": 60}
@@ -74,39 +73,6 @@ def test_another_pynetdicom_version_stops_the_node_at_start_up(fresh_check, monk
 # -- behaviour through the real node ---------------------------------------------------
 
 
-def _client(*contexts: str, timeout: float = 30) -> AE:
-    ae = AE(ae_title="REACTOR")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for context in contexts:
-        ae.add_requested_context(context)
-    return ae
-
-
-def _associate(ae: AE, node: NodeProcess):
-    """An association whose own reactors do not poll (the client adds no latency)."""
-    assoc = ae.associate(
-        "127.0.0.1",
-        node.port,
-        ae_title=node.aet,
-        evt_handlers=[(evt.EVT_CONN_OPEN, event_driven_on_open)],
-    )
-    assert assoc.is_established
-    return assoc
-
-
-def _node_cpu_with_idle_associations(node: NodeProcess, count: int = 8, seconds: float = 5):
-    held = [_associate(_client(Verification), node) for _ in range(count)]
-    try:
-        time.sleep(0.5)  # past the set-up
-        assert node.proc is not None
-        before = cpu_seconds(node.proc.pid)
-        time.sleep(seconds)
-        return cpu_seconds(node.proc.pid) - before
-    finally:
-        for assoc in held:
-            assoc.release()
-
-
 def _plain(kind: type[NodeProcess], tmp_path: Path, name: str) -> NodeProcess:
     config = write_config(tmp_path / f"{name}.toml", NO_COMPRESSION)
     return kind(tmp_path / name, config=config).start()
@@ -117,12 +83,12 @@ def test_idle_associations_cost_the_node_no_cpu(tmp_path):
     association; waiting on the socket and the queues, an idle one costs nothing."""
     polling = _plain(PollingNode, tmp_path, "polling")
     try:
-        before = _node_cpu_with_idle_associations(polling)
+        before = idle_cpu(polling)
     finally:
         polling.stop()
     node = _plain(NodeProcess, tmp_path, "event")
     try:
-        after = _node_cpu_with_idle_associations(node)
+        after = idle_cpu(node)
     finally:
         node.stop()
     print(f"\nnode CPU over 5 s, 8 idle associations: polling {before:.2f} s, event {after:.2f} s")
@@ -135,7 +101,7 @@ def test_the_network_timeout_still_ends_an_idle_association(node_factory, tmp_pa
     the timeout to the implementation; compacs: [network] network_timeout)."""
     config = write_config(tmp_path / "t.toml", "[network]\nnetwork_timeout = 2\n")
     node = node_factory(config=config)
-    assoc = _associate(_client(Verification, timeout=60), node)
+    assoc = associate(client(Verification, timeout=60), node)
     start = time.monotonic()
     while assoc.is_established and time.monotonic() - start < 15:
         time.sleep(0.05)
@@ -156,48 +122,16 @@ def test_a_vanished_peer_ends_the_association_at_once(node_factory):
     node = node_factory()
     time.sleep(0.5)  # the start-up probe's association has ended
     baseline = _threads(node)
-    assoc = _associate(_client(Verification), node)
+    assoc = associate(client(Verification), node)
     assert _threads(node) > baseline
     assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
     deadline = time.monotonic() + 5
     while _threads(node) > baseline and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _threads(node) <= baseline, "the association's threads outlived its connection"
-    again = _associate(_client(Verification), node)
+    again = associate(client(Verification), node)
     assert again.send_c_echo().Status == 0
     again.release()
-
-
-def _echo_ms(node: NodeProcess, count: int = 200) -> float:
-    assoc = _associate(_client(Verification), node)
-    try:
-        start = time.perf_counter()
-        statuses = [assoc.send_c_echo().Status for _ in range(count)]
-        elapsed = (time.perf_counter() - start) * 1000 / count
-    finally:
-        assoc.release()
-    assert statuses == [0] * count
-    return elapsed
-
-
-def _find_ms(node: NodeProcess, study: str, series: str, count: int = 200) -> float:
-    query = Dataset()
-    query.QueryRetrieveLevel = "IMAGE"
-    query.StudyInstanceUID, query.SeriesInstanceUID = study, series
-    query.SOPInstanceUID = ""
-    assoc = _associate(_client(StudyRootQueryRetrieveInformationModelFind), node)
-    try:
-        start = time.perf_counter()
-        pending = [
-            status.Status
-            for status, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
-            if status is not None and status.Status in (0xFF00, 0xFF01)
-        ]
-        elapsed = (time.perf_counter() - start) * 1000 / count
-    finally:
-        assoc.release()
-    assert len(pending) == count
-    return elapsed
 
 
 def test_echo_and_find_latency_polling_and_event_driven(tmp_path):
@@ -216,8 +150,8 @@ def test_echo_and_find_latency_polling_and_event_driven(tmp_path):
             figures[name] = {"echo": [], "find": []}
         for _ in range(3):
             for name, node in nodes.items():
-                figures[name]["echo"].append(_echo_ms(node))
-                figures[name]["find"].append(_find_ms(node, study, series))
+                figures[name]["echo"].append(echo_ms(node))
+                figures[name]["find"].append(find_ms(node, study, series))
     finally:
         for node in nodes.values():
             node.stop()
