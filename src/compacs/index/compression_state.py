@@ -14,14 +14,12 @@ counted by reason (``compacs stats``, the API's ``untouched_by_reason``).
 
 from __future__ import annotations
 
-import re
-
 COMPRESSED, KEPT, SKIPPED, FAILED = "compressed", "kept", "skipped", "failed"
 DERIVED = "derived"  # a lossy derivative was stored as a new instance
 CHANGED = (COMPRESSED, DERIVED)
 """States of instances whose stored object is not the one received (or has a derivative)."""
 
-_NOT_SMALLER = re.compile(r"gave \d+ bytes, not smaller$")
+_NOT_SMALLER = "bytes, not smaller"  # the end of "<codec> gave N bytes, not smaller"
 _SMALLEST = "stored syntax stays the smallest"
 _NOT_COMPRESSIBLE = "not compressible: "
 
@@ -30,7 +28,7 @@ _NOT_COMPRESSIBLE = "not compressible: "
 # counting by reason reads one row per kind of note, not one per instance.
 _NOTE_KINDS_SQL = (
     f"CASE WHEN {{note}} LIKE '{_SMALLEST}%' THEN '{_SMALLEST}' "
-    "WHEN {note} LIKE '%bytes, not smaller' THEN 'not smaller' ELSE {note} END"
+    f"WHEN {{note}} LIKE '%{_NOT_SMALLER}' THEN 'not smaller' ELSE {{note}} END"
 )
 
 
@@ -46,7 +44,7 @@ def reason_of(state: str | None, note: str | None) -> str:
         return state or "no compression recorded"
     if note.startswith(_SMALLEST):
         return _SMALLEST
-    if _NOT_SMALLER.search(note):
+    if note.endswith(_NOT_SMALLER):
         return "not smaller"
     if note.startswith(_NOT_COMPRESSIBLE):  # the pixel module's fact, not its details
         fact = note[len(_NOT_COMPRESSIBLE) :].split(" (")[0].split(": ")[0]
