@@ -8,13 +8,15 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.procfs import descendants
+from tests.procfs import descendants, pss_kib
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -74,6 +76,36 @@ def peak_rss_mb(pid: int) -> float:
     """Peak resident memory of a server and its live descendants, added up (an upper
     bound: pages a worker shares with the process it was forked from count twice)."""
     return _own_peak_rss_mb(pid) + _alive(descendants(pid), _own_peak_rss_mb)
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional memory of a server and its live descendants, added up (pages shared
+    after a fork count once, /proc/PID/smaps_rollup)."""
+    return _alive([pid, *descendants(pid)], pss_kib) / 1024
+
+
+class PeakSampler:
+    """Samples a sum over a server's processes every ``period`` seconds while running:
+    ``with PeakSampler(lambda: pss_mb(pid)) as s: ...; s.peak``."""
+
+    def __init__(self, read: Callable[[], float], period: float = 0.05) -> None:
+        self.read, self.period, self.peak = read, period, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError):
+                self.peak = max(self.peak, self.read())
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def du(path: Path) -> int:
@@ -145,14 +177,27 @@ class Compacs:
         )
         return json.loads(out.stdout)
 
+    def counts(self) -> tuple[int, int]:
+        """(instances, compression jobs pending). On the embedded index read from SQLite
+        directly, read-only: a ``compacs stats`` process every 50 ms would start a Python
+        interpreter each time and take a core from the node it measures."""
+        index = self.data / "index.sqlite"
+        if self.backends or not index.exists():
+            stats = self.stats()
+            return stats["instances"], stats["pending"]
+        with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as conn:
+            (instances,) = conn.execute("SELECT COUNT(*) FROM instances").fetchone()
+            (pending,) = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        return instances, pending
+
     def wait_compressed(self, count: int, timeout: float = 600) -> float:
         """Seconds until ``count`` instances are stored and none is pending."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
-            stats = self.stats()
-            if stats["instances"] >= count and stats["pending"] == 0:
+            instances, pending = self.counts()
+            if instances >= count and pending == 0:
                 return time.monotonic() - start
-            time.sleep(0.05)
+            time.sleep(0.02)
         raise RuntimeError("compression did not finish")
 
     def stored_bytes(self) -> int:

@@ -8,6 +8,7 @@ Writes report.md and PNG plots to bench/results/<time>/ and prints the report.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -25,10 +26,11 @@ from tests.orthanc import OrthancPeer  # the repository root is on PYTHONPATH (M
 
 from compacs.synthetic import ct_series
 from index_scale import index_scale
-from peers import ENV, Compacs, StoreSCP, cpu_seconds, free_port, peak_rss_mb
+from peers import ENV, Compacs, PeakSampler, StoreSCP, cpu_seconds, free_port, peak_rss_mb, pss_mb
 
 JLS = "1.2.840.10008.1.2.4.80"
 SMALLEST = '[[compression.rules]]\naction = "smallest"\n'
+OFF = '[compression]\nwhen = "off"\n'
 HERE = Path(__file__).resolve().parent
 
 
@@ -99,6 +101,7 @@ class Bench:
             "orthanc": orthanc(None),
             "orthanc-jls": orthanc(JLS),
             "compacs": lambda wd: Compacs(wd, peers=peers),
+            "compacs-off": lambda wd: Compacs(wd, config=OFF, peers=peers),
             "compacs-smallest": lambda wd: Compacs(wd, config=SMALLEST, peers=peers),
         }
 
@@ -114,35 +117,37 @@ class Bench:
 
     # -- one server ------------------------------------------------------------------------
     def measure(self, name: str, make: Callable[[Path], object]) -> None:
-        one, two, settled, cpu, rss, stored = [], [], [], [], [], []
+        one, two, settled, cpu, rss, pss, stored = [], [], [], [], [], [], []
         for n in range(self.args.runs):
             for parallel in (1, 2):
                 server = make(self.work / f"{name}-{n}-{parallel}")
                 server.start()
                 try:
                     cpu0 = cpu_seconds(server.pid)
-                    start = time.perf_counter()
-                    if parallel == 1:
-                        run(storescu(server.aet, server.port, self.series))
-                    else:
-                        threads = [
-                            threading.Thread(
-                                target=run, args=(storescu(server.aet, server.port, half),)
-                            )
-                            for half in self.halves
-                        ]
-                        for t in threads:
-                            t.start()
-                        for t in threads:
-                            t.join()
-                    acked = time.perf_counter() - start
-                    self.stored(server)
-                    done = time.perf_counter() - start
+                    with PeakSampler(lambda pid=server.pid: pss_mb(pid)) as sampler:
+                        start = time.perf_counter()
+                        if parallel == 1:
+                            run(storescu(server.aet, server.port, self.series))
+                        else:
+                            threads = [
+                                threading.Thread(
+                                    target=run, args=(storescu(server.aet, server.port, half),)
+                                )
+                                for half in self.halves
+                            ]
+                            for t in threads:
+                                t.start()
+                            for t in threads:
+                                t.join()
+                        acked = time.perf_counter() - start
+                        self.stored(server)
+                        done = time.perf_counter() - start
                     (one if parallel == 1 else two).append(self.args.slices / acked)
                     if parallel == 1:
                         settled.append(done)
                         cpu.append((cpu_seconds(server.pid) - cpu0) * 1000 / self.args.slices)
                         rss.append(peak_rss_mb(server.pid))
+                        pss.append(sampler.peak)
                         stored.append(server.stored_bytes())
                         if n == 0 and name != "storescp":
                             self.queries(name, server)
@@ -156,6 +161,7 @@ class Bench:
         r["ratio"] = self.received_bytes / statistics.median(stored)
         r["server CPU (ms/instance)"] = statistics.median(cpu)
         r["peak RSS (MB)"] = statistics.median(rss)
+        r["peak PSS during ingest (MB)"] = statistics.median(pss)
         print(f"  {name}: {r}", flush=True)
 
     def queries(self, name: str, server: object) -> None:
@@ -230,14 +236,109 @@ class Bench:
         return True
 
 
-def report(bench: Bench, scale: dict, out: Path, seconds: float) -> str:
-    names = list(bench.results)
-    metrics = list(dict.fromkeys(m for r in bench.results.values() for m in r))
+# Issue 15's targets: (label, metric, server, peer, comparison, bound), each a ratio
+# server/peer of one metric from the same run; "faster" divides the peer's time by ours.
+TARGETS = [
+    (
+        "until stored compressed, times faster than Orthanc-JLS",
+        "until stored as kept (s)",
+        "orthanc-jls",
+        "compacs",
+        ">=",
+        1.8,
+    ),
+    ("compression ratio vs Orthanc-JLS", "ratio", "compacs", "orthanc-jls", ">=", 0.99),
+    (
+        "ingest 2 assoc vs Orthanc-JLS",
+        "ingest 2 assoc (inst/s)",
+        "compacs",
+        "orthanc-jls",
+        ">=",
+        1.2,
+    ),
+    (
+        "acks, default policy, vs Orthanc uncompressed",
+        "ingest 1 assoc (inst/s)",
+        "compacs",
+        "orthanc",
+        ">=",
+        0.9,
+    ),
+    (
+        "acks, compression off, vs Orthanc uncompressed",
+        "ingest 1 assoc (inst/s)",
+        "compacs-off",
+        "orthanc",
+        ">=",
+        1.0,
+    ),
+    ("C-FIND IMAGE vs Orthanc", "C-FIND IMAGE (ms)", "compacs", "orthanc", "<=", 1.5),
+    ("C-FIND STUDY vs Orthanc", "C-FIND STUDY (ms)", "compacs", "orthanc", "<=", 1.2),
+    (
+        "C-MOVE as stored vs Orthanc-JLS",
+        "C-MOVE to accept-all (s)",
+        "compacs",
+        "orthanc-jls",
+        "<=",
+        2.0,
+    ),
+    (
+        "C-MOVE to uncompressed-only vs Orthanc-JLS",
+        "C-MOVE to uncompressed-only (s)",
+        "compacs",
+        "orthanc-jls",
+        "<=",
+        1.0,
+    ),
+    (
+        "server CPU per instance vs Orthanc-JLS",
+        "server CPU (ms/instance)",
+        "compacs",
+        "orthanc-jls",
+        "<=",
+        1.3,
+    ),
+]
+PEAK_MEMORY = ("peak PSS during ingest vs Orthanc's peak RSS", 1.5)
+
+
+def target_ratios(results: dict[str, dict]) -> dict[str, float]:
+    """Each target's ratio in one run's results (absent servers leave it out)."""
+    out = {}
+    for label, metric, a, b, _, _ in TARGETS:
+        x, y = results.get(a, {}).get(metric), results.get(b, {}).get(metric)
+        if isinstance(x, float) and isinstance(y, float) and y:
+            out[label] = x / y
+    pss = results.get("compacs", {}).get("peak PSS during ingest (MB)")
+    rss = results.get("orthanc", {}).get("peak RSS (MB)")
+    if isinstance(pss, float) and isinstance(rss, float) and rss:
+        out[PEAK_MEMORY[0]] = pss / rss
+    return out
+
+
+def target_lines(ratios: list[dict[str, float]]) -> list[str]:
+    """The targets table: the median over runs of each run's ratio."""
     lines = [
-        f"# compacs benchmark, {datetime.now().isoformat(timespec='minutes')}",
-        "",
-        f"{bench.args.slices}-slice generated CT (512x512, 12 bits), median of "
-        f"{bench.args.runs} runs, 2 cores; run took {seconds:.0f} s.",
+        "| target | runs | ratio (median) | bound | met |",
+        "|---|---|---|---|---|",
+    ]
+    bounds = [(t[0], t[4], t[5]) for t in TARGETS] + [(PEAK_MEMORY[0], "<=", PEAK_MEMORY[1])]
+    for label, op, bound in bounds:
+        values = [r[label] for r in ratios if label in r]
+        if not values:
+            continue
+        m = statistics.median(values)
+        met = m >= bound if op == ">=" else m <= bound
+        each = ", ".join(f"{v:.2f}" for v in values)
+        lines.append(f"| {label} | {each} | {m:.2f}x | {op} {bound}x | {'yes' if met else 'NO'} |")
+    return lines
+
+
+def report_text(results: dict[str, dict], scale: dict, header: list[str]) -> str:
+    names = list(results)
+    metrics = list(dict.fromkeys(m for r in results.values() for m in r))
+    lines = [
+        *header,
         "",
         "| metric | " + " | ".join(names) + " | compacs / orthanc | compacs / orthanc-jls |",
         "|---" * (len(names) + 3) + "|",
@@ -245,33 +346,56 @@ def report(bench: Bench, scale: dict, out: Path, seconds: float) -> str:
     for m in metrics:
         cells = []
         for n in names:
-            v = bench.results[n].get(m, "")
+            v = results[n].get(m, "")
             cells.append(f"{v:.1f}" if isinstance(v, float) else str(v))
         ratios = []
         for peer in ("orthanc", "orthanc-jls"):
-            a, b = bench.results["compacs"].get(m), bench.results.get(peer, {}).get(m)
+            a, b = results.get("compacs", {}).get(m), results.get(peer, {}).get(m)
             ok = isinstance(a, float) and isinstance(b, float) and b
             ratios.append(f"{a / b:.2f}x" if ok else "")
         lines.append(f"| {m} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    lines += [
+    lines += ["", "## Issue 15's targets", "", *target_lines([target_ratios(results)])]
+    if scale.get("compacs"):
+        lines += [
+            "",
+            "## C-FIND latency against index size (ms, median of 5, findscu)",
+            "",
+            "| instances | " + " | ".join(scale["queries"]) + " |",
+            "|---" * (len(scale["queries"]) + 1) + "|",
+        ]
+        for who in ("compacs", "orthanc"):
+            for size, row in scale.get(who, {}).items():
+                cells = " | ".join(f"{row[q]:.1f}" for q in scale["queries"])
+                lines.append(f"| {who} {int(size):,} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(bench: Bench, scale: dict, out: Path, seconds: float) -> str:
+    header = [
+        f"# compacs benchmark, {datetime.now().isoformat(timespec='minutes')}",
         "",
-        "## C-FIND latency against index size (ms, median of 5, findscu)",
-        "",
-        "| instances | " + " | ".join(scale["queries"]) + " |",
-        "|---" * (len(scale["queries"]) + 1) + "|",
+        f"{bench.args.slices}-slice generated CT (512x512, 12 bits), median of "
+        f"{bench.args.runs} runs, 2 cores; run took {seconds:.0f} s.",
     ]
-    for size, row in scale["compacs"].items():
-        lines.append(
-            f"| compacs {size:,} | " + " | ".join(f"{row[q]:.1f}" for q in scale["queries"]) + " |"
-        )
-    for size, row in scale.get("orthanc", {}).items():
-        lines.append(
-            f"| Orthanc {size:,} | " + " | ".join(f"{row[q]:.1f}" for q in scale["queries"]) + " |"
-        )
-    text = "\n".join(lines) + "\n"
+    text = report_text(bench.results, scale, header)
     (out / "report.md").write_text(text)
+    (out / "results.json").write_text(json.dumps({"results": bench.results, "scale": scale}))
     plots(bench, scale, out)
     return text
+
+
+def combine(folders: list[Path]) -> str:
+    """Issue 15 asks for each ratio as the median of three ``make bench`` runs: the targets
+    table over the runs in ``folders`` (each a results/<time>/ with results.json)."""
+    runs = [json.loads((f / "results.json").read_text())["results"] for f in folders]
+    lines = [
+        f"# compacs benchmark, median of {len(runs)} runs of make bench",
+        "",
+        "Runs: " + ", ".join(f.name for f in folders),
+        "",
+        *target_lines([target_ratios(r) for r in runs]),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def plots(bench: Bench, scale: dict, out: Path) -> None:
@@ -293,6 +417,8 @@ def plots(bench: Bench, scale: dict, out: Path) -> None:
     ax.set_title("Ingest of a 512x512 CT series")
     fig.tight_layout()
     fig.savefig(out / "throughput.png", dpi=110)
+    if not scale.get("compacs"):
+        return
     fig, ax = plt.subplots(figsize=(7, 4))
     sizes = list(scale["compacs"])
     for q in scale["queries"]:
@@ -314,7 +440,17 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=200)
     parser.add_argument("--index-sizes", default="1000,100000,1000000")
     parser.add_argument("--only", help="comma-separated servers to run (default: all)")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS",
+        help="print the targets as medians over earlier runs' results/<time> folders",
+    )
     args = parser.parse_args()
+    if args.combine:
+        print(combine(args.combine))
+        return 0
     started = time.monotonic()
     out = HERE / "results" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
@@ -330,7 +466,7 @@ def main() -> int:
                 print(f"measuring {name}", flush=True)
                 bench.measure(name, make)
             sizes = [int(s) for s in args.index_sizes.split(",") if s]
-            scale = index_scale(Path(tmp) / "scale", sizes)
+            scale = index_scale(Path(tmp) / "scale", sizes) if sizes else {}
         finally:
             bench.dest_all.stop()
             bench.dest_unc.stop()
