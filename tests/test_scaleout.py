@@ -83,18 +83,27 @@ def wait_settled(index_url: str, count: int, timeout: float = 120, compressed: b
         time.sleep(0.3)
 
 
-def consistent(index_url: str, store_url: str) -> tuple[int, int]:
-    """(rows, objects); every row's object exists with its SHA-256."""
+def consistent(index_url: str, store_url: str, timeout: float = 60) -> tuple[int, int]:
+    """(rows, objects) in the bucket; every row's object exists with its SHA-256. A node
+    uploads from its spool (storage/spool) moments after compression: a missing object is
+    looked for again until ``timeout``."""
     import hashlib
 
+    deadline = time.monotonic() + timeout
     index, store = open_index(index_url), open_store(store_url)
     try:
-        rows = index.instances()
-        for row in rows:
-            location = index.locate(row["sop_instance_uid"])
-            data = store.get(location.storage_key)
-            assert hashlib.sha256(data).hexdigest() == location.sha256
-        return len(rows), len(list(store.keys()))
+        while True:
+            try:
+                rows = index.instances()
+                for row in rows:
+                    location = index.locate(row["sop_instance_uid"])
+                    data = store.get(location.storage_key)
+                    assert hashlib.sha256(data).hexdigest() == location.sha256
+                return len(rows), len(list(store.keys()))
+            except FileNotFoundError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
     finally:
         index.close()
         store.close()
@@ -190,6 +199,11 @@ def test_one_node_killed_mid_ingest_while_the_other_carries_on(postgres, s3, tmp
             index.close()
         assert {str(ds.SOPInstanceUID) for ds in series_b} <= uids
         assert {files[p] for p in acknowledged} <= uids  # every Success is there
+        # what A acknowledged but had not uploaded waits in its spool, on its disk, until
+        # A starts again (storage/spool); then the bucket holds every instance
+        quick = tmp_path / "quick.toml"
+        quick.write_text("[storage]\nspool_hold_seconds = 0\n")
+        a = node_on(tmp_path, "a", index_url, store_url, "--config", str(quick)).start()
         rows, objects = consistent(index_url, store_url)
         assert rows == stats["instances"] and objects >= rows
         print(
@@ -202,10 +216,13 @@ def test_one_node_killed_mid_ingest_while_the_other_carries_on(postgres, s3, tmp
 
 
 def test_a_failed_s3_write_is_a_failure_status_and_no_row(postgres, s3, tmp_path):
-    """The object store is unreachable (retried with backoff first): 0xA700, no row."""
+    """Without the spool (tests/test_spool.py has it), the object store is unreachable
+    (retried with backoff first): 0xA700, no row."""
     index_url = postgres.database()
     store_url = f"s3://compacs/archive?endpoint=http://127.0.0.1:{free_port()}"  # nobody there
-    node = node_on(tmp_path, "n", index_url, store_url).start()
+    direct = tmp_path / "direct.toml"
+    direct.write_text("[storage]\nspool = false\n")
+    node = node_on(tmp_path, "n", index_url, store_url, "--config", str(direct)).start()
     try:
         statuses = send_datasets(node.port, list(ct_series(1, 32, 32, seed=320)))
         assert statuses == [Status.OUT_OF_RESOURCES]

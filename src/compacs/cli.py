@@ -272,7 +272,7 @@ def cmd_compress(settings: Settings, args: argparse.Namespace) -> int:
 
     if not _has_index(settings):
         return 1
-    store = open_store(settings.resolved_store_url)
+    store = open_store(settings.resolved_store_url, settings.spool_dir, uploaders=0)
     index = open_index(settings.resolved_index_url)
     encoder = None
     try:
@@ -369,7 +369,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     _quiet_pydicom()
     from compacs.storage.owner import StoreOwned, claim
 
-    store = open_store(settings.resolved_store_url)
+    store = open_store(settings.resolved_store_url, settings.spool_dir, uploaders=0)
     index = open_index(settings.resolved_index_url)
     try:
         try:  # another index's objects would all look like orphans here
@@ -493,7 +493,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if not args.yes and not _confirmed(f"delete {what}? This cannot be undone [y/N] "):
             return 2
-        store = open_store(settings.resolved_store_url)
+        store = open_store(settings.resolved_store_url, settings.spool_dir, uploaders=0)
         try:
             n = gateway.delete(index, store, instances)
         finally:

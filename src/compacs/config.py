@@ -63,6 +63,10 @@ class Settings:
     log_level: str = "INFO"
     index_url: str | None = None
     store_url: str | None = None
+    spool: bool = True
+    """A remote store (S3) gets a local spool in the data directory (storage/spool)."""
+    spool_hold: float = 30.0
+    """Seconds at most an original waiting for its compression stays only in the spool."""
     duplicates: Duplicates = Duplicates.KEEP_FIRST
     max_object_size: int = 2**31
     """Largest data set accepted, in bytes (a deflated one: as inflated)."""
@@ -122,6 +126,11 @@ class Settings:
     @property
     def resolved_store_url(self) -> str:
         return self.store_url or (self.data_dir / "store").resolve().as_uri()
+
+    @property
+    def spool_dir(self) -> Path | None:
+        """Where a remote store's objects wait for their upload (None: no spool)."""
+        return (self.data_dir / "spool").resolve() if self.spool else None
 
 
 # section -> key -> (Settings field, expected type(s), check, what is expected)
@@ -205,7 +214,16 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
         "max_connections": ("http_max_connections", (int,), lambda v: 1 <= v <= 10000, "1..10000"),
     },
     "index": {"url": ("index_url", (str,), lambda v: ":" in v, "an index URL (sqlite:///...)")},
-    "storage": {"url": ("store_url", (str,), lambda v: ":" in v, "a storage URL (file:///...)")},
+    "storage": {
+        "url": ("store_url", (str,), lambda v: ":" in v, "a storage URL (file:///...)"),
+        "spool": ("spool", (bool,), _ANY, "true or false"),
+        "spool_hold_seconds": (
+            "spool_hold",
+            (int, float),
+            lambda v: 0 <= v <= 86400,
+            "seconds, 0..86400",
+        ),
+    },
     "query": {
         "pn_case_insensitive": ("pn_case_insensitive", (bool,), _ANY, "true or false"),
         "move_allow": (

@@ -147,15 +147,15 @@ class Ingest:
         key = storage_key(
             attributes[STUDY]["study_uid"], attributes[SERIES]["series_uid"], sop_instance, digest
         )
-        try:
-            self.store.put(key, parts)
+        facts = self._facts(rx, attributes)
+        due, kept_because = self._compression_due(facts)
+        try:  # an original to be compressed soon is not final (a spooled store holds it)
+            self.store.put(key, parts, settled=due is None)
         except StorageFull as exc:
             raise Rejected(Status.OUT_OF_RESOURCES, f"storage full: {exc.strerror}") from None
         except OSError as exc:
             raise Rejected(Status.OUT_OF_RESOURCES, f"storage write failed: {exc}") from None
 
-        facts = self._facts(rx, attributes)
-        due, kept_because = self._compression_due(facts)
         forwards = self.routing.forwards_for(facts)
         instance = NewInstance(
             attributes=attributes,
@@ -183,6 +183,7 @@ class Ingest:
             self._discard(result.obsolete_key)
         if not result.added:
             log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
+            self.store.forget(key)
         elif due is not None:
             self._compress(sop_instance, key, parts)
         if result.added and forwards and self.forward_queued is not None:

@@ -54,7 +54,9 @@ class Node:
         except InUse as exc:
             self._release_locks()
             raise NodeRefused(str(exc)) from None
-        self.store = open_store(settings.resolved_store_url)
+        self.store = open_store(
+            settings.resolved_store_url, settings.spool_dir, hold=settings.spool_hold
+        )
         leftovers = self.store.recover()
         self.index = open_index(settings.resolved_index_url)
         try:

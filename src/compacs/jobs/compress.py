@@ -99,9 +99,12 @@ class Compressor:
         return result
 
     def _finish(self, facts: InstanceFacts, change: ObjectChange | None, result: Result) -> bool:
-        return self.index.finish_job(
+        finished = self.index.finish_job(
             facts["pk"], facts["storage_key"], change, result.state, result.note
         )
+        if change is None:  # the stored object stays: final now (a spool uploads it)
+            self.store.settle(facts["storage_key"])
+        return finished
 
     def _read(self, facts: InstanceFacts, written: JustWritten | None) -> bytes:
         """The stored object's bytes: those still in memory when they are the ones the

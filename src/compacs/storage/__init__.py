@@ -7,11 +7,13 @@ Backends are chosen by the scheme of a storage URL, from :data:`BACKENDS`; a new
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from compacs.backends import open_by_scheme
 from compacs.storage.base import BlobStore, StorageFull, validate_key
 from compacs.storage.filesystem import FileStore
 from compacs.storage.s3 import S3Store
+from compacs.storage.spool import UPLOADERS, SpooledStore
 
 BACKENDS: dict[str, Callable[[str], BlobStore]] = {
     "file": FileStore.from_url,
@@ -19,10 +21,24 @@ BACKENDS: dict[str, Callable[[str], BlobStore]] = {
 }
 
 
-def open_store(url: str) -> BlobStore:
+def open_store(
+    url: str, spool: Path | None = None, *, hold: float = 30.0, uploaders: int = UPLOADERS
+) -> BlobStore:
     """Open the blob store named by ``url`` (``file:///abs/path``,
-    ``s3://bucket/prefix?endpoint=...``)."""
-    return open_by_scheme(url, BACKENDS, "storage")
+    ``s3://bucket/prefix?endpoint=...``); a remote one behind a local ``spool`` directory
+    when given (:class:`SpooledStore`: ``uploaders`` 0 for a tool beside a running node)."""
+    store = open_by_scheme(url, BACKENDS, "storage")
+    if spool is None or isinstance(store, FileStore):
+        return store
+    return SpooledStore(store, spool, hold=hold, uploaders=uploaders)
 
 
-__all__ = ["BACKENDS", "BlobStore", "FileStore", "StorageFull", "open_store", "validate_key"]
+__all__ = [
+    "BACKENDS",
+    "BlobStore",
+    "FileStore",
+    "SpooledStore",
+    "StorageFull",
+    "open_store",
+    "validate_key",
+]

@@ -42,10 +42,20 @@ def parts_of(data: bytes | Sequence[bytes]) -> Sequence[bytes]:
 class BlobStore(Protocol):
     url: str
 
-    def put(self, key: str, data: bytes | Sequence[bytes]) -> None:
+    def put(self, key: str, data: bytes | Sequence[bytes], *, settled: bool = True) -> None:
         """Store ``data`` (or its parts, joined in order: a received object is its File
         Meta header and the data set as received, never copied into one buffer) under
-        ``key``; durable on return. Raises StorageFull when full."""
+        ``key``; durable on return. Raises StorageFull when full. ``settled`` False: the
+        object is likely to be replaced soon (an original waiting for its compression);
+        a spooled store keeps it local until :meth:`settle` (storage/spool)."""
+
+    def settle(self, key: str) -> None:
+        """The object put with ``settled=False`` is final now (no-op for most stores)."""
+
+    def forget(self, key: str) -> None:
+        """The index kept another copy of this instance under the same ``key`` (the same
+        bytes, stored by two writers at once): this writer's pending copy is not needed. A
+        spool drops it; stores written in place keep it (it is the kept copy)."""
 
     def get(self, key: str) -> bytes:
         """The object's bytes; FileNotFoundError when absent."""

@@ -69,7 +69,7 @@ class FileStore:
             self._known_dirs.add(directory)
 
     # -- BlobStore -----------------------------------------------------------------------
-    def put(self, key: str, data: bytes | Sequence[bytes]) -> None:
+    def put(self, key: str, data: bytes | Sequence[bytes], *, settled: bool = True) -> None:
         final = self._path(key)
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         try:
@@ -91,6 +91,12 @@ class FileStore:
             if exc.errno in _NO_SPACE:
                 raise StorageFull(exc.errno, f"no space left for {key}: {exc.strerror}") from exc
             raise
+
+    def settle(self, key: str) -> None:
+        pass  # written where it stays
+
+    def forget(self, key: str) -> None:
+        pass  # the key may be the kept copy itself
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()

@@ -67,7 +67,7 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     # -- BlobStore -----------------------------------------------------------------------
-    def put(self, key: str, data: bytes | Sequence[bytes]) -> None:
+    def put(self, key: str, data: bytes | Sequence[bytes], *, settled: bool = True) -> None:
         if not isinstance(data, bytes):  # one request body: its parts joined
             data = b"".join(parts_of(data))
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
@@ -90,6 +90,12 @@ class S3Store:
             raise OSError(f"S3 get of {key} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise OSError(f"S3 get of {key} failed: {exc}") from exc
+
+    def settle(self, key: str) -> None:
+        pass  # written where it stays
+
+    def forget(self, key: str) -> None:
+        pass  # the key may be the kept copy itself
 
     def get(self, key: str) -> bytes:
         return self._get(key)["Body"].read()
