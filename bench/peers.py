@@ -178,14 +178,20 @@ class Compacs:
         return json.loads(out.stdout)
 
     def counts(self) -> tuple[int, int]:
-        """(instances, compression jobs pending). On the embedded index read from SQLite
-        directly, read-only: a ``compacs stats`` process every 50 ms would start a Python
-        interpreter each time and take a core from the node it measures."""
-        index = self.data / "index.sqlite"
-        if self.backends or not index.exists():
-            stats = self.stats()
-            return stats["instances"], stats["pending"]
-        with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as conn:
+        """(instances, compression jobs pending), read from the index directly (SQLite
+        read-only, or PostgreSQL): a ``compacs stats`` process every 20 ms would start a
+        Python interpreter each time and take a core from the node it measures."""
+        url = dict(zip(self.backends[::2], self.backends[1::2], strict=True)).get("--index")
+        if url and url.startswith("postgresql:"):
+            import psycopg
+
+            conn = psycopg.connect(url.replace("postgresql+psycopg:", "postgresql:"))
+        else:
+            index = self.data / "index.sqlite"
+            if not index.exists():
+                return 0, 0
+            conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+        with contextlib.closing(conn):
             (instances,) = conn.execute("SELECT COUNT(*) FROM instances").fetchone()
             (pending,) = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
         return instances, pending

@@ -9,6 +9,12 @@ import threading
 from tests.conftest import free_port
 
 
+def _shut(*sockets: socket.socket) -> None:
+    for s in sockets:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+
+
 class CountingProxy:
     """A TCP relay counting the bytes the node sends to the destination."""
 
@@ -38,9 +44,7 @@ class CountingProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+            _shut(src, dst)
 
     def close(self) -> None:
         self._listener.close()
@@ -88,6 +92,4 @@ class HttpRequestCounter(CountingProxy):
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+            _shut(src, dst)
