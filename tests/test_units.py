@@ -267,6 +267,54 @@ def test_group_commit_isolates_a_failing_item_and_batches_concurrent_ones(tmp_pa
         assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 40
 
 
+def test_group_commit_of_one_item_takes_no_savepoint_and_rolls_back_alone(tmp_path):
+    """One writer alone (one association storing): BEGIN, the item, COMMIT; a failing item
+    leaves nothing behind and the next one commits."""
+    statements: list[str] = []
+
+    def connect():
+        conn = sqlite3.connect(tmp_path / "one.sqlite", isolation_level=None)
+        conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER UNIQUE)")
+
+        class Cursor:
+            def __init__(self):
+                self.cur = conn.cursor()
+
+            def execute(self, sql, params=()):
+                statements.append(sql.split()[0])
+                return self.cur.execute(sql, params)
+
+            def close(self):
+                self.cur.close()
+
+        class C:
+            close = conn.close
+            cursor = Cursor
+
+            def commit(self):
+                conn.execute("COMMIT")
+
+            def rollback(self):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
+        return C()
+
+    committer = GroupCommitter(connect)
+
+    def insert_twice(cur):
+        cur.execute("INSERT INTO t VALUES (1)")
+        cur.execute("INSERT INTO t VALUES (1)")  # fails: the first insert must go too
+
+    with pytest.raises(sqlite3.IntegrityError):
+        committer.submit(insert_twice)
+    committer.submit(lambda cur: cur.execute("INSERT INTO t VALUES (2)"))
+    committer.close()
+    assert "SAVEPOINT" not in statements and statements.count("BEGIN") == 2
+    with sqlite3.connect(tmp_path / "one.sqlite") as conn:
+        assert conn.execute("SELECT v FROM t").fetchall() == [(2,)]
+
+
 def test_index_commit_failure_is_reported_as_unavailable(tmp_path):
     index = SqliteIndex(tmp_path / "i.sqlite")
     try:
