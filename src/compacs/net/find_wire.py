@@ -16,6 +16,15 @@ C-FIND IMAGE, issue 15). Here a pending response is
   maximum PDU length (PS3.8 D.1), given to the DUL like any other P-DATA, so its state
   machine (PS3.8 9.2, DT-1) sends it.
 
+pynetdicom's DUL reads from the peer only when it has nothing to send (``dul.py``
+``run_reactor``: "either encode and send a primitive OR receive and decode a PDU per
+loop"): a responder that queued responses faster than the DUL sends them would leave a
+C-CANCEL unread until the whole answer had gone. So the responder stays at most
+:data:`AHEAD` P-DATA primitives ahead of the DUL (waiting on the queue's own condition,
+notified at each ``get``), and when the peer has sent something (the socket is readable)
+it lets the DUL empty its queue and read it before the next response: a C-CANCEL is seen
+within a response or two (PS3.4 C.4.1.2.3).
+
 Whatever this does not write -- another transfer syntax, a VR, value or character it
 does not know, a PDU too small for both PDVs -- :class:`PendingResponder` declines, and the
 caller yields the Dataset to pynetdicom, which answers as before. Pending responses sent
@@ -26,7 +35,9 @@ per-response log lines (the final response still has both).
 from __future__ import annotations
 
 import re
+import select
 import struct
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,6 +61,10 @@ _IS_TEXT = re.compile(r" *[+-]?[0-9]+ *")
 _IS_RANGE = range(-(2**31), 2**31)
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _UTF8 = "ISO_IR 192"
+AHEAD = 4
+"""P-DATA primitives a responder may have queued for the DUL before it waits."""
+_PEER_INPUT_WAIT = 2.0
+"""Seconds a responder waits at most for the DUL to read what the peer sent."""
 
 
 class Unencodable(Exception):
@@ -64,7 +79,8 @@ def _strings(value: Any) -> list[str]:
 
 
 def _is_text(value: Any) -> str:
-    """An IS value as pydicom writes it: an int in full, a valid string as given."""
+    """An IS value as pydicom writes it: an int in full, a valid string without its
+    leading and trailing spaces (PS3.5 6.2: they are not significant)."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value not in _IS_RANGE:
             raise Unencodable("IS out of range")
@@ -73,7 +89,7 @@ def _is_text(value: Any) -> str:
     for part in parts:
         if len(part) > 12 or not _IS_TEXT.fullmatch(part) or int(part) not in _IS_RANGE:
             raise Unencodable("IS")
-    return "\\".join(parts)
+    return "\\".join(part.strip(" ") for part in parts)
 
 
 def _value_bytes(vr: str, value: Any, utf8: bool) -> bytes:
@@ -188,7 +204,46 @@ class PendingResponder:
         pdvs = pending_pdvs(self._context_id, command, identifier, assoc.dimse.maximum_pdu_size)
         if pdvs is None:
             return False
+        self._wait_for_dul()
         pdata = P_DATA()
         pdata.presentation_data_value_list = pdvs
         assoc.dul.send_pdu(pdata)
         return True
+
+    def _wait_for_dul(self) -> None:
+        """Stay :data:`AHEAD` primitives ahead of the DUL at most; when the peer has sent
+        something, until the DUL has read it (it reads only with nothing to send)."""
+        dul = self._assoc.dul
+        queued = dul.to_provider_queue
+        _wait_until(queued, AHEAD - 1)
+        if not _readable(dul):
+            return
+        deadline = time.monotonic() + _PEER_INPUT_WAIT
+        while _readable(dul) and self._assoc.is_established and time.monotonic() < deadline:
+            _wait_until(queued, 0)
+            time.sleep(0.0002)  # the DUL's turn to read: only while the peer's PDU waits
+
+
+def _wait_until(queued: Any, size: int, timeout: float = 1.0) -> None:
+    """Block until ``queued`` (a queue.Queue) holds at most ``size`` items; its
+    ``not_full`` condition is notified at every ``get``."""
+    if queued.qsize() <= size:
+        return
+    deadline = time.monotonic() + timeout
+    with queued.not_full:
+        while queued._qsize() > size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            queued.not_full.wait(left)
+
+
+def _readable(dul: Any) -> bool:
+    """Whether the peer has sent bytes the DUL has not read yet."""
+    sock = getattr(dul.socket, "socket", None)
+    if sock is None:
+        return False
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
