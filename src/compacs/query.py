@@ -8,11 +8,12 @@ The same Query serves C-MOVE and C-GET to select the instances to send.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
@@ -238,40 +239,91 @@ def parse_identifier(identifier: Dataset, model: str, *, pn_case_insensitive: bo
     return Query(model, level, tuple(conditions), tuple(return_keys), tuple(unsupported))
 
 
-def _set_stored(ds: Dataset, keyword: str, vr: str, value: Any) -> None:
-    """Set ``keyword`` to the indexed ``value``; a value pydicom will not convert (an IS of
+def _set_stored(ds: Dataset, tag: int, vr: str, value: Any) -> None:
+    """Set ``tag`` to the indexed ``value``; a value pydicom will not convert (an IS of
     "1A" that a modality once sent) goes out as stored, not as a failed C-FIND (0xC311)."""
     try:
         multiple = isinstance(value, str) and "\\" in value
-        setattr(ds, keyword, value.split("\\") if multiple else value)
+        ds[tag] = DataElement(tag, vr, value.split("\\") if multiple else value)
     except (ValueError, TypeError, OverflowError):
         raw = str(value).encode("utf-8")
         raw += b" " if len(raw) % 2 else b""
-        tag = tag_for_keyword(keyword)
         ds[tag] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
+
+
+RESPONSE_CHARACTER_SET = "ISO_IR 192"
+"""The index holds decoded text: every answer is in UTF-8 (PS3.5 6.1.2.3, PS3.3 C.12.1.1.2)."""
+
+ResponseElement = tuple[int, str, Any]
+"""(tag, VR, value) of a response identifier: value as the index holds it (str, int),
+None for a zero-length value, [] for an empty sequence."""
+
+
+@dataclass(frozen=True)
+class ResponsePlan:
+    """What every response identifier of one query holds, in tag order: per element its
+    tag, VR, the index column that values it (None: ``fixed``) and the fixed value."""
+
+    elements: tuple[tuple[int, str, str | None, Any], ...]
+
+
+@functools.cache
+def _tag_and_vr(keyword: str) -> tuple[int, str]:
+    return int(tag_for_keyword(keyword)), dictionary_VR(keyword)
+
+
+def response_plan(query: Query, requested: Dataset, retrieve_aet: str) -> ResponsePlan:
+    """Every key asked (PS3.4 C.4.1.2.2: each return key answered, valued from the index
+    or empty), unsupported keys answered empty, plus what is always answered."""
+    plan: dict[int, tuple[int, str, str | None, Any]] = {}
+
+    def fixed(keyword: str, value: Any) -> None:
+        tag, vr = _tag_and_vr(keyword)
+        plan[tag] = (tag, vr, None, value)
+
+    fixed("SpecificCharacterSet", RESPONSE_CHARACTER_SET)
+    fixed("QueryRetrieveLevel", query.level)
+    for keyword in query.return_keys:
+        tag, vr = _tag_and_vr(keyword)
+        column = INDEXED_KEYS[keyword][1] if keyword in INDEXED_KEYS else keyword
+        plan[tag] = (tag, vr, None, []) if vr == "SQ" else (tag, vr, column, None)
+    for keyword in query.unsupported:
+        if keyword in requested:
+            elem = requested[keyword]
+            tag = int(elem.tag)
+            if tag not in plan:
+                plan[tag] = (tag, elem.VR, None, [] if elem.VR == "SQ" else None)
+    fixed("RetrieveAETitle", retrieve_aet)
+    fixed("InstanceAvailability", "ONLINE")
+    return ResponsePlan(tuple(plan[tag] for tag in sorted(plan)))
+
+
+def response_elements(plan: ResponsePlan, row: dict[str, Any]) -> list[ResponseElement]:
+    """The identifier of one match as (tag, VR, value), in tag order."""
+    out = []
+    for tag, vr, column, value in plan.elements:
+        if column is not None:
+            value = row.get(column)
+            if value == "":
+                value = None
+        out.append((tag, vr, value))
+    return out
+
+
+def identifier_dataset(elements: list[ResponseElement]) -> Dataset:
+    """``elements`` as a pydicom Dataset (what pydicom's writer encodes)."""
+    ds = Dataset()
+    for tag, vr, value in elements:
+        if value is None or vr == "SQ":
+            ds[tag] = DataElement(tag, vr, value)
+        else:
+            _set_stored(ds, tag, vr, value)
+    return ds
 
 
 def response_identifier(
     query: Query, row: dict[str, Any], requested: Dataset, retrieve_aet: str
 ) -> Dataset:
     """The identifier of one match: every key asked, valued from the index or empty."""
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"  # the index holds decoded text; answer in UTF-8
-    ds.QueryRetrieveLevel = query.level
-    for keyword in query.return_keys:
-        column = INDEXED_KEYS[keyword][1] if keyword in INDEXED_KEYS else keyword
-        value = row.get(column)
-        vr = dictionary_VR(keyword)
-        if vr == "SQ":
-            setattr(ds, keyword, [])
-        elif value is None or value == "":
-            setattr(ds, keyword, None)
-        else:
-            _set_stored(ds, keyword, vr, value)
-    for keyword in query.unsupported:
-        if keyword in requested and keyword not in ds:
-            ds[requested[keyword].tag] = requested[keyword]
-            ds[requested[keyword].tag].value = [] if requested[keyword].VR == "SQ" else None
-    ds.RetrieveAETitle = retrieve_aet
-    ds.InstanceAvailability = "ONLINE"
-    return ds
+    plan = response_plan(query, requested, retrieve_aet)
+    return identifier_dataset(response_elements(plan, row))
