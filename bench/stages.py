@@ -30,9 +30,10 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 # (stage, markers): the first stage one of whose markers is in a sample's stack. Worker
 # processes are told apart by the forkserver in their command line.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
+    # a retrieve's decoding for the peer counts as send, wherever it runs
+    ("send", ("retrieve.py", "send_c_store", "sender.py", "convert.py", "decode_for_peer")),
     ("verify", ("_jls_read_as_others", "_jls_decode", "verified", "array_equal")),
     ("encode", ("_jls_encode", "_j2k_encode", "_htj2k_encode", "_jxl_encode", "_rle_encode")),
-    ("send", ("retrieve.py", "send_c_store", "sender.py", "convert.py")),
     ("index", ("compacs/index/", "sqlite3", "psycopg")),
     ("store", ("compacs/storage/", "fsync")),
     ("parse", ("Ingest._checked", "dcmread", "structure_problem", "attributes.py")),
