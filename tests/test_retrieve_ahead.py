@@ -32,6 +32,7 @@ from tests.test_retrieve import StoreSCP, movescu, retrieve
 
 JLS = "1.2.840.10008.1.2.4.80"
 EXPLICIT = "1.2.840.10008.1.2.1"
+IMPLICIT = "1.2.840.10008.1.2"
 COUNT = 40
 CONFIG = (
     '[compression]\nwhen = "ingest"\nworkers = 2\n'
@@ -111,7 +112,7 @@ def test_movescu_to_an_uncompressed_only_destination_decodes_in_the_worker_proce
     received = unc.received()
     assert set(received) == set(sent)
     for uid, ds in received.items():
-        assert str(ds.file_meta.TransferSyntaxUID) in (EXPLICIT, "1.2.840.10008.1.2")
+        assert str(ds.file_meta.TransferSyntaxUID) in (EXPLICIT, IMPLICIT)
         assert np.array_equal(ds.pixel_array, sent[uid].pixel_array)
     # 40 JPEG-LS decodes of 256x256 slices: several ms of CPU each, in the workers
     assert spent >= 0.05, f"worker processes spent {spent:.3f} s CPU: decoded elsewhere"
@@ -185,12 +186,14 @@ def c_get_wire(node: NodeProcess, identifier: Dataset, *syntaxes: str) -> tuple[
 
 
 def test_c_get_sends_the_stored_data_set_byte_for_byte(archive):
-    """C-GET of an object stored as received, whose LO value carries two trailing spaces
-    (legal padding, PS3.5 6.2, which pydicom drops when it encodes a data set again): the
-    data set on the wire is the stored file's, byte for byte (split by pynetdicom)."""
+    """C-GET of an object stored as received in Implicit VR Little Endian, whose LO value
+    carries two trailing spaces (legal padding, PS3.5 6.2, which pydicom drops once it has
+    looked the element up, as it must to encode an implicit VR data set again): the data
+    set on the wire is the stored file's, byte for byte (the file split by pynetdicom)."""
     node, *_ = archive
     (ds,) = ct_series(1, 32, 32, seed=78, patient_id="KEEPBYTES")
     ds.SeriesDescription = "AB  "
+    ds.file_meta.TransferSyntaxUID = IMPLICIT
     assert send_datasets(node.port, [ds], calling="SEND_KEEP") == [Status.SUCCESS]
     path = stored_file(node, str(ds.SOPInstanceUID))
     meta, offset = split_dataset(path)
@@ -200,7 +203,8 @@ def test_c_get_sends_the_stored_data_set_byte_for_byte(archive):
     responses, received = c_get_wire(node, identifier, str(meta.TransferSyntaxUID))
     assert responses[-1][0].Status == Status.SUCCESS
     syntax, wire = received[str(ds.SOPInstanceUID)]
-    assert syntax == str(meta.TransferSyntaxUID)
+    assert syntax == str(meta.TransferSyntaxUID) == IMPLICIT
+    assert b"AB  " in wire
     assert wire == path.read_bytes()[offset:]
 
 
