@@ -8,7 +8,9 @@ import contextlib
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import time
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +18,24 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
-from pynetdicom.dsutils import split_dataset
+from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.sop_class import (
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from compacs.codecs.convert import data_set_for, split_part10
+from compacs.codecs.table import codec_for
+from compacs.codecs.transcode import transcode
+from compacs.codecs.work import decode_for_peer
+from compacs.dicom.part10 import file_header
 from compacs.dicom.status import Status
+from compacs.net import sender
+from compacs.net.sender import EncodedDataSet
 from compacs.synthetic import ct_series
 from tests.conftest import NodeProcess, dcmtk_env, require_dcmtk, write_config
+from tests.dicomfiles import by_name
 from tests.procfs import cpu_seconds, descendants
 from tests.scu import send_datasets
 from tests.test_retrieve import StoreSCP, movescu, retrieve
@@ -297,3 +307,89 @@ def test_tools_present():
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} (DCMTK) is required")
     assert dcmtk_env()["TCP_NODELAY"] == "1"
+
+
+# -- the pieces, without a network --------------------------------------------------------
+
+
+def _part10(ds: Dataset) -> bytes:
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _jls_file(ds: Dataset) -> bytes:
+    """``ds`` stored as compacs stores it compressed (JPEG-LS, verified)."""
+    return transcode(_part10(ds), codec_for("jpeg-ls")).data
+
+
+def _as_file(data_set: bytes, syntax: str, ds: Dataset) -> Dataset:
+    """A data set sent on the wire, read back by pydicom with a File Meta of its syntax."""
+    head = file_header(str(ds.SOPClassUID), str(ds.SOPInstanceUID), syntax)
+    return pydicom.dcmread(BytesIO(head + data_set))
+
+
+def test_the_decoded_data_set_is_pydicoms_encoding_byte_for_byte():
+    """Decoded to Explicit VR Little Endian, the stored data set with only Pixel Data
+    replaced equals pydicom's own encoding of the decoded data set, and pydicom reads
+    the original pixels and every other attribute from it."""
+    (ds,) = ct_series(1, 64, 64, seed=79)
+    stored = _jls_file(ds)
+    sent = data_set_for(stored, EXPLICIT)
+    native = pydicom.dcmread(BytesIO(stored))
+    native.decompress(generate_instance_uid=False)
+    assert sent == encode(native, False, True)  # pynetdicom's (pydicom's) encoder
+    back = _as_file(sent, EXPLICIT, ds)
+    assert np.array_equal(back.pixel_array, ds.pixel_array)
+    for element in ds:
+        if element.tag != 0x7FE00010:
+            assert back[element.tag].value == element.value
+
+
+def test_colour_from_jpeg_baseline_is_decoded_to_rgb_by_the_full_encoder():
+    """JPEG baseline YBR_FULL_422 decodes to RGB: Photometric Interpretation changes, so
+    the data set is encoded whole (no splice), and reads back as RGB."""
+    path = by_name("SC_rgb_jpeg_gdcm.dcm")
+    data = path.read_bytes()
+    sent = data_set_for(data, EXPLICIT)
+    original = pydicom.dcmread(path)
+    back = _as_file(sent, EXPLICIT, original)
+    assert back.PhotometricInterpretation == "RGB"
+    assert back.pixel_array.shape == original.pixel_array.shape
+
+
+def test_the_stored_syntax_is_the_stored_bytes():
+    (ds,) = ct_series(1, 16, 16, seed=80)
+    stored = _jls_file(ds)
+    _, offset = split_dataset_bytes(stored)
+    assert data_set_for(stored, JLS) == stored[offset:]
+    assert split_part10(stored) == (JLS, offset)
+
+
+def split_dataset_bytes(data: bytes) -> tuple[Dataset, int]:
+    """pynetdicom's split of a Part 10 file into File Meta and data set offset."""
+    with tempfile.NamedTemporaryFile(suffix=".dcm") as f:
+        f.write(data)
+        f.flush()
+        return split_dataset(Path(f.name))
+
+
+def test_encoded_bytes_go_only_under_their_own_encoding():
+    """pynetdicom's send_c_store gets the bytes under the data set's own encoding, and
+    None (a failed sub-operation) under another, never bytes labelled wrongly."""
+    sender.install()
+    ds = EncodedDataSet("1.2.840.10008.5.1.4.1.1.2", "1.2.3", EXPLICIT, b"\x08\x00")
+    assert sender.encode(ds, False, True) == b"\x08\x00"
+    assert sender.encode(ds, True, True) is None
+    plain = Dataset()
+    plain.PatientID = "X"
+    assert sender.encode(plain, True, True) == encode(plain, True, True)
+
+
+def test_a_decode_error_is_returned_with_its_reason():
+    (ds,) = ct_series(1, 16, 16, seed=81)
+    stored = bytearray(_jls_file(ds))
+    start = stored.index(b"\xff\xd8\xff\xf7")
+    stored[start : start + 64] = b"\0" * 64
+    result = decode_for_peer(bytes(stored), EXPLICIT)
+    assert result.error and not result.data_set
