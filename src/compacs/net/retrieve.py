@@ -18,6 +18,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -131,21 +132,24 @@ def prepare(
 
 
 class ReadAhead:
-    """The sub-operations' data sets prepared up to ``depth`` ahead of the one being sent,
-    in threads that each wait for a worker process (or a file read), and handed out in
-    the order of ``instances``. At most ``depth`` are prepared or held at a time, so memory
+    """The sub-operations' data sets, handed out in the order of ``instances``; those that
+    ``needs_decode`` are prepared up to ``depth`` ahead of the one being sent, in threads
+    that each wait for a worker process, the others (a file read) when their turn comes,
+    in the caller's thread. At most ``depth`` are prepared or held at a time, so memory
     stays bounded whatever the number of instances. :meth:`close` cancels what has not
     started and waits for what has, so that no worker process is left busy."""
 
     def __init__(
         self,
         work: Callable[[InstanceFacts], EncodedDataSet],
+        needs_decode: Callable[[InstanceFacts], bool],
         instances: list[InstanceFacts],
         depth: int,
     ) -> None:
         self._work = work
+        self._needs_decode = needs_decode
         self._instances = iter(instances)
-        self._pending: deque[tuple[InstanceFacts, Future[EncodedDataSet]]] = deque()
+        self._pending: deque[tuple[InstanceFacts, Future[EncodedDataSet] | None]] = deque()
         self._executor = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="read-ahead")
         for _ in range(depth):
             self._submit_next()
@@ -153,17 +157,20 @@ class ReadAhead:
     def _submit_next(self) -> None:
         inst = next(self._instances, None)
         if inst is not None:
-            self._pending.append((inst, self._executor.submit(self._work, inst)))
+            ahead = self._needs_decode(inst)
+            future = self._executor.submit(self._work, inst) if ahead else None
+            self._pending.append((inst, future))
 
-    def __iter__(self) -> Iterator[tuple[InstanceFacts, Future[EncodedDataSet]]]:
+    def __iter__(self) -> Iterator[tuple[InstanceFacts, Callable[[], EncodedDataSet]]]:
         while self._pending:
             inst, future = self._pending.popleft()
             self._submit_next()
-            yield inst, future
+            yield inst, future.result if future is not None else partial(self._work, inst)
 
     def close(self) -> None:
         for _, future in self._pending:
-            future.cancel()
+            if future is not None:
+                future.cancel()
         self._pending.clear()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
@@ -188,7 +195,7 @@ def sub_operations(
     depth: int = 2,
 ) -> Iterator[tuple[int, Dataset | None]]:
     """(status, data set) per instance for pynetdicom's retrieve loop (PS3.4 C.4.2.3,
-    C.4.3.3), prepared ``depth`` ahead (:class:`ReadAhead`). A C-CANCEL is honoured
+    C.4.3.3), those to decode prepared ``depth`` ahead (:class:`ReadAhead`). A C-CANCEL is honoured
     between sub-operations, after the read-ahead has stopped; an object that cannot be
     read or decoded is one failed sub-operation."""
     syntaxes = accepted()  # the destination's association is established by now
@@ -196,15 +203,19 @@ def sub_operations(
     def work(inst: InstanceFacts) -> EncodedDataSet:
         return prepare(store, inst, syntaxes.get(inst["sop_class_uid"], set()), decode)
 
-    ahead = ReadAhead(work, instances, depth)
+    def needs_decode(inst: InstanceFacts) -> bool:
+        accepted = syntaxes.get(inst["sop_class_uid"], set())
+        return inst["transfer_syntax_stored"] not in accepted
+
+    ahead = ReadAhead(work, needs_decode, instances, depth)
     try:
-        for inst, future in ahead:
+        for inst, prepared in ahead:
             if is_cancelled():
                 ahead.close()
                 yield Status.CANCEL, None
                 return
             try:
-                dataset: Dataset = future.result()
+                dataset: Dataset = prepared()
             except Exception as exc:
                 log.warning("sub-operation for %s failed: %s", inst["sop_instance_uid"], exc)
                 dataset = _failed_sub_operation(inst)
