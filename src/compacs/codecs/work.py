@@ -98,18 +98,24 @@ class Decoded:
     messages: tuple[Message, ...] = field(default_factory=tuple)
 
 
-def decode_for_peer(data: bytes, target: str, log_level: int = logging.WARNING) -> Decoded:
+def to_peer_syntax(data: bytes, target: str) -> Decoded:
     """The stored Part 10 object ``data`` as a data set in ``target``, a syntax the peer
     accepted (:func:`compacs.codecs.convert.data_set_for`: decoded, or re-encoded losslessly
-    and verified): the entry point of a worker process for C-MOVE/C-GET sub-operations. An
-    error is returned, not raised, with what the libraries logged and warned."""
-    messages: list[Message] = []
+    and verified); an error is returned, not raised."""
     try:
-        with _caught(messages, log_level):
-            encoded = data_set_for(data, target)
+        return Decoded(data_set_for(data, target), target)
     except Exception as exc:
-        return Decoded(error=f"{type(exc).__name__}: {exc}"[:500], messages=tuple(messages))
-    return Decoded(encoded, target, messages=tuple(messages))
+        return Decoded(error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def decode_for_peer(data: bytes, target: str, log_level: int = logging.WARNING) -> Decoded:
+    """:func:`to_peer_syntax` as the entry point of a worker process for C-MOVE/C-GET
+    sub-operations: what the libraries logged and warned travels back with the result
+    (see :func:`encode_named`)."""
+    messages: list[Message] = []
+    with _caught(messages, log_level):
+        result = to_peer_syntax(data, target)
+    return replace(result, messages=tuple(messages)) if messages else result
 
 
 @contextmanager

@@ -21,6 +21,10 @@ breaks the whole executor and fails every future in it; with one process per exe
 is exactly the one job the process was running. That job is recorded as failed ("worker
 process died: ..."), the original stays as it was, and the lane starts a new process for
 the next job.
+
+The same processes decode for C-MOVE/C-GET when a peer needs another syntax than the
+stored one (:meth:`WorkerProcesses.decode`, :func:`compacs.codecs.work.decode_for_peer`),
+a lane at a time beside compression jobs, so that retrieve decodes on both cores.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from compacs.codecs.work import (
     decode_for_peer,
     encode_best,
     encode_named,
+    to_peer_syntax,
 )
 
 log = logging.getLogger(__name__)
@@ -93,7 +98,7 @@ class InProcess:
         return encode_best(data, codecs, options, lossy)
 
     def decode(self, data: bytes, target: str) -> Decoded:
-        return decode_for_peer(data, target)
+        return to_peer_syntax(data, target)
 
     def start(self) -> None:
         pass

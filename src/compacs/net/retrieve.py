@@ -36,7 +36,7 @@ from pynetdicom.sop_class import (
 from compacs.codecs.convert import split_part10
 from compacs.codecs.table import CODECS
 from compacs.codecs.transcode import NATIVE_SYNTAXES
-from compacs.codecs.work import Decoded, decode_for_peer
+from compacs.codecs.work import Decoded, to_peer_syntax
 from compacs.config import Peer
 from compacs.dicom.status import Status
 from compacs.index import Index, InstanceFacts
@@ -239,7 +239,7 @@ def handlers(
     store: BlobStore,
     peers: dict[str, Peer],
     move_allowed: Callable[[str, str], bool],
-    decode: Decode = decode_for_peer,
+    decode: Decode = to_peer_syntax,
     read_ahead: int = 2,
 ):
     """The C-MOVE and C-GET handlers. ``decode`` brings an object to another syntax (the
