@@ -393,3 +393,30 @@ def test_a_decode_error_is_returned_with_its_reason():
     stored[start : start + 64] = b"\0" * 64
     result = decode_for_peer(bytes(stored), EXPLICIT)
     assert result.error and not result.data_set
+
+
+def test_without_worker_processes_the_node_decodes_itself(tmp_path):
+    """``workers = 0``: no worker process; the read-ahead decodes in the node's threads,
+    and every instance still arrives native and bit-exact at an uncompressed-only peer."""
+    unc = StoreSCP(tmp_path / "unc", "DEST_UNC", accept_all=False)
+    config = CONFIG.replace("workers = 2", "workers = 0")
+    node = NodeProcess(
+        tmp_path / "data",
+        config=write_config(tmp_path / "node.toml", config),
+        extra_args=("--peer", f"DEST_UNC@127.0.0.1:{unc.port}"),
+    ).start()
+    try:
+        series = list(ct_series(8, 64, 64, seed=82, patient_id="INPROC"))
+        assert send_datasets(node.port, series) == [Status.SUCCESS] * 8
+        assert descendants(node.proc.pid) == []
+        assert set(node.stats()["by_transfer_syntax"]) == {JLS}
+        sent = {str(ds.SOPInstanceUID): ds for ds in series}
+        result = movescu(node, "DEST_UNC", study(sent))
+        assert result.returncode == 0, result.stderr[-1500:]
+        received = unc.received()
+        assert set(received) == set(sent)
+        for uid, ds in received.items():
+            assert np.array_equal(ds.pixel_array, sent[uid].pixel_array)
+    finally:
+        node.stop()
+        unc.stop()
