@@ -121,7 +121,15 @@ class Node:
             echo.HANDLERS
             + store.handlers(self.ingest)
             + find.handlers(self.index, settings.ae_title, settings.pn_case_insensitive)
-            + retrieve.handlers(self.index, self.store, peers, settings.move_allowed)
+            + retrieve.handlers(
+                self.index,
+                self.store,
+                peers,
+                settings.move_allowed,
+                # decode for a peer in the worker processes, two per process ahead
+                decode=self.encoder.decode,
+                read_ahead=2 * max(1, policy.workers),
+            )
             + commitment.handlers(
                 self.index,
                 self.store,

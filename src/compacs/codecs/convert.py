@@ -8,12 +8,17 @@ is a derived instance with a new SOP Instance UID (PS3.3 C.7.6.1.1.5, see ``loss
 
 from __future__ import annotations
 
+import struct
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
 
 from compacs.codecs.lossy import derive
 from compacs.codecs.table import BY_SYNTAX
@@ -66,3 +71,102 @@ def convert(data: bytes, target: str, lossy_options: dict[str, Any] | None = Non
     native = _part10(decompress(ds)) if ds.file_meta.TransferSyntaxUID.is_compressed else data
     encoded, uid = derive(native, codec, lossy_options)
     return Converted(dcmread(BytesIO(encoded.data)), len(encoded.data), uid)
+
+
+_LONG_LENGTH_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN"))
+_LONG_LENGTH_VRS |= frozenset((b"UR", b"UT", b"SV", b"UV"))
+
+
+def split_part10(data: bytes) -> tuple[str, int]:
+    """The Transfer Syntax UID of the Part 10 file ``data`` and the offset of its data set:
+    the File Meta Information (PS3.10 7.1) is read element by element, Explicit VR Little
+    Endian (PS3.5 7.1.2), up to the first element outside group 0002. ValueError when
+    ``data`` is no Part 10 file or has no Transfer Syntax UID."""
+    if data[128:132] != b"DICM":
+        raise ValueError("not a DICOM Part 10 file (no DICM prefix)")
+    at, syntax = 132, None
+    while at + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, at)
+        if group != 0x0002:
+            break
+        vr = data[at + 4 : at + 6]
+        if vr in _LONG_LENGTH_VRS:
+            (length,) = struct.unpack_from("<L", data, at + 8)
+            value_at = at + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, at + 6)
+            value_at = at + 8
+        if element == 0x0010:
+            syntax = data[value_at : value_at + length].rstrip(b"\0 ").decode("ascii")
+        at = value_at + length
+    if syntax is None:
+        raise ValueError("the File Meta Information has no Transfer Syntax UID (0002,0010)")
+    return syntax, min(at, len(data))
+
+
+def encode_data_set(ds: Dataset, syntax: str) -> bytes:
+    """``ds`` without its File Meta, encoded in ``syntax``: what a C-STORE-RQ carries
+    (PS3.7 9.3.1.1; the data set in the presentation context's syntax, PS3.5 A.1-A.5).
+    Deflated Explicit VR Little Endian is deflated after encoding (PS3.5 A.5)."""
+    uid = UID(syntax)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = uid.is_implicit_VR
+    fp.is_little_endian = uid.is_little_endian
+    write_dataset(fp, ds)
+    encoded = fp.getvalue()
+    if uid.is_deflated:
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+        encoded = compressor.compress(encoded) + compressor.flush()
+        encoded += b"\0" if len(encoded) % 2 else b""
+    return encoded
+
+
+def data_set_for(data: bytes, target: str) -> bytes:
+    """The data set of the stored Part 10 object ``data`` encoded in ``target`` (lossless
+    only, see :func:`convert`): the stored bytes themselves when ``target`` is the stored
+    syntax, never parsed nor re-encoded; decoded to Explicit VR Little Endian, the stored
+    bytes with only the Pixel Data element replaced when nothing else changes
+    (:func:`_spliced`), which saves pydicom's encoding of the whole data set."""
+    stored, offset = split_part10(data)
+    if stored == target:
+        return data[offset:]
+    if target != NATIVE_SYNTAXES[0] or not UID(stored).is_encapsulated:
+        return encode_data_set(convert(data, target).dataset, target)
+    ds = read_dataset(data)
+    before = _spliced_attributes(ds)
+    pixels = ds.get_item(0x7FE00010)
+    at = None if pixels is None else getattr(pixels, "value_tell", None)
+    native = decompress(ds)
+    spliced = _spliced(data, offset, at, native, before)
+    return encode_data_set(native, target) if spliced is None else spliced
+
+
+_CHANGEABLE = (0x00280004, 0x00280006, 0x00282110)
+"""What :func:`decompress` may change besides Pixel Data: Photometric Interpretation,
+Planar Configuration, Lossy Image Compression."""
+
+_ENCAPSULATED_HEADER = struct.pack("<HH2s2xL", 0x7FE0, 0x0010, b"OB", 0xFFFFFFFF)
+
+
+def _spliced_attributes(ds: Dataset) -> tuple[Any, ...]:
+    return tuple(ds[tag].value if tag in ds else None for tag in _CHANGEABLE)
+
+
+def _spliced(
+    data: bytes, offset: int, value_at: int | None, native: Dataset, before: tuple[Any, ...]
+) -> bytes | None:
+    """The stored data set (Explicit VR Little Endian, PS3.5 A.4) with its encapsulated
+    Pixel Data, the last element, replaced by ``native``'s (PS3.5 8.1.1), or None when more
+    than that changed or the layout is another (an element after Pixel Data, a group
+    length, Pixel Data not where the reader found it)."""
+    if value_at is None or _spliced_attributes(native) != before:
+        return None
+    if 0x7FE00000 in native or max(native.keys(), default=0) != 0x7FE00010:
+        return None
+    header_at = value_at - len(_ENCAPSULATED_HEADER)
+    if header_at < offset or data[header_at:value_at] != _ENCAPSULATED_HEADER:
+        return None
+    element = native["PixelData"]
+    value = element.value
+    head = struct.pack("<HH2s2xL", 0x7FE0, 0x0010, element.VR.encode("ascii"), len(value))
+    return b"".join((data[offset:header_at], head, value))

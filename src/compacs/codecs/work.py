@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import partial
@@ -23,6 +24,7 @@ from typing import Any
 
 from pydicom import dcmread
 
+from compacs.codecs.convert import data_set_for
 from compacs.codecs.lossy import DerivationRefused, derive
 from compacs.codecs.pixels import NotCompressible
 from compacs.codecs.table import Codec, CodecUnavailable, codec_for
@@ -79,6 +81,47 @@ def encode_named(
     order they came, for the node to emit as its own (one job at a time runs in a worker
     process, so what is caught here is this job's)."""
     messages: list[Message] = []
+    with _caught(messages, log_level):
+        result = encode_best(data, tuple(codec_for(name) for name in codecs), options, lossy)
+    return replace(result, messages=tuple(messages)) if messages else result
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What a decode for a peer returns: the data set (no File Meta) in ``transfer_syntax``,
+    ready for a C-STORE-RQ (PS3.7 9.3.1.1), or the reason there is none."""
+
+    data_set: bytes = b""
+    transfer_syntax: str = ""
+    error: str = ""
+    """Why the object could not be brought to ``transfer_syntax`` (empty: it was)."""
+    messages: tuple[Message, ...] = field(default_factory=tuple)
+
+
+def to_peer_syntax(data: bytes, target: str) -> Decoded:
+    """The stored Part 10 object ``data`` as a data set in ``target``, a syntax the peer
+    accepted (:func:`compacs.codecs.convert.data_set_for`: decoded, or re-encoded losslessly
+    and verified); an error is returned, not raised."""
+    try:
+        return Decoded(data_set_for(data, target), target)
+    except Exception as exc:
+        return Decoded(error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def decode_for_peer(data: bytes, target: str, log_level: int = logging.WARNING) -> Decoded:
+    """:func:`to_peer_syntax` as the entry point of a worker process for C-MOVE/C-GET
+    sub-operations: what the libraries logged and warned travels back with the result
+    (see :func:`encode_named`)."""
+    messages: list[Message] = []
+    with _caught(messages, log_level):
+        result = to_peer_syntax(data, target)
+    return replace(result, messages=tuple(messages)) if messages else result
+
+
+@contextmanager
+def _caught(messages: list[Message], log_level: int) -> Iterator[None]:
+    """Log records at ``log_level`` and above, and every warning, appended to ``messages``
+    while the block runs (see :func:`encode_named`)."""
     handler = _Collector(messages)
     handler.setLevel(log_level)
     root = logging.getLogger()
@@ -89,11 +132,10 @@ def encode_named(
         with warnings.catch_warnings():
             warnings.simplefilter("always")  # the node's own filters decide on replay
             warnings.showwarning = partial(_warned, messages)
-            result = encode_best(data, tuple(codec_for(name) for name in codecs), options, lossy)
+            yield
     finally:
         root.removeHandler(handler)
         root.setLevel(saved)
-    return replace(result, messages=tuple(messages)) if messages else result
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,10 @@ breaks the whole executor and fails every future in it; with one process per exe
 is exactly the one job the process was running. That job is recorded as failed ("worker
 process died: ..."), the original stays as it was, and the lane starts a new process for
 the next job.
+
+The same processes decode for C-MOVE/C-GET when a peer needs another syntax than the
+stored one (:meth:`WorkerProcesses.decode`, :func:`compacs.codecs.work.decode_for_peer`),
+a lane at a time beside compression jobs, so that retrieve decodes on both cores.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
@@ -42,7 +46,16 @@ from typing import Any, Protocol
 import pydicom.config
 
 from compacs.codecs.table import Codec, codec_for
-from compacs.codecs.work import Encoding, Message, Outcome, encode_best, encode_named
+from compacs.codecs.work import (
+    Decoded,
+    Encoding,
+    Message,
+    Outcome,
+    decode_for_peer,
+    encode_best,
+    encode_named,
+    to_peer_syntax,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +77,11 @@ class Encoder(Protocol):
         self, data: bytes, codecs: Sequence[Codec], options: Mapping[str, Any], lossy: bool
     ) -> Encoding: ...
 
+    def decode(self, data: bytes, target: str) -> Decoded:
+        """The stored object ``data`` as a data set in ``target`` for a peer
+        (:func:`compacs.codecs.work.decode_for_peer`); a failure is in ``Decoded.error``."""
+        ...
+
     def start(self) -> None: ...
 
     def close(self, timeout: float) -> None: ...
@@ -78,6 +96,9 @@ class InProcess:
         self, data: bytes, codecs: Sequence[Codec], options: Mapping[str, Any], lossy: bool
     ) -> Encoding:
         return encode_best(data, codecs, options, lossy)
+
+    def decode(self, data: bytes, target: str) -> Decoded:
+        return to_peer_syntax(data, target)
 
     def start(self) -> None:
         pass
@@ -137,23 +158,23 @@ class _Lane:
             )
             self.pid = self._executor.submit(os.getpid).result()
 
-    def _submit(self, *args: Any) -> Future[Encoding]:
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         self.start()
         assert self._executor is not None
         try:
-            return self._executor.submit(encode_named, *args)
+            return self._executor.submit(fn, *args)
         except BrokenProcessPool:  # it died between jobs: no job of its own was lost
             log.warning("compression worker process %s had died while idle: replaced", self.pid)
             self.discard()
             self.start()
             assert self._executor is not None
-            return self._executor.submit(encode_named, *args)
+            return self._executor.submit(fn, *args)
 
     def run(
         self, data: bytes, names: tuple[str, ...], options: dict[str, Any], lossy: bool
     ) -> Encoding:
         level = logging.getLogger().getEffectiveLevel()
-        future = self._submit(data, names, options, lossy, level)
+        future = self._submit(encode_named, data, names, options, lossy, level)
         pid = self.pid
         try:
             return future.result()
@@ -166,6 +187,20 @@ class _Lane:
             )
             log.error("compression %s", note)
             return Encoding(Outcome.FAILED, note[:500])
+
+    def decode(self, data: bytes, target: str) -> Decoded:
+        """:func:`decode_for_peer` in this lane's process; a process that dies is this
+        decode's failure (the lane starts a new one for the next job)."""
+        level = logging.getLogger().getEffectiveLevel()
+        future = self._submit(decode_for_peer, data, target, level)
+        pid = self.pid
+        try:
+            return future.result()
+        except BrokenProcessPool as exc:
+            self.discard()
+            note = f"worker process died: pid {pid} ended abruptly while decoding ({exc})"
+            log.error("decode for a peer: %s", note)
+            return Decoded(error=note[:500])
 
     def discard(self) -> None:
         """Let go of the executor (broken, or the pool closes); the next job starts anew."""
@@ -218,6 +253,24 @@ class WorkerProcesses:
         if self._closed.is_set() and result.outcome is Outcome.FAILED:
             raise PoolClosed("the compression worker processes were closed during the job")
         return result
+
+    def decode(self, data: bytes, target: str) -> Decoded:
+        """:meth:`Encoder.decode` in the first free worker process (compression jobs and
+        decodes for C-MOVE/C-GET share the processes, a lane at a time)."""
+        if self._closed.is_set():
+            raise PoolClosed("the worker processes are closed")
+        lane = self._free.get()
+        try:
+            result = lane.decode(data, target)
+        finally:
+            self._free.put(lane)
+        replay(result.messages)
+        return result
+
+    @property
+    def count(self) -> int:
+        """How many worker processes (lanes) there are."""
+        return len(self._lanes)
 
     def close(self, timeout: float) -> None:
         """Stop the worker processes: a job still running after ``timeout`` seconds is

@@ -1,16 +1,24 @@
 """Query/Retrieve C-MOVE and C-GET SCPs (PS3.4 C.4.2, C.4.3).
 
 The handlers stay thin: the index picks the instances (same matching as C-FIND), and
-:func:`for_peer` turns each stored object into what the peer accepted: sent as stored
-when its syntax was accepted, otherwise decompressed (or re-encoded into a syntax the
-peer accepted, verified). A file that cannot be read or transcoded is one failed
-sub-operation, never a stale data set (the defect of pynetdicom's qrscp example).
+:func:`prepare` turns each stored object into the data set bytes of its C-STORE-RQ in a
+syntax the peer accepted (:func:`target_syntax`): the stored file's data set as it is,
+never parsed, when its syntax was accepted; otherwise decompressed (or re-encoded into a
+syntax the peer accepted, verified) in the worker processes, several sub-operations ahead
+of the one being sent (:class:`ReadAhead`), so that both cores decode while the node
+sends. The bytes reach the wire without pydicom encoding them again
+(:class:`compacs.net.sender.EncodedDataSet`). A file that cannot be read or transcoded is
+one failed sub-operation, never a stale data set (the defect of pynetdicom's qrscp
+example).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -25,13 +33,15 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from compacs.codecs.convert import convert
+from compacs.codecs.convert import split_part10
 from compacs.codecs.table import CODECS
 from compacs.codecs.transcode import NATIVE_SYNTAXES
+from compacs.codecs.work import Decoded, to_peer_syntax
 from compacs.config import Peer
 from compacs.dicom.status import Status
 from compacs.index import Index, InstanceFacts
-from compacs.net.sender import StoredFile
+from compacs.net import sender
+from compacs.net.sender import EncodedDataSet
 from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.query import PATIENT_ROOT, STUDY_ROOT, QueryError, parse_identifier
 from compacs.storage import BlobStore
@@ -58,7 +68,7 @@ def proposal(instances: list[InstanceFacts]) -> list[PresentationContext]:
     stored syntax, then Explicit and Implicit VR Little Endian, each on a context of its
     own. An acceptor chooses one syntax per context in its own order (PS3.8 9.3.3.2), and
     many prefer Implicit VR, which loses the VRs of private attributes: offered apart,
-    each is accepted on its own and :func:`for_peer` sends the stored syntax, else
+    each is accepted on its own and :func:`target_syntax` sends the stored syntax, else
     Explicit. More than 128 are split over several associations by
     :class:`compacs.net.sender.ArchiveAE`."""
     stored: dict[str, list[str]] = {}
@@ -85,14 +95,84 @@ def choose_syntax(preference: list[str], accepted: set[str]) -> str | None:
     return next((uid for uid in preference if uid in accepted), None)
 
 
-def for_peer(data: bytes, stored: str, accepted: set[str]) -> Dataset:
-    """The stored object ``data`` in a transfer syntax the peer accepted: as stored, else
-    native, else re-encoded losslessly (compressed to compressed, verified)."""
+def target_syntax(stored: str, accepted: set[str]) -> str:
+    """What to send a stored object in: as stored, else native, else re-encoded
+    losslessly (compressed to compressed, verified), whichever the peer accepted first."""
     lossless = [c.transfer_syntax for c in CODECS if c.lossless]
     target = choose_syntax([stored, *NATIVE_SYNTAXES, *lossless], accepted)
     if target is None:
         raise NotAcceptable(f"the peer accepted none of {stored} or a syntax compacs can produce")
-    return convert(data, target).dataset
+    return target
+
+
+class SubOperationFailed(RuntimeError):
+    """The object could not be brought to a syntax the peer accepted (a decode failed)."""
+
+
+Decode = Callable[[bytes, str], Decoded]
+"""Brings a stored object to a syntax (``Encoder.decode``: in the worker processes)."""
+
+
+def prepare(
+    store: BlobStore, inst: InstanceFacts, accepted: set[str], decode: Decode
+) -> EncodedDataSet:
+    """One sub-operation's data set, encoded for the wire: the stored file's data set as
+    it is when the peer accepted its syntax, else decoded (or re-encoded) by ``decode``."""
+    data = store.get(inst["storage_key"])
+    stored, offset = split_part10(data)
+    target = target_syntax(stored, accepted)
+    if target == stored:
+        encoded = data[offset:]
+    else:
+        decoded = decode(data, target)
+        if decoded.error:
+            raise SubOperationFailed(decoded.error)
+        encoded = decoded.data_set
+    return EncodedDataSet(inst["sop_class_uid"], inst["sop_instance_uid"], target, encoded)
+
+
+class ReadAhead:
+    """The sub-operations' data sets, handed out in the order of ``instances``; those that
+    ``needs_decode`` are prepared up to ``depth`` ahead of the one being sent, in threads
+    that each wait for a worker process, the others (a file read) when their turn comes,
+    in the caller's thread. At most ``depth`` are prepared or held at a time, so memory
+    stays bounded whatever the number of instances. :meth:`close` cancels what has not
+    started and waits for what has, so that no worker process is left busy."""
+
+    def __init__(
+        self,
+        work: Callable[[InstanceFacts], EncodedDataSet],
+        needs_decode: Callable[[InstanceFacts], bool],
+        instances: list[InstanceFacts],
+        depth: int,
+    ) -> None:
+        self._work = work
+        self._needs_decode = needs_decode
+        self._instances = iter(instances)
+        self._pending: deque[tuple[InstanceFacts, Future[EncodedDataSet] | None]] = deque()
+        self._executor = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="read-ahead")
+        for _ in range(depth):
+            self._submit_next()
+
+    def _submit_next(self) -> None:
+        inst = next(self._instances, None)
+        if inst is not None:
+            ahead = self._needs_decode(inst)
+            future = self._executor.submit(self._work, inst) if ahead else None
+            self._pending.append((inst, future))
+
+    def __iter__(self) -> Iterator[tuple[InstanceFacts, Callable[[], EncodedDataSet]]]:
+        while self._pending:
+            inst, future = self._pending.popleft()
+            self._submit_next()
+            yield inst, future.result if future is not None else partial(self._work, inst)
+
+    def close(self) -> None:
+        for _, future in self._pending:
+            if future is not None:
+                future.cancel()
+        self._pending.clear()
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _failed_sub_operation(inst: InstanceFacts) -> Dataset:
@@ -111,28 +191,37 @@ def sub_operations(
     instances: list[InstanceFacts],
     accepted: Callable[[], dict[str, set[str]]],
     is_cancelled: Callable[[], bool],
-    *,
-    stream: bool = False,
+    decode: Decode,
+    depth: int = 2,
 ) -> Iterator[tuple[int, Dataset | None]]:
-    """(status, data set) per instance for pynetdicom's retrieve loop; with ``stream``
-    (C-MOVE through ArchiveAE) objects sent as stored are streamed from their files."""
-    for inst in instances:
-        if is_cancelled():
-            yield Status.CANCEL, None
-            return
-        try:
-            syntaxes = accepted().get(inst["sop_class_uid"], set())
-            path = store.local_path(inst["storage_key"]) if stream else None
-            if path is not None and inst["transfer_syntax_stored"] in syntaxes and path.is_file():
-                # sent as stored, streamed from the file without a decode
-                stored = StoredFile(path, inst["sop_class_uid"], inst["sop_instance_uid"])
-                yield Status.PENDING, stored
-                continue
-            data = store.get(inst["storage_key"])
-            yield Status.PENDING, for_peer(data, inst["transfer_syntax_stored"], syntaxes)
-        except Exception as exc:
-            log.warning("sub-operation for %s failed: %s", inst["sop_instance_uid"], exc)
-            yield Status.PENDING, _failed_sub_operation(inst)
+    """(status, data set) per instance for pynetdicom's retrieve loop (PS3.4 C.4.2.3,
+    C.4.3.3), those to decode prepared ``depth`` ahead (:class:`ReadAhead`). A C-CANCEL is honoured
+    between sub-operations, after the read-ahead has stopped; an object that cannot be
+    read or decoded is one failed sub-operation."""
+    syntaxes = accepted()  # the destination's association is established by now
+
+    def work(inst: InstanceFacts) -> EncodedDataSet:
+        return prepare(store, inst, syntaxes.get(inst["sop_class_uid"], set()), decode)
+
+    def needs_decode(inst: InstanceFacts) -> bool:
+        accepted = syntaxes.get(inst["sop_class_uid"], set())
+        return inst["transfer_syntax_stored"] not in accepted
+
+    ahead = ReadAhead(work, needs_decode, instances, depth)
+    try:
+        for inst, prepared in ahead:
+            if is_cancelled():
+                ahead.close()
+                yield Status.CANCEL, None
+                return
+            try:
+                dataset: Dataset = prepared()
+            except Exception as exc:
+                log.warning("sub-operation for %s failed: %s", inst["sop_instance_uid"], exc)
+                dataset = _failed_sub_operation(inst)
+            yield Status.PENDING, dataset
+    finally:
+        ahead.close()
 
 
 def _query(index: Index, identifier: Dataset, model: str) -> list[InstanceFacts]:
@@ -146,8 +235,18 @@ def _refusal(exc: QueryError) -> Dataset:
 
 
 def handlers(
-    index: Index, store: BlobStore, peers: dict[str, Peer], move_allowed: Callable[[str, str], bool]
+    index: Index,
+    store: BlobStore,
+    peers: dict[str, Peer],
+    move_allowed: Callable[[str, str], bool],
+    decode: Decode = to_peer_syntax,
+    read_ahead: int = 2,
 ):
+    """The C-MOVE and C-GET handlers. ``decode`` brings an object to another syntax (the
+    node passes its worker processes'), ``read_ahead`` sub-operations are prepared ahead
+    of the one being sent (the node: twice the worker processes, so both cores decode)."""
+    sender.install()  # EncodedDataSet bytes go on the wire as they are
+
     def handle_move(event: Event):
         model = MOVE_MODELS[str(event.request.AffectedSOPClassUID)]
         destination = str(event.move_destination or "").strip()
@@ -176,7 +275,8 @@ def handlers(
             instances,
             lambda: accepted_syntaxes(sub_association),
             lambda: event.is_cancelled,
-            stream=True,
+            decode,
+            read_ahead,
         )
 
     def handle_get(event: Event):
@@ -188,7 +288,13 @@ def handlers(
             yield exc.status, _refusal(exc)
             return
         yield len(instances)
-        accepted = accepted_syntaxes(event.assoc)
-        yield from sub_operations(store, instances, lambda: accepted, lambda: event.is_cancelled)
+        yield from sub_operations(
+            store,
+            instances,
+            lambda: accepted_syntaxes(event.assoc),
+            lambda: event.is_cancelled,
+            decode,
+            read_ahead,
+        )
 
     return [(evt.EVT_C_MOVE, handle_move), (evt.EVT_C_GET, handle_get)]

@@ -15,9 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
+import pynetdicom.association
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
 from pynetdicom import AE
+from pynetdicom.dsutils import encode as pynetdicom_encode
 from pynetdicom.presentation import PresentationContext
+
+from compacs.net.event_reactor import UnsupportedPynetdicom
 
 MAX_CONTEXTS = 128
 
@@ -47,6 +52,58 @@ class StoredFile(Dataset):
         self.SOPClassUID = sop_class_uid
         self.SOPInstanceUID = sop_instance_uid
         self.stored_path = path
+
+
+class EncodedDataSet(Dataset):
+    """A data set already encoded in ``transfer_syntax`` for a C-STORE-RQ (PS3.7 9.3.1.1):
+    the stored file's data set sent as it is, or one decoded ahead in a worker process.
+    pynetdicom's C-MOVE and C-GET loops take it as any Dataset (it carries the SOP Class
+    and Instance UIDs they read); its bytes reach the wire through :func:`encode` without
+    being parsed or encoded again."""
+
+    def __init__(
+        self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, encoded: bytes
+    ) -> None:
+        super().__init__()
+        self.SOPClassUID = sop_class_uid
+        self.SOPInstanceUID = sop_instance_uid
+        self.file_meta = FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = transfer_syntax
+        syntax = UID(transfer_syntax)
+        self.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian)
+        self.encoded = encoded
+        self.encoding = (syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+
+
+def encode(
+    ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
+) -> bytes | None:
+    """pynetdicom's ``dsutils.encode`` as ``association.send_c_store`` calls it: an
+    :class:`EncodedDataSet` gives its bytes when the context's encoding is its own (else
+    None: pynetdicom fails that sub-operation, never sends bytes under another syntax);
+    any other data set is encoded by pynetdicom as before."""
+    if isinstance(ds, EncodedDataSet):
+        if ds.encoding != (is_implicit_vr, is_little_endian, deflated):
+            return None
+        return ds.encoded
+    return pynetdicom_encode(ds, is_implicit_vr, is_little_endian, deflated)
+
+
+def install() -> None:
+    """Let ``Association.send_c_store`` send :class:`EncodedDataSet` bytes as they are
+    (once; idempotent). Written for pynetdicom 3.0.x, like ``net/command_set.py``: refuses
+    to run unless the name it replaces in ``pynetdicom.association`` is ``dsutils.encode``
+    and ``send_c_store`` still calls it."""
+    current = getattr(pynetdicom.association, "encode", None)
+    if current is encode:
+        return
+    uses = pynetdicom.association.Association.send_c_store.__code__.co_names
+    if current is not pynetdicom_encode or "encode" not in uses:
+        raise UnsupportedPynetdicom(
+            "pynetdicom.association.encode is not dsutils.encode, or send_c_store no longer "
+            "calls it: compacs's retrieve sender (net/sender.py) was written for pynetdicom 3.0.x"
+        )
+    pynetdicom.association.encode = encode
 
 
 class FanOutAssociation:
