@@ -63,15 +63,18 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pynetdicom
-from pynetdicom import evt
+from pynetdicom import evt, fsm
 from pynetdicom.acse import ACSE
 from pynetdicom.association import LOGGER as ASSOCIATION_LOGGER
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import StateMachine
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.timer import Timer
 from pynetdicom.transport import AssociationSocket
+
+from compacs.net.pdata import CoalescingDIMSE, wire_of
 
 SUPPORTED = ((3, 0, 4), (3, 1, 0))
 """pynetdicom versions this module was written for: >= 3.0.4, < 3.1."""
@@ -88,7 +91,7 @@ def _names(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-_LOOP_NAMES: dict[tuple[type, str], frozenset[str]] = {
+_LOOP_NAMES: dict[tuple[object, str], frozenset[str]] = {
     # the DUL loop that keeps running, with our _is_transport_event and _kill_thread
     (DULServiceProvider, "run_reactor"): _names(
         "A_ABORT_RQ Empty Exception LOGGER _dul_ready _idle_timer _is_transport_event _kill "
@@ -112,6 +115,22 @@ _LOOP_NAMES: dict[tuple[type, str], frozenset[str]] = {
         "int is_aborted is_alive is_established is_release_requested is_released kill "
         "network_timeout_response receive_pdu release send_release sleep time trigger "
         "wait"
+    ),
+    # replaced by pdata.CoalescingDIMSE.send_msg (same steps, the PDUs in batches)
+    (DIMSEServiceProvider, "send_msg"): _names(
+        "EVT_DIMSE_SENT MessageIDBeingRespondedTo _RQ_TO_MESSAGE _RSP_TO_MESSAGE __class__ "
+        "assoc context_id dul encode_msg evt maximum_pdu_size primitive_to_message send_pdu "
+        "trigger"
+    ),
+    # extended by EventDrivenDUL._send; DT-1 hands it P_DATA_TF(primitive), whose PDV values
+    # are the primitive's as they are (the batches of pdata.WireBytes)
+    (DULServiceProvider, "_send"): _names(
+        "EVT_PDU_SENT LOGGER assoc encode evt send socket trigger warning"
+    ),
+    (fsm, "DT_1"): _names("P_DATA_TF _send cast get to_provider_queue"),
+    (P_DATA_TF, "from_primitive"): _names(
+        "PresentationDataValueItem append presentation_context_id presentation_data_value "
+        "presentation_data_value_items presentation_data_value_list"
     ),
     # replaced by EventDrivenAssociation.kill (same steps, a wait for the sleep)
     (Association, "kill"): _names(
@@ -336,6 +355,16 @@ class EventDrivenDUL(DULServiceProvider):
     def _is_transport_event(self) -> bool:
         self._wait_for_work()
         return super()._is_transport_event()
+
+    def _send(self, pdu: Any) -> None:
+        """pynetdicom's, except that the PDUs a :class:`~compacs.net.pdata.CoalescingDIMSE`
+        encoded are written as they are (net/pdata.py)."""
+        wire = wire_of(pdu)
+        if wire is None:
+            super()._send(pdu)
+        elif self.socket is not None:
+            self.socket.send(wire)
+            evt.trigger(self.assoc, evt.EVT_PDU_SENT, {"pdu": pdu})
 
     def stop_dul(self) -> bool:
         if self.state_machine.current_state == "Sta1":
@@ -581,6 +610,7 @@ def make_event_driven(assoc: Association) -> Association:
     dul._run_loop_delay = 0.0  # the loop's sleep is a yield; it blocks in our poll instead
     dul.__class__ = EventDrivenDUL
     assoc.__class__ = EventDrivenAssociation
+    assoc.dimse.__class__ = CoalescingDIMSE
     return assoc
 
 
