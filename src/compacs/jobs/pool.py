@@ -37,12 +37,21 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from typing import Any, Protocol
 
 import pydicom.config
 
 from compacs.codecs.table import Codec, codec_for
-from compacs.codecs.work import Encoding, Message, Outcome, encode_best, encode_named
+from compacs.codecs.work import (
+    Encoding,
+    Message,
+    Outcome,
+    encode_best,
+    encode_named,
+    read_file,
+    spool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +67,20 @@ class PoolClosed(RuntimeError):
 
 
 class Encoder(Protocol):
-    """Runs a job's CPU part (:func:`compacs.codecs.work.encode_best`)."""
+    """Runs a job's CPU part (:func:`compacs.codecs.work.encode_best`): ``source`` is the
+    Part 10 file's bytes or path; with ``spool_dir`` the encoding comes back as a file
+    written there (:attr:`Encoding.path`), else as bytes."""
+
+    remote: bool
+    """The job runs in another process: hand it paths rather than bytes."""
 
     def encode(
-        self, data: bytes, codecs: Sequence[Codec], options: Mapping[str, Any], lossy: bool
+        self,
+        source: bytes | str,
+        codecs: Sequence[Codec],
+        options: Mapping[str, Any],
+        lossy: bool,
+        spool_dir: str | None = None,
     ) -> Encoding: ...
 
     def start(self) -> None: ...
@@ -74,10 +93,21 @@ class InProcess:
     workers; policy ``when = "ingest"`` still compresses in the receiving thread), and
     callers that hand in codecs outside the table (tests)."""
 
+    remote = False
+
     def encode(
-        self, data: bytes, codecs: Sequence[Codec], options: Mapping[str, Any], lossy: bool
+        self,
+        source: bytes | str,
+        codecs: Sequence[Codec],
+        options: Mapping[str, Any],
+        lossy: bool,
+        spool_dir: str | None = None,
     ) -> Encoding:
-        return encode_best(data, codecs, options, lossy)
+        data = source if isinstance(source, bytes) else read_file(source)
+        result = encode_best(data, codecs, options, lossy)
+        if spool_dir is not None and result.outcome is Outcome.ENCODED:
+            return replace(result, data=b"", path=spool(result.data, spool_dir))
+        return result
 
     def start(self) -> None:
         pass
@@ -150,10 +180,15 @@ class _Lane:
             return self._executor.submit(encode_named, *args)
 
     def run(
-        self, data: bytes, names: tuple[str, ...], options: dict[str, Any], lossy: bool
+        self,
+        source: bytes | str,
+        names: tuple[str, ...],
+        options: dict[str, Any],
+        lossy: bool,
+        spool_dir: str | None,
     ) -> Encoding:
         level = logging.getLogger().getEffectiveLevel()
-        future = self._submit(data, names, options, lossy, level)
+        future = self._submit(source, names, options, lossy, level, spool_dir)
         pid = self.pid
         try:
             return future.result()
@@ -177,6 +212,8 @@ class _Lane:
 class WorkerProcesses:
     """``count`` long-lived worker processes; :meth:`encode` blocks the calling thread
     (which holds no GIL while it waits) until a process has run the job."""
+
+    remote = True
 
     def __init__(self, count: int) -> None:
         if count < 1:
@@ -205,14 +242,19 @@ class WorkerProcesses:
         return [lane.pid for lane in self._lanes if lane.pid is not None]
 
     def encode(
-        self, data: bytes, codecs: Sequence[Codec], options: Mapping[str, Any], lossy: bool
+        self,
+        source: bytes | str,
+        codecs: Sequence[Codec],
+        options: Mapping[str, Any],
+        lossy: bool,
+        spool_dir: str | None = None,
     ) -> Encoding:
         names = table_names(codecs)
         if self._closed.is_set():
             raise PoolClosed("the compression worker processes are closed")
         lane = self._free.get()
         try:
-            result = lane.run(data, names, dict(options), lossy)
+            result = lane.run(source, names, dict(options), lossy, spool_dir)
         finally:
             self._free.put(lane)
         if self._closed.is_set() and result.outcome is Outcome.FAILED:

@@ -4,6 +4,14 @@ Durability of ``put`` (what makes a C-STORE Success honest): write to a temporar
 in the same file system, fsync it, rename it over the final name, fsync the directory,
 and fsync every directory newly created on the way. A crash leaves either the whole
 object or a temporary file that :meth:`FileStore.recover` removes at start-up.
+
+A file made elsewhere (a compression worker process writes its encoding into
+:attr:`FileStore.spool_dir` and fsyncs it) is put in place by :meth:`FileStore.adopt`:
+the rename and the directory fsync of ``put`` without a copy.
+
+``delete`` does not fsync the directory: nothing is acknowledged by a deletion, and a
+deletion undone by a power failure leaves an unreferenced object (an orphan, listed and
+removed by ``compacs verify --repair-orphans``), never a lost instance.
 """
 
 from __future__ import annotations
@@ -84,13 +92,38 @@ class FileStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            self._place(tmp, final)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno in _NO_SPACE:
                 raise StorageFull(exc.errno, f"no space left for {key}: {exc.strerror}") from exc
             raise
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where another process may write a file for :meth:`adopt` (same file system;
+        whatever is left there is removed by :meth:`recover`)."""
+        return self._tmp
+
+    def adopt(self, key: str, path: Path | str) -> None:
+        """Make the fsynced file ``path`` (in :attr:`spool_dir`) the object ``key``:
+        durable on return, as after :meth:`put`; the file is gone either way."""
+        tmp = Path(path)
+        if tmp.parent != self._tmp:
+            raise ValueError(f"{tmp} is not in the store's spool directory {self._tmp}")
+        try:
+            final = self._path(key)
+            self._ensure_dir(final.parent)
+            self._place(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def _place(tmp: Path, final: Path) -> None:
+        """Rename the fsynced ``tmp`` to ``final`` and make the new entry durable."""
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -99,12 +132,8 @@ class FileStore:
         return self._path(key).open("rb")
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return
-        _fsync_dir(path.parent)
+        """Unlink the object; no directory fsync (see the module docstring)."""
+        self._path(key).unlink(missing_ok=True)
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
