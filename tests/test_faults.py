@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pynetdicom import AE
@@ -397,3 +398,57 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "compressed-placed",  # the encoding renamed into place, the index not yet switched
+        "compressed-switched",  # the index switched, the original not yet deleted
+    ],
+)
+def test_kill_9_at_the_object_switch_loses_nothing_and_leaves_no_orphan(
+    node_factory, tmp_path, monkeypatch, step
+):
+    """Issue 15: the node killed (-9) at each step of switching an instance to its
+    compressed copy (the copy written by a worker process and renamed into place; the
+    original's deletion without a directory fsync). Every acknowledged instance reads
+    back (DCMTK's dcmdjpls, then pydicom) equal to what was sent, and start-up recovery
+    leaves no unreferenced object."""
+    require_dcmtk()
+    config = write_config(
+        tmp_path / "crash.toml", '[compression]\nwhen = "deferred"\ndelay = 2\nworkers = 1\n'
+    )
+    monkeypatch.setenv("COMPACS_CRASH_AT", step)  # the node's failpoint (jobs/compress.py)
+    node = node_factory(config=config)
+    series = list(ct_series(6, seed=150))
+    assert send_datasets(node.port, series) == [Status.SUCCESS] * 6  # all acknowledged
+    assert node.proc is not None
+    assert node.proc.wait(60) == -signal.SIGKILL  # died at the step, at the first job
+    index = rows(node.data_dir)
+    left = stored_files(node.data_dir) - {key for key, _ in index.values()}
+    assert len(left) == 1, f"the kill at {step} should leave one unreferenced object: {left}"
+
+    monkeypatch.delenv("COMPACS_CRASH_AT")
+    node.start()
+    deadline = time.monotonic() + 120
+    while node.stats()["pending"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert node.stats()["compression"] == {"compressed": 6}
+    uids = {str(ds.SOPInstanceUID) for ds in series}
+    assert_consistent(node.data_dir, uids)
+    index = rows(node.data_dir)
+    assert stored_files(node.data_dir) == {key for key, _ in index.values()}  # no orphan
+    for n, ds in enumerate(series):
+        key, _ = index[str(ds.SOPInstanceUID)]
+        plain = tmp_path / f"plain{n}.dcm"
+        subprocess.run(
+            ["dcmdjpls", str(node.data_dir / "store" / key), str(plain)],
+            check=True,
+            capture_output=True,
+        )
+        back = pydicom.dcmread(plain)
+        assert np.array_equal(back.pixel_array, ds.pixel_array)
+        for elem in ds:
+            if elem.tag != 0x7FE00010:
+                assert back[elem.tag].value == elem.value, elem.keyword

@@ -26,6 +26,7 @@ from compacs.index import Duplicates, Index, IndexUnavailable, NewInstance
 from compacs.routing import Routing
 from compacs.rules import DEFAULT_POLICY, Policy, facts_of
 from compacs.storage import BlobStore, StorageFull
+from compacs.storage.filesystem import intent
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,6 @@ class Ingest:
 
     def _receive(self, rx: Received) -> Outcome:
         parts, attributes = self._checked(rx)
-        size = sum(len(part) for part in parts)
         sop_instance = attributes[IMAGE]["sop_instance_uid"]
         if self.duplicates is Duplicates.KEEP_FIRST and self._known(sop_instance):
             log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
@@ -147,6 +147,15 @@ class Ingest:
         key = storage_key(
             attributes[STUDY]["study_uid"], attributes[SERIES]["series_uid"], sop_instance, digest
         )
+        with intent(self.store, [key]):  # a crash before the commit leaves no orphan
+            return self._store(rx, attributes, parts, key, digest)
+
+    def _store(
+        self, rx: Received, attributes: dict, parts: tuple[bytes, bytes], key: str, digest: str
+    ) -> Outcome:
+        """Durable object, then committed index row (PS3.4 B.2.3), then the follow-ups."""
+        sop_instance = attributes[IMAGE]["sop_instance_uid"]
+        size = sum(len(part) for part in parts)
         try:
             self.store.put(key, parts)
         except StorageFull as exc:

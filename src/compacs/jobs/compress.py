@@ -10,6 +10,8 @@ recorded on the instance (``compression`` = failed, with a note) and logged.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,8 +37,60 @@ from compacs.jobs.pool import Encoder, InProcess, PoolClosed, replay
 from compacs.logs import about
 from compacs.rules import Decision, Policy
 from compacs.storage import BlobStore, FileStore
+from compacs.storage.filesystem import intent
 
 log = logging.getLogger(__name__)
+
+CRASH_AT = os.environ.get("COMPACS_CRASH_AT", "")
+"""A failpoint for the durability tests (tests/test_faults.py): the node kills itself
+(SIGKILL) on reaching the step of this name; empty (the default) in service."""
+
+
+def crash_point(step: str) -> None:
+    """Die here, as a kill -9 would, when the tests ask for it (:data:`CRASH_AT`)."""
+    if step == CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def settle_intents(store: BlobStore, index: Index) -> int:
+    """Start-up recovery of the steps a crash interrupted: each noted object, and every
+    other object of the same instance beside it, that the index does not reference is
+    deleted. Run before anything writes (no store or index step in flight). Returns how
+    many objects were deleted."""
+    if not isinstance(store, FileStore):
+        return 0
+    deleted = 0
+    for note, keys in store.intents():
+        for key in _same_instance(store, keys):
+            location = index.locate(_sop_instance_of(key))
+            if location is None or location.storage_key != key:
+                store.delete(key)
+                deleted += 1
+        note.unlink(missing_ok=True)
+    if deleted:
+        log.warning("start-up recovery: deleted %d object(s) a crash left unreferenced", deleted)
+    return deleted
+
+
+def _sop_instance_of(key: str) -> str:
+    """The SOP Instance UID a key names (``.../UID.DIGEST.dcm``, :func:`storage_key`)."""
+    return key.rsplit("/", 1)[-1].rsplit(".", 2)[0]
+
+
+def _same_instance(store: FileStore, keys: list[str]) -> set[str]:
+    """``keys`` and the other objects of their instances in the same directories (a
+    replaced original the crash left before its deletion)."""
+    found = set(keys)
+    for key in keys:
+        folder, _, _ = key.rpartition("/")
+        prefix = _sop_instance_of(key) + "."
+        path = store.local_path(key)
+        if path is None or not path.parent.is_dir():
+            continue
+        for entry in path.parent.iterdir():
+            if entry.name.startswith(prefix) and entry.name.endswith(".dcm"):
+                found.add(f"{folder}/{entry.name}" if folder else entry.name)
+    return found
 
 
 JustWritten = tuple[str, bytes]
@@ -203,16 +257,19 @@ class Compressor:
         key = storage_key(
             facts["study_uid"], facts["series_uid"], facts["sop_instance_uid"], digest
         )
-        self._place(key, encoded)
         change = ObjectChange(key, encoded.transfer_syntax, encoded.size, digest)
         result = Result(COMPRESSED, note, before, encoded.size, encoded.transfer_syntax)
-        if key == facts["storage_key"]:  # the same bytes again: nothing to switch or delete
-            self._finish(facts, None, result)
-        elif self._finish(facts, change, result):
-            self.store.delete(facts["storage_key"])
-        else:  # replaced or deleted meanwhile: the new object belongs to nobody
-            self.store.delete(key)
-            result = Result(SKIPPED, "instance changed while it was compressed", before, before)
+        with intent(self.store, [facts["storage_key"], key]):
+            self._place(key, encoded)
+            crash_point("compressed-placed")
+            if key == facts["storage_key"]:  # the same bytes again: nothing to switch
+                self._finish(facts, None, result)
+            elif self._finish(facts, change, result):
+                crash_point("compressed-switched")
+                self.store.delete(facts["storage_key"])
+            else:  # replaced or deleted meanwhile: the new object belongs to nobody
+                self.store.delete(key)
+                result = Result(SKIPPED, "instance changed while it was compressed", before, before)
         return result
 
     def reencode(self, facts: InstanceFacts, reason: str) -> Result:
@@ -240,6 +297,15 @@ class Compressor:
         new_uid, digest = encoded.new_uid, encoded.sha256
         key = storage_key(facts["study_uid"], facts["series_uid"], new_uid, digest)
         assert encoded.attributes is not None  # the worker extracts them with the encoding
+        with intent(self.store, [key, facts["storage_key"]]):
+            return self._derived(facts, before, encoded, decision, key)
+
+    def _derived(
+        self, facts: InstanceFacts, before: int, encoded: Encoding, decision: Decision, key: str
+    ) -> Result:
+        """:meth:`_store_derived` once its intent is noted."""
+        new_uid, digest = encoded.new_uid, encoded.sha256
+        assert encoded.attributes is not None
         self._place(key, encoded)
         instance = NewInstance(
             attributes=encoded.attributes,

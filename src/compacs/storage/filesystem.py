@@ -12,6 +12,14 @@ the rename and the directory fsync of ``put`` without a copy.
 ``delete`` does not fsync the directory: nothing is acknowledged by a deletion, and a
 deletion undone by a power failure leaves an unreferenced object (an orphan, listed and
 removed by ``compacs verify --repair-orphans``), never a lost instance.
+
+Intents (:meth:`FileStore.intent`): before a write whose object the index references
+only after a later commit (a received object, a compressed copy) or which is deleted
+after one (a replaced original), the keys involved are noted in a small file (no fsync:
+it guards against a killed process, whose written files survive; a power failure may
+also lose the note, and leaves at worst an orphan). The note is removed when the step
+ends; notes a crash left are settled at start-up: every key in them that the index
+does not reference is deleted (:func:`compacs.jobs.compress.settle_intents`).
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from urllib.parse import unquote, urlsplit
 from compacs.storage.base import OWNER_KEY, StorageFull, parts_of, validate_key
 
 TMP_DIR = ".tmp"
+INTENTS_DIR = "intents"
+"""Under TMP_DIR: the notes of :meth:`FileStore.intent`, kept by :meth:`FileStore.recover`."""
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -40,14 +50,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def intent(store: object, keys: Sequence[str]) -> contextlib.AbstractContextManager[None]:
+    """``store``'s note of ``keys`` that a crash in the ``with`` block may leave
+    unreferenced (:meth:`FileStore.intent`); nothing for stores without local files."""
+    return store.intent(keys) if isinstance(store, FileStore) else contextlib.nullcontext()
+
+
 class FileStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
         self.url = self.root.as_uri()
         self._tmp = self.root / TMP_DIR
+        self._intents = self._tmp / INTENTS_DIR
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
-        self._ensure_dir(self._tmp)
+        self._ensure_dir(self._intents)
 
     @classmethod
     def from_url(cls, url: str) -> FileStore:
@@ -155,11 +177,43 @@ class FileStore:
                     yield key
 
     def recover(self) -> int:
+        """Remove partial writes (the intents stay for :meth:`intents`)."""
         leftovers = 0
         for entry in self._tmp.iterdir():
-            entry.unlink(missing_ok=True)
-            leftovers += 1
+            if entry != self._intents:
+                entry.unlink(missing_ok=True)
+                leftovers += 1
         return leftovers
+
+    # -- intents (module docstring) --------------------------------------------------------
+    @contextlib.contextmanager
+    def intent(self, keys: Sequence[str]) -> Iterator[None]:
+        """Note ``keys`` for the ``with`` block: the note goes when the block ends (its
+        code cleans up after its own errors), and stays when the process dies there
+        (settled at the next start). A note that cannot be written (a full disk) is
+        skipped: it guards against orphans, not against loss."""
+        note = self._intents / f"{uuid.uuid4().hex}.keys"
+        text = "\n".join(validate_key(k) for k in keys).encode("ascii")
+        try:
+            fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                os.write(fd, text)
+            finally:
+                os.close(fd)
+        except OSError:
+            _remove(note)
+        try:
+            yield
+        finally:
+            _remove(note)
+
+    def intents(self) -> list[tuple[Path, list[str]]]:
+        """The notes a crash left: (note, keys noted)."""
+        found = []
+        for note in sorted(self._intents.iterdir()):
+            text = note.read_text("ascii", errors="replace")
+            found.append((note, [k for k in text.split("\n") if k]))
+        return found
 
     def close(self) -> None:
         pass
