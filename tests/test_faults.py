@@ -51,7 +51,7 @@ def stored_files(data_dir: Path) -> set[str]:
     return {
         p.relative_to(store).as_posix()
         for p in store.rglob("*")
-        if p.is_file() and ".tmp" not in p.parts and p.name != OWNER_KEY
+        if p.is_file() and not {".tmp", ".intents"} & set(p.parts) and p.name != OWNER_KEY
     }
 
 

@@ -52,7 +52,7 @@ def store_files(data_dir: Path) -> dict[str, Path]:
     return {
         p.relative_to(store).as_posix(): p
         for p in store.rglob("*")
-        if p.is_file() and ".tmp" not in p.parts and p.name != OWNER_KEY
+        if p.is_file() and not {".tmp", ".intents"} & set(p.parts) and p.name != OWNER_KEY
     }
 
 

@@ -37,8 +37,8 @@ from urllib.parse import unquote, urlsplit
 from compacs.storage.base import OWNER_KEY, StorageFull, parts_of, validate_key
 
 TMP_DIR = ".tmp"
-INTENTS_DIR = "intents"
-"""Under TMP_DIR: the notes of :meth:`FileStore.intent`, kept by :meth:`FileStore.recover`."""
+INTENTS_DIR = ".intents"
+"""The notes of :meth:`FileStore.intent`, beside TMP_DIR (never a key)."""
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -66,9 +66,10 @@ class FileStore:
         self.root = Path(root).resolve()
         self.url = self.root.as_uri()
         self._tmp = self.root / TMP_DIR
-        self._intents = self._tmp / INTENTS_DIR
+        self._intents = self.root / INTENTS_DIR
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
+        self._ensure_dir(self._tmp)
         self._ensure_dir(self._intents)
 
     @classmethod
@@ -169,7 +170,7 @@ class FileStore:
     def keys(self) -> Iterator[str]:
         for dirpath, dirnames, filenames in os.walk(self.root):
             if Path(dirpath) == self.root:
-                dirnames[:] = [d for d in dirnames if d != TMP_DIR]
+                dirnames[:] = [d for d in dirnames if d not in (TMP_DIR, INTENTS_DIR)]
             rel = Path(dirpath).relative_to(self.root)
             for name in filenames:
                 key = (rel / name).as_posix()
@@ -180,9 +181,8 @@ class FileStore:
         """Remove partial writes (the intents stay for :meth:`intents`)."""
         leftovers = 0
         for entry in self._tmp.iterdir():
-            if entry != self._intents:
-                entry.unlink(missing_ok=True)
-                leftovers += 1
+            entry.unlink(missing_ok=True)
+            leftovers += 1
         return leftovers
 
     # -- intents (module docstring) --------------------------------------------------------
