@@ -393,3 +393,44 @@ def test_a_decompressed_ybr_jpeg_keeps_pixels_and_photometric_together(name):
     assert not native.file_meta.TransferSyntaxUID.is_compressed
     error = np.abs(native.pixel_array.astype(int) - expected.astype(int)).max()
     assert error <= 2  # chroma upsampling differs by a rounding step between decoders
+
+
+def test_group_commit_syncs_a_batch_unless_all_of_it_may_be_lost(tmp_path):
+    """Issue 15: queue claims commit without a WAL sync of their own (SQLite's
+    synchronous=NORMAL); a batch holding one durable item (an index row a C-STORE
+    Success waits for, an object switch) commits with synchronous=FULL, whatever else
+    shares it. SQLite itself reports the level in force inside each transaction."""
+    index = SqliteIndex(tmp_path / "i.sqlite")
+
+    def level(cur) -> int:
+        return cur.execute("PRAGMA synchronous").fetchone()[0]  # 1 NORMAL, 2 FULL
+
+    try:
+        writer = index._writer
+        assert writer.submit(level, durable=False) == 1
+        assert writer.submit(level) == 2
+        gate, held = threading.Event(), threading.Event()
+
+        def hold(cur) -> None:  # keeps the writer busy while the next batch queues up
+            held.set()
+            gate.wait(10)
+
+        blocker = threading.Thread(target=writer.submit, args=(hold,))
+        blocker.start()
+        held.wait(10)
+        results: dict[str, int] = {}
+        lazy = threading.Thread(target=lambda: results.update(lazy=writer.submit(level, False)))
+        durable = threading.Thread(target=lambda: results.update(durable=writer.submit(level)))
+        for n, t in enumerate((lazy, durable), start=1):
+            t.start()
+            for _ in range(1000):  # until it is queued behind the blocker
+                if writer._queue.qsize() >= n:
+                    break
+                threading.Event().wait(0.01)
+        gate.set()
+        for t in (blocker, lazy, durable):
+            t.join(10)
+        assert results == {"lazy": 2, "durable": 2}  # one batch: synced
+        assert writer.submit(level, durable=False) == 1  # and the connection lazy again
+    finally:
+        index.close()

@@ -277,12 +277,20 @@ class WorkerProcesses:
                 os.kill(pid, signal.SIGKILL)
 
 
+WORKER_NICENESS = 10
+"""How much lower the worker processes run than the node (nice(2)): when receiving and
+compressing want the same cores, receiving goes first (a sender waits for each C-STORE
+response; a queued job only waits), and the codecs take what receiving leaves."""
+
+
 def _worker_start(node: int, validation_mode: int) -> None:
-    """Initializer of a worker process: read data sets as the node does (its pydicom
-    validation mode), and end with the node. A ProcessPoolExecutor worker holds both ends
+    """Initializer of a worker process: yield the CPU to receiving
+    (:data:`WORKER_NICENESS`), read data sets as the node does (its pydicom validation
+    mode), and end with the node. A ProcessPoolExecutor worker holds both ends
     of its call queue's pipe, so after a kill -9 of the node it would wait for a job
     forever (and keep the fork server alive); a pidfd of the node becomes readable when the
     node ends (pidfd_open(2), Linux 5.3), which a daemon thread waits for."""
+    os.nice(WORKER_NICENESS)
     pydicom.config.settings.reading_validation_mode = validation_mode
     pidfd = os.pidfd_open(node)
 
