@@ -434,3 +434,49 @@ def test_group_commit_syncs_a_batch_unless_all_of_it_may_be_lost(tmp_path):
         assert writer.submit(level, durable=False) == 1  # and the connection lazy again
     finally:
         index.close()
+
+
+def test_overlapping_renames_into_a_directory_share_its_fsync(tmp_path, monkeypatch):
+    """Issue 15: FileStore puts whose renames overlap in one directory share a directory
+    fsync, and none returns before an fsync that began after its own rename ended."""
+    from pathlib import Path
+
+    import compacs.storage.filesystem as fs
+
+    clock = iter(range(10**6))
+    lock = threading.Lock()
+    syncs: list[tuple[int, int]] = []  # (began, ended) ticks
+    renamed: dict[str, int] = {}
+    returned: dict[str, int] = {}
+    real_replace = fs.os.replace
+
+    def tick() -> int:
+        with lock:
+            return next(clock)
+
+    def slow_fsync(directory: Path) -> None:
+        began = tick()
+        threading.Event().wait(0.05)  # a slow disk: the others pile up meanwhile
+        syncs.append((began, tick()))
+
+    def replace(src, dst) -> None:
+        real_replace(src, dst)
+        renamed[Path(dst).name] = tick()
+
+    store = FileStore(tmp_path / "s")
+    monkeypatch.setattr(fs, "_fsync_dir", slow_fsync)
+    monkeypatch.setattr(fs.os, "replace", replace)
+
+    def put(n: int) -> None:
+        store.put(f"ab/1.2/{n}.dcm", b"x")
+        returned[f"{n}.dcm"] = tick()
+
+    threads = [threading.Thread(target=put, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(returned) == 12
+    for name, done in returned.items():  # covered: an fsync began after it and ended before
+        assert any(renamed[name] < began and ended < done for began, ended in syncs), name
+    assert len(syncs) < 12  # shared (the first directories made once count among them)

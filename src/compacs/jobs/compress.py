@@ -294,9 +294,7 @@ class Compressor:
     ) -> Result:
         """Store the lossy derivative as a new instance (new SOP Instance UID); keep or drop
         the original as the rule says. Only a rule with ``lossy = true`` gets here."""
-        new_uid, digest = encoded.new_uid, encoded.sha256
-        key = storage_key(facts["study_uid"], facts["series_uid"], new_uid, digest)
-        assert encoded.attributes is not None  # the worker extracts them with the encoding
+        key = storage_key(facts["study_uid"], facts["series_uid"], encoded.new_uid, encoded.sha256)
         with intent(self.store, [key, facts["storage_key"]]):
             return self._derived(facts, before, encoded, decision, key)
 
@@ -305,7 +303,7 @@ class Compressor:
     ) -> Result:
         """:meth:`_store_derived` once its intent is noted."""
         new_uid, digest = encoded.new_uid, encoded.sha256
-        assert encoded.attributes is not None
+        assert encoded.attributes is not None  # the worker extracts them with the encoding
         self._place(key, encoded)
         instance = NewInstance(
             attributes=encoded.attributes,

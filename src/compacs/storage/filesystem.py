@@ -50,6 +50,65 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _DirectorySync:
+    """Group fsync of one directory: callers whose renames overlap share one fsync.
+
+    A caller counts its rename (done before it calls), then either sees an fsync that
+    began after its count completed, or runs one itself covering every rename counted
+    so far; while one runs, the others wait for it (the group commit of file systems)."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.counted = 0  # renames counted
+        self.synced = 0  # renames covered by a completed fsync
+        self.running = False
+        self.users = 0
+
+    def sync(self, directory: Path) -> None:
+        with self.changed:
+            self.counted += 1
+            mine = self.counted
+            while self.synced < mine:
+                if not self.running:
+                    self.running, covers = True, self.counted
+                    break
+                self.changed.wait()
+            else:
+                return
+        try:
+            _fsync_dir(directory)
+        except BaseException:
+            with self.changed:
+                self.running = False
+                self.changed.notify_all()
+            raise
+        with self.changed:
+            self.running = False
+            self.synced = max(self.synced, covers)
+            self.changed.notify_all()
+
+
+class _DirectorySyncs:
+    """One :class:`_DirectorySync` per directory while anyone syncs it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dirs: dict[Path, _DirectorySync] = {}
+
+    def sync(self, directory: Path) -> None:
+        """fsync ``directory`` after a rename into it (shared with overlapping callers)."""
+        with self._lock:
+            state = self._dirs.setdefault(directory, _DirectorySync())
+            state.users += 1
+        try:
+            state.sync(directory)
+        finally:
+            with self._lock:
+                state.users -= 1
+                if not state.users:
+                    del self._dirs[directory]
+
+
 def _remove(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink(missing_ok=True)
@@ -69,6 +128,7 @@ class FileStore:
         self._intents = self.root / INTENTS_DIR
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
+        self._dir_syncs = _DirectorySyncs()
         self._ensure_dir(self._tmp)
         self._ensure_dir(self._intents)
 
@@ -142,11 +202,12 @@ class FileStore:
             tmp.unlink(missing_ok=True)
             raise
 
-    @staticmethod
-    def _place(tmp: Path, final: Path) -> None:
-        """Rename the fsynced ``tmp`` to ``final`` and make the new entry durable."""
+    def _place(self, tmp: Path, final: Path) -> None:
+        """Rename the fsynced ``tmp`` to ``final`` and make the new entry durable (one
+        directory fsync shared by the renames into that directory that overlap: a
+        received object and a compressed copy of the same series, concurrent senders)."""
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        self._dir_syncs.sync(final.parent)
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
