@@ -109,6 +109,13 @@ class _DirectorySyncs:
                     del self._dirs[directory]
 
 
+def _raise_full(exc: OSError, what: str) -> None:
+    """Raise ``exc`` as StorageFull when the file system is full (the caller re-raises
+    it as it is otherwise)."""
+    if exc.errno in _NO_SPACE:
+        raise StorageFull(exc.errno, f"no space left for {what}: {exc.strerror}") from exc
+
+
 def _remove(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink(missing_ok=True)
@@ -161,10 +168,15 @@ class FileStore:
 
     # -- BlobStore -----------------------------------------------------------------------
     def put(self, key: str, data: bytes | Sequence[bytes]) -> None:
-        final = self._path(key)
+        self._path(key)  # an unsafe key fails before anything is written
+        self.adopt(key, self.stage(data))
+
+    def stage(self, data: bytes | Sequence[bytes]) -> Path:
+        """The first half of :meth:`put`: ``data`` written to a new file in
+        :attr:`spool_dir` and fsynced; :meth:`adopt` completes it under a key. It may
+        run while the caller still works out the key (parse, hash: ``Ingest``)."""
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         try:
-            self._ensure_dir(final.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
                 for part in parts_of(data):
@@ -175,12 +187,11 @@ class FileStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._place(tmp, final)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if exc.errno in _NO_SPACE:
-                raise StorageFull(exc.errno, f"no space left for {key}: {exc.strerror}") from exc
+            _remove(tmp)
+            _raise_full(exc, "a new object")
             raise
+        return tmp
 
     @property
     def spool_dir(self) -> Path:
@@ -198,8 +209,12 @@ class FileStore:
             final = self._path(key)
             self._ensure_dir(final.parent)
             self._place(tmp, final)
+        except OSError as exc:
+            _remove(tmp)
+            _raise_full(exc, key)
+            raise
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
             raise
 
     def _place(self, tmp: Path, final: Path) -> None:
