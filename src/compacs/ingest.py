@@ -24,6 +24,7 @@ from compacs.dicom.attributes import IMAGE, SERIES, STUDY, extract
 from compacs.dicom.part10 import TooLarge, file_header, joined, structure_problem
 from compacs.dicom.status import Status
 from compacs.dicom.uids import InvalidUID, require_uid
+from compacs.failpoints import crash_point
 from compacs.index import Duplicates, Index, IndexUnavailable, NewInstance
 from compacs.routing import Routing
 from compacs.rules import DEFAULT_POLICY, Policy, facts_of
@@ -193,7 +194,9 @@ class Ingest:
                 self.store.put(key, parts)
             else:
                 assert isinstance(self.store, FileStore)
-                self.store.adopt(key, staged.result())
+                written = staged.result()
+                crash_point("received-staged")  # durability tests (compacs.failpoints)
+                self.store.adopt(key, written)
         except StorageFull as exc:
             raise Rejected(Status.OUT_OF_RESOURCES, f"storage full: {exc.strerror}") from None
         except OSError as exc:
@@ -212,6 +215,7 @@ class Ingest:
         sop_instance = attributes[IMAGE]["sop_instance_uid"]
         size = sum(len(part) for part in parts)
         self._put(key, parts, staged)
+        crash_point("received-placed")  # durability tests (compacs.failpoints)
 
         facts = self._facts(rx, attributes)
         due, kept_because = self._compression_due(facts)

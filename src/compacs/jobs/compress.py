@@ -10,8 +10,6 @@ recorded on the instance (``compression`` = failed, with a note) and logged.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +20,7 @@ from typing import Any
 from compacs import metrics
 from compacs.codecs.table import Codec, codec_for
 from compacs.codecs.work import Encoding, Outcome
+from compacs.failpoints import crash_point
 from compacs.index import (
     Duplicates,
     Index,
@@ -41,16 +40,6 @@ from compacs.storage.filesystem import intent
 
 log = logging.getLogger(__name__)
 
-CRASH_AT = os.environ.get("COMPACS_CRASH_AT", "")
-"""A failpoint for the durability tests (tests/test_faults.py): the node kills itself
-(SIGKILL) on reaching the step of this name; empty (the default) in service."""
-
-
-def crash_point(step: str) -> None:
-    """Die here, as a kill -9 would, when the tests ask for it (:data:`CRASH_AT`)."""
-    if step == CRASH_AT:
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 def settle_intents(store: BlobStore, index: Index) -> int:
     """Start-up recovery of the steps a crash interrupted: each noted object, and every
@@ -63,7 +52,7 @@ def settle_intents(store: BlobStore, index: Index) -> int:
     for note, keys in store.intents():
         for key in _same_instance(store, keys):
             location = index.locate(_sop_instance_of(key))
-            if location is None or location.storage_key != key:
+            if (location is None or location.storage_key != key) and store.exists(key):
                 store.delete(key)
                 deleted += 1
         note.unlink(missing_ok=True)
