@@ -99,8 +99,11 @@ class SqlIndex:
     def claim_forwards(
         self, worker: str, now: float, limit: int, skip: frozenset[str], only: str | None = None
     ) -> list[dict[str, Any]]:
+        # a lost claim is an item sent again (forwarding is at-least-once: claims left at a
+        # stop are released at the next start); no sync of its own, as for compression jobs
         return self._write(
-            lambda cur: self._sql.claim_forwards(cur, worker, now, limit, skip, only)
+            lambda cur: self._sql.claim_forwards(cur, worker, now, limit, skip, only),
+            durable=False,
         )
 
     def finish_forwards(self, outcomes: list[dict[str, Any]]) -> None:
