@@ -536,13 +536,23 @@ def test_lossy_codecs_reach_their_target_and_are_marked(archive, rule, method, n
 def test_splicing_the_pixel_data_equals_a_full_rewrite(name):
     """The fast path (received bytes, Pixel Data element replaced) writes the same data
     set as pydicom's full re-encoding."""
-    from compacs.codecs.transcode import _splice, _write, encode_frames, read_full
+    from compacs.codecs.transcode import (
+        SourceLayout,
+        _splice,
+        _write,
+        encode_frames,
+        read_dataset,
+        read_full,
+    )
+    from compacs.dicom.byteorder import to_little_endian
 
     data = by_name(name).read_bytes()
     jls = codec_for("jpeg-ls")
-    ds = read_full(data)
+    ds = read_dataset(data)
+    source = SourceLayout.of(ds)
+    to_little_endian(ds)
     fragments, info = encode_frames(ds, jls, {})
-    spliced = _splice(data, ds, fragments, info, jls)
+    spliced = _splice(data, ds, source, fragments, info, jls)
     if 0x7FE00000 in ds:  # a Pixel Data group length would be falsified: full rewrite
         assert spliced is None
         return

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pynetdicom import AE
@@ -29,9 +30,9 @@ from compacs.ingest import Ingest, Received
 from compacs.storage import FileStore
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
-from tests.conftest import echo, require_dcmtk, write_config
+from tests.conftest import NO_COMPRESSION, echo, require_dcmtk, write_config
 from tests.procfs import children, cpu_seconds, descendants
-from tests.scu import dataset_bytes, send_datasets
+from tests.scu import association, dataset_bytes, send_datasets, status_of
 
 
 def rows(data_dir: Path) -> dict[str, tuple[str, str]]:
@@ -50,7 +51,7 @@ def stored_files(data_dir: Path) -> set[str]:
     return {
         p.relative_to(store).as_posix()
         for p in store.rglob("*")
-        if p.is_file() and ".tmp" not in p.parts and p.name != OWNER_KEY
+        if p.is_file() and not {".tmp", ".intents"} & set(p.parts) and p.name != OWNER_KEY
     }
 
 
@@ -397,3 +398,99 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "compressed-placed",  # the encoding renamed into place, the index not yet switched
+        "compressed-switched",  # the index switched, the original not yet deleted
+    ],
+)
+def test_kill_9_at_the_object_switch_loses_nothing_and_leaves_no_orphan(
+    node_factory, tmp_path, monkeypatch, step
+):
+    """Issue 15: the node killed (-9) at each step of switching an instance to its
+    compressed copy (the copy written by a worker process and renamed into place; the
+    original's deletion without a directory fsync). Every acknowledged instance reads
+    back (DCMTK's dcmdjpls, then pydicom) equal to what was sent, and start-up recovery
+    leaves no unreferenced object."""
+    require_dcmtk()
+    config = write_config(
+        tmp_path / "crash.toml", '[compression]\nwhen = "deferred"\ndelay = 2\nworkers = 1\n'
+    )
+    monkeypatch.setenv("COMPACS_CRASH_AT", step)  # the node's failpoint (jobs/compress.py)
+    node = node_factory(config=config)
+    series = list(ct_series(6, seed=150))
+    assert send_datasets(node.port, series) == [Status.SUCCESS] * 6  # all acknowledged
+    assert node.proc is not None
+    assert node.proc.wait(60) == -signal.SIGKILL  # died at the step, at the first job
+    index = rows(node.data_dir)
+    left = stored_files(node.data_dir) - {key for key, _ in index.values()}
+    assert len(left) == 1, f"the kill at {step} should leave one unreferenced object: {left}"
+
+    monkeypatch.delenv("COMPACS_CRASH_AT")
+    node.start()
+    deadline = time.monotonic() + 120
+    while node.stats()["pending"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert node.stats()["compression"] == {"compressed": 6}
+    uids = {str(ds.SOPInstanceUID) for ds in series}
+    assert_consistent(node.data_dir, uids)
+    index = rows(node.data_dir)
+    assert stored_files(node.data_dir) == {key for key, _ in index.values()}  # no orphan
+    for n, ds in enumerate(series):
+        key, _ = index[str(ds.SOPInstanceUID)]
+        plain = tmp_path / f"plain{n}.dcm"
+        subprocess.run(
+            ["dcmdjpls", str(node.data_dir / "store" / key), str(plain)],
+            check=True,
+            capture_output=True,
+        )
+        back = pydicom.dcmread(plain)
+        assert np.array_equal(back.pixel_array, ds.pixel_array)
+        for elem in ds:
+            if elem.tag != 0x7FE00010:
+                assert back[elem.tag].value == elem.value, elem.keyword
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "received-staged:3",  # the 3rd object written and fsynced in .tmp, under no key yet
+        "received-placed:3",  # the 3rd object renamed into place, its index row not committed
+    ],
+)
+def test_kill_9_while_receiving_loses_nothing_acknowledged_and_leaves_no_orphan(
+    node_factory, tmp_path, monkeypatch, step
+):
+    """Issue 15: the received object is written on a helper thread while the receiving
+    thread parses and hashes it, then renamed under its key before the index commit. The
+    node killed (-9) at either step: the two instances acknowledged before read back with
+    pydicom equal to what was sent, the one being stored was never acknowledged and is
+    gone, and start-up recovery leaves no unreferenced object and no note behind."""
+    monkeypatch.setenv("COMPACS_CRASH_AT", step)  # compacs.failpoints
+    node = node_factory(config=write_config(tmp_path / "plain.toml", NO_COMPRESSION))
+    series = list(ct_series(5, seed=151))
+    statuses: list[int | None] = []
+    contexts = [(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in series]
+    with association(node.port, contexts[:1], timeout=10) as assoc:  # one context
+        for ds in series:  # until the node dies
+            statuses.append(status_of(assoc.send_c_store(ds)) if assoc.is_established else None)
+    assert statuses[:2] == [Status.SUCCESS] * 2 and Status.SUCCESS not in statuses[2:]
+    assert node.proc is not None and node.proc.wait(60) == -signal.SIGKILL
+    store = node.data_dir / "store"
+    objects = [p for p in store.rglob("*") if p.suffix in (".dcm", ".part")]
+    assert len(objects) == 3, objects  # the acknowledged two and the third, staged or placed
+
+    monkeypatch.delenv("COMPACS_CRASH_AT")
+    node.start()
+    acknowledged = {str(ds.SOPInstanceUID): ds for ds in series[:2]}
+    assert_consistent(node.data_dir, set(acknowledged))
+    index = rows(node.data_dir)
+    assert stored_files(node.data_dir) == {key for key, _ in index.values()}  # no orphan
+    assert not list((store / ".tmp").iterdir()) and not list((store / ".intents").iterdir())
+    for uid, ds in acknowledged.items():
+        back = pydicom.dcmread(store / index[uid][0])
+        for elem in ds:
+            assert back[elem.tag].value == elem.value, elem.keyword

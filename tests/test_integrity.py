@@ -52,7 +52,7 @@ def store_files(data_dir: Path) -> dict[str, Path]:
     return {
         p.relative_to(store).as_posix(): p
         for p in store.rglob("*")
-        if p.is_file() and ".tmp" not in p.parts and p.name != OWNER_KEY
+        if p.is_file() and not {".tmp", ".intents"} & set(p.parts) and p.name != OWNER_KEY
     }
 
 
@@ -217,7 +217,9 @@ def test_sigkill_during_ingest_loses_nothing_acknowledged(node_factory, tmp_path
     node.start()
     recovered = re.search(r"start-up recovery: removed (\d+) partial write", node.log())
     assert recovered and int(recovered[1]) >= 1, node.log()[-2000:]
-    assert list(tmp.iterdir()) == []
+    # the planted leftover is gone (compression resumed meanwhile: its own writes in .tmp
+    # may come and go, so the folder itself need not be empty at this moment)
+    assert not (tmp / "0123456789abcdef.part").exists()
     deadline = time.monotonic() + 60
     while node.stats()["pending"] and time.monotonic() < deadline:
         time.sleep(0.2)

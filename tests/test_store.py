@@ -181,3 +181,55 @@ def test_four_concurrent_associations_store_everything(plain_node):
     for n in range(4):
         ds = series[n][7]
         assert dcmread(stored_path(node.data_dir, ds.SOPInstanceUID)).PixelData == ds.PixelData
+
+
+def _syncs(strace_summary: str) -> int:
+    """fsync + fdatasync calls in an ``strace -c`` summary."""
+    calls = 0
+    for line in strace_summary.splitlines():
+        fields = line.split()
+        if fields and fields[-1] in ("fsync", "fdatasync"):
+            calls += int(fields[3])
+    return calls
+
+
+def test_syncs_per_instance_stored_and_compressed(node_factory, tmp_path):
+    """Issue 15: what durability needs per instance received and compressed (default
+    policy, worker processes), counted by strace on the node and its worker processes:
+    the received object (file + directory entry), its index row, the compressed copy
+    (file + directory entry) and the index switch: 6. Queue claims and the deletion of
+    the replaced original sync nothing of their own (8 before). Group commit may only
+    lower the count."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from tests.procfs import descendants
+
+    if shutil.which("strace") is None:
+        pytest.fail("strace is not installed (apt-get install strace)")
+    node = node_factory()
+    time.sleep(1.0)  # the worker processes are up: strace follows them from the start
+    out = tmp_path / "strace.txt"
+    pids = [node.proc.pid, *descendants(node.proc.pid)]
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(out)]
+        + [arg for pid in pids for arg in ("-p", str(pid))],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)  # attached
+        series = list(ct_series(30, seed=15))
+        assert send_datasets(node.port, series) == [Status.SUCCESS] * 30
+        deadline = time.monotonic() + 120
+        while node.stats()["pending"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert node.stats()["compression"] == {"compressed": 30}
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+    syncs = _syncs(out.read_text())
+    print(f"\n{syncs} fsync/fdatasync for 30 instances: {syncs / 30:.2f} each")
+    assert syncs >= 4 * 30, out.read_text()  # strace saw the syncs durability needs
+    assert syncs <= 6.5 * 30, out.read_text()  # 6 each, + slack for WAL checkpoints

@@ -441,3 +441,90 @@ def test_a_decompressed_ybr_jpeg_keeps_pixels_and_photometric_together(name):
     assert not native.file_meta.TransferSyntaxUID.is_compressed
     error = np.abs(native.pixel_array.astype(int) - expected.astype(int)).max()
     assert error <= 2  # chroma upsampling differs by a rounding step between decoders
+
+
+def test_group_commit_syncs_a_batch_unless_all_of_it_may_be_lost(tmp_path):
+    """Issue 15: queue claims commit without a WAL sync of their own (SQLite's
+    synchronous=NORMAL); a batch holding one durable item (an index row a C-STORE
+    Success waits for, an object switch) commits with synchronous=FULL, whatever else
+    shares it. SQLite itself reports the level in force inside each transaction."""
+    index = SqliteIndex(tmp_path / "i.sqlite")
+
+    def level(cur) -> int:
+        return cur.execute("PRAGMA synchronous").fetchone()[0]  # 1 NORMAL, 2 FULL
+
+    try:
+        writer = index._writer
+        assert writer.submit(level, durable=False) == 1
+        assert writer.submit(level) == 2
+        gate, held = threading.Event(), threading.Event()
+
+        def hold(cur) -> None:  # keeps the writer busy while the next batch queues up
+            held.set()
+            gate.wait(10)
+
+        blocker = threading.Thread(target=writer.submit, args=(hold,))
+        blocker.start()
+        held.wait(10)
+        results: dict[str, int] = {}
+        lazy = threading.Thread(target=lambda: results.update(lazy=writer.submit(level, False)))
+        durable = threading.Thread(target=lambda: results.update(durable=writer.submit(level)))
+        for n, t in enumerate((lazy, durable), start=1):
+            t.start()
+            for _ in range(1000):  # until it is queued behind the blocker
+                if writer._queue.qsize() >= n:
+                    break
+                threading.Event().wait(0.01)
+        gate.set()
+        for t in (blocker, lazy, durable):
+            t.join(10)
+        assert results == {"lazy": 2, "durable": 2}  # one batch: synced
+        assert writer.submit(level, durable=False) == 1  # and the connection lazy again
+    finally:
+        index.close()
+
+
+def test_overlapping_renames_into_a_directory_share_its_fsync(tmp_path, monkeypatch):
+    """Issue 15: FileStore puts whose renames overlap in one directory share a directory
+    fsync, and none returns before an fsync that began after its own rename ended."""
+    from pathlib import Path
+
+    import compacs.storage.filesystem as fs
+
+    clock = iter(range(10**6))
+    lock = threading.Lock()
+    syncs: list[tuple[int, int]] = []  # (began, ended) ticks
+    renamed: dict[str, int] = {}
+    returned: dict[str, int] = {}
+    real_replace = fs.os.replace
+
+    def tick() -> int:
+        with lock:
+            return next(clock)
+
+    def slow_fsync(directory: Path) -> None:
+        began = tick()
+        threading.Event().wait(0.05)  # a slow disk: the others pile up meanwhile
+        syncs.append((began, tick()))
+
+    def replace(src, dst) -> None:
+        real_replace(src, dst)
+        renamed[Path(dst).name] = tick()
+
+    store = FileStore(tmp_path / "s")
+    monkeypatch.setattr(fs, "_fsync_dir", slow_fsync)
+    monkeypatch.setattr(fs.os, "replace", replace)
+
+    def put(n: int) -> None:
+        store.put(f"ab/1.2/{n}.dcm", b"x")
+        returned[f"{n}.dcm"] = tick()
+
+    threads = [threading.Thread(target=put, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(returned) == 12
+    for name, done in returned.items():  # covered: an fsync began after it and ended before
+        assert any(renamed[name] < began and ended < done for began, ended in syncs), name
+    assert len(syncs) < 12  # shared (the first directories made once count among them)

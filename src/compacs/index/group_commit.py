@@ -4,6 +4,14 @@ Each C-STORE handler submits its work and blocks until the transaction holding i
 committed. A single writer thread drains whatever is queued into one transaction, so
 concurrent associations share one commit (one WAL fsync) instead of paying one each.
 A failing item is rolled back to its savepoint alone; a failing commit fails the batch.
+
+Durability per item: work whose loss in a power failure is harmless (a queue claim: it
+is released or expires, and the job is done again; processing is idempotent) is
+submitted with ``durable=False``. A batch of only such items commits with the backend's
+``lazy_begin`` (SQLite ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit off``):
+visible at once, made durable by the next durable commit (the WAL is written in order),
+without a sync of its own. A batch with one durable item commits durably (PS3.4 B.2.3:
+Success only after the index row is committed).
 A connection that broke (the database restarted) is replaced before the next batch; while
 no new one can be made, each batch fails with the connection error.
 """
@@ -30,14 +38,17 @@ class GroupCommitter:
         self,
         connect: Callable[[], Any],
         *,
-        begin: str = "BEGIN",
+        begin: str | tuple[str, ...] = "BEGIN",
+        lazy_begin: str | tuple[str, ...] | None = None,
         max_batch: int = 64,
         name: str = "index-writer",
         is_broken: Callable[[Any], bool] = lambda conn: False,
     ) -> None:
         self._connect = connect
         self._is_broken = is_broken
-        self._begin = begin
+        self._begin = (begin,) if isinstance(begin, str) else begin
+        lazy = lazy_begin if lazy_begin is not None else begin
+        self._lazy_begin = (lazy,) if isinstance(lazy, str) else lazy
         self._max_batch = max_batch
         self._queue: queue.Queue[Any] = queue.Queue()
         self._ready = threading.Event()
@@ -48,12 +59,13 @@ class GroupCommitter:
         if self._startup_error is not None:
             raise self._startup_error
 
-    def submit(self, work: Work) -> Any:
-        """Run ``work(cursor)`` in the next batch; return its result once committed."""
+    def submit(self, work: Work, durable: bool = True) -> Any:
+        """Run ``work(cursor)`` in the next batch; return its result once committed
+        (``durable``: synced to disk; otherwise only visible, see the module docstring)."""
         if not self._thread.is_alive():
             raise RuntimeError("index writer is stopped")
         future: Future[Any] = Future()
-        self._queue.put((work, future))
+        self._queue.put((work, future, durable))
         return future.result()
 
     def close(self) -> None:
@@ -100,26 +112,28 @@ class GroupCommitter:
             if conn is not None:
                 conn.close()
 
-    def _reconnect(self, batch: list[tuple[Work, Future[Any]]]) -> Any:
+    def _reconnect(self, batch: list[tuple[Work, Future[Any], bool]]) -> Any:
         """A new connection, or None after failing ``batch`` with the reason."""
         try:
             conn = self._connect()
         except Exception as exc:
-            for _, future in batch:
+            for _, future, _ in batch:
                 future.set_exception(exc)
             return None
         log.info("index writer: connected again")
         return conn
 
-    def _apply(self, conn: Any, batch: list[tuple[Work, Future[Any]]]) -> None:
+    def _apply(self, conn: Any, batch: list[tuple[Work, Future[Any], bool]]) -> None:
         if len(batch) == 1:
             self._apply_one(conn, *batch[0])
             return
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        durable = any(item[2] for item in batch)
         cur = conn.cursor()
         try:
-            cur.execute(self._begin)
-            for n, (work, future) in enumerate(batch):
+            for statement in self._begin if durable else self._lazy_begin:
+                cur.execute(statement)
+            for n, (work, future, _) in enumerate(batch):
                 cur.execute(f"SAVEPOINT item{n}")
                 try:
                     results.append((future, work(cur), None))
@@ -135,7 +149,7 @@ class GroupCommitter:
                 conn.rollback()
             except Exception:
                 log.exception("rollback after failed commit failed")
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
@@ -147,13 +161,14 @@ class GroupCommitter:
             else:
                 future.set_result(value)
 
-    def _apply_one(self, conn: Any, work: Work, future: Future[Any]) -> None:
+    def _apply_one(self, conn: Any, work: Work, future: Future[Any], durable: bool) -> None:
         """A batch of one needs no savepoint: the item failing rolls back the transaction,
         which held only that item (two round trips fewer per write: one association
         storing alone, a compression job finishing)."""
         cur = conn.cursor()
         try:
-            cur.execute(self._begin)
+            for statement in self._begin if durable else self._lazy_begin:
+                cur.execute(statement)
             try:
                 value = work(cur)
             except Exception as exc:

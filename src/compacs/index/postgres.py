@@ -66,7 +66,11 @@ class PostgresIndex(SqlIndex):
             open=True,
         )
         self._writer = GroupCommitter(
-            self._connect, begin="BEGIN", is_broken=lambda conn: conn.broken
+            self._connect,
+            begin="BEGIN",
+            # queue claims only: no WAL flush wait of their own (group_commit docstring)
+            lazy_begin=("BEGIN", "SET LOCAL synchronous_commit TO OFF"),
+            is_broken=lambda conn: conn.broken,
         )
 
     @classmethod

@@ -59,22 +59,32 @@ class SqlIndex:
         except self._errors as exc:
             raise IndexUnavailable(f"index commit failed: {exc}") from exc
 
-    def _write(self, work):
+    def _write(self, work, durable: bool = True):
+        """Run ``work(cursor)`` in the group commit; ``durable=False`` for what may be
+        lost in a power failure without harm (queue claims: see ``group_commit``)."""
         try:
-            return self._writer.submit(work)
+            return self._writer.submit(work, durable)
         except self._errors as exc:
             raise IndexUnavailable(f"index commit failed: {exc}") from exc
 
     def claim_jobs(self, worker: str, limit: int, now: float) -> list[InstanceFacts]:
-        return self._write(lambda cur: self._sql.claim_jobs(cur, worker, limit, now))
+        # a lost claim is a job claimed again: no sync of its own
+        return self._write(lambda cur: self._sql.claim_jobs(cur, worker, limit, now), durable=False)
 
     def claim_instance(self, sop_instance_uid: str, worker: str) -> InstanceFacts | None:
-        return self._write(lambda cur: self._sql.claim_instance(cur, sop_instance_uid, worker))
+        return self._write(
+            lambda cur: self._sql.claim_instance(cur, sop_instance_uid, worker), durable=False
+        )
 
     def finish_job(
         self, pk: int, old_key: str, change: ObjectChange | None, state: str, note: str | None
     ) -> bool:
-        return self._write(lambda cur: self._sql.finish_job(cur, pk, old_key, change, state, note))
+        """Durable when the instance switches objects (the old one is deleted next); an
+        outcome without a change is lazy: lost in a power failure, the job runs again."""
+        return self._write(
+            lambda cur: self._sql.finish_job(cur, pk, old_key, change, state, note),
+            durable=change is not None,
+        )
 
     def delete_instance(self, pk: int) -> str | None:
         return self._write(lambda cur: self._sql.delete_instance(cur, pk))
@@ -89,8 +99,11 @@ class SqlIndex:
     def claim_forwards(
         self, worker: str, now: float, limit: int, skip: frozenset[str], only: str | None = None
     ) -> list[dict[str, Any]]:
+        # a lost claim is an item sent again (forwarding is at-least-once: claims left at a
+        # stop are released at the next start); no sync of its own, as for compression jobs
         return self._write(
-            lambda cur: self._sql.claim_forwards(cur, worker, now, limit, skip, only)
+            lambda cur: self._sql.claim_forwards(cur, worker, now, limit, skip, only),
+            durable=False,
         )
 
     def finish_forwards(self, outcomes: list[dict[str, Any]]) -> None:

@@ -2,7 +2,9 @@
 
 WAL mode lets C-FIND and stats read while the writer commits; ``synchronous=FULL``
 makes each commit durable before the C-STORE response (PS3.4 B.2.3: Success means
-the SCP has stored the instance). Writes go through one :class:`GroupCommitter`.
+the SCP has stored the instance). Writes go through one :class:`GroupCommitter`; a batch
+of queue claims only (harmless to lose, see :mod:`compacs.index.group_commit`) commits
+with ``synchronous=NORMAL``: no WAL sync of its own, durable with the next FULL commit.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ class SqliteIndex(SqlIndex):
         self._sql = SqlStatements("?")
         self._local = threading.local()
         self._migrate()
-        self._writer = GroupCommitter(self._connect, begin="BEGIN IMMEDIATE")
+        self._writer = GroupCommitter(
+            self._connect,
+            begin=("PRAGMA synchronous=FULL", "BEGIN IMMEDIATE"),
+            lazy_begin=("PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE"),
+        )
 
     @classmethod
     def from_url(cls, url: str) -> SqliteIndex:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from compacs import metrics
 from compacs.codecs.table import Codec, codec_for
 from compacs.codecs.work import Encoding, Outcome
+from compacs.failpoints import crash_point
 from compacs.index import (
     Duplicates,
     Index,
@@ -32,9 +35,51 @@ from compacs.ingest import storage_key
 from compacs.jobs.pool import Encoder, InProcess, PoolClosed, replay
 from compacs.logs import about
 from compacs.rules import Decision, Policy
-from compacs.storage import BlobStore
+from compacs.storage import BlobStore, FileStore
+from compacs.storage.filesystem import intent
 
 log = logging.getLogger(__name__)
+
+
+def settle_intents(store: BlobStore, index: Index) -> int:
+    """Start-up recovery of the steps a crash interrupted: each noted object, and every
+    other object of the same instance beside it, that the index does not reference is
+    deleted. Run before anything writes (no store or index step in flight). Returns how
+    many objects were deleted."""
+    if not isinstance(store, FileStore):
+        return 0
+    deleted = 0
+    for note, keys in store.intents():
+        for key in _same_instance(store, keys):
+            location = index.locate(_sop_instance_of(key))
+            if (location is None or location.storage_key != key) and store.exists(key):
+                store.delete(key)
+                deleted += 1
+        note.unlink(missing_ok=True)
+    if deleted:
+        log.warning("start-up recovery: deleted %d object(s) a crash left unreferenced", deleted)
+    return deleted
+
+
+def _sop_instance_of(key: str) -> str:
+    """The SOP Instance UID a key names (``.../UID.DIGEST.dcm``, :func:`storage_key`)."""
+    return key.rsplit("/", 1)[-1].rsplit(".", 2)[0]
+
+
+def _same_instance(store: FileStore, keys: list[str]) -> set[str]:
+    """``keys`` and the other objects of their instances in the same directories (a
+    replaced original the crash left before its deletion)."""
+    found = set(keys)
+    for key in keys:
+        folder, _, _ = key.rpartition("/")
+        prefix = _sop_instance_of(key) + "."
+        path = store.local_path(key)
+        if path is None or not path.parent.is_dir():
+            continue
+        for entry in path.parent.iterdir():
+            if entry.name.startswith(prefix) and entry.name.endswith(".dcm"):
+                found.add(f"{folder}/{entry.name}" if folder else entry.name)
+    return found
 
 
 JustWritten = tuple[str, bytes]
@@ -106,22 +151,47 @@ class Compressor:
             self.store.settle(facts["storage_key"])
         return finished
 
-    def _read(self, facts: InstanceFacts, written: JustWritten | None) -> bytes:
-        """The stored object's bytes: those still in memory when they are the ones the
-        instance references (the key names their SHA-256), else read from the store."""
+    def _source(self, facts: InstanceFacts, written: JustWritten | None) -> bytes | str:
+        """The stored object for the encoder: its path when the encoder runs in another
+        process and the store has local files (the worker reads it; no copy through the
+        pipe), else its bytes: those still in memory when they are the ones the instance
+        references (the key names their SHA-256), or read from the store."""
+        if self.encoder.remote and self._spool_dir() is not None:
+            return str(self.store.local_path(facts["storage_key"]))
         if written is not None and written[0] == facts["storage_key"]:
             return written[1]
         return self.store.get(facts["storage_key"])
 
+    def _spool_dir(self) -> str | None:
+        """Where a worker process writes its encoding for :meth:`FileStore.adopt`, or
+        None (the encoding comes back as bytes, for ``put``)."""
+        return str(self.store.spool_dir) if isinstance(self.store, FileStore) else None
+
+    def _place(self, key: str, encoded: Encoding) -> None:
+        """Store the encoding under ``key``, durable on return: the worker's fsynced
+        spool file renamed into place, or the bytes written."""
+        if encoded.path:
+            assert isinstance(self.store, FileStore)
+            self.store.adopt(key, encoded.path)
+        else:
+            self.store.put(key, encoded.data)
+
+    @contextmanager
     def _encode(
-        self, data: bytes, codecs: tuple[Codec, ...], options: Any, lossy: bool
-    ) -> Encoding:
+        self, source: bytes | str, codecs: tuple[Codec, ...], options: Any, lossy: bool
+    ) -> Iterator[Encoding]:
         """The job's CPU part, wherever the encoder runs it; what the libraries logged and
         warned in a worker process is emitted here, naming the instance
-        (:func:`compacs.logs.about`)."""
-        encoding = self.encoder.encode(data, codecs, options, lossy)
-        replay(encoding.messages)
-        return encoding
+        (:func:`compacs.logs.about`). A spooled encoding not placed by the end of the
+        ``with`` block is removed."""
+        spool_dir = self._spool_dir() if isinstance(source, str) else None
+        encoding = self.encoder.encode(source, codecs, options, lossy, spool_dir)
+        try:
+            replay(encoding.messages)
+            yield encoding
+        finally:
+            if encoding.path:
+                Path(encoding.path).unlink(missing_ok=True)
 
     def _process(
         self, facts: InstanceFacts, reconsider: bool = False, written: JustWritten | None = None
@@ -141,8 +211,15 @@ class Compressor:
         if in_target:  # smallest, reconsidered: the stored object is one of the candidates
             others = tuple(c for c in decision.codecs if c.transfer_syntax != stored)
             decision = replace(decision, codecs=others)
-        data = self._read(facts, written)
-        encoding = self._encode(data, decision.codecs, decision.options, decision.lossy)
+        source = self._source(facts, written)
+        with self._encode(source, decision.codecs, decision.options, decision.lossy) as encoding:
+            return self._outcome(facts, encoding, decision, in_target)
+
+    def _outcome(
+        self, facts: InstanceFacts, encoding: Encoding, decision: Decision, in_target: bool
+    ) -> Result:
+        """Record what the encoder made of the instance: switch, derive, keep, or fail."""
+        before = int(facts["bytes_stored"])
         if encoding.outcome in (Outcome.NOT_COMPRESSIBLE, Outcome.REFUSED):
             result = Result(SKIPPED, encoding.note, before, before)
             self._finish(facts, None, result)
@@ -153,9 +230,9 @@ class Compressor:
             self._finish(facts, None, result)
             return result
         if decision.lossy:
-            return self._store_derived(facts, len(data), encoding, decision)
-        if (self.policy.require_smaller or in_target) and len(encoding.data) >= len(data):
-            note = f"{encoding.codec} gave {len(encoding.data)} bytes, not smaller"
+            return self._store_derived(facts, before, encoding, decision)
+        if (self.policy.require_smaller or in_target) and encoding.size >= before:
+            note = f"{encoding.codec} gave {encoding.size} bytes, not smaller"
             if in_target:
                 tried = ", ".join(c.name for c in decision.codecs)
                 note = f"stored syntax stays the smallest (tried {tried}): {note}"
@@ -172,16 +249,19 @@ class Compressor:
         key = storage_key(
             facts["study_uid"], facts["series_uid"], facts["sop_instance_uid"], digest
         )
-        self.store.put(key, encoded.data)
-        change = ObjectChange(key, encoded.transfer_syntax, len(encoded.data), digest)
-        result = Result(COMPRESSED, note, before, len(encoded.data), encoded.transfer_syntax)
-        if key == facts["storage_key"]:  # the same bytes again: nothing to switch or delete
-            self._finish(facts, None, result)
-        elif self._finish(facts, change, result):
-            self.store.delete(facts["storage_key"])
-        else:  # replaced or deleted meanwhile: the new object belongs to nobody
-            self.store.delete(key)
-            result = Result(SKIPPED, "instance changed while it was compressed", before, before)
+        change = ObjectChange(key, encoded.transfer_syntax, encoded.size, digest)
+        result = Result(COMPRESSED, note, before, encoded.size, encoded.transfer_syntax)
+        with intent(self.store, [facts["storage_key"], key]):
+            self._place(key, encoded)
+            crash_point("compressed-placed")
+            if key == facts["storage_key"]:  # the same bytes again: nothing to switch
+                self._finish(facts, None, result)
+            elif self._finish(facts, change, result):
+                crash_point("compressed-switched")
+                self.store.delete(facts["storage_key"])
+            else:  # replaced or deleted meanwhile: the new object belongs to nobody
+                self.store.delete(key)
+                result = Result(SKIPPED, "instance changed while it was compressed", before, before)
         return result
 
     def reencode(self, facts: InstanceFacts, reason: str) -> Result:
@@ -190,14 +270,14 @@ class Compressor:
         sign-extended at Bits Stored, which restores the old streams' masked samples."""
 
         def run() -> Result:
-            data = self.store.get(facts["storage_key"])
-            encoding = self._encode(data, (codec_for("jpeg-ls"),), {}, False)
-            if encoding.outcome is not Outcome.ENCODED:
-                before = int(facts["bytes_stored"])
-                result = Result(FAILED, encoding.note, before, before)
-                self._finish(facts, None, result)
-                return result
-            return self._switch(facts, encoding, f"jpeg-ls re-encoded: {reason}"[:500])
+            source = self._source(facts, None)
+            with self._encode(source, (codec_for("jpeg-ls"),), {}, False) as encoding:
+                if encoding.outcome is not Outcome.ENCODED:
+                    before = int(facts["bytes_stored"])
+                    result = Result(FAILED, encoding.note, before, before)
+                    self._finish(facts, None, result)
+                    return result
+                return self._switch(facts, encoding, f"jpeg-ls re-encoded: {reason}"[:500])
 
         return self._guarded(facts, run)
 
@@ -206,16 +286,23 @@ class Compressor:
     ) -> Result:
         """Store the lossy derivative as a new instance (new SOP Instance UID); keep or drop
         the original as the rule says. Only a rule with ``lossy = true`` gets here."""
+        key = storage_key(facts["study_uid"], facts["series_uid"], encoded.new_uid, encoded.sha256)
+        with intent(self.store, [key, facts["storage_key"]]):
+            return self._derived(facts, before, encoded, decision, key)
+
+    def _derived(
+        self, facts: InstanceFacts, before: int, encoded: Encoding, decision: Decision, key: str
+    ) -> Result:
+        """:meth:`_store_derived` once its intent is noted."""
         new_uid, digest = encoded.new_uid, encoded.sha256
-        key = storage_key(facts["study_uid"], facts["series_uid"], new_uid, digest)
         assert encoded.attributes is not None  # the worker extracts them with the encoding
-        self.store.put(key, encoded.data)
+        self._place(key, encoded)
         instance = NewInstance(
             attributes=encoded.attributes,
             storage_key=key,
             transfer_syntax=encoded.transfer_syntax,
             bytes_received=before,  # what the original took: the saving shows in stats
-            bytes_stored=len(encoded.data),
+            bytes_stored=encoded.size,
             sha256=digest,
             calling_ae=facts["calling_ae"],
             called_ae=facts["called_ae"],
@@ -238,7 +325,7 @@ class Compressor:
                 DERIVED,
                 note + "; original deleted",
                 before,
-                len(encoded.data),
+                encoded.size,
                 encoded.transfer_syntax,
             )
         log.info("%s: %s", facts["sop_instance_uid"], result.note)

@@ -41,6 +41,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from typing import Any, Protocol
 
 import pydicom.config
@@ -54,6 +55,8 @@ from compacs.codecs.work import (
     decode_for_peer,
     encode_best,
     encode_named,
+    read_file,
+    spool,
     to_peer_syntax,
 )
 
@@ -71,10 +74,20 @@ class PoolClosed(RuntimeError):
 
 
 class Encoder(Protocol):
-    """Runs a job's CPU part (:func:`compacs.codecs.work.encode_best`)."""
+    """Runs a job's CPU part (:func:`compacs.codecs.work.encode_best`): ``source`` is the
+    Part 10 file's bytes or path; with ``spool_dir`` the encoding comes back as a file
+    written there (:attr:`Encoding.path`), else as bytes."""
+
+    remote: bool
+    """The job runs in another process: hand it paths rather than bytes."""
 
     def encode(
-        self, data: bytes, codecs: Sequence[Codec], options: Mapping[str, Any], lossy: bool
+        self,
+        source: bytes | str,
+        codecs: Sequence[Codec],
+        options: Mapping[str, Any],
+        lossy: bool,
+        spool_dir: str | None = None,
     ) -> Encoding: ...
 
     def decode(self, data: bytes, target: str) -> Decoded:
@@ -92,10 +105,21 @@ class InProcess:
     workers; policy ``when = "ingest"`` still compresses in the receiving thread), and
     callers that hand in codecs outside the table (tests)."""
 
+    remote = False
+
     def encode(
-        self, data: bytes, codecs: Sequence[Codec], options: Mapping[str, Any], lossy: bool
+        self,
+        source: bytes | str,
+        codecs: Sequence[Codec],
+        options: Mapping[str, Any],
+        lossy: bool,
+        spool_dir: str | None = None,
     ) -> Encoding:
-        return encode_best(data, codecs, options, lossy)
+        data = source if isinstance(source, bytes) else read_file(source)
+        result = encode_best(data, codecs, options, lossy)
+        if spool_dir is not None and result.outcome is Outcome.ENCODED:
+            return replace(result, data=b"", path=spool(result.data, spool_dir))
+        return result
 
     def decode(self, data: bytes, target: str) -> Decoded:
         return to_peer_syntax(data, target)
@@ -171,10 +195,15 @@ class _Lane:
             return self._executor.submit(fn, *args)
 
     def run(
-        self, data: bytes, names: tuple[str, ...], options: dict[str, Any], lossy: bool
+        self,
+        source: bytes | str,
+        names: tuple[str, ...],
+        options: dict[str, Any],
+        lossy: bool,
+        spool_dir: str | None,
     ) -> Encoding:
         level = logging.getLogger().getEffectiveLevel()
-        future = self._submit(encode_named, data, names, options, lossy, level)
+        future = self._submit(encode_named, source, names, options, lossy, level, spool_dir)
         pid = self.pid
         try:
             return future.result()
@@ -213,6 +242,8 @@ class WorkerProcesses:
     """``count`` long-lived worker processes; :meth:`encode` blocks the calling thread
     (which holds no GIL while it waits) until a process has run the job."""
 
+    remote = True
+
     def __init__(self, count: int) -> None:
         if count < 1:
             raise ValueError("worker processes: count must be >= 1")
@@ -240,14 +271,19 @@ class WorkerProcesses:
         return [lane.pid for lane in self._lanes if lane.pid is not None]
 
     def encode(
-        self, data: bytes, codecs: Sequence[Codec], options: Mapping[str, Any], lossy: bool
+        self,
+        source: bytes | str,
+        codecs: Sequence[Codec],
+        options: Mapping[str, Any],
+        lossy: bool,
+        spool_dir: str | None = None,
     ) -> Encoding:
         names = table_names(codecs)
         if self._closed.is_set():
             raise PoolClosed("the compression worker processes are closed")
         lane = self._free.get()
         try:
-            result = lane.run(data, names, dict(options), lossy)
+            result = lane.run(source, names, dict(options), lossy, spool_dir)
         finally:
             self._free.put(lane)
         if self._closed.is_set() and result.outcome is Outcome.FAILED:
@@ -288,12 +324,20 @@ class WorkerProcesses:
                 os.kill(pid, signal.SIGKILL)
 
 
+WORKER_NICENESS = 10
+"""How much lower the worker processes run than the node (nice(2)): when receiving and
+compressing want the same cores, receiving goes first (a sender waits for each C-STORE
+response; a queued job only waits), and the codecs take what receiving leaves."""
+
+
 def _worker_start(node: int, validation_mode: int) -> None:
-    """Initializer of a worker process: read data sets as the node does (its pydicom
-    validation mode), and end with the node. A ProcessPoolExecutor worker holds both ends
+    """Initializer of a worker process: yield the CPU to receiving
+    (:data:`WORKER_NICENESS`), read data sets as the node does (its pydicom validation
+    mode), and end with the node. A ProcessPoolExecutor worker holds both ends
     of its call queue's pipe, so after a kill -9 of the node it would wait for a job
     forever (and keep the fork server alive); a pidfd of the node becomes readable when the
     node ends (pidfd_open(2), Linux 5.3), which a daemon thread waits for."""
+    os.nice(WORKER_NICENESS)
     pydicom.config.settings.reading_validation_mode = validation_mode
     pidfd = os.pidfd_open(node)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from compacs.index import Index, InstanceFacts
-from compacs.jobs.compress import Compressor
+from compacs.jobs.compress import Compressor, settle_intents
 from compacs.jobs.pool import PoolClosed
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ class CompressionWorkers:
         self.retry_after = 2.0
 
     def start(self) -> None:
+        """Start-up recovery, then the threads: objects a crash left unreferenced are
+        deleted (:func:`settle_intents`) and this node's claimed jobs queued again."""
+        settle_intents(self.compressor.store, self.index)
         released = self.index.release_claims(self._prefix)
         if released:
             log.warning("%d compression job(s) interrupted by a stop: queued again", released)

@@ -4,6 +4,22 @@ Durability of ``put`` (what makes a C-STORE Success honest): write to a temporar
 in the same file system, fsync it, rename it over the final name, fsync the directory,
 and fsync every directory newly created on the way. A crash leaves either the whole
 object or a temporary file that :meth:`FileStore.recover` removes at start-up.
+
+A file made elsewhere (a compression worker process writes its encoding into
+:attr:`FileStore.spool_dir` and fsyncs it) is put in place by :meth:`FileStore.adopt`:
+the rename and the directory fsync of ``put`` without a copy.
+
+``delete`` does not fsync the directory: nothing is acknowledged by a deletion, and a
+deletion undone by a power failure leaves an unreferenced object (an orphan, listed and
+removed by ``compacs verify --repair-orphans``), never a lost instance.
+
+Intents (:meth:`FileStore.intent`): before a write whose object the index references
+only after a later commit (a received object, a compressed copy) or which is deleted
+after one (a replaced original), the keys involved are noted in a small file (no fsync:
+it guards against a killed process, whose written files survive; a power failure may
+also lose the note, and leaves at worst an orphan). The note is removed when the step
+ends; notes a crash left are settled at start-up: every key in them that the index
+does not reference is deleted (:func:`compacs.jobs.compress.settle_intents`).
 """
 
 from __future__ import annotations
@@ -21,6 +37,8 @@ from urllib.parse import unquote, urlsplit
 from compacs.storage.base import OWNER_KEY, StorageFull, parts_of, validate_key
 
 TMP_DIR = ".tmp"
+INTENTS_DIR = ".intents"
+"""The notes of :meth:`FileStore.intent`, beside TMP_DIR (never a key)."""
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -32,14 +50,94 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _DirectorySync:
+    """Group fsync of one directory: callers whose renames overlap share one fsync.
+
+    A caller counts its rename (done before it calls), then either sees an fsync that
+    began after its count completed, or runs one itself covering every rename counted
+    so far; while one runs, the others wait for it (the group commit of file systems)."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.counted = 0  # renames counted
+        self.synced = 0  # renames covered by a completed fsync
+        self.running = False
+        self.users = 0
+
+    def sync(self, directory: Path) -> None:
+        with self.changed:
+            self.counted += 1
+            mine = self.counted
+            while self.synced < mine:
+                if not self.running:
+                    self.running, covers = True, self.counted
+                    break
+                self.changed.wait()
+            else:
+                return
+        try:
+            _fsync_dir(directory)
+        except BaseException:
+            with self.changed:
+                self.running = False
+                self.changed.notify_all()
+            raise
+        with self.changed:
+            self.running = False
+            self.synced = max(self.synced, covers)
+            self.changed.notify_all()
+
+
+class _DirectorySyncs:
+    """One :class:`_DirectorySync` per directory while anyone syncs it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dirs: dict[Path, _DirectorySync] = {}
+
+    def sync(self, directory: Path) -> None:
+        """fsync ``directory`` after a rename into it (shared with overlapping callers)."""
+        with self._lock:
+            state = self._dirs.setdefault(directory, _DirectorySync())
+            state.users += 1
+        try:
+            state.sync(directory)
+        finally:
+            with self._lock:
+                state.users -= 1
+                if not state.users:
+                    del self._dirs[directory]
+
+
+def _raise_full(exc: OSError, what: str) -> None:
+    """Raise ``exc`` as StorageFull when the file system is full (the caller re-raises
+    it as it is otherwise)."""
+    if exc.errno in _NO_SPACE:
+        raise StorageFull(exc.errno, f"no space left for {what}: {exc.strerror}") from exc
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def intent(store: object, keys: Sequence[str]) -> contextlib.AbstractContextManager[None]:
+    """``store``'s note of ``keys`` that a crash in the ``with`` block may leave
+    unreferenced (:meth:`FileStore.intent`); nothing for stores without local files."""
+    return store.intent(keys) if isinstance(store, FileStore) else contextlib.nullcontext()
+
+
 class FileStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
         self.url = self.root.as_uri()
         self._tmp = self.root / TMP_DIR
+        self._intents = self.root / INTENTS_DIR
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
+        self._dir_syncs = _DirectorySyncs()
         self._ensure_dir(self._tmp)
+        self._ensure_dir(self._intents)
 
     @classmethod
     def from_url(cls, url: str) -> FileStore:
@@ -70,10 +168,15 @@ class FileStore:
 
     # -- BlobStore -----------------------------------------------------------------------
     def put(self, key: str, data: bytes | Sequence[bytes], *, settled: bool = True) -> None:
-        final = self._path(key)
+        self._path(key)  # an unsafe key fails before anything is written
+        self.adopt(key, self.stage(data))
+
+    def stage(self, data: bytes | Sequence[bytes]) -> Path:
+        """The first half of :meth:`put`: ``data`` written to a new file in
+        :attr:`spool_dir` and fsynced; :meth:`adopt` completes it under a key. It may
+        run while the caller still works out the key (parse, hash: ``Ingest``)."""
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         try:
-            self._ensure_dir(final.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
                 for part in parts_of(data):
@@ -84,13 +187,42 @@ class FileStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if exc.errno in _NO_SPACE:
-                raise StorageFull(exc.errno, f"no space left for {key}: {exc.strerror}") from exc
+            _remove(tmp)
+            _raise_full(exc, "a new object")
             raise
+        return tmp
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where another process may write a file for :meth:`adopt` (same file system;
+        whatever is left there is removed by :meth:`recover`)."""
+        return self._tmp
+
+    def adopt(self, key: str, path: Path | str) -> None:
+        """Make the fsynced file ``path`` (in :attr:`spool_dir`) the object ``key``:
+        durable on return, as after :meth:`put`; the file is gone either way."""
+        tmp = Path(path)
+        if tmp.parent != self._tmp:
+            raise ValueError(f"{tmp} is not in the store's spool directory {self._tmp}")
+        try:
+            final = self._path(key)
+            self._ensure_dir(final.parent)
+            self._place(tmp, final)
+        except OSError as exc:
+            _remove(tmp)
+            _raise_full(exc, key)
+            raise
+        except BaseException:
+            _remove(tmp)
+            raise
+
+    def _place(self, tmp: Path, final: Path) -> None:
+        """Rename the fsynced ``tmp`` to ``final`` and make the new entry durable (one
+        directory fsync shared by the renames into that directory that overlap: a
+        received object and a compressed copy of the same series, concurrent senders)."""
+        os.replace(tmp, final)
+        self._dir_syncs.sync(final.parent)
 
     def settle(self, key: str) -> None:
         pass  # written where it stays
@@ -105,12 +237,8 @@ class FileStore:
         return self._path(key).open("rb")
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return
-        _fsync_dir(path.parent)
+        """Unlink the object; no directory fsync (see the module docstring)."""
+        self._path(key).unlink(missing_ok=True)
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
@@ -124,7 +252,7 @@ class FileStore:
     def keys(self) -> Iterator[str]:
         for dirpath, dirnames, filenames in os.walk(self.root):
             if Path(dirpath) == self.root:
-                dirnames[:] = [d for d in dirnames if d != TMP_DIR]
+                dirnames[:] = [d for d in dirnames if d not in (TMP_DIR, INTENTS_DIR)]
             rel = Path(dirpath).relative_to(self.root)
             for name in filenames:
                 key = (rel / name).as_posix()
@@ -132,11 +260,42 @@ class FileStore:
                     yield key
 
     def recover(self) -> int:
+        """Remove partial writes (the intents stay for :meth:`intents`)."""
         leftovers = 0
         for entry in self._tmp.iterdir():
             entry.unlink(missing_ok=True)
             leftovers += 1
         return leftovers
+
+    # -- intents (module docstring) --------------------------------------------------------
+    @contextlib.contextmanager
+    def intent(self, keys: Sequence[str]) -> Iterator[None]:
+        """Note ``keys`` for the ``with`` block: the note goes when the block ends (its
+        code cleans up after its own errors), and stays when the process dies there
+        (settled at the next start). A note that cannot be written (a full disk) is
+        skipped: it guards against orphans, not against loss."""
+        note = self._intents / f"{uuid.uuid4().hex}.keys"
+        text = "\n".join(validate_key(k) for k in keys).encode("ascii")
+        try:
+            fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                os.write(fd, text)
+            finally:
+                os.close(fd)
+        except OSError:
+            _remove(note)
+        try:
+            yield
+        finally:
+            _remove(note)
+
+    def intents(self) -> list[tuple[Path, list[str]]]:
+        """The notes a crash left: (note, keys noted)."""
+        found = []
+        for note in sorted(self._intents.iterdir()):
+            text = note.read_text("ascii", errors="replace")
+            found.append((note, [k for k in text.split("\n") if k]))
+        return found
 
     def close(self) -> None:
         pass
