@@ -124,6 +124,22 @@ def movescu(node, destination: str, study_uid: str) -> subprocess.CompletedProce
     return retrieve("movescu", node, study_uid, "-aem", destination)
 
 
+def c_move(node, study_uid: str, destination: str) -> list:
+    """The responses of a pynetdicom C-MOVE of the study ``study_uid`` to ``destination``."""
+    ae = AE(ae_title="MOVESCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.aet)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study_uid
+    try:
+        return list(
+            assoc.send_c_move(identifier, destination, StudyRootQueryRetrieveInformationModelMove)
+        )
+    finally:
+        assoc.release()
+
+
 def pixels(ds: Dataset) -> np.ndarray:
     return decompress(ds).pixel_array  # compacs' table decodes JPEG XL, which pydicom cannot
 
@@ -258,16 +274,7 @@ def test_unreadable_file_is_one_failed_sub_operation(archive):
     path.unlink()
     unc.clear()
     try:
-        ae = AE(ae_title="MOVESCU")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.aet)
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel = "STUDY"
-        identifier.StudyInstanceUID = study_of(series)
-        responses = list(
-            assoc.send_c_move(identifier, "DEST_UNC", StudyRootQueryRetrieveInformationModelMove)
-        )
-        assoc.release()
+        responses = c_move(node, study_of(series), "DEST_UNC")
     finally:
         path.write_bytes(saved)
     final, failed = responses[-1]

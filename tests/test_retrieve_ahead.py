@@ -38,7 +38,7 @@ from tests.conftest import NodeProcess, dcmtk_env, require_dcmtk, write_config
 from tests.dicomfiles import by_name
 from tests.procfs import cpu_seconds, descendants
 from tests.scu import send_datasets
-from tests.test_retrieve import StoreSCP, movescu, retrieve
+from tests.test_retrieve import StoreSCP, c_move, movescu, retrieve
 
 JLS = "1.2.840.10008.1.2.4.80"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -247,16 +247,7 @@ def test_a_decode_failure_mid_series_is_one_failed_sub_operation(archive):
     path.write_bytes(saved[:start] + b"\0" * 64 + saved[start + 64 :])
     unc.clear()
     try:
-        ae = AE(ae_title="MOVESCU")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.aet)
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel = "STUDY"
-        identifier.StudyInstanceUID = study(sent)
-        responses = list(
-            assoc.send_c_move(identifier, "DEST_UNC", StudyRootQueryRetrieveInformationModelMove)
-        )
-        assoc.release()
+        responses = c_move(node, study(sent), "DEST_UNC")
     finally:
         path.write_bytes(saved)
     final, failed = responses[-1]

@@ -228,14 +228,29 @@ def test_index_schema_is_versioned_and_refuses_a_newer_one(tmp_path):
         SqliteIndex(path)
 
 
-def test_group_commit_isolates_a_failing_item_and_batches_concurrent_ones(tmp_path):
+def _committer_connection(path, statements: list[str] | None = None):
+    """A connect() for a GroupCommitter on a SQLite table ``t``; the first word of each
+    statement its cursors run is appended to ``statements`` when given."""
+
     def connect():
-        conn = sqlite3.connect(tmp_path / "g.sqlite", isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER UNIQUE)")
 
+        class Cursor:
+            def __init__(self):
+                self.cur = conn.cursor()
+
+            def execute(self, sql, params=()):
+                if statements is not None:
+                    statements.append(sql.split()[0])
+                return self.cur.execute(sql, params)
+
+            def close(self):
+                self.cur.close()
+
         class C:
-            cursor = conn.cursor
             close = conn.close
+            cursor = Cursor
 
             def commit(self):
                 conn.execute("COMMIT")
@@ -246,7 +261,11 @@ def test_group_commit_isolates_a_failing_item_and_batches_concurrent_ones(tmp_pa
 
         return C()
 
-    committer = GroupCommitter(connect)
+    return connect
+
+
+def test_group_commit_isolates_a_failing_item_and_batches_concurrent_ones(tmp_path):
+    committer = GroupCommitter(_committer_connection(tmp_path / "g.sqlite"))
     errors, done = [], []
 
     def add(v: int) -> None:
@@ -271,36 +290,7 @@ def test_group_commit_of_one_item_takes_no_savepoint_and_rolls_back_alone(tmp_pa
     """One writer alone (one association storing): BEGIN, the item, COMMIT; a failing item
     leaves nothing behind and the next one commits."""
     statements: list[str] = []
-
-    def connect():
-        conn = sqlite3.connect(tmp_path / "one.sqlite", isolation_level=None)
-        conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER UNIQUE)")
-
-        class Cursor:
-            def __init__(self):
-                self.cur = conn.cursor()
-
-            def execute(self, sql, params=()):
-                statements.append(sql.split()[0])
-                return self.cur.execute(sql, params)
-
-            def close(self):
-                self.cur.close()
-
-        class C:
-            close = conn.close
-            cursor = Cursor
-
-            def commit(self):
-                conn.execute("COMMIT")
-
-            def rollback(self):
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-
-        return C()
-
-    committer = GroupCommitter(connect)
+    committer = GroupCommitter(_committer_connection(tmp_path / "one.sqlite", statements))
 
     def insert_twice(cur):
         cur.execute("INSERT INTO t VALUES (1)")
