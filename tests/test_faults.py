@@ -474,7 +474,7 @@ def test_kill_9_while_receiving_loses_nothing_acknowledged_and_leaves_no_orphan(
     series = list(ct_series(5, seed=151))
     statuses: list[int | None] = []
     contexts = [(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in series]
-    with association(node.port, contexts[:1], timeout=10) as assoc:  # one context
+    with association(node.port, contexts[:1], timeout=5) as assoc:  # one context
         for ds in series:  # until the node dies
             statuses.append(status_of(assoc.send_c_store(ds)) if assoc.is_established else None)
     assert statuses[:2] == [Status.SUCCESS] * 2 and Status.SUCCESS not in statuses[2:]
