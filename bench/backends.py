@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 from tests.servers import S3_CREDENTIALS, PostgresServer, S3Server  # PYTHONPATH=..
 
 from compacs.synthetic import ct_series
-from peers import ENV, Compacs, cpu_seconds
+from peers import Compacs, cpu_seconds, send_folder
 
 
 def run_once(work: Path, series: Path, slices: int, backends: tuple[str, ...]) -> dict:
@@ -31,12 +30,7 @@ def run_once(work: Path, series: Path, slices: int, backends: tuple[str, ...]) -
     try:
         cpu0 = cpu_seconds(node.pid)
         start = time.perf_counter()
-        subprocess.run(
-            ["storescu", "-aec", node.aet, "127.0.0.1", str(node.port), "+sd", str(series)],
-            env=ENV,
-            check=True,
-            capture_output=True,
-        )
+        send_folder(node.aet, node.port, series)
         acked = time.perf_counter() - start
         node.wait_compressed(slices)
         settled = time.perf_counter() - start

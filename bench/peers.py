@@ -36,6 +36,16 @@ def echo_ok(aet: str, port: int) -> bool:
     )
 
 
+def send_folder(aet: str, port: int, folder: Path) -> None:
+    """Every file of ``folder`` sent by DCMTK storescu on one association; must succeed."""
+    subprocess.run(
+        ["storescu", "-aec", aet, "127.0.0.1", str(port), "+sd", str(folder)],
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
+
+
 def wait_for_echo(aet: str, port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not echo_ok(aet, port):

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from compacs.synthetic import ct_series
-from peers import ENV, Compacs, StoreSCP
+from peers import ENV, Compacs, StoreSCP, send_folder
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
@@ -95,12 +95,7 @@ def main() -> int:
         try:
             time.sleep(2)  # py-spy attached to the node and its workers
             start = time.perf_counter()
-            subprocess.run(
-                ["storescu", "-aec", node.aet, "127.0.0.1", str(node.port), "+sd", str(series)],
-                env=ENV,
-                check=True,
-                capture_output=True,
-            )
+            send_folder(node.aet, node.port, series)
             acked = time.perf_counter() - start
             node.wait_compressed(args.slices)
             settled = time.perf_counter() - start

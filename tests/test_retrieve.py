@@ -140,6 +140,23 @@ def c_move(node, study_uid: str, destination: str) -> list:
         assoc.release()
 
 
+def c_move_cancelled(assoc, study_uid: str, destination: str, msg_id: int) -> Dataset:
+    """The final status of a C-MOVE of the study ``study_uid`` on ``assoc``, cancelled
+    (C-CANCEL, PS3.4 C.4.2.2.3) at its first pending response."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study_uid
+    final = None
+    model = StudyRootQueryRetrieveInformationModelMove
+    for n, (status, _) in enumerate(
+        assoc.send_c_move(identifier, destination, model, msg_id=msg_id)
+    ):
+        if n == 0 and status.Status == 0xFF00:
+            assoc.send_c_cancel(msg_id, query_model=model)
+        final = status
+    return final
+
+
 def pixels(ds: Dataset) -> np.ndarray:
     return decompress(ds).pixel_array  # compacs' table decodes JPEG XL, which pydicom cannot
 
@@ -239,18 +256,7 @@ def test_pynetdicom_get_and_cancelled_move(archive):
         # cancel arrives long before the last sub-operation)
         many = list(ct_series(40, 256, 256, seed=90, patient_id="CANCEL"))
         assert send_datasets(node.port, many, calling="SEND_CAN") == [Status.SUCCESS] * 40
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel = "STUDY"
-        identifier.StudyInstanceUID = many[0].StudyInstanceUID
-        final = None
-        for n, (status, _) in enumerate(
-            assoc.send_c_move(
-                identifier, "DEST_UNC", StudyRootQueryRetrieveInformationModelMove, msg_id=7
-            )
-        ):
-            if n == 0 and status.Status == 0xFF00:
-                assoc.send_c_cancel(7, query_model=StudyRootQueryRetrieveInformationModelMove)
-            final = status
+        final = c_move_cancelled(assoc, str(many[0].StudyInstanceUID), "DEST_UNC", 7)
         assert final.Status == 0xFE00
         assert final.NumberOfCompletedSuboperations < 40
     finally:

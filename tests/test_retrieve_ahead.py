@@ -25,10 +25,11 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from compacs.codecs.convert import data_set_for, split_part10
+from compacs.codecs.convert import data_set_for
 from compacs.codecs.table import codec_for
 from compacs.codecs.transcode import transcode
 from compacs.codecs.work import decode_for_peer
+from compacs.dicom import part10
 from compacs.dicom.part10 import file_header
 from compacs.dicom.status import Status
 from compacs.net import sender
@@ -38,7 +39,7 @@ from tests.conftest import NodeProcess, dcmtk_env, require_dcmtk, write_config
 from tests.dicomfiles import by_name
 from tests.procfs import cpu_seconds, descendants
 from tests.scu import send_datasets
-from tests.test_retrieve import StoreSCP, c_move, movescu, retrieve
+from tests.test_retrieve import StoreSCP, c_move, c_move_cancelled, movescu, retrieve
 
 JLS = "1.2.840.10008.1.2.4.80"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -270,19 +271,8 @@ def test_c_cancel_with_read_ahead_running_leaves_no_worker_busy(archive):
     ae = AE(ae_title="MOVESCU")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = ae.associate("127.0.0.1", node.port, ae_title=node.aet)
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.StudyInstanceUID = study(sent)
-    final = None
     try:
-        for n, (status, _) in enumerate(
-            assoc.send_c_move(
-                identifier, "DEST_UNC", StudyRootQueryRetrieveInformationModelMove, msg_id=9
-            )
-        ):
-            if n == 0 and status.Status == 0xFF00:
-                assoc.send_c_cancel(9, query_model=StudyRootQueryRetrieveInformationModelMove)
-            final = status
+        final = c_move_cancelled(assoc, study(sent), "DEST_UNC", 9)
         at_cancel = workers_cpu(node)
         time.sleep(1.0)
         after = workers_cpu(node)
@@ -354,7 +344,7 @@ def test_the_stored_syntax_is_the_stored_bytes():
     stored = _jls_file(ds)
     _, offset = split_dataset_bytes(stored)
     assert data_set_for(stored, JLS) == stored[offset:]
-    assert split_part10(stored) == (JLS, offset)
+    assert part10.split(stored) == (JLS, offset)
 
 
 def split_dataset_bytes(data: bytes) -> tuple[Dataset, int]:

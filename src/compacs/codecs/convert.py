@@ -9,7 +9,6 @@ is a derived instance with a new SOP Instance UID (PS3.3 C.7.6.1.1.5, see ``loss
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -23,7 +22,9 @@ from pydicom.uid import UID
 from compacs.codecs.lossy import derive
 from compacs.codecs.table import BY_SYNTAX
 from compacs.codecs.transcode import NATIVE_SYNTAXES, decompress, encode_dataset, read_dataset
+from compacs.dicom import part10
 from compacs.dicom.byteorder import to_little_endian
+from compacs.dicom.part10 import deflate
 
 
 class NotConvertible(ValueError):
@@ -73,38 +74,7 @@ def convert(data: bytes, target: str, lossy_options: dict[str, Any] | None = Non
     return Converted(dcmread(BytesIO(encoded.data)), len(encoded.data), uid)
 
 
-_LONG_LENGTH_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN"))
-_LONG_LENGTH_VRS |= frozenset((b"UR", b"UT", b"SV", b"UV"))
-
-
-def split_part10(data: bytes) -> tuple[str, int]:
-    """The Transfer Syntax UID of the Part 10 file ``data`` and the offset of its data set:
-    the File Meta Information (PS3.10 7.1) is read element by element, Explicit VR Little
-    Endian (PS3.5 7.1.2), up to the first element outside group 0002. ValueError when
-    ``data`` is no Part 10 file or has no Transfer Syntax UID."""
-    if data[128:132] != b"DICM":
-        raise ValueError("not a DICOM Part 10 file (no DICM prefix)")
-    at, syntax = 132, None
-    while at + 8 <= len(data):
-        group, element = struct.unpack_from("<HH", data, at)
-        if group != 0x0002:
-            break
-        vr = data[at + 4 : at + 6]
-        if vr in _LONG_LENGTH_VRS:
-            (length,) = struct.unpack_from("<L", data, at + 8)
-            value_at = at + 12
-        else:
-            (length,) = struct.unpack_from("<H", data, at + 6)
-            value_at = at + 8
-        if element == 0x0010:
-            syntax = data[value_at : value_at + length].rstrip(b"\0 ").decode("ascii")
-        at = value_at + length
-    if syntax is None:
-        raise ValueError("the File Meta Information has no Transfer Syntax UID (0002,0010)")
-    return syntax, min(at, len(data))
-
-
-def encode_data_set(ds: Dataset, syntax: str) -> bytes:
+def data_set_bytes(ds: Dataset, syntax: str) -> bytes:
     """``ds`` without its File Meta, encoded in ``syntax``: what a C-STORE-RQ carries
     (PS3.7 9.3.1.1; the data set in the presentation context's syntax, PS3.5 A.1-A.5).
     Deflated Explicit VR Little Endian is deflated after encoding (PS3.5 A.5)."""
@@ -113,12 +83,7 @@ def encode_data_set(ds: Dataset, syntax: str) -> bytes:
     fp.is_implicit_VR = uid.is_implicit_VR
     fp.is_little_endian = uid.is_little_endian
     write_dataset(fp, ds)
-    encoded = fp.getvalue()
-    if uid.is_deflated:
-        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
-        encoded = compressor.compress(encoded) + compressor.flush()
-        encoded += b"\0" if len(encoded) % 2 else b""
-    return encoded
+    return deflate(fp.getvalue()) if uid.is_deflated else fp.getvalue()
 
 
 def data_set_for(data: bytes, target: str) -> bytes:
@@ -127,18 +92,18 @@ def data_set_for(data: bytes, target: str) -> bytes:
     syntax, never parsed nor re-encoded; decoded to Explicit VR Little Endian, the stored
     bytes with only the Pixel Data element replaced when nothing else changes
     (:func:`_spliced`), which saves pydicom's encoding of the whole data set."""
-    stored, offset = split_part10(data)
+    stored, offset = part10.split(data)
     if stored == target:
         return data[offset:]
     if target != NATIVE_SYNTAXES[0] or not UID(stored).is_encapsulated:
-        return encode_data_set(convert(data, target).dataset, target)
+        return data_set_bytes(convert(data, target).dataset, target)
     ds = read_dataset(data)
     before = _spliced_attributes(ds)
     pixels = ds.get_item(0x7FE00010)
     at = None if pixels is None else getattr(pixels, "value_tell", None)
     native = decompress(ds)
     spliced = _spliced(data, offset, at, native, before)
-    return encode_data_set(native, target) if spliced is None else spliced
+    return data_set_bytes(native, target) if spliced is None else spliced
 
 
 _CHANGEABLE = (0x00280004, 0x00280006, 0x00282110)

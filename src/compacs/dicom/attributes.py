@@ -102,7 +102,7 @@ def _text(value: Any) -> str | None:
 
 
 # Text VRs whose bytes may depend on Specific Character Set (PS3.5 6.1.2.3)
-_CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
 
 
 def _value(ds: Dataset, attr: IndexedAttribute, little_endian: bool) -> Any:
@@ -123,7 +123,7 @@ def _value(ds: Dataset, attr: IndexedAttribute, little_endian: bool) -> Any:
                 if len(value) < 2:
                     return None
                 return int.from_bytes(value[:2], "little" if little_endian else "big")
-            if attr.vr not in _CHARSET_VRS or (value.isascii() and b"\x1b" not in value):
+            if attr.vr not in CHARSET_VRS or (value.isascii() and b"\x1b" not in value):
                 text = value.decode("ascii", "replace").strip(" \x00")
                 return text or None
         value = ds[tag].value  # pydicom's conversion, character sets included

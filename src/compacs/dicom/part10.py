@@ -19,21 +19,11 @@ PREAMBLE = b"\x00" * 128 + b"DICM"
 IMPLEMENTATION_CLASS_UID = "2.25.41132603647913935187422880364919037599"
 IMPLEMENTATION_VERSION_NAME = f"COMPACS_{__version__}"[:16]
 
-_LONG_VRS = {
-    b"OB",
-    b"OD",
-    b"OF",
-    b"OL",
-    b"OV",
-    b"OW",
-    b"SQ",
-    b"SV",
-    b"UC",
-    b"UN",
-    b"UR",
-    b"UT",
-    b"UV",
-}
+LONG_LENGTH_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
+"""Explicit VRs with a reserved field and a 4-byte Value Length (PS3.5 7.1.2)."""
+_LONG_VRS = frozenset(vr.encode("ascii") for vr in LONG_LENGTH_VRS)
 
 
 def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
@@ -128,6 +118,41 @@ def inflate(deflated: bytes, limit: int) -> bytes:
     if len(out) > limit or inflater.unconsumed_tail:
         raise TooLarge(f"deflated data set inflates to more than {limit} bytes")
     return out + inflater.flush()
+
+
+def deflate(data_set: bytes) -> bytes:
+    """A data set deflated for Deflated Explicit VR Little Endian (PS3.5 A.5: raw deflate,
+    no zlib header), padded to even length."""
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = compressor.compress(data_set) + compressor.flush()
+    return out + b"\0" if len(out) % 2 else out
+
+
+def split(data: bytes) -> tuple[str, int]:
+    """The Transfer Syntax UID of the Part 10 file ``data`` and the offset of its data set:
+    the File Meta Information (PS3.10 7.1) is read element by element, Explicit VR Little
+    Endian (PS3.5 7.1.2), up to the first element outside group 0002. ValueError when
+    ``data`` is no Part 10 file or has no Transfer Syntax UID."""
+    if data[128:132] != PREAMBLE[128:]:
+        raise ValueError("not a DICOM Part 10 file (no DICM prefix)")
+    at, syntax = len(PREAMBLE), None
+    while at + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, at)
+        if group != 0x0002:
+            break
+        vr = data[at + 4 : at + 6]
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack_from("<L", data, at + 8)
+            value_at = at + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, at + 6)
+            value_at = at + 8
+        if element == 0x0010:
+            syntax = data[value_at : value_at + length].rstrip(b"\0 ").decode("ascii")
+        at = value_at + length
+    if syntax is None:
+        raise ValueError("the File Meta Information has no Transfer Syntax UID (0002,0010)")
+    return syntax, min(at, len(data))
 
 
 def structure_problem(

@@ -43,19 +43,15 @@ from typing import Any
 
 from pynetdicom.pdu_primitives import P_DATA
 
+from compacs.dicom.attributes import CHARSET_VRS
+from compacs.dicom.part10 import LONG_LENGTH_VRS
 from compacs.query import ResponseElement
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
-# PS3.5 6.1.2.3: the VRs whose values use the Specific Character Set
-_CHARSET_VRS = frozenset({"SH", "LO", "UC", "ST", "LT", "UT", "PN"})
 # PS3.5 6.2: the VRs of the Default Character Repertoire only
 _ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR"})
-# PS3.5 7.1.2: explicit VRs with a reserved field and a 4-byte length
-_LONG_VRS = frozenset(
-    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
-)
 # PS3.5 6.2, IS: at most 12 bytes, an integer in [-2**31, 2**31 - 1]
 _IS_TEXT = re.compile(r" *[+-]?[0-9]+ *")
 _IS_RANGE = range(-(2**31), 2**31)
@@ -109,7 +105,7 @@ def _value_bytes(vr: str, value: Any, utf8: bool) -> bytes:
         raw = _is_text(value).encode("ascii")
     elif vr in _ASCII_VRS:
         raw = "\\".join(_strings(value)).encode("ascii")  # else UnicodeEncodeError
-    elif vr in _CHARSET_VRS:
+    elif vr in CHARSET_VRS:
         raw = "\\".join(_strings(value)).encode("utf-8" if utf8 else "ascii")
     else:
         raise Unencodable(vr)
@@ -133,7 +129,7 @@ def encode_identifier(elements: Iterable[ResponseElement], implicit_vr: bool) ->
         head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
         if implicit_vr:
             out.append(head + struct.pack("<I", len(raw)))
-        elif vr in _LONG_VRS:
+        elif vr in LONG_LENGTH_VRS:
             out.append(head + vr.encode("ascii") + struct.pack("<HI", 0, len(raw)))
         elif len(raw) <= 0xFFFF:
             out.append(head + vr.encode("ascii") + struct.pack("<H", len(raw)))

@@ -33,11 +33,11 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from compacs.codecs.convert import split_part10
 from compacs.codecs.table import CODECS
 from compacs.codecs.transcode import NATIVE_SYNTAXES
 from compacs.codecs.work import Decoded, to_peer_syntax
 from compacs.config import Peer
+from compacs.dicom import part10
 from compacs.dicom.status import Status
 from compacs.index import Index, InstanceFacts
 from compacs.net import sender
@@ -119,7 +119,7 @@ def prepare(
     """One sub-operation's data set, encoded for the wire: the stored file's data set as
     it is when the peer accepted its syntax, else decoded (or re-encoded) by ``decode``."""
     data = store.get(inst["storage_key"])
-    stored, offset = split_part10(data)
+    stored, offset = part10.split(data)
     target = target_syntax(stored, accepted)
     if target == stored:
         encoded = data[offset:]
