@@ -6,6 +6,7 @@ import hashlib
 import io
 import sqlite3
 import subprocess
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -662,3 +663,61 @@ def test_no_workers_means_no_worker_process_and_ingest_still_compresses(node_fac
     for ds in series:
         stored = pydicom.dcmread(node.data_dir / "store" / keys[str(ds.SOPInstanceUID)])
         assert np.array_equal(stored.pixel_array, ds.pixel_array)
+
+
+def _dcmdjpls_pixels(data: bytes, tmp_path: Path) -> np.ndarray:
+    """DCMTK's decoding of the Part 10 file ``data`` (an independent reader)."""
+    src, out = tmp_path / "in.dcm", tmp_path / "out.dcm"
+    src.write_bytes(data)
+    done = subprocess.run(["dcmdjpls", str(src), str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return pydicom.dcmread(out).pixel_array
+
+
+def test_native_frames_are_read_without_pydicoms_decoders(tmp_path, monkeypatch):
+    """Native little endian source frames come straight from the Pixel Data bytes (issue
+    15: no pixel decoder set-up in the worker's job); DCMTK and pydicom decode the result
+    to the original pixels, signed CT and unsigned 8-bit alike."""
+    require_dcmtk()
+    originals = [*ct_series(2, seed=31), pydicom.dcmread(by_name("OBXXXX1A.dcm"))]
+    files = []
+    for ds in originals:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        files.append((buf.getvalue(), ds.pixel_array))
+
+    def no_decoder(*args, **kwargs):
+        raise AssertionError("pydicom's pixel decoders ran for native source frames")
+
+    monkeypatch.setattr("compacs.codecs.decode.iter_pixels", no_decoder)
+    for data, pixels in files:
+        encoded = transcode(data, codec_for("jpeg-ls"))
+        assert encoded.transfer_syntax == "1.2.840.10008.1.2.4.80"
+        assert np.array_equal(_dcmdjpls_pixels(encoded.data, tmp_path), pixels)
+        assert np.array_equal(pydicom.dcmread(io.BytesIO(encoded.data)).pixel_array, pixels)
+
+
+def test_a_job_crosses_to_the_worker_process_without_helper_threads(tmp_path):
+    """The thread that holds a lane talks to its worker process over the pipe itself: no
+    feeder or result-manager thread per lane in the node (issue 15), and the job's
+    result, spooled by the worker, decodes with DCMTK to the original pixels."""
+    require_dcmtk()
+    from compacs.jobs.pool import WorkerProcesses
+
+    ds = next(iter(ct_series(1, seed=32)))
+    source = tmp_path / "ct.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    pool = WorkerProcesses(2)
+    threads = {t.name for t in threading.enumerate()}
+    try:
+        pool.start()
+        encoding = pool.encode(str(source), (codec_for("jpeg-ls"),), {}, False, str(spool))
+        grown = {t.name for t in threading.enumerate()} - threads
+    finally:
+        pool.close(10)
+    assert grown == set(), grown
+    data = Path(encoding.path).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == encoding.sha256
+    assert np.array_equal(_dcmdjpls_pixels(data, tmp_path), ds.pixel_array)

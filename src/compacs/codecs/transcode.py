@@ -21,7 +21,8 @@ from pydicom.filewriter import dcmwrite
 from pydicom.pixels import convert_color_space, pack_bits
 
 from compacs.codecs.decode import source_frames, stored_frames
-from compacs.codecs.pixels import PixelInfo
+from compacs.codecs.geometry import check_pixel_data
+from compacs.codecs.pixels import PixelInfo, clean
 from compacs.codecs.streams import first_fragment, stream_is_lossy
 from compacs.codecs.table import Codec
 from compacs.dicom.byteorder import to_little_endian
@@ -99,6 +100,34 @@ def _verify(
             raise VerificationFailed(f"{codec.name}: error {error} exceeds NEAR={options['near']}")
 
 
+def native_frames(ds: Dataset, info: PixelInfo) -> list[np.ndarray] | None:
+    """The frames of native little endian Pixel Data (PS3.5 8.1.1, A.1-A.2: samples as they
+    lie, colour-by-pixel when Planar Configuration is 0) as read-only views of its bytes,
+    cleaned above Bits Stored (:func:`compacs.codecs.pixels.clean`), or None for anything
+    else (encapsulated, planar colour, 4:2:2, packed bits, data too short), which the
+    decoders read (:func:`source_frames`). Saves pydicom's decoder set-up per object
+    (issue 15: ~0.4 ms of a 12.6 ms CT job)."""
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    if syntax not in NATIVE_SYNTAXES or info.bits_allocated not in (8, 16):
+        return None
+    if info.samples_per_pixel != 1 and (
+        int(ds.get("PlanarConfiguration", 0) or 0) != 0 or info.photometric != "RGB"
+    ):
+        return None
+    pixel_data = ds.get("PixelData")
+    if not isinstance(pixel_data, bytes) or len(pixel_data) < info.frame_bytes * info.frames:
+        return None
+    check_pixel_data(ds, info)  # the size bound every decode keeps
+    shape = (info.rows, info.columns, info.samples_per_pixel)
+    samples = np.frombuffer(
+        pixel_data, info.dtype.newbyteorder("<"), count=info.frames * shape[0] * shape[1] * shape[2]
+    )
+    frames = samples.reshape((info.frames, *shape))
+    if info.samples_per_pixel == 1:
+        frames = frames[..., 0]
+    return [clean(frame, info) for frame in frames]
+
+
 def encode_frames(
     ds: Dataset, codec: Codec, options: dict[str, Any]
 ) -> tuple[list[bytes], PixelInfo]:
@@ -111,7 +140,8 @@ def encode_frames(
     info.check_compressible()
     codec.check(info)
     fragments: list[bytes] = []
-    for n, frame in enumerate(source_frames(ds, info)):
+    frames = native_frames(ds, info)
+    for n, frame in enumerate(frames if frames is not None else source_frames(ds, info)):
         encoded = codec.encode(frame, info, options)
         _verify(codec, encoded, frame, info, n, options)
         fragments.append(encoded)

@@ -8,19 +8,18 @@ take it from the threads that receive. So the CPU part of a job
 node's threads claim jobs, read and write the store and switch the index: children need
 neither index nor store.
 
-The mechanism is :class:`concurrent.futures.ProcessPoolExecutor` with the "forkserver"
-start method: "fork" from a multi-threaded process can copy a lock some other thread held
-(the index's, the logging module's) into a child where nobody will release it. The fork
-server is a fresh interpreter that imports the codecs layer once
-(:func:`multiprocessing.set_forkserver_preload`); the workers fork from it and share those
-pages, so the children's proportional memory (PSS) stays small.
+The mechanism is one :class:`multiprocessing.Process` per *lane* with the "forkserver"
+start method ("fork" from a multi-threaded process can copy a lock some other thread held,
+the index's or the logging module's, into a child where nobody will release it) and a
+pipe to it: the node thread that holds the lane sends the job and reads the reply itself,
+with no feeder or manager thread in between. The fork server is a fresh interpreter that
+imports the codecs layer once (:func:`multiprocessing.set_forkserver_preload`); the workers
+fork from it and share those pages, so the children's proportional memory (PSS) stays small.
 
-Each worker process has its own single-worker executor (a *lane*), and a job takes a whole
-lane: when a process dies (a codec's segfault, kill -9, the OOM killer) ProcessPoolExecutor
-breaks the whole executor and fails every future in it; with one process per executor that
-is exactly the one job the process was running. That job is recorded as failed ("worker
-process died: ..."), the original stays as it was, and the lane starts a new process for
-the next job.
+A job takes a whole lane, so when a process dies (a codec's segfault, kill -9, the OOM
+killer) the pipe reads EOF for exactly the one job it was running. That job is recorded
+as failed ("worker process died: ..."), the original stays as it was, and the lane starts
+a new process for the next job.
 
 The same processes decode for C-MOVE/C-GET when a peer needs another syntax than the
 stored one (:meth:`WorkerProcesses.decode`, :func:`compacs.codecs.work.decode_for_peer`),
@@ -39,8 +38,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -162,37 +159,57 @@ def replay(messages: Sequence[Message]) -> None:
             logger.handle(record)
 
 
+class _Raised:
+    """An exception a job raised in a worker process, carried back to re-raise."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
 class _Lane:
-    """One worker process in an executor of its own (see the module docstring)."""
+    """One worker process and the pipe to it (see the module docstring). The thread that
+    holds the lane sends the job and waits for the reply on the pipe itself: no feeder or
+    result-manager thread, no futures, one pickle each way (issue 15: ~0.5 ms of node and
+    worker CPU per job went to ProcessPoolExecutor's plumbing)."""
 
     def __init__(self, context: Any, number: int) -> None:
         self._context = context
         self.number = number
-        self._executor: ProcessPoolExecutor | None = None
+        self._process: Any = None
+        self._conn: Any = None
         self.pid: int | None = None
+        self.busy = False
 
     def start(self) -> None:
         """Start the worker process (and learn its pid) unless it runs."""
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=self._context,
-                initializer=_worker_start,
-                initargs=(os.getpid(), pydicom.config.settings.reading_validation_mode),
+        if self._process is None:
+            ours, theirs = self._context.Pipe()
+            process = self._context.Process(
+                target=_serve,
+                args=(theirs, os.getpid(), pydicom.config.settings.reading_validation_mode),
+                name=f"compacs-worker-{self.number}",
+                daemon=True,
             )
-            self.pid = self._executor.submit(os.getpid).result()
+            process.start()
+            theirs.close()  # only the child holds its end: its death reads as EOF here
+            self._process, self._conn, self.pid = process, ours, process.pid
 
-    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the worker process; EOFError/OSError when it died meanwhile."""
         self.start()
-        assert self._executor is not None
-        try:
-            return self._executor.submit(fn, *args)
-        except BrokenProcessPool:  # it died between jobs: no job of its own was lost
+        if not self._process.is_alive():  # it died between jobs: no job of its own was lost
             log.warning("compression worker process %s had died while idle: replaced", self.pid)
             self.discard()
             self.start()
-            assert self._executor is not None
-            return self._executor.submit(fn, *args)
+        self.busy = True
+        try:
+            self._conn.send((fn, args))
+            reply = self._conn.recv()
+        finally:
+            self.busy = False
+        if isinstance(reply, _Raised):
+            raise reply.exc
+        return reply
 
     def run(
         self,
@@ -203,16 +220,16 @@ class _Lane:
         spool_dir: str | None,
     ) -> Encoding:
         level = logging.getLogger().getEffectiveLevel()
-        future = self._submit(encode_named, source, names, options, lossy, level, spool_dir)
         pid = self.pid
         try:
-            return future.result()
-        except BrokenProcessPool as exc:
+            return self._call(encode_named, source, names, options, lossy, level, spool_dir)
+        except (EOFError, OSError) as exc:
+            pid = self.pid if self.pid is not None else pid
             self.discard()
             note = (
                 f"worker process died: pid {pid} ended abruptly while encoding with "
                 f"{', '.join(names)} (a codec crash, a kill or the out-of-memory killer; "
-                f"{exc})"
+                f"{type(exc).__name__})"
             )
             log.error("compression %s", note)
             return Encoding(Outcome.FAILED, note[:500])
@@ -221,21 +238,42 @@ class _Lane:
         """:func:`decode_for_peer` in this lane's process; a process that dies is this
         decode's failure (the lane starts a new one for the next job)."""
         level = logging.getLogger().getEffectiveLevel()
-        future = self._submit(decode_for_peer, data, target, level)
-        pid = self.pid
         try:
-            return future.result()
-        except BrokenProcessPool as exc:
+            return self._call(decode_for_peer, data, target, level)
+        except (EOFError, OSError) as exc:
+            pid = self.pid
             self.discard()
-            note = f"worker process died: pid {pid} ended abruptly while decoding ({exc})"
+            note = f"worker process died: pid {pid} ended abruptly while decoding ({exc!r})"
             log.error("decode for a peer: %s", note)
             return Decoded(error=note[:500])
 
     def discard(self) -> None:
-        """Let go of the executor (broken, or the pool closes); the next job starts anew."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = None
+        """Let go of the process (dead, or the pool closes): closing the pipe ends an idle
+        worker (it reads EOF); the next job starts a new one."""
+        if self._conn is not None:
+            self._conn.close()
+        if self._process is not None and not self._process.is_alive():
+            self._process.join(0)  # reaped: no zombie
+        self._process, self._conn = None, None
+
+
+def _serve(conn: Any, node: int, validation_mode: int) -> None:
+    """A worker process: run each job received on ``conn`` and send its result back,
+    until the node closes the pipe (EOF) or ends."""
+    _worker_start(node, validation_mode)
+    while True:
+        try:
+            fn, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply = fn(*args)
+        except Exception as exc:  # the job's failure, the node's to record
+            reply = _Raised(exc)
+        try:
+            conn.send(reply)
+        except Exception as exc:  # a result or exception that does not pickle
+            conn.send(_Raised(RuntimeError(f"{type(exc).__name__}: {exc}")))
 
 
 class WorkerProcesses:
@@ -314,7 +352,8 @@ class WorkerProcesses:
         self._closed.set()
         pids = self.pids()
         for lane in self._lanes:
-            lane.discard()
+            if not lane.busy:  # a busy lane's pipe is its waiting thread's: killed below
+                lane.discard()
         deadline = time.monotonic() + timeout
         for pid in pids:
             while _alive(pid) and time.monotonic() < deadline:
@@ -333,10 +372,10 @@ response; a queued job only waits), and the codecs take what receiving leaves.""
 def _worker_start(node: int, validation_mode: int) -> None:
     """Initializer of a worker process: yield the CPU to receiving
     (:data:`WORKER_NICENESS`), read data sets as the node does (its pydicom validation
-    mode), and end with the node. A ProcessPoolExecutor worker holds both ends
-    of its call queue's pipe, so after a kill -9 of the node it would wait for a job
-    forever (and keep the fork server alive); a pidfd of the node becomes readable when the
-    node ends (pidfd_open(2), Linux 5.3), which a daemon thread waits for."""
+    mode), and end with the node, whatever else holds descriptors of the pipe: a worker
+    that waited for a job from a node a kill -9 ended would keep the fork server alive. A
+    pidfd of the node becomes readable when the node ends (pidfd_open(2), Linux 5.3),
+    which a daemon thread waits for."""
     os.nice(WORKER_NICENESS)
     pydicom.config.settings.reading_validation_mode = validation_mode
     pidfd = os.pidfd_open(node)
