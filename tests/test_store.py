@@ -233,3 +233,54 @@ def test_syncs_per_instance_stored_and_compressed(node_factory, tmp_path):
     print(f"\n{syncs} fsync/fdatasync for 30 instances: {syncs / 30:.2f} each")
     assert syncs >= 4 * 30, out.read_text()  # strace saw the syncs durability needs
     assert syncs <= 6.5 * 30, out.read_text()  # 6 each, + slack for WAL checkpoints
+
+
+def test_a_p_data_tf_is_read_in_a_few_calls(node_factory, tmp_path):
+    """Issue 15: pynetdicom reads a PDU 4096 bytes a ``recv`` (a 512x512 CT slice took
+    ~130 calls); the node reads what the kernel holds, a few calls a PDU
+    (guard.recv_whole). Counted by strace on the node while DCMTK storescu sends 5 slices;
+    the slices are stored bit-exact (pydicom reads the stored files)."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import dcmtk_env
+
+    if shutil.which("strace") is None:
+        pytest.fail("strace is not installed (apt-get install strace)")
+    node = node_factory(config=write_config(tmp_path / "off.toml", NO_COMPRESSION))
+    folder = tmp_path / "series"
+    folder.mkdir()
+    series = list(ct_series(5, seed=16))
+    for n, ds in enumerate(series):
+        ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
+    out = tmp_path / "strace.txt"
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-c", "-e", "trace=recvfrom,recvmsg,read", "-o", str(out),
+         "-p", str(node.proc.pid)],  # fmt: skip
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)  # attached to every thread
+        sent = subprocess.run(
+            ["storescu", "-aec", node.aet, "127.0.0.1", str(node.port), "+sd", str(folder)],
+            env=dcmtk_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+    assert sent.returncode == 0, sent.stderr[-1500:]
+    calls = sum(
+        int(line.split()[3])
+        for line in out.read_text().splitlines()
+        if line.split() and line.split()[-1] in ("recvfrom", "recvmsg")
+    )
+    print(f"\n{calls} recv calls for 5 CT slices of 512 KiB: {calls / 5:.1f} each")
+    assert calls >= 5 * 2, out.read_text()  # strace saw the reads
+    assert calls <= 5 * 40, out.read_text()  # 4096 bytes a call would be > 128 each
+    for ds in series:
+        assert dcmread(stored_path(node.data_dir, ds.SOPInstanceUID)).PixelData == ds.PixelData

@@ -31,9 +31,9 @@ from compacs.rules import DEFAULT_POLICY, Policy, facts_of
 from compacs.storage import BlobStore, FileStore, StorageFull
 from compacs.storage.filesystem import intent
 
-STAGING_THREADS = 4
-"""Helper threads writing received objects (:meth:`Ingest._stage`); more concurrent
-C-STOREs than this wait for one, never longer than a write."""
+STAGING_THREADS = 8
+"""Helper threads hashing and writing received objects (:meth:`Ingest._stage`, two per
+C-STORE); more concurrent C-STOREs than four wait for one, never longer than a write."""
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,24 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.status == Status.SUCCESS
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A received object on its way to the store, worked on by helper threads."""
+
+    written: Future[Path]
+    """The object written and fsynced in the store's spool directory."""
+    digest: Future[str]
+    """Its hex SHA-256."""
+
+
+def sha256_hex(parts: tuple[bytes, ...]) -> str:
+    """Hex SHA-256 of the bytes of ``parts`` one after the other."""
+    sha256 = hashlib.sha256()
+    for part in parts:
+        sha256.update(part)
+    return sha256.hexdigest()
 
 
 class Rejected(Exception):
@@ -157,30 +175,29 @@ class Ingest:
             return self._indexed(rx, parts, staged)
         finally:
             if staged is not None:
-                _discard_staged(staged)
+                _discard_staged(staged.written)
 
-    def _stage(self, parts: tuple[bytes, bytes]) -> Future[Path] | None:
-        """Start writing and syncing the object (:meth:`FileStore.stage`) on a helper
-        thread while this one parses and hashes it (both wait without the GIL: the
-        C-STORE response comes about a millisecond sooner); None for other stores."""
+    def _stage(self, parts: tuple[bytes, bytes]) -> Staged | None:
+        """Start hashing the object and writing and syncing it (:meth:`FileStore.stage`)
+        on helper threads while this one parses it: the three run at once (hashlib and
+        the writes release the GIL), and the C-STORE response comes sooner; None for
+        other stores."""
         if self._stager is None:
             return None
         assert isinstance(self.store, FileStore)
-        return self._stager.submit(self.store.stage, parts)
+        return Staged(
+            written=self._stager.submit(self.store.stage, parts),
+            digest=self._stager.submit(sha256_hex, parts),
+        )
 
-    def _indexed(
-        self, rx: Received, parts: tuple[bytes, bytes], staged: Future[Path] | None
-    ) -> Outcome:
+    def _indexed(self, rx: Received, parts: tuple[bytes, bytes], staged: Staged | None) -> Outcome:
         attributes = self._attributes(rx, parts[0])
         sop_instance = attributes[IMAGE]["sop_instance_uid"]
         if self.duplicates is Duplicates.KEEP_FIRST and self._known(sop_instance):
             log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
             return Outcome(Status.SUCCESS)
 
-        sha256 = hashlib.sha256()
-        for part in parts:
-            sha256.update(part)
-        digest = sha256.hexdigest()
+        digest = sha256_hex(parts) if staged is None else staged.digest.result()
         key = storage_key(
             attributes[STUDY]["study_uid"], attributes[SERIES]["series_uid"], sop_instance, digest
         )
@@ -188,7 +205,7 @@ class Ingest:
             return self._store(rx, attributes, parts, key, digest, staged)
 
     def _put(
-        self, key: str, parts: tuple[bytes, bytes], staged: Future[Path] | None, settled: bool
+        self, key: str, parts: tuple[bytes, bytes], staged: Staged | None, settled: bool
     ) -> None:
         """The object durable under ``key``: the staged file renamed into place, or put
         (``settled`` False: to be compressed soon, which a spooled store waits for)."""
@@ -197,7 +214,7 @@ class Ingest:
                 self.store.put(key, parts, settled=settled)
             else:
                 assert isinstance(self.store, FileStore)
-                written = staged.result()
+                written = staged.written.result()
                 crash_point("received-staged")  # durability tests (compacs.failpoints)
                 self.store.adopt(key, written)
         except StorageFull as exc:
@@ -212,7 +229,7 @@ class Ingest:
         parts: tuple[bytes, bytes],
         key: str,
         digest: str,
-        staged: Future[Path] | None,
+        staged: Staged | None,
     ) -> Outcome:
         """Durable object, then committed index row (PS3.4 B.2.3), then the follow-ups."""
         sop_instance = attributes[IMAGE]["sop_instance_uid"]
