@@ -256,11 +256,8 @@ def test_a_p_data_tf_is_read_in_a_few_calls(node_factory, tmp_path):
     for n, ds in enumerate(series):
         ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
     out = tmp_path / "strace.txt"
-    tracer = subprocess.Popen(
-        ["strace", "-f", "-c", "-e", "trace=recvfrom,recvmsg,read", "-o", str(out),
-         "-p", str(node.proc.pid)],  # fmt: skip
-        stderr=subprocess.DEVNULL,
-    )
+    trace = ["strace", "-f", "-c", "-e", "trace=recvfrom,recvmsg,read", "-o", str(out)]
+    tracer = subprocess.Popen([*trace, "-p", str(node.proc.pid)], stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.0)  # attached to every thread
         sent = subprocess.run(
