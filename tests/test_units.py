@@ -27,6 +27,7 @@ from compacs.index.sqlite import SqliteIndex
 from compacs.ingest import storage_key
 from compacs.net.guard import recv_whole
 from compacs.storage import FileStore, StorageFull, validate_key
+from compacs.storage.filesystem import IntentLog, unsettled
 from compacs.synthetic import ct_series
 from tests.conftest import ROOT
 from tests.dicomfiles import by_name, storage_files
@@ -558,3 +559,31 @@ def test_recv_whole_reads_what_pynetdicom_reads():
         recv_whole(types.SimpleNamespace(socket=quiet), 6)
     quiet.close()
     peer.close()
+
+
+def test_intent_log_rotates_and_leaves_only_unended_steps(tmp_path, monkeypatch):
+    """storage/filesystem.py intents: lines in a log of the process's own; a log past
+    ROTATE_AT is followed by a new one and removed when its last step ends; what a crash
+    leaves (steps begun, never ended) is what start-up settles, and the live log is
+    never offered for settling."""
+    monkeypatch.setattr(IntentLog, "ROTATE_AT", 200)
+    store = FileStore(tmp_path / "store")
+    intents = tmp_path / "store" / ".intents"
+    crashed = intents / "left-by-a-crash.log"
+    crashed.write_text("+aa/1/2.dcm\n+aa/1/3.dcm\n-aa/1/2.dcm\n+aa/1/4.dcm\n", "ascii")
+    older = intents / "older.keys"  # one note a file, a key a line (before the logs)
+    older.write_text("bb/5/6.dcm\nbb/5/7.dcm", "ascii")
+    with store.intent(["cc/8/long-running.dcm"]):
+        for n in range(10):  # ~30 bytes a line: rotates every few steps
+            with store.intent([f"dd/9/{n}.dcm"]):
+                pass
+        logs = set(intents.iterdir()) - {crashed, older}
+        assert len(logs) == 2  # the first log holds an open step, the newest is current
+        assert store.intents() == [
+            (crashed, ["aa/1/3.dcm", "aa/1/4.dcm"]),
+            (older, ["bb/5/6.dcm", "bb/5/7.dcm"]),
+        ]
+    logs = set(intents.iterdir()) - {crashed, older}
+    assert len(logs) == 1  # the first log went with its last step
+    (current,) = logs
+    assert unsettled(current.read_text("ascii")) == []

@@ -89,7 +89,12 @@ class Node:
         self.encoder: Encoder = WorkerProcesses(policy.workers) if policy.workers else InProcess()
         self.compressor = Compressor(self.store, self.index, policy, self.encoder)
         self.workers = CompressionWorkers(
-            self.compressor, self.index, policy.workers, on_done=self._compressed, node=self.node_id
+            self.compressor,
+            self.index,
+            policy.workers,
+            on_done=self._compressed,
+            node=self.node_id,
+            receiving=lambda: self.ingest.receiving(),
         )
         routing = settings.routing
         self.forwarder = Forwarder(
