@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -721,3 +722,43 @@ def test_a_job_crosses_to_the_worker_process_without_helper_threads(tmp_path):
     data = Path(encoding.path).read_bytes()
     assert hashlib.sha256(data).hexdigest() == encoding.sha256
     assert np.array_equal(_dcmdjpls_pixels(data, tmp_path), ds.pixel_array)
+
+
+def test_while_c_stores_arrive_one_worker_compresses(node):
+    """Issue 15: receiving comes first (jobs/workers.py): while a sender's C-STOREs
+    arrive, at most one compression job runs, so the receiving threads keep a core; once
+    it pauses the backlog is compressed, every instance bit-exact (DCMTK dcmdjpls)."""
+    require_dcmtk()
+    series = list(ct_series(60, seed=22))
+    claimed_at_once: list[int] = []
+    sending = threading.Event()
+    sending.set()
+
+    def watch() -> None:  # the index's claims, read-only, while the sender runs
+        uri = f"file:{node.data_dir / 'index.sqlite'}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True)) as conn:
+            while sending.is_set():
+                sql = "SELECT COUNT(*) FROM jobs WHERE claimed_by IS NOT NULL"
+                claimed_at_once.append(conn.execute(sql).fetchone()[0])
+                time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        statuses = send_datasets(node.port, series)
+    finally:
+        sending.clear()
+        watcher.join()
+    assert statuses == [Status.SUCCESS] * 60
+    most = max(claimed_at_once)
+    print(f"\n{len(claimed_at_once)} looks at the claims while sending: at most {most}")
+    assert max(claimed_at_once) == 1  # one job at a time, and jobs did run meanwhile
+    assert wait_for_pending_zero(node)["compression"] == {"compressed": 60}
+    with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
+        keys = dict(conn.execute("SELECT sop_instance_uid, storage_key FROM instances"))
+    for ds in series[::10]:
+        out = node.data_dir.parent / "out.dcm"
+        path = node.data_dir / "store" / keys[str(ds.SOPInstanceUID)]
+        done = subprocess.run(["dcmdjpls", str(path), str(out)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert np.array_equal(pydicom.dcmread(out).pixel_array, ds.pixel_array)

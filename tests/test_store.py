@@ -233,3 +233,80 @@ def test_syncs_per_instance_stored_and_compressed(node_factory, tmp_path):
     print(f"\n{syncs} fsync/fdatasync for 30 instances: {syncs / 30:.2f} each")
     assert syncs >= 4 * 30, out.read_text()  # strace saw the syncs durability needs
     assert syncs <= 6.5 * 30, out.read_text()  # 6 each, + slack for WAL checkpoints
+
+
+def _traced_storescu(node, tmp_path: Path, series: list, strace: list[str]) -> str:
+    """What ``strace`` (its options, without -p) printed for the node while DCMTK
+    storescu sent ``series`` on one association, which it must have done."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import dcmtk_env
+
+    if shutil.which("strace") is None:
+        pytest.fail("strace is not installed (apt-get install strace)")
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for n, ds in enumerate(series):
+        ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
+    out = tmp_path / "strace.txt"
+    tracer = subprocess.Popen(
+        ["strace", "-f", *strace, "-o", str(out), "-p", str(node.proc.pid)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)  # attached to every thread
+        sent = subprocess.run(
+            ["storescu", "-aec", node.aet, "127.0.0.1", str(node.port), "+sd", str(folder)],
+            env=dcmtk_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+    assert sent.returncode == 0, sent.stderr[-1500:]
+    for ds in series:
+        assert dcmread(stored_path(node.data_dir, ds.SOPInstanceUID)).PixelData == ds.PixelData
+    return out.read_text()
+
+
+def test_a_p_data_tf_is_read_in_a_few_calls(node_factory, tmp_path):
+    """Issue 15: pynetdicom reads a PDU 4096 bytes a ``recv`` (a 512x512 CT slice took
+    ~130 calls); the node reads what the kernel holds, a few calls a PDU
+    (guard.recv_whole). Counted by strace on the node while DCMTK storescu sends 5 slices;
+    the slices are stored bit-exact (pydicom reads the stored files)."""
+    node = node_factory(config=write_config(tmp_path / "off.toml", NO_COMPRESSION))
+    summary = _traced_storescu(
+        node, tmp_path, list(ct_series(5, seed=16)), ["-c", "-e", "trace=recvfrom,recvmsg,read"]
+    )
+    calls = sum(
+        int(line.split()[3])
+        for line in summary.splitlines()
+        if line.split() and line.split()[-1] in ("recvfrom", "recvmsg")
+    )
+    print(f"\n{calls} recv calls for 5 CT slices of 512 KiB: {calls / 5:.1f} each")
+    assert calls >= 5 * 2, summary  # strace saw the reads
+    assert calls <= 5 * 40, summary  # 4096 bytes a call would be > 128 each
+
+
+def test_intents_are_lines_in_a_log_not_a_file_per_store(node_factory, tmp_path):
+    """Issue 15: each C-STORE's intent (storage/filesystem.py) was a file made and
+    removed in store/.intents (~0.3 ms a store); now two lines appended to one log of the
+    node's. Seen by strace while DCMTK storescu sends 5 instances (stored bit-exact)."""
+    node = node_factory(config=write_config(tmp_path / "off.toml", NO_COMPRESSION))
+    trace = _traced_storescu(
+        node, tmp_path, list(ct_series(5, 64, 64, seed=17)), ["-e", "trace=openat,unlink,unlinkat"]
+    )
+    made = [line for line in trace.splitlines() if "/.intents/" in line and "O_CREAT" in line]
+    removed = [line for line in trace.splitlines() if "/.intents/" in line and "unlink" in line]
+    print(f"\n5 C-STOREs: {len(made)} files made in .intents, {len(removed)} removed")
+    assert len(made) <= 1 and not removed, trace
+    (log,) = (node.data_dir / "store" / ".intents").iterdir()
+    lines = log.read_text("ascii").splitlines()
+    begun = sorted(line[1:] for line in lines if line.startswith("+"))
+    ended = sorted(line[1:] for line in lines if line.startswith("-"))
+    assert len(begun) == 5 and begun == ended  # every step noted is noted done

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import errno
+import socket
 import sqlite3
 import struct
 import threading
 import tomllib
+import types
 
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pynetdicom.transport import AssociationSocket
 
 from compacs.config import ConfigError, Peer, from_document, with_overrides
 from compacs.dicom.attributes import extract
@@ -22,7 +25,9 @@ from compacs.index import Duplicates, IndexUnavailable, NewInstance
 from compacs.index.group_commit import GroupCommitter
 from compacs.index.sqlite import SqliteIndex
 from compacs.ingest import storage_key
+from compacs.net.guard import recv_whole
 from compacs.storage import FileStore, StorageFull, validate_key
+from compacs.storage.filesystem import IntentLog, unsettled
 from compacs.synthetic import ct_series
 from tests.conftest import ROOT
 from tests.dicomfiles import by_name, storage_files
@@ -518,3 +523,67 @@ def test_overlapping_renames_into_a_directory_share_its_fsync(tmp_path, monkeypa
     for name, done in returned.items():  # covered: an fsync began after it and ended before
         assert any(renamed[name] < began and ended < done for began, ended in syncs), name
     assert len(syncs) < 12  # shared (the first directories made once count among them)
+
+
+def test_recv_whole_reads_what_pynetdicom_reads():
+    """guard.recv_whole: all ``n`` bytes across partial sends, fewer when the peer closes,
+    a timeout raised (as pynetdicom's AssociationSocket.recv: dul.py turns both into
+    Evt17); the bytes are pynetdicom's own read of the same stream."""
+    payload = bytes(range(256)) * 3000  # 768,000 bytes
+
+    def read_with(reader) -> bytes:
+        ours, theirs = socket.socketpair()
+        ours.settimeout(5)
+
+        def send() -> None:
+            for start in range(0, len(payload), 70_001):
+                theirs.sendall(payload[start : start + 70_001])
+            theirs.close()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            return bytes(reader(ours, len(payload) + 10))
+        finally:
+            sender.join()
+            ours.close()
+
+    ours = read_with(lambda s, n: recv_whole(types.SimpleNamespace(socket=s), n))
+    theirs = read_with(lambda s, n: AssociationSocket.recv(types.SimpleNamespace(socket=s), n))
+    assert ours == theirs == payload  # short by the 10 bytes never sent: the peer closed
+
+    quiet, peer = socket.socketpair()
+    quiet.settimeout(0.2)
+    peer.sendall(b"\x04\x00")
+    with pytest.raises(TimeoutError):
+        recv_whole(types.SimpleNamespace(socket=quiet), 6)
+    quiet.close()
+    peer.close()
+
+
+def test_intent_log_rotates_and_leaves_only_unended_steps(tmp_path, monkeypatch):
+    """storage/filesystem.py intents: lines in a log of the process's own; a log past
+    ROTATE_AT is followed by a new one and removed when its last step ends; what a crash
+    leaves (steps begun, never ended) is what start-up settles, and the live log is
+    never offered for settling."""
+    monkeypatch.setattr(IntentLog, "ROTATE_AT", 200)
+    store = FileStore(tmp_path / "store")
+    intents = tmp_path / "store" / ".intents"
+    crashed = intents / "left-by-a-crash.log"
+    crashed.write_text("+aa/1/2.dcm\n+aa/1/3.dcm\n-aa/1/2.dcm\n+aa/1/4.dcm\n", "ascii")
+    older = intents / "older.keys"  # one note a file, a key a line (before the logs)
+    older.write_text("bb/5/6.dcm\nbb/5/7.dcm", "ascii")
+    with store.intent(["cc/8/long-running.dcm"]):
+        for n in range(10):  # ~30 bytes a line: rotates every few steps
+            with store.intent([f"dd/9/{n}.dcm"]):
+                pass
+        logs = set(intents.iterdir()) - {crashed, older}
+        assert len(logs) == 2  # the first log holds an open step, the newest is current
+        assert store.intents() == [
+            (crashed, ["aa/1/3.dcm", "aa/1/4.dcm"]),
+            (older, ["bb/5/6.dcm", "bb/5/7.dcm"]),
+        ]
+    logs = set(intents.iterdir()) - {crashed, older}
+    assert len(logs) == 1  # the first log went with its last step
+    (current,) = logs
+    assert unsettled(current.read_text("ascii")) == []

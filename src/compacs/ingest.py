@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,10 @@ from compacs.routing import Routing
 from compacs.rules import DEFAULT_POLICY, Policy, facts_of
 from compacs.storage import BlobStore, FileStore, StorageFull
 from compacs.storage.filesystem import intent
+
+RECEIVING_PAUSE = 0.25
+"""Seconds without a C-STORE after which the node counts as no longer receiving
+(:meth:`Ingest.receiving`): longer than the gaps between one sender's requests."""
 
 STAGING_THREADS = 4
 """Helper threads writing received objects (:meth:`Ingest._stage`); more concurrent
@@ -62,6 +67,14 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.status == Status.SUCCESS
+
+
+def sha256_hex(parts: tuple[bytes, ...]) -> str:
+    """Hex SHA-256 of the bytes of ``parts`` one after the other."""
+    sha256 = hashlib.sha256()
+    for part in parts:
+        sha256.update(part)
+    return sha256.hexdigest()
 
 
 class Rejected(Exception):
@@ -110,6 +123,7 @@ class Ingest:
         self.queued = queued
         self.forward_queued = forward_queued
         self._in_flight = 0
+        self._last_end = -math.inf
         self._closing = False
         self._idle = threading.Condition()
         # writes objects while the receiving threads parse and hash them (_stage)
@@ -129,6 +143,10 @@ class Ingest:
             self._stager.shutdown(wait=False)
         return idle
 
+    def receiving(self) -> bool:
+        """True while a C-STORE is in progress or one ended within RECEIVING_PAUSE."""
+        return self._in_flight > 0 or time.monotonic() - self._last_end < RECEIVING_PAUSE
+
     def receive(self, rx: Received) -> Outcome:
         with self._idle:
             if self._closing:
@@ -147,29 +165,33 @@ class Ingest:
         finally:
             with self._idle:
                 self._in_flight -= 1
+                self._last_end = time.monotonic()
                 self._idle.notify_all()
 
     def _receive(self, rx: Received) -> Outcome:
         header = self._whole(rx)
         parts = (header, rx.dataset)
         staged = self._stage(parts)
+        # hashed here, first: hashlib lets go of the GIL, and the staging thread takes it
+        # to start its write (a helper thread woke too late to hash beside the parse)
+        digest = sha256_hex(parts)
         try:
-            return self._indexed(rx, parts, staged)
+            return self._indexed(rx, parts, staged, digest)
         finally:
             if staged is not None:
                 _discard_staged(staged)
 
     def _stage(self, parts: tuple[bytes, bytes]) -> Future[Path] | None:
         """Start writing and syncing the object (:meth:`FileStore.stage`) on a helper
-        thread while this one parses and hashes it (both wait without the GIL: the
-        C-STORE response comes about a millisecond sooner); None for other stores."""
+        thread while this one hashes and parses it (the writes wait without the GIL:
+        the C-STORE response comes about a millisecond sooner); None for other stores."""
         if self._stager is None:
             return None
         assert isinstance(self.store, FileStore)
         return self._stager.submit(self.store.stage, parts)
 
     def _indexed(
-        self, rx: Received, parts: tuple[bytes, bytes], staged: Future[Path] | None
+        self, rx: Received, parts: tuple[bytes, bytes], staged: Future[Path] | None, digest: str
     ) -> Outcome:
         attributes = self._attributes(rx, parts[0])
         sop_instance = attributes[IMAGE]["sop_instance_uid"]
@@ -177,10 +199,6 @@ class Ingest:
             log.info("duplicate %s from %s: kept the stored copy", sop_instance, rx.calling_ae)
             return Outcome(Status.SUCCESS)
 
-        sha256 = hashlib.sha256()
-        for part in parts:
-            sha256.update(part)
-        digest = sha256.hexdigest()
         key = storage_key(
             attributes[STUDY]["study_uid"], attributes[SERIES]["series_uid"], sop_instance, digest
         )

@@ -6,6 +6,7 @@ import logging
 import signal
 import socket
 import socketserver
+import sys
 import threading
 import time
 from types import FrameType
@@ -31,6 +32,13 @@ from compacs.storage import open_store
 from compacs.storage.owner import StoreOwned, claim
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread may hold the GIL while another waits for it (CPython's default is
+5 ms). A C-STORE passes through four threads of the node (the association's DUL and
+reactor, the staging helpers, the group committer), each waking the next; with the
+default, a helper woken while the handler parses waited for the whole parse before it
+could start its hash or write (issue 15). Set for the serving process only."""
 
 
 class NodeRefused(RuntimeError):
@@ -81,7 +89,12 @@ class Node:
         self.encoder: Encoder = WorkerProcesses(policy.workers) if policy.workers else InProcess()
         self.compressor = Compressor(self.store, self.index, policy, self.encoder)
         self.workers = CompressionWorkers(
-            self.compressor, self.index, policy.workers, on_done=self._compressed, node=self.node_id
+            self.compressor,
+            self.index,
+            policy.workers,
+            on_done=self._compressed,
+            node=self.node_id,
+            receiving=lambda: self.ingest.receiving(),
         )
         routing = settings.routing
         self.forwarder = Forwarder(
@@ -225,6 +238,7 @@ class Node:
 
     def serve_forever(self) -> None:
         host, port = self.address
+        sys.setswitchinterval(SWITCH_INTERVAL)
         log.info(
             "compacs %s listening on %s:%d (index %s, store %s)",
             self.settings.ae_title,

@@ -15,11 +15,13 @@ removed by ``compacs verify --repair-orphans``), never a lost instance.
 
 Intents (:meth:`FileStore.intent`): before a write whose object the index references
 only after a later commit (a received object, a compressed copy) or which is deleted
-after one (a replaced original), the keys involved are noted in a small file (no fsync:
-it guards against a killed process, whose written files survive; a power failure may
-also lose the note, and leaves at worst an orphan). The note is removed when the step
-ends; notes a crash left are settled at start-up: every key in them that the index
-does not reference is deleted (:func:`compacs.jobs.compress.settle_intents`).
+after one (a replaced original), the keys involved are noted (no fsync: it guards
+against a killed process, whose written files survive; a power failure may also lose
+the note, and leaves at worst an orphan), and noted again as done when the step ends.
+The notes are lines appended to a log of the process's own (:class:`IntentLog`: a file
+made and removed per step cost ~0.3 ms of each C-STORE, issue 15); logs a crash left
+are settled at start-up: every key noted and not done that the index does not
+reference is deleted (:func:`compacs.jobs.compress.settle_intents`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -121,6 +124,89 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+class IntentLog:
+    """The intents of one process: lines ``+KEY`` (a step begins) and ``-KEY`` (it
+    ended) appended to a file in ``directory``. A log past :attr:`ROTATE_AT` bytes is
+    followed by a new one, and removed once its last step has ended."""
+
+    ROTATE_AT = 1 << 20
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._current: _Log | None = None
+        self._live: set[Path] = set()
+
+    def begin(self, keys: Sequence[str]) -> _Log | None:
+        """Note the step on ``keys``; None when it could not be noted (a full disk)."""
+        lines = "".join(f"+{k}\n" for k in keys).encode("ascii")
+        with self._lock:
+            try:
+                log = self._writable()
+                os.write(log.fd, lines)
+            except OSError:
+                return None
+            log.size += len(lines)
+            log.open += 1
+            return log
+
+    def end(self, log: _Log, keys: Sequence[str]) -> None:
+        """Note the step on ``keys`` ended (begun in ``log``)."""
+        lines = "".join(f"-{k}\n" for k in keys).encode("ascii")
+        with self._lock:
+            with contextlib.suppress(OSError):
+                os.write(log.fd, lines)
+                log.size += len(lines)
+            log.open -= 1
+            if log is not self._current and log.open == 0:
+                self._close(log)
+
+    def live(self) -> set[Path]:
+        """The logs this process writes (never a crash's leftover)."""
+        with self._lock:
+            return set(self._live)
+
+    def _writable(self) -> _Log:
+        current = self._current
+        if current is not None and current.size < self.ROTATE_AT:
+            return current
+        path = self._directory / f"{uuid.uuid4().hex}.log"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
+        self._current = _Log(path, fd)
+        self._live.add(path)
+        if current is not None and current.open == 0:
+            self._close(current)
+        return self._current
+
+    def _close(self, log: _Log) -> None:
+        with contextlib.suppress(OSError):
+            os.close(log.fd)
+        _remove(log.path)
+        self._live.discard(log.path)
+
+
+@dataclass
+class _Log:
+    path: Path
+    fd: int
+    size: int = 0
+    open: int = 0
+    """Steps begun in this log and not yet ended."""
+
+
+def unsettled(text: str) -> list[str]:
+    """The keys of an intent log (or of an older one-note file, a key a line) noted and
+    not noted done, in the order first noted."""
+    count: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("-"):
+            count[line[1:]] = count.get(line[1:], 0) - 1
+        elif line:
+            key = line.removeprefix("+")
+            count[key] = count.get(key, 0) + 1
+    return [key for key, n in count.items() if n > 0]
+
+
 def intent(store: object, keys: Sequence[str]) -> contextlib.AbstractContextManager[None]:
     """``store``'s note of ``keys`` that a crash in the ``with`` block may leave
     unreferenced (:meth:`FileStore.intent`); nothing for stores without local files."""
@@ -133,6 +219,7 @@ class FileStore:
         self.url = self.root.as_uri()
         self._tmp = self.root / TMP_DIR
         self._intents = self.root / INTENTS_DIR
+        self._intent_log = IntentLog(self._intents)
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
         self._dir_syncs = _DirectorySyncs()
@@ -274,27 +361,21 @@ class FileStore:
         code cleans up after its own errors), and stays when the process dies there
         (settled at the next start). A note that cannot be written (a full disk) is
         skipped: it guards against orphans, not against loss."""
-        note = self._intents / f"{uuid.uuid4().hex}.keys"
-        text = "\n".join(validate_key(k) for k in keys).encode("ascii")
-        try:
-            fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                os.write(fd, text)
-            finally:
-                os.close(fd)
-        except OSError:
-            _remove(note)
+        keys = [validate_key(k) for k in keys]
+        log = self._intent_log.begin(keys)
         try:
             yield
         finally:
-            _remove(note)
+            if log is not None:
+                self._intent_log.end(log, keys)
 
     def intents(self) -> list[tuple[Path, list[str]]]:
-        """The notes a crash left: (note, keys noted)."""
+        """The intent logs a crash left: (log, keys noted and not done)."""
+        live = self._intent_log.live()
         found = []
         for note in sorted(self._intents.iterdir()):
-            text = note.read_text("ascii", errors="replace")
-            found.append((note, [k for k in text.split("\n") if k]))
+            if note not in live:
+                found.append((note, unsettled(note.read_text("ascii", errors="replace"))))
         return found
 
     def close(self) -> None:
