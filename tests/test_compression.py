@@ -724,6 +724,30 @@ def test_a_job_crosses_to_the_worker_process_without_helper_threads(tmp_path):
     assert np.array_equal(_dcmdjpls_pixels(data, tmp_path), ds.pixel_array)
 
 
+def test_what_a_job_raises_in_the_worker_is_raised_not_a_dead_worker(tmp_path):
+    """A job's own OSError (its source gone) comes back as that error; the worker process
+    lives on for the next job, which it encodes (DCMTK decodes it to the original). Only a
+    process that ends before it replies is "worker process died"."""
+    require_dcmtk()
+    from compacs.jobs.pool import WorkerProcesses
+
+    ds = next(iter(ct_series(1, 64, 64, seed=33)))
+    source = tmp_path / "ct.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    jls = (codec_for("jpeg-ls"),)
+    pool = WorkerProcesses(1)
+    try:
+        pool.start()
+        (pid,) = pool.pids()
+        with pytest.raises(FileNotFoundError):
+            pool.encode(str(tmp_path / "gone.dcm"), jls, {}, False)
+        encoding = pool.encode(str(source), jls, {}, False)
+        assert pool.pids() == [pid]
+    finally:
+        pool.close(10)
+    assert np.array_equal(_dcmdjpls_pixels(encoding.data, tmp_path), ds.pixel_array)
+
+
 def test_while_c_stores_arrive_one_worker_compresses(node):
     """Issue 15: receiving comes first (jobs/workers.py): while a sender's C-STOREs
     arrive, at most one compression job runs, so the receiving threads keep a core; once

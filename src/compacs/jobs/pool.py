@@ -159,6 +159,10 @@ def replay(messages: Sequence[Message]) -> None:
             logger.handle(record)
 
 
+class _Died(Exception):
+    """The worker process ended (EOF or an error on its pipe) before it replied."""
+
+
 class _Raised:
     """An exception a job raised in a worker process, carried back to re-raise."""
 
@@ -195,7 +199,8 @@ class _Lane:
             self._process, self._conn, self.pid = process, ours, process.pid
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` in the worker process; EOFError/OSError when it died meanwhile."""
+        """``fn(*args)`` in the worker process, raising what it raised there; _Died when
+        the process ended before it replied."""
         self.start()
         if not self._process.is_alive():  # it died between jobs: no job of its own was lost
             log.warning("compression worker process %s had died while idle: replaced", self.pid)
@@ -205,6 +210,8 @@ class _Lane:
         try:
             self._conn.send((fn, args))
             reply = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise _Died(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self.busy = False
         if isinstance(reply, _Raised):
@@ -220,16 +227,15 @@ class _Lane:
         spool_dir: str | None,
     ) -> Encoding:
         level = logging.getLogger().getEffectiveLevel()
-        pid = self.pid
         try:
             return self._call(encode_named, source, names, options, lossy, level, spool_dir)
-        except (EOFError, OSError) as exc:
-            pid = self.pid if self.pid is not None else pid
+        except _Died as exc:
+            pid = self.pid
             self.discard()
             note = (
                 f"worker process died: pid {pid} ended abruptly while encoding with "
                 f"{', '.join(names)} (a codec crash, a kill or the out-of-memory killer; "
-                f"{type(exc).__name__})"
+                f"{exc})"
             )
             log.error("compression %s", note)
             return Encoding(Outcome.FAILED, note[:500])
@@ -240,10 +246,10 @@ class _Lane:
         level = logging.getLogger().getEffectiveLevel()
         try:
             return self._call(decode_for_peer, data, target, level)
-        except (EOFError, OSError) as exc:
+        except _Died as exc:
             pid = self.pid
             self.discard()
-            note = f"worker process died: pid {pid} ended abruptly while decoding ({exc!r})"
+            note = f"worker process died: pid {pid} ended abruptly while decoding ({exc})"
             log.error("decode for a peer: %s", note)
             return Decoded(error=note[:500])
 
