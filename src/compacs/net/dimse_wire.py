@@ -34,6 +34,7 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_GET_RSP = 0x8010
 C_MOVE_RSP = 0x8021
+_STATUS_COMMENTS = ("ErrorComment", "OffendingElement", "ErrorID", "AttributeIdentifierList")
 DATA_SET_PRESENT = 0x0001  # what pynetdicom writes; PS3.7 E.1: anything but 0x0101
 NO_DATA_SET = 0x0101
 
@@ -120,8 +121,7 @@ def command_bytes(primitive: Any) -> bytes | None:
             return _command(_STORE_RQ, primitive, C_STORE_RQ, kind)
         if type(primitive) in (C_MOVE, C_GET) and primitive.MessageIDBeingRespondedTo is not None:
             if primitive.Identifier is not None or any(
-                getattr(primitive, keyword, None) is not None
-                for keyword in primitive.STATUS_OPTIONAL_KEYWORDS
+                getattr(primitive, keyword, None) is not None for keyword in _STATUS_COMMENTS
             ):
                 return None
             field = C_MOVE_RSP if type(primitive) is C_MOVE else C_GET_RSP
