@@ -7,6 +7,7 @@ storescp wrote is the data set sent, byte for byte."""
 
 from __future__ import annotations
 
+import re
 import struct
 from io import BytesIO
 
@@ -30,7 +31,7 @@ from compacs.net.event_reactor import make_event_driven
 from compacs.net.pdata import message_batches
 from compacs.net.sender import EncodedDataSet, install
 from compacs.synthetic import ct_series
-from tests.test_retrieve import StoreSCP
+from tests.test_retrieve import StoreSCP, archive, retrieve, study_of  # noqa: F401
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
@@ -252,3 +253,42 @@ def test_sub_operations_to_storescp_skip_pydicom_and_arrive_byte_for_byte(tmp_pa
     assert received.keys() == sent.keys()
     for uid, encoded in sent.items():
         assert received[uid].endswith(encoded)
+
+
+# -- what a C-MOVE requestor reads ---------------------------------------------------------
+
+
+def _counts(output: str) -> list[tuple[str, ...]]:
+    """(status, remaining, completed, failed, warning) of each C-MOVE-RSP movescu printed
+    (-d dumps each response's command set; DCMTK decodes it, not pydicom)."""
+    out = []
+    for block in re.split(r"Received (?:Final )?Move Response", output)[1:]:
+        fields = []
+        for label in (
+            "DIMSE Status",
+            "Remaining Suboperations",
+            "Completed Suboperations",
+            "Failed Suboperations",
+            "Warning Suboperations",
+        ):
+            found = re.search(rf"{label}\s*:\s*(0x[0-9a-f]+|\d+)", block)
+            fields.append(found.group(1) if found else "none")
+        out.append(tuple(fields))
+    return out
+
+
+def test_movescu_reads_every_pending_count_and_the_final_response(archive):  # noqa: F811
+    """Pending responses written by hand: DCMTK movescu reads remaining/completed/failed/
+    warning counts that step by one per sub-operation (PS3.4 C.4.2.1.3), then the final
+    Success with the completed count (C.4.2.3.1), and storescp holds the stored bytes."""
+    node, sent, _, every = archive
+    series = sent["SEND_JLS"]
+    every.clear()
+    result = retrieve("movescu", node, study_of(series), "-aem", "DEST_ALL", "-d")
+    assert result.returncode == 0, result.stderr
+    counts = _counts(result.stdout + result.stderr)
+    n = len(series)
+    pending = [("0xff00", str(n - k), str(k), "0", "0") for k in range(1, n + 1)]
+    # the final response repeats pynetdicom's last Remaining (0), as it always has
+    assert counts == [*pending, ("0x0000", "0", str(n), "0", "0")]
+    assert every.received().keys() == series.keys()
