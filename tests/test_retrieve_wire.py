@@ -292,3 +292,31 @@ def test_movescu_reads_every_pending_count_and_the_final_response(archive):  # n
     # the final response repeats pynetdicom's last Remaining (0), as it always has
     assert counts == [*pending, ("0x0000", "0", str(n), "0", "0")]
     assert every.received().keys() == series.keys()
+
+
+def test_the_pynetdicom_internals_the_fast_paths_use_are_there():
+    """Pinned like net/command_set.py: pynetdicom's receive_primitive still keeps a partial
+    message in ``message`` and queues primitives on ``msg_queue``, its C-STORE primitive
+    still has the attributes written and read here, and its standard DIMSE handlers are
+    the ones the fast paths recognise (a pynetdicom upgrade that changes them fails here)."""
+    from pynetdicom import _handlers
+    from pynetdicom.association import Association
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    names = DIMSEServiceProvider.receive_primitive.__code__.co_names
+    assert {"message", "msg_queue", "put", "decode_msg", "message_to_primitive"} <= set(names)
+    assert "_check_received_status" in Association.send_c_store.__code__.co_names
+    for attribute in (
+        "MoveOriginatorApplicationEntityTitle",
+        "MoveOriginatorMessageID",
+        "ErrorComment",
+        "OffendingElement",
+        "_dataset_path",
+        "_context_id",
+    ):
+        assert hasattr(C_STORE(), attribute)
+    ae = AE()
+    assoc = Association(ae, "requestor")
+    sent, received = assoc.get_handlers(evt.EVT_DIMSE_SENT), assoc.get_handlers(evt.EVT_DIMSE_RECV)
+    assert [h for h, _ in sent] == [_handlers.standard_dimse_sent_handler]
+    assert [h for h, _ in received] == [_handlers.standard_dimse_recv_handler]

@@ -109,6 +109,8 @@ _STANDARD = {
     evt.EVT_DIMSE_RECV: standard_dimse_recv_handler,
 }
 _PYNETDICOM_LOG = logging.getLogger("pynetdicom")
+_LAST_COMMAND = frozenset(bytes([b]) for b in range(256) if b & 0x03 == 0x03)
+"""Message control headers of a command's last fragment (PS3.8 E.2: the two low bits)."""
 
 
 def unobserved(assoc: Any, event: Any) -> bool:
@@ -155,7 +157,7 @@ class CoalescingDIMSE(DIMSEServiceProvider):
         :func:`compacs.net.dimse_wire.store_response` (when no one observes EVT_DIMSE_RECV)
         and queued like the primitive pynetdicom's decoder makes."""
         values = primitive.presentation_data_value_list
-        if self.message is None and len(values) == 1 and values[0][1][0] & 0x03 == 0x03:
+        if self.message is None and len(values) == 1 and values[0][1][:1] in _LAST_COMMAND:
             context_id, pdv = values[0]
             response = store_response(pdv[1:])
             if response is not None and unobserved(self.assoc, evt.EVT_DIMSE_RECV):
