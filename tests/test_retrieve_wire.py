@@ -76,6 +76,7 @@ def test_a_c_store_rq_command_is_what_pydicom_writes(uid, aet, origin, priority)
 )
 def test_a_retrieve_response_command_is_what_pydicom_writes(kind, message, status, counts):
     rsp = kind()
+    rsp.MessageID = 7  # pynetdicom's C-MOVE loop sets it; the response does not carry it
     rsp.MessageIDBeingRespondedTo = 7
     rsp.AffectedSOPClassUID = MOVE if kind is C_MOVE else GET
     rsp.Status = status
@@ -320,3 +321,13 @@ def test_the_pynetdicom_internals_the_fast_paths_use_are_there():
     sent, received = assoc.get_handlers(evt.EVT_DIMSE_SENT), assoc.get_handlers(evt.EVT_DIMSE_RECV)
     assert [h for h, _ in sent] == [_handlers.standard_dimse_sent_handler]
     assert [h for h, _ in received] == [_handlers.standard_dimse_recv_handler]
+    from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS
+
+    written = {"CommandGroupLength", "CommandField", "CommandDataSetType"}
+    for name, layout, declined in (
+        ("C-STORE-RQ", dimse_wire._STORE_RQ, set()),
+        ("C-MOVE-RSP", dimse_wire._RETRIEVE_RSP, {"OffendingElement", "ErrorComment"}),
+        ("C-GET-RSP", dimse_wire._RETRIEVE_RSP, {"OffendingElement", "ErrorComment"}),
+    ):
+        mine = {attribute for _, _, attribute in layout if attribute}
+        assert set(_COMMAND_SET_KEYWORDS[name]) == mine | written | declined

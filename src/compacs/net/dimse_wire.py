@@ -85,8 +85,8 @@ def _element(tag: int, value: bytes) -> bytes:
 def _command(
     layout: tuple[tuple[int, str, str | None], ...], primitive: Any, field: int, data_set_type: int
 ) -> bytes:
-    """The command set, Command Group Length first (PS3.7 E.1); _Unknown when a value is
-    not what this writer writes exactly as pydicom does."""
+    """The command set, Command Group Length first (PS3.7 E.1); TypeError (or a
+    UnicodeEncodeError) for a value this writer would not write exactly as pydicom does."""
     body = []
     for tag, vr, attribute in layout:
         if attribute is None:
