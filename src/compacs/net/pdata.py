@@ -20,12 +20,18 @@ checks (the association's state, an abort meanwhile) is unchanged.
 
 from __future__ import annotations
 
+import logging
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom._handlers import standard_dimse_recv_handler, standard_dimse_sent_handler
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
+
+from compacs.net.dimse_wire import command_bytes, store_response
 
 BATCH = 1 << 18
 """Bytes of encoded PDUs per primitive, about: a large message is not held twice whole,
@@ -61,6 +67,61 @@ def wire_batches(fragments: Any, context_id: int, batch: int = BATCH) -> Any:
         yield WireBytes(b"".join(parts))
 
 
+def message_batches(
+    command: bytes, data_set: Any, context_id: int, max_pdu: int, batch: int = BATCH
+) -> Iterator[WireBytes]:
+    """A DIMSE message's P-DATA-TF PDUs, byte for byte what pynetdicom's ``encode_msg`` +
+    :func:`wire_batches` make -- the command set, then the data set (a bytes-like object
+    or None), each in fragments of at most ``max_pdu - 6`` bytes (0: one fragment), one
+    PDV per PDU with message control headers 0x01/0x03 and 0x00/0x02 (PS3.8 E.2) -- in
+    :class:`WireBytes` of about ``batch`` bytes. The data set is sliced through a
+    memoryview: its bytes are copied once, into the batch."""
+    parts: list[bytes | memoryview] = []
+    size = 0
+    for control, payload in ((0x01, command), (0x00, data_set)):
+        if payload is None:
+            continue
+        view = memoryview(payload).cast("B")
+        step = max_pdu - 6 if max_pdu else max(len(view), 1)
+        for start in range(0, len(view), step):
+            fragment = view[start : start + step]
+            last = start + step >= len(view)
+            header = struct.pack(
+                ">BBIIBB",
+                0x04,
+                0x00,
+                len(fragment) + 6,
+                len(fragment) + 2,
+                context_id,
+                control | (0x02 if last else 0x00),
+            )
+            parts += (header, fragment)
+            size += len(header) + len(fragment)
+            if size >= batch:
+                yield WireBytes(b"".join(parts))
+                parts, size = [], 0
+    if parts:
+        yield WireBytes(b"".join(parts))
+
+
+_STANDARD = {
+    evt.EVT_DIMSE_SENT: standard_dimse_sent_handler,
+    evt.EVT_DIMSE_RECV: standard_dimse_recv_handler,
+}
+_PYNETDICOM_LOG = logging.getLogger("pynetdicom")
+_LAST_COMMAND = frozenset(bytes([b]) for b in range(256) if b & 0x03 == 0x03)
+"""Message control headers of a command's last fragment (PS3.8 E.2: the two low bits)."""
+
+
+def unobserved(assoc: Any, event: Any) -> bool:
+    """Whether nothing but pynetdicom's standard logging handler is bound to ``event``
+    (EVT_DIMSE_SENT/RECV) and that handler would log nothing (it logs at DEBUG): then a
+    message need not be built as a pydicom data set only for the event."""
+    if _PYNETDICOM_LOG.isEnabledFor(logging.DEBUG):
+        return False
+    return all(handler is _STANDARD[event] for handler, _ in assoc.get_handlers(event))
+
+
 def _primitive(context_id: int, wire: WireBytes) -> P_DATA:
     primitive = P_DATA()
     primitive.presentation_data_value_list = [[context_id, wire]]
@@ -69,9 +130,17 @@ def _primitive(context_id: int, wire: WireBytes) -> P_DATA:
 
 class CoalescingDIMSE(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider whose ``send_msg`` gives the DUL a message's PDUs in
-    batches (module docstring); the rest unchanged."""
+    batches (module docstring), and which writes and reads the command sets of a
+    retrieve's sub-operations without pydicom (net/dimse_wire.py) when no one observes
+    the DIMSE events; the rest unchanged."""
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
+        command = command_bytes(primitive)
+        if command is not None and unobserved(self.assoc, evt.EVT_DIMSE_SENT):
+            data_set = primitive.DataSet.getvalue() if isinstance(primitive, C_STORE) else None
+            for wire in message_batches(command, data_set, context_id, self.maximum_pdu_size):
+                self.dul.send_pdu(_primitive(context_id, wire))
+            return
         if primitive.MessageIDBeingRespondedTo is None:
             dimse_msg = _RQ_TO_MESSAGE[primitive.__class__]()
         else:
@@ -82,6 +151,20 @@ class CoalescingDIMSE(DIMSEServiceProvider):
         fragments = dimse_msg.encode_msg(context_id, self.maximum_pdu_size)
         for wire in wire_batches(fragments, context_id):
             self.dul.send_pdu(_primitive(context_id, wire))
+
+    def receive_primitive(self, primitive: Any) -> None:
+        """pynetdicom's, except that a C-STORE-RSP arriving whole in one PDV is read by
+        :func:`compacs.net.dimse_wire.store_response` (when no one observes EVT_DIMSE_RECV)
+        and queued like the primitive pynetdicom's decoder makes."""
+        values = primitive.presentation_data_value_list
+        if self.message is None and len(values) == 1 and values[0][1][:1] in _LAST_COMMAND:
+            context_id, pdv = values[0]
+            response = store_response(pdv[1:])
+            if response is not None and unobserved(self.assoc, evt.EVT_DIMSE_RECV):
+                response._context_id = context_id
+                self.msg_queue.put((context_id, response))
+                return
+        super().receive_primitive(primitive)
 
 
 def wire_of(pdu: Any) -> WireBytes | None:
