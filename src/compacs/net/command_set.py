@@ -17,54 +17,24 @@ refuses to run if the name it replaces is not pynetdicom's ``dsutils.encode``.
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 import pynetdicom.dimse_messages
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pynetdicom.dsutils import encode as pynetdicom_encode
 
+from compacs.net.dimse_wire import UnknownValue, value_bytes
 from compacs.net.event_reactor import UnsupportedPynetdicom
-
-_TEXT_VRS = frozenset({"AE", "CS", "LO", "SH", "ST", "LT"})
-
-
-class _Unknown(Exception):
-    """An element this encoder does not write: pydicom's writer takes the whole set."""
-
-
-def _values(value: Any) -> list[Any]:
-    if value is None or value == "":
-        return []
-    return list(value) if isinstance(value, list | tuple | MultiValue) else [value]
-
-
-def _value_bytes(vr: str, value: Any) -> bytes:
-    """The value field of one element, padded to even length (PS3.5 7.1.1, 6.2)."""
-    values = _values(value)
-    if vr == "UL":
-        return struct.pack(f"<{len(values)}I", *values)
-    if vr == "US":
-        return struct.pack(f"<{len(values)}H", *values)
-    if vr == "AT":
-        return b"".join(struct.pack("<HH", int(t) >> 16, int(t) & 0xFFFF) for t in values)
-    if vr == "UI" or vr in _TEXT_VRS:
-        if not all(isinstance(v, str) for v in values):
-            raise _Unknown(vr)
-        text = "\\".join(values).encode("ascii")  # UnicodeEncodeError: pydicom's way
-        pad = b"\0" if vr == "UI" else b" "
-        return text + pad if len(text) % 2 else text
-    raise _Unknown(vr)
 
 
 def encode_command_set(ds: Dataset) -> bytes:
-    """``ds`` (group 0000 elements only) in Implicit VR Little Endian; _Unknown otherwise."""
+    """``ds`` (group 0000 elements only) in Implicit VR Little Endian; UnknownValue
+    otherwise."""
     out = []
     for element in ds.elements():  # in tag order, as pydicom writes them
         tag = int(element.tag)
         if tag >> 16 != 0x0000:
-            raise _Unknown(hex(tag))
-        value = _value_bytes(str(element.VR), element.value)
+            raise UnknownValue(hex(tag))
+        value = value_bytes(str(element.VR), element.value)
         out.append(struct.pack("<HHI", 0x0000, tag & 0xFFFF, len(value)))
         out.append(value)
     return b"".join(out)
@@ -77,7 +47,7 @@ def encode(
     if is_implicit_vr and is_little_endian and not deflated:
         try:
             return encode_command_set(ds)
-        except (_Unknown, struct.error, UnicodeEncodeError, TypeError, ValueError):
+        except (UnknownValue, struct.error, UnicodeEncodeError, TypeError, ValueError):
             pass
     return pynetdicom_encode(ds, is_implicit_vr, is_little_endian, deflated)
 

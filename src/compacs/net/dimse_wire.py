@@ -28,12 +28,14 @@ import struct
 from io import BytesIO
 from typing import Any
 
+from pydicom.multival import MultiValue
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_GET_RSP = 0x8010
 C_MOVE_RSP = 0x8021
+_TEXT_VRS = frozenset({"AE", "CS", "LO", "SH", "ST", "LT"})
 _STATUS_COMMENTS = ("ErrorComment", "OffendingElement", "ErrorID", "AttributeIdentifierList")
 DATA_SET_PRESENT = 0x0001  # what pynetdicom writes; PS3.7 E.1: anything but 0x0101
 NO_DATA_SET = 0x0101
@@ -64,18 +66,33 @@ _RETRIEVE_RSP = (
 )
 
 
-def _value_bytes(vr: str, value: Any) -> bytes:
-    """A US, UI or AE value as pydicom writes it, padded to even length (PS3.5 6.2,
-    7.1.1). (Not net/command_set.py's: that module imports the event reactor, which
-    imports this one through net/pdata.py.)"""
+class UnknownValue(Exception):
+    """A value :func:`value_bytes` does not write: pydicom's writer takes the whole set."""
+
+
+def _values(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, list | tuple | MultiValue) else [value]
+
+
+def value_bytes(vr: str, value: Any) -> bytes:
+    """The value field of one command element as pydicom writes it, padded to even length
+    (PS3.5 7.1.1, 6.2); UnknownValue for a VR or value it does not write."""
+    values = _values(value)
+    if vr == "UL":
+        return struct.pack(f"<{len(values)}I", *values)
     if vr == "US":
-        if type(value) is not int:
-            raise TypeError(vr)
-        return struct.pack("<H", value)
-    if not isinstance(value, str):
-        raise TypeError(vr)
-    text = value.encode("ascii")
-    return text + (b"\0" if vr == "UI" else b" ") if len(text) % 2 else text
+        return struct.pack(f"<{len(values)}H", *values)
+    if vr == "AT":
+        return b"".join(struct.pack("<HH", int(t) >> 16, int(t) & 0xFFFF) for t in values)
+    if vr == "UI" or vr in _TEXT_VRS:
+        if not all(isinstance(v, str) for v in values):
+            raise UnknownValue(vr)
+        text = "\\".join(values).encode("ascii")  # UnicodeEncodeError: pydicom's way
+        pad = b"\0" if vr == "UI" else b" "
+        return text + pad if len(text) % 2 else text
+    raise UnknownValue(vr)
 
 
 def _element(tag: int, value: bytes) -> bytes:
@@ -95,7 +112,7 @@ def _command(
             value = getattr(primitive, attribute)
             if value is None:
                 continue
-        body.append(_element(tag, _value_bytes(vr, value)))
+        body.append(_element(tag, value_bytes(vr, value)))
     encoded = b"".join(body)
     return _element(0x0000, struct.pack("<I", len(encoded))) + encoded
 
@@ -126,7 +143,7 @@ def command_bytes(primitive: Any) -> bytes | None:
                 return None
             field = C_MOVE_RSP if type(primitive) is C_MOVE else C_GET_RSP
             return _command(_RETRIEVE_RSP, primitive, field, NO_DATA_SET)
-    except (struct.error, UnicodeEncodeError, TypeError, ValueError):
+    except (UnknownValue, struct.error, UnicodeEncodeError, TypeError, ValueError):
         return None
     return None
 
