@@ -96,9 +96,10 @@ def pss_mb(pid: int) -> float:
 
 class PeakSampler:
     """Samples a sum over a server's processes every ``period`` seconds while running:
-    ``with PeakSampler(lambda: pss_mb(pid)) as s: ...; s.peak``."""
+    ``with PeakSampler(lambda: pss_mb(pid)) as s: ...; s.peak``; with ``read`` None it
+    samples nothing (peak 0)."""
 
-    def __init__(self, read: Callable[[], float], period: float = 0.05) -> None:
+    def __init__(self, read: Callable[[], float] | None, period: float = 0.05) -> None:
         self.read, self.period, self.peak = read, period, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -110,12 +111,14 @@ class PeakSampler:
             self._stop.wait(self.period)
 
     def __enter__(self) -> PeakSampler:
-        self._thread.start()
+        if self.read is not None:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self.read is not None:
+            self._thread.join()
 
 
 def du(path: Path) -> int:
