@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
+import threading
 from io import BytesIO
 
 import pydicom
@@ -19,6 +20,7 @@ from pynetdicom.dimse_messages import (
     C_GET_RSP,
     C_MOVE_RSP,
     C_STORE_RQ,
+    C_STORE_RSP,
     DIMSEMessage,
 )
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
@@ -34,6 +36,7 @@ from compacs.synthetic import ct_series
 from tests.test_retrieve import StoreSCP, archive, retrieve, study_of  # noqa: F401
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT = "1.2.840.10008.1.2.1"
 MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 GET = "1.2.840.10008.5.1.4.1.2.2.3"
 
@@ -101,11 +104,26 @@ def test_what_the_fast_writer_does_not_write_is_left_to_pynetdicom():
     commented.ErrorComment = "no"
     empty = _store_rq("1.2.3", "A", 1)
     empty.DataSet = BytesIO()
-    rsp = C_STORE()
-    rsp.MessageIDBeingRespondedTo = 1
-    rsp.Status = 0
-    for primitive in (with_identifier, commented, empty, rsp):
+    offending = C_STORE()
+    offending.MessageIDBeingRespondedTo = 1
+    offending.Status = 0xA900
+    offending.OffendingElement = [0x00080018]
+    for primitive in (with_identifier, commented, empty, offending):
         assert dimse_wire.command_bytes(primitive) is None
+
+
+@pytest.mark.parametrize("comment", [None, "odd", "even", "storage full: No space left on device"])
+@pytest.mark.parametrize("status, uid", [(0x0000, "1.2.3.45"), (0xA700, "1.2.3.4"), (0xB000, None)])
+def test_a_c_store_rsp_command_is_what_pydicom_writes(status, uid, comment):
+    """The response to each C-STORE the node receives (PS3.7 9.3.1.2)."""
+    rsp = C_STORE()
+    rsp.MessageID = 3
+    rsp.MessageIDBeingRespondedTo = 3
+    rsp.AffectedSOPClassUID = CT if uid else None
+    rsp.AffectedSOPInstanceUID = uid
+    rsp.Status = status
+    rsp.ErrorComment = comment
+    assert dimse_wire.command_bytes(rsp) == _pynetdicom_command(C_STORE_RSP(), rsp)
 
 
 @pytest.mark.parametrize(
@@ -331,3 +349,48 @@ def test_the_pynetdicom_internals_the_fast_paths_use_are_there():
     ):
         mine = {attribute for _, _, attribute in layout if attribute}
         assert set(_COMMAND_SET_KEYWORDS[name]) == mine | written | declined
+
+
+def test_the_node_answers_c_stores_without_building_pydicom_command_sets(tmp_path, monkeypatch):
+    """Each C-STORE-RSP the node sends is written by dimse_wire, not built as a pydicom
+    data set (~0.2 ms of each C-STORE, issue 15); pynetdicom's SCU reads its status and
+    Error Comment, and the node's recent errors (activity.py, told without the event's
+    message) still hold the refusal with its status, comment and calling AE."""
+    from compacs.config import from_document
+    from compacs.node import Node
+    from tests.conftest import free_port
+    from tests.scu import dataset_bytes, send_datasets, send_raw
+
+    built: list[str] = []
+    original = DIMSEMessage.primitive_to_message
+
+    def counted(self, primitive):
+        built.append(type(self).__name__)
+        return original(self, primitive)
+
+    monkeypatch.setattr(DIMSEMessage, "primitive_to_message", counted)
+    settings = from_document(
+        {
+            "node": {"data_dir": str(tmp_path / "data"), "host": "127.0.0.1", "port": free_port()},
+            "http": {"port": 0},
+            "compression": {"when": "off"},
+        }
+    )
+    node = Node(settings)
+    serving = threading.Thread(target=node.serve_forever)
+    serving.start()
+    try:
+        good, other = ct_series(2, 64, 64, seed=34)
+        assert send_datasets(settings.port, [good], calling="MODALITY") == [0x0000]
+        refused = send_raw(
+            settings.port, CT, "1.2.826.0.1.3680043.8.498.9", EXPLICIT, dataset_bytes(other)
+        )
+    finally:
+        node.stop()
+        serving.join(60)
+    assert refused.Status == 0xA900
+    assert refused.ErrorComment.startswith("SOP Instance UID (0008,0018) differs")
+    assert "C_STORE_RSP" not in built and "C_STORE_RQ" in built  # the SCU's own requests
+    (error,) = [e for e in node.activity.errors() if e.get("source") == "dimse"]
+    assert error["status"] == "0xA900" and error["operation"] == "C-STORE"
+    assert error["message"] == refused.ErrorComment

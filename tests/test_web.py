@@ -28,6 +28,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+from pynetdicom import evt
 
 from compacs.activity import Activity
 from compacs.synthetic import UID_ROOT, ct_series
@@ -413,6 +414,7 @@ def test_a_log_line_of_a_request_that_succeeds_stays_a_recent_error():
     logged while answering a request that succeeds, or one logged outside any association,
     stays one entry of its own."""
     activity = Activity()
+    sent = dict(activity.handlers())[evt.EVT_DIMSE_SENT]  # as pynetdicom calls it
     handler = activity.log_handler()
     log = logging.getLogger("compacs.test_activity")
     log.addHandler(handler)
@@ -423,9 +425,9 @@ def test_a_log_line_of_a_request_that_succeeds_stays_a_recent_error():
             event = SimpleNamespace(assoc=assoc)
             activity._established(event)
             log.warning("refused for a reason")
-            activity._response(SimpleNamespace(assoc=assoc, message=_rsp(0xA700, "a reason")))
+            sent(SimpleNamespace(assoc=assoc, message=_rsp(0xA700, "a reason")))
             log.warning("compression at ingest failed; stays queued")
-            activity._response(SimpleNamespace(assoc=assoc, message=_rsp(0x0000)))
+            sent(SimpleNamespace(assoc=assoc, message=_rsp(0x0000)))
 
         assoc.run = run
         assoc.start()

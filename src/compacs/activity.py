@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from compacs.dicom.status import Category, category
+from compacs.net.pdata import Summary
 
 _OPERATIONS = {
     "C_ECHO_RQ": "C-ECHO",
@@ -46,6 +48,27 @@ def _now() -> str:
 def is_failure(status: int) -> bool:
     """PS3.7 C.1.2: not success, warning, pending or cancel."""
     return category(status) is Category.FAILURE
+
+
+class _Observer:
+    """A handler of EVT_DIMSE_RECV/SENT that reads only a message's name, status and
+    Error Comment: bound as a pynetdicom handler, and told a :class:`Summary` directly
+    where compacs writes or reads a message without pydicom (net/pdata.py)."""
+
+    def __init__(self, on_summary: Callable[[Any, Summary], None]) -> None:
+        self.on_summary = on_summary
+
+    def __call__(self, event: Event) -> None:
+        message = event.message
+        command = message.command_set
+        self.on_summary(
+            event.assoc,
+            Summary(
+                type(message).__name__,
+                command.get("Status", None),
+                command.get("ErrorComment", None),
+            ),
+        )
 
 
 class Activity:
@@ -68,12 +91,11 @@ class Activity:
             (evt.EVT_RELEASED, lambda e: self._ended(e, "released")),
             (evt.EVT_ABORTED, lambda e: self._ended(e, "aborted")),
             (evt.EVT_CONN_CLOSE, lambda e: self._ended(e, "closed")),
-            (evt.EVT_DIMSE_RECV, self._request),
-            (evt.EVT_DIMSE_SENT, self._response),
+            (evt.EVT_DIMSE_RECV, _Observer(self._request)),
+            (evt.EVT_DIMSE_SENT, _Observer(self._response)),
         ]
 
-    def _entry(self, event: Event) -> dict[str, Any]:
-        assoc = event.assoc
+    def _entry(self, assoc: Any) -> dict[str, Any]:
         key = id(assoc)
         entry = self._open.get(key)
         if entry is None:
@@ -92,7 +114,7 @@ class Activity:
 
     def _established(self, event: Event) -> None:
         with self._lock:
-            self._entry(event)
+            self._entry(event.assoc)
 
     def _ended(self, event: Event, status: str) -> None:
         with self._lock:
@@ -100,32 +122,31 @@ class Activity:
             if entry is None:
                 if status != "rejected":
                     return  # closed after release/abort was already recorded
-                entry = self._entry(event)
+                entry = self._entry(event.assoc)
                 self._open.pop(id(event.assoc))
             entry["ended"], entry["status"] = _now(), status
             self._done.append(entry)
             self._release(id(event.assoc), entry)
 
-    def _request(self, event: Event) -> None:
-        operation = _OPERATIONS.get(type(event.message).__name__)
+    def _request(self, assoc: Any, message: Summary) -> None:
+        operation = _OPERATIONS.get(message.message)
         if operation is None:
             return
         with self._lock:
-            entry = self._entry(event)
+            entry = self._entry(assoc)
             entry["operations"][operation] = entry["operations"].get(operation, 0) + 1
 
-    def _response(self, event: Event) -> None:
-        name = type(event.message).__name__
+    def _response(self, assoc: Any, message: Summary) -> None:
+        name = message.message
         if not name.endswith("_RSP"):
             return
-        command = event.message.command_set
-        status = int(command.get("Status", 0) or 0)
+        status = int(message.status or 0)
         with self._lock:
-            entry = self._entry(event)
+            entry = self._entry(assoc)
             if not is_failure(status):
-                self._release(id(event.assoc), entry)
+                self._release(id(assoc), entry)
                 return
-            self._held.pop(id(event.assoc), None)  # the response reports the same event
+            self._held.pop(id(assoc), None)  # the response reports the same event
             entry["failures"] += 1
             self._errors.append(
                 {
@@ -134,7 +155,7 @@ class Activity:
                     "calling_ae": entry["calling_ae"],
                     "operation": name[:-4].replace("_", "-"),
                     "status": f"0x{status:04X}",
-                    "message": str(command.get("ErrorComment", "") or ""),
+                    "message": str(message.error_comment or ""),
                 }
             )
 

@@ -1,17 +1,19 @@
-"""The command sets of a retrieve's sub-operation loop, written and read without pydicom.
+"""The command sets of the busiest messages, written and read without pydicom.
 
 Each C-MOVE or C-GET sub-operation costs three command sets (PS3.7 9.3.1, 9.3.3, 9.3.4):
 the C-STORE-RQ sent to the destination, its C-STORE-RSP, and the pending C-MOVE/C-GET-RSP
-sent back to the requestor. pynetdicom builds each as a pydicom Dataset, from the
+sent back to the requestor; each C-STORE received, the C-STORE-RSP the node sends back.
+pynetdicom builds each as a pydicom Dataset, from the
 primitive (``DIMSEMessage.primitive_to_message``) or from the received bytes
 (``dsutils.decode`` + ``message_to_primitive``), ~100-180 us of Python apiece (issue 15's
 profile of C-MOVE "as stored"). A command set holds a handful of group 0000 elements in
 Implicit VR Little Endian (PS3.7 6.3.1, E.1), so for these three messages they are
 written from the primitive and read into the primitive here:
 
-- :func:`command_bytes`: a C-STORE-RQ, or a C-MOVE/C-GET-RSP without an identifier and
-  without status comments, as the bytes pynetdicom's encoder writes (tests compare the
-  two); None for anything else, which pynetdicom encodes as before;
+- :func:`command_bytes`: a C-STORE-RQ, a C-STORE-RSP with at most an Error Comment, or
+  a C-MOVE/C-GET-RSP without an identifier and without status comments, as the bytes
+  pynetdicom's encoder writes (tests compare the two); None for anything else, which
+  pynetdicom encodes as before;
 - :func:`store_response`: a received C-STORE-RSP command set (Status, Message ID Being
   Responded To, Affected SOP Class/Instance UID, an optional Error Comment) as the
   ``C_STORE`` primitive pynetdicom's decoder makes of it; None for anything else
@@ -52,6 +54,15 @@ _STORE_RQ = (
     (0x1000, "UI", "AffectedSOPInstanceUID"),
     (0x1030, "AE", "MoveOriginatorApplicationEntityTitle"),
     (0x1031, "US", "MoveOriginatorMessageID"),
+)
+_STORE_RSP = (  # PS3.7 9.3.1.2
+    (0x0002, "UI", "AffectedSOPClassUID"),
+    (0x0100, "US", None),
+    (0x0120, "US", "MessageIDBeingRespondedTo"),
+    (0x0800, "US", None),
+    (0x0900, "US", "Status"),
+    (0x0902, "LO", "ErrorComment"),
+    (0x1000, "UI", "AffectedSOPInstanceUID"),
 )
 _RETRIEVE_RSP = (
     (0x0002, "UI", "AffectedSOPClassUID"),
@@ -128,14 +139,23 @@ def _data_set_type(data_set: Any) -> int | None:
 
 
 def command_bytes(primitive: Any) -> bytes | None:
-    """The command set of a C-STORE-RQ or of a C-MOVE/C-GET-RSP without identifier or
-    status comments, as pynetdicom writes it; None for anything else."""
+    """The command set of a C-STORE-RQ, of a C-STORE-RSP with no status comment but an
+    Error Comment, or of a C-MOVE/C-GET-RSP without identifier or status comments, as
+    pynetdicom writes it; None for anything else."""
     try:
         if type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is None:
             kind = _data_set_type(primitive.DataSet)
             if kind != DATA_SET_PRESENT or primitive._dataset_path is not None:
                 return None
             return _command(_STORE_RQ, primitive, C_STORE_RQ, kind)
+        if type(primitive) is C_STORE:
+            if primitive.DataSet is not None or any(
+                getattr(primitive, keyword, None) is not None
+                for keyword in _STATUS_COMMENTS
+                if keyword != "ErrorComment"
+            ):
+                return None
+            return _command(_STORE_RSP, primitive, C_STORE_RSP, NO_DATA_SET)
         if type(primitive) in (C_MOVE, C_GET) and primitive.MessageIDBeingRespondedTo is not None:
             if primitive.Identifier is not None or any(
                 getattr(primitive, keyword, None) is not None for keyword in _STATUS_COMMENTS

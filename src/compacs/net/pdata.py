@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import evt
@@ -109,17 +110,55 @@ _STANDARD = {
     evt.EVT_DIMSE_RECV: standard_dimse_recv_handler,
 }
 _PYNETDICOM_LOG = logging.getLogger("pynetdicom")
+_LOG = logging.getLogger(__name__)
 _LAST_COMMAND = frozenset(bytes([b]) for b in range(256) if b & 0x03 == 0x03)
 """Message control headers of a command's last fragment (PS3.8 E.2: the two low bits)."""
 
 
+@dataclass(frozen=True)
+class Summary:
+    """What an observer of EVT_DIMSE_SENT/RECV is told of a message written or read here
+    without pydicom, in place of the event (whose ``message`` would have to be built)."""
+
+    message: str
+    """pynetdicom's name of the message class: ``C_STORE_RSP``, ``C_MOVE_RSP``, ..."""
+    status: int | None = None
+    error_comment: str | None = None
+
+
 def unobserved(assoc: Any, event: Any) -> bool:
-    """Whether nothing but pynetdicom's standard logging handler is bound to ``event``
-    (EVT_DIMSE_SENT/RECV) and that handler would log nothing (it logs at DEBUG): then a
-    message need not be built as a pydicom data set only for the event."""
+    """Whether every handler bound to ``event`` (EVT_DIMSE_SENT/RECV) is pynetdicom's
+    standard logging handler, logging nothing (it logs at DEBUG), or takes a
+    :class:`Summary` (it has ``on_summary``): then a message need not be built as a
+    pydicom data set only for the event."""
     if _PYNETDICOM_LOG.isEnabledFor(logging.DEBUG):
         return False
-    return all(handler is _STANDARD[event] for handler, _ in assoc.get_handlers(event))
+    return all(
+        handler is _STANDARD[event] or hasattr(handler, "on_summary")
+        for handler, _ in assoc.get_handlers(event)
+    )
+
+
+def tell(assoc: Any, event: Any, summary: Summary) -> None:
+    """Hand ``summary`` to the handlers of ``event`` that take one; what one raises is
+    logged, as pynetdicom does for a notification handler."""
+    for handler, _ in assoc.get_handlers(event):
+        on_summary = getattr(handler, "on_summary", None)
+        if on_summary is not None:
+            try:
+                on_summary(assoc, summary)
+            except Exception:
+                _LOG.exception("Exception in handler bound to '%s'", event.name)
+
+
+def _summary(primitive: Any) -> Summary:
+    """The :class:`Summary` of a primitive sent."""
+    kind = "RQ" if primitive.MessageIDBeingRespondedTo is None else "RSP"
+    return Summary(
+        f"{type(primitive).__name__}_{kind}",
+        getattr(primitive, "Status", None),
+        getattr(primitive, "ErrorComment", None),
+    )
 
 
 def _primitive(context_id: int, wire: WireBytes) -> P_DATA:
@@ -137,7 +176,9 @@ class CoalescingDIMSE(DIMSEServiceProvider):
     def send_msg(self, primitive: Any, context_id: int) -> None:
         command = command_bytes(primitive)
         if command is not None and unobserved(self.assoc, evt.EVT_DIMSE_SENT):
-            data_set = primitive.DataSet.getvalue() if isinstance(primitive, C_STORE) else None
+            tell(self.assoc, evt.EVT_DIMSE_SENT, _summary(primitive))
+            request = isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is None
+            data_set = primitive.DataSet.getvalue() if request else None
             for wire in message_batches(command, data_set, context_id, self.maximum_pdu_size):
                 self.dul.send_pdu(_primitive(context_id, wire))
             return
@@ -161,6 +202,8 @@ class CoalescingDIMSE(DIMSEServiceProvider):
             context_id, pdv = values[0]
             response = store_response(pdv[1:])
             if response is not None and unobserved(self.assoc, evt.EVT_DIMSE_RECV):
+                summary = Summary("C_STORE_RSP", response.Status, response.ErrorComment)
+                tell(self.assoc, evt.EVT_DIMSE_RECV, summary)
                 response._context_id = context_id
                 self.msg_queue.put((context_id, response))
                 return
