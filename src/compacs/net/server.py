@@ -106,6 +106,25 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
             )
         return client, address
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the association from the accept thread; over TLS, from a thread of its own.
+
+        socketserver's ThreadingMixIn starts a thread per connection whose only job, in
+        pynetdicom's RequestHandler, is to build the Association and start *its* thread:
+        three threads per association (this one, the association's, its DUL's), the first
+        living ~1 ms. Building the Association here takes no I/O and no lock held for
+        long (the EVT_CONN_OPEN handlers: reactor guard, event-driven reactors, the
+        connection guard's PDU limits), so the accept thread does it and one thread start,
+        with its GIL hand-offs and the server's thread list bookkeeping, goes from every
+        association's set-up (issue 15: C-ECHO and C-FIND STUDY against Orthanc's pace).
+        A TLS handshake waits on the peer: it keeps its own thread (``finish_request``).
+        Errors are handled as socketserver handles them: ``handle_error``, then the
+        socket is shut down (``BaseServer._handle_request_noblock``)."""
+        if isinstance(request, ssl.SSLSocket):
+            super().process_request(request, client_address)
+            return
+        self.finish_request(request, client_address)
+
     def finish_request(self, request: Any, client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
             self.shutdown_request(request)
