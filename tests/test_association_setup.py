@@ -7,6 +7,7 @@ requestor holds it open)."""
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import subprocess
@@ -24,13 +25,17 @@ from pynetdicom._handlers import (
     standard_pdu_recv_handler,
     standard_pdu_sent_handler,
 )
-from pynetdicom.sop_class import Verification
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.sop_class import CTImageStorage, Verification
 
 from compacs.config import from_document
+from compacs.net.negotiation import ordered_contexts
+from compacs.net.server import build_ae, make_server
 from compacs.node import Node
 from tests.conftest import dcmtk_env, free_port, require_dcmtk
 
 ASSOCIATIONS = 5
+JPEG_LS, EXPLICIT = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.1"
 
 
 def thread_starts_per_connection(trace: str) -> tuple[int, int]:
@@ -152,3 +157,55 @@ def test_pynetdicom_log_handlers_are_bound_only_when_their_lines_are_logged(
         assert standard_handlers_of_an_accepted_association(node) == dict.fromkeys(
             (e.name for e in STANDARD), True
         )
+
+
+class CountedContext(PresentationContext):
+    """A presentation context counting the reads of its abstract syntax."""
+
+    reads = 0
+
+    @property
+    def abstract_syntax(self):  # type: ignore[override]
+        CountedContext.reads += 1
+        return PresentationContext.abstract_syntax.fget(self)
+
+    @abstract_syntax.setter
+    def abstract_syntax(self, uid) -> None:
+        PresentationContext.abstract_syntax.fset(self, uid)
+
+
+def test_negotiation_indexes_the_nodes_contexts_once_not_per_association():
+    """Every association's EVT_REQUESTED handler (negotiation.prefer_on_request) looks up
+    the proposed abstract syntaxes among the node's ~210 supported contexts: the index by
+    abstract syntax is built with the server, and each association's copy of the contexts
+    (pynetdicom's RequestHandler deep-copies them) reads it instead of all ~210 contexts."""
+    ae = build_ae(
+        "PACE", max_pdu=16384, max_associations=4, timeouts={"acse": 5, "dimse": 5, "network": 5}
+    )
+    counted = []
+    for cx in ae.supported_contexts:
+        twin = CountedContext()
+        twin.abstract_syntax = cx.abstract_syntax
+        twin.transfer_syntax = cx.transfer_syntax
+        twin.scu_role, twin.scp_role = cx.scu_role, cx.scp_role
+        counted.append(twin)
+    proposed = [build_context(Verification), build_context(CTImageStorage, [JPEG_LS, EXPLICIT])]
+    for n, cx in enumerate(proposed):
+        cx.context_id = 2 * n + 1
+    expected = [
+        (str(cx.abstract_syntax), cx.transfer_syntax)
+        for cx in ordered_contexts(proposed, ae.supported_contexts)
+    ]
+    server = make_server(ae, "127.0.0.1", 0, [])
+    try:
+        server.contexts = type(server.contexts)(counted)
+        CountedContext.reads = 0
+        for _ in range(3):  # three associations
+            contexts = ordered_contexts(proposed, copy.deepcopy(server.contexts))
+            assert [(str(cx.abstract_syntax), cx.transfer_syntax) for cx in contexts] == expected
+        reads = CountedContext.reads
+    finally:
+        server.server_close()
+    print(f"\n{len(counted)} supported contexts, {reads} abstract syntax reads in 3 negotiations")
+    assert expected[1] == (CTImageStorage, [JPEG_LS, EXPLICIT])
+    assert reads <= 3 * len(proposed) * 2
