@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import pydicom.config
 import pynetdicom
 import pytest
 from pynetdicom import AE, evt
@@ -91,7 +92,10 @@ STANDARD = {
 
 @pytest.fixture
 def restore_pynetdicom_config(monkeypatch) -> None:
-    """The Node sets pynetdicom's configuration process-wide: restored afterwards."""
+    """The Node sets pynetdicom's and pydicom's configuration process-wide: restored
+    afterwards."""
+    settings = pydicom.config.settings
+    monkeypatch.setattr(settings, "reading_validation_mode", settings.reading_validation_mode)
     for name in (
         "LOG_HANDLER_LEVEL",
         "LOG_REQUEST_IDENTIFIERS",
