@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -243,6 +244,7 @@ class Node:
         if self.web is not None:
             self.web.start()
             log.info("web pages and API on http://%s:%d/", *self.web.address)
+        settle_heap()
         try:
             self.server.serve_forever(poll_interval=0.2)
         finally:
@@ -286,6 +288,7 @@ class Node:
         self.index.close()
         self.store.close()
         self._release_locks()
+        gc.unfreeze()  # what settle_heap froze is collectable again once the node is gone
         log.info("compacs stopped")
 
     def _close_backends(self) -> None:
@@ -336,3 +339,18 @@ def pynetdicom_log_handlers(verbose: bool) -> str:
     same condition as ``verbose``): there "none" loses no line and saves that work on
     every association's set-up, each message and its release (issue 15)."""
     return "standard" if verbose else "none"
+
+
+def settle_heap() -> None:
+    """Move what start-up built (~90k objects: pydicom's and pynetdicom's tables, the
+    node's own) out of the cyclic garbage collector's reach, before serving.
+
+    Python's collector runs by allocation counts, and the associations allocate: over
+    1000 C-ECHO associations it ran 306 young, 28 middle and one full collection, the full
+    one ~40 ms holding the GIL (a whole collection of the start-up heap takes ~27 ms),
+    which the association in progress waited out. Those objects live as long as the node;
+    frozen (``gc.freeze``), a full collection scans only what serving created. Objects are
+    still freed when unreferenced; only cycles among start-up objects stay, as they would.
+    """
+    gc.collect()
+    gc.freeze()
