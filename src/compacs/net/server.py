@@ -27,7 +27,7 @@ from compacs.dicom.syntaxes import accepted_for_storage
 from compacs.net import command_set
 from compacs.net.event_reactor import event_driven_on_open, require_supported
 from compacs.net.guard import ConnectionGuard
-from compacs.net.negotiation import prefer_on_request
+from compacs.net.negotiation import SharedContexts, prefer_on_request
 from compacs.net.reactor_guard import keep_responses_on_open
 from compacs.net.sender import ArchiveAE
 
@@ -43,20 +43,10 @@ QUERY_RETRIEVE = (
 )
 
 
-class _ReadOnlyContexts(list):
-    """pynetdicom deep-copies the acceptor's supported contexts for every association:
-    with ~210 SOP classes x 20 transfer syntaxes that took ~40 ms of each association's
-    setup. Negotiation (presentation.negotiate_as_acceptor) only reads them, so every
-    association shares the same context objects; EVT_REQUESTED handlers that narrow or
-    reorder them (net/negotiation.py, net/access.py) build new lists and contexts."""
-
-    def __deepcopy__(self, memo: dict) -> list:
-        return list(self)
-
-
 class NoDelayAssociationServer(ThreadedAssociationServer):
-    """Sets TCP_NODELAY on every accepted socket, shares the supported contexts, and does
-    the TLS handshake in the connection's own thread.
+    """Sets TCP_NODELAY on every accepted socket, shares the supported contexts
+    (``negotiation.SharedContexts``), starts each association from the accept thread, and
+    does the TLS handshake in the connection's own thread.
 
     Without TCP_NODELAY a DIMSE response can wait ~40 ms for the peer's delayed ACK
     (Nagle), which caps a single association at a few dozen instances per second.
@@ -77,7 +67,7 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.contexts = _ReadOnlyContexts(self.contexts)
+        self.contexts = SharedContexts(self.contexts)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         return self.guard is None or self.guard.admit(request, client_address)
@@ -105,6 +95,25 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
                 client, server_side=True, do_handshake_on_connect=False
             )
         return client, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the association from the accept thread; over TLS, from a thread of its own.
+
+        socketserver's ThreadingMixIn starts a thread per connection whose only job, in
+        pynetdicom's RequestHandler, is to build the Association and start *its* thread:
+        three threads per association (this one, the association's, its DUL's), the first
+        living ~1 ms. Building the Association here takes no I/O and no lock held for
+        long (the EVT_CONN_OPEN handlers: reactor guard, event-driven reactors, the
+        connection guard's PDU limits), so the accept thread does it and one thread start,
+        with its GIL hand-offs and the server's thread list bookkeeping, goes from every
+        association's set-up (issue 15: C-ECHO and C-FIND STUDY against Orthanc's pace).
+        A TLS handshake waits on the peer: it keeps its own thread (``finish_request``).
+        Errors are handled as socketserver handles them: ``handle_error``, then the
+        socket is shut down (``BaseServer._handle_request_noblock``)."""
+        if isinstance(request, ssl.SSLSocket):
+            super().process_request(request, client_address)
+            return
+        self.finish_request(request, client_address)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
