@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import gc
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -35,6 +34,7 @@ from compacs.net.negotiation import ordered_contexts
 from compacs.net.server import build_ae, make_server
 from compacs.node import Node
 from tests.conftest import dcmtk_env, free_port, require_dcmtk
+from tests.strace import traced
 
 ASSOCIATIONS = 5
 JPEG_LS, EXPLICIT = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.1"
@@ -54,16 +54,8 @@ def test_an_accepted_association_starts_two_threads_not_three(node, tmp_path):
     started a third per connection, only to build the Association and start its thread.
     The node now does that in its accept thread (net/server.py process_request)."""
     require_dcmtk()
-    if shutil.which("strace") is None:
-        pytest.fail("strace is missing (Debian package strace)")
-    trace = tmp_path / "strace.txt"
-    strace = subprocess.Popen(
-        ["strace", "-f", "-e", "trace=clone,clone3,accept,accept4", "-o", str(trace),
-         "-p", str(node.proc.pid)],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        time.sleep(1.0)  # attached to every thread
+    options = ["-e", "trace=clone,clone3,accept,accept4"]
+    with traced([node.proc.pid], options, tmp_path / "strace.txt") as trace:
         for _ in range(ASSOCIATIONS):
             echo = subprocess.run(
                 ["echoscu", "-aet", "PACE", "-aec", node.aet, "127.0.0.1", str(node.port)],
@@ -74,9 +66,6 @@ def test_an_accepted_association_starts_two_threads_not_three(node, tmp_path):
             )
             assert echo.returncode == 0, echo.stderr[-1500:]
         time.sleep(0.5)  # the last association's threads have ended
-    finally:
-        strace.terminate()
-        strace.wait(30)
     clones, accepts = thread_starts_per_connection(trace.read_text())
     print(f"\n{accepts} associations accepted, {clones} threads started")
     assert accepts == ASSOCIATIONS

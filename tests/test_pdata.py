@@ -6,9 +6,6 @@ node), arriving bit-exact at DCMTK's storescp (pydicom decodes what it wrote).""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import time
 from io import BytesIO
 
 import numpy as np
@@ -22,6 +19,7 @@ from compacs.net.pdata import WireBytes, wire_batches
 from compacs.synthetic import ct_series
 from tests.conftest import NO_COMPRESSION, NodeProcess, write_config
 from tests.scu import send_datasets
+from tests.strace import traced
 from tests.test_retrieve import StoreSCP, movescu
 
 
@@ -54,8 +52,6 @@ def p_data_writes_to_the_destination(trace: str) -> int:
 
 
 def test_a_c_move_sub_operation_is_one_socket_write(tmp_path):
-    if shutil.which("strace") is None:
-        pytest.fail("strace is missing (Debian package strace)")
     dest = StoreSCP(tmp_path / "dest", "DEST", accept_all=True)
     node = NodeProcess(
         tmp_path / "node",
@@ -65,18 +61,9 @@ def test_a_c_move_sub_operation_is_one_socket_write(tmp_path):
     series = list(ct_series(10, 224, 224, seed=404, patient_id="WIRE"))  # 100 KB each
     try:
         assert send_datasets(node.port, series) == [Status.SUCCESS] * 10
-        trace = tmp_path / "strace.txt"
-        strace = subprocess.Popen(
-            ["strace", "-f", "-e", "trace=sendto,write,sendmsg", "-o", str(trace),
-             "-p", str(node.proc.pid)],
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            time.sleep(1.0)  # attached to every thread
+        options = ["-e", "trace=sendto,write,sendmsg"]
+        with traced([node.proc.pid], options, tmp_path / "strace.txt") as trace:
             result = movescu(node, "DEST", str(series[0].StudyInstanceUID))
-        finally:
-            strace.terminate()
-            strace.wait(30)
         assert result.returncode == 0, result.stderr[-1500:]
         writes = p_data_writes_to_the_destination(trace.read_text())
         received = dest.received()

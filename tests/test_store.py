@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,11 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, echo, write_config
+from tests.conftest import NO_COMPRESSION, dcmtk_env, echo, write_config
 from tests.dicomfiles import storage_files
+from tests.procfs import descendants
 from tests.scu import send_datasets, send_files
+from tests.strace import calls, traced
 
 # Files among the public test data that a careful archive must refuse, and why.
 # Each of these is a deliberately damaged fixture of pydicom's test suite.
@@ -183,16 +187,6 @@ def test_four_concurrent_associations_store_everything(plain_node):
         assert dcmread(stored_path(node.data_dir, ds.SOPInstanceUID)).PixelData == ds.PixelData
 
 
-def _syncs(strace_summary: str) -> int:
-    """fsync + fdatasync calls in an ``strace -c`` summary."""
-    calls = 0
-    for line in strace_summary.splitlines():
-        fields = line.split()
-        if fields and fields[-1] in ("fsync", "fdatasync"):
-            calls += int(fields[3])
-    return calls
-
-
 def test_syncs_per_instance_stored_and_compressed(node_factory, tmp_path):
     """Issue 15: what durability needs per instance received and compressed (default
     policy, worker processes), counted by strace on the node and its worker processes:
@@ -200,64 +194,31 @@ def test_syncs_per_instance_stored_and_compressed(node_factory, tmp_path):
     (file + directory entry) and the index switch: 6. Queue claims and the deletion of
     the replaced original sync nothing of their own (8 before). Group commit may only
     lower the count."""
-    import shutil
-    import signal
-    import subprocess
-    import time
-
-    from tests.procfs import descendants
-
-    if shutil.which("strace") is None:
-        pytest.fail("strace is not installed (apt-get install strace)")
     node = node_factory()
     time.sleep(1.0)  # the worker processes are up: strace follows them from the start
-    out = tmp_path / "strace.txt"
     pids = [node.proc.pid, *descendants(node.proc.pid)]
-    tracer = subprocess.Popen(
-        ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(out)]
-        + [arg for pid in pids for arg in ("-p", str(pid))],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(1.0)  # attached
+    options = ["-c", "-e", "trace=fsync,fdatasync"]
+    with traced(pids, options, tmp_path / "strace.txt") as out:
         series = list(ct_series(30, seed=15))
         assert send_datasets(node.port, series) == [Status.SUCCESS] * 30
         deadline = time.monotonic() + 120
         while node.stats()["pending"] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert node.stats()["compression"] == {"compressed": 30}
-    finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(30)
-    syncs = _syncs(out.read_text())
+    syncs = calls(out.read_text(), ("fsync", "fdatasync"))
     print(f"\n{syncs} fsync/fdatasync for 30 instances: {syncs / 30:.2f} each")
     assert syncs >= 4 * 30, out.read_text()  # strace saw the syncs durability needs
     assert syncs <= 6.5 * 30, out.read_text()  # 6 each, + slack for WAL checkpoints
 
 
-def _traced_storescu(node, tmp_path: Path, series: list, strace: list[str]) -> str:
-    """What ``strace`` (its options, without -p) printed for the node while DCMTK
-    storescu sent ``series`` on one association, which it must have done."""
-    import shutil
-    import signal
-    import subprocess
-    import time
-
-    from tests.conftest import dcmtk_env
-
-    if shutil.which("strace") is None:
-        pytest.fail("strace is not installed (apt-get install strace)")
+def _traced_storescu(node, tmp_path: Path, series: list, options: list[str]) -> str:
+    """What strace (``options``) wrote of the node while DCMTK storescu sent ``series``
+    on one association, which must have stored every instance bit-exact."""
     folder = tmp_path / "series"
     folder.mkdir()
     for n, ds in enumerate(series):
         ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
-    out = tmp_path / "strace.txt"
-    tracer = subprocess.Popen(
-        ["strace", "-f", *strace, "-o", str(out), "-p", str(node.proc.pid)],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(1.0)  # attached to every thread
+    with traced([node.proc.pid], options, tmp_path / "strace.txt") as out:
         sent = subprocess.run(
             ["storescu", "-aec", node.aet, "127.0.0.1", str(node.port), "+sd", str(folder)],
             env=dcmtk_env(),
@@ -265,9 +226,6 @@ def _traced_storescu(node, tmp_path: Path, series: list, strace: list[str]) -> s
             text=True,
             timeout=120,
         )
-    finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(30)
     assert sent.returncode == 0, sent.stderr[-1500:]
     for ds in series:
         assert dcmread(stored_path(node.data_dir, ds.SOPInstanceUID)).PixelData == ds.PixelData
@@ -283,14 +241,10 @@ def test_a_p_data_tf_is_read_in_a_few_calls(node_factory, tmp_path):
     summary = _traced_storescu(
         node, tmp_path, list(ct_series(5, seed=16)), ["-c", "-e", "trace=recvfrom,recvmsg,read"]
     )
-    calls = sum(
-        int(line.split()[3])
-        for line in summary.splitlines()
-        if line.split() and line.split()[-1] in ("recvfrom", "recvmsg")
-    )
-    print(f"\n{calls} recv calls for 5 CT slices of 512 KiB: {calls / 5:.1f} each")
-    assert calls >= 5 * 2, summary  # strace saw the reads
-    assert calls <= 5 * 40, summary  # 4096 bytes a call would be > 128 each
+    reads = calls(summary, ("recvfrom", "recvmsg"))
+    print(f"\n{reads} recv calls for 5 CT slices of 512 KiB: {reads / 5:.1f} each")
+    assert reads >= 5 * 2, summary  # strace saw the reads
+    assert reads <= 5 * 40, summary  # 4096 bytes a call would be > 128 each
 
 
 def test_intents_are_lines_in_a_log_not_a_file_per_store(node_factory, tmp_path):
