@@ -97,16 +97,19 @@ def archive(tmp_path_factory):
             "--peer",
             f"DEST_ALL@127.0.0.1:{every.port}",
         ),
-    ).start()
-    sent: dict[str, dict[str, Dataset]] = {}
-    for n, aet in enumerate(STORED_AS):
-        series = list(ct_series(6, 96, 96, seed=40 + n, patient_id=f"RET{n}"))
-        assert send_datasets(node.port, series, calling=aet) == [Status.SUCCESS] * 6
-        sent[aet] = {str(ds.SOPInstanceUID): ds for ds in series}
-    yield node, sent, unc, every
-    node.stop()
-    unc.stop()
-    every.stop()
+    )
+    try:  # a set-up that fails stops what it started too
+        node.start()
+        sent: dict[str, dict[str, Dataset]] = {}
+        for n, aet in enumerate(STORED_AS):
+            series = list(ct_series(6, 96, 96, seed=40 + n, patient_id=f"RET{n}"))
+            assert send_datasets(node.port, series, calling=aet) == [Status.SUCCESS] * 6
+            sent[aet] = {str(ds.SOPInstanceUID): ds for ds in series}
+        yield node, sent, unc, every
+    finally:
+        node.stop()
+        unc.stop()
+        every.stop()
 
 
 def study_of(series: dict[str, Dataset]) -> str:
