@@ -786,3 +786,48 @@ def test_while_c_stores_arrive_one_worker_compresses(node):
         done = subprocess.run(["dcmdjpls", str(path), str(out)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert np.array_equal(pydicom.dcmread(out).pixel_array, ds.pixel_array)
+
+
+def test_a_compression_job_wakes_no_forwarder_without_a_route_that_waits(tmp_path, monkeypatch):
+    """With no route that waits for compression, a finished job does not send the
+    forwarder threads to the queue (each look is a write transaction of the index, two
+    per job before, issue 15): they look once a second, as when idle. The instances end
+    compressed, bit-exact (pydicom's JPEG-LS decoder)."""
+    from compacs.config import from_document
+
+    settings = from_document(
+        {
+            "node": {"data_dir": str(tmp_path / "data"), "host": "127.0.0.1", "port": free_port()},
+            "http": {"port": 0},
+        }
+    )
+    node = Node(settings)
+    looks: list[float] = []
+    claim = node.index.claim_forwards
+    monkeypatch.setattr(
+        node.index, "claim_forwards", lambda *a: looks.append(time.monotonic()) or claim(*a)
+    )
+    serving = threading.Thread(target=node.serve_forever)
+    serving.start()
+    series = list(ct_series(40, 64, 64, seed=35))
+    try:
+        start = time.monotonic()
+        assert send_datasets(settings.port, series) == [Status.SUCCESS] * 40
+        index = f"file:{tmp_path / 'data' / 'index.sqlite'}?mode=ro"
+        with closing(sqlite3.connect(index, uri=True)) as conn:
+            while conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]:
+                time.sleep(0.05)
+        elapsed = time.monotonic() - start
+        during = [t for t in looks if t >= start]
+    finally:
+        node.stop()
+        serving.join(60)
+    threads = 2  # the node's forwarder threads with one association per destination
+    print(f"\n40 jobs in {elapsed:.1f} s: {len(during)} looks at the forwarding queue")
+    assert len(during) <= threads * (elapsed / 1.0 + 2)
+    with sqlite3.connect(tmp_path / "data" / "index.sqlite") as conn:
+        keys = dict(conn.execute("SELECT sop_instance_uid, storage_key FROM instances"))
+    for ds in series[::13]:
+        stored = pydicom.dcmread(tmp_path / "data" / "store" / keys[str(ds.SOPInstanceUID)])
+        assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+        assert np.array_equal(stored.pixel_array, ds.pixel_array)

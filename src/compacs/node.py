@@ -227,11 +227,14 @@ class Node:
         facts = self.index.claim_instance(sop_instance_uid, "ingest")
         if facts is not None:
             self.compressor.process(facts, written=(key, data))
-            self.forwarder.wake()
+            self._compressed()
 
     def _compressed(self) -> None:
-        """A compression job is done: a forward that waited for it may be due."""
-        self.forwarder.wake()
+        """A compression job is done: a forward that waited for it may be due (with no
+        route that waits, the forwarders' claims would find nothing: two write
+        transactions of the index per job, issue 15)."""
+        if self.settings.routing.waits_for_compression:
+            self.forwarder.wake()
 
     @property
     def address(self) -> tuple[str, int]:

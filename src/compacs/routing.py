@@ -123,6 +123,12 @@ class Routing:
                     out.setdefault(forward.destination, forward)
         return tuple(out.values())
 
+    @property
+    def waits_for_compression(self) -> bool:
+        """Whether a route holds its forwards until the instance is compressed (``after =
+        "compression"``): only then does a finished compression job make one due."""
+        return any(route.wait_compression for route in self.routes)
+
     def retry_at(self, now: float, attempts: int) -> float:
         return now + min(self.retry_delay * 2 ** max(attempts - 1, 0), self.retry_max_delay)
 

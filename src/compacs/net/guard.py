@@ -110,8 +110,10 @@ class ConnectionGuard:
                 connection = _Connection(sock, host, port)
                 self._connections[id(sock)] = connection
                 deadline = time.monotonic() + self.limits.acse_timeout
-                heapq.heappush(self._deadlines, (deadline, next(self._order), connection))
-                self._wake.notify()
+                entry = (deadline, next(self._order), connection)
+                heapq.heappush(self._deadlines, entry)
+                if self._deadlines[0] is entry:  # else the reaper wakes earlier anyway
+                    self._wake.notify()
         if refusal is not None:
             log.warning("connection from %s:%d closed at once: %s", host, port, refusal)
             metrics.ASSOCIATIONS.inc(outcome="refused_busy")
