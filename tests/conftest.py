@@ -181,6 +181,27 @@ def node_factory(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture
+def restore_pynetdicom_config(monkeypatch) -> Iterator[None]:
+    """A Node in the test's own process sets pynetdicom's and pydicom's configuration and
+    the GIL switch interval process-wide: restored afterwards."""
+    import pydicom.config
+    from pynetdicom import _config as pynetdicom_config
+
+    settings = pydicom.config.settings
+    monkeypatch.setattr(settings, "reading_validation_mode", settings.reading_validation_mode)
+    for name in (
+        "LOG_HANDLER_LEVEL",
+        "LOG_REQUEST_IDENTIFIERS",
+        "LOG_RESPONSE_IDENTIFIERS",
+        "STORE_SEND_CHUNKED_DATASET",
+    ):
+        monkeypatch.setattr(pynetdicom_config, name, getattr(pynetdicom_config, name))
+    interval = sys.getswitchinterval()
+    yield
+    sys.setswitchinterval(interval)
+
+
+@pytest.fixture
 def node(node_factory) -> NodeProcess:
     return node_factory()
 

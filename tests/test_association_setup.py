@@ -15,11 +15,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-import pydicom.config
 import pynetdicom
-import pytest
 from pynetdicom import AE, evt
-from pynetdicom import _config as pynetdicom_config
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
     standard_dimse_sent_handler,
@@ -78,21 +75,6 @@ STANDARD = {
     evt.EVT_DIMSE_RECV: standard_dimse_recv_handler,
     evt.EVT_DIMSE_SENT: standard_dimse_sent_handler,
 }
-
-
-@pytest.fixture
-def restore_pynetdicom_config(monkeypatch) -> None:
-    """The Node sets pynetdicom's and pydicom's configuration process-wide: restored
-    afterwards."""
-    settings = pydicom.config.settings
-    monkeypatch.setattr(settings, "reading_validation_mode", settings.reading_validation_mode)
-    for name in (
-        "LOG_HANDLER_LEVEL",
-        "LOG_REQUEST_IDENTIFIERS",
-        "LOG_RESPONSE_IDENTIFIERS",
-        "STORE_SEND_CHUNKED_DATASET",
-    ):
-        monkeypatch.setattr(pynetdicom_config, name, getattr(pynetdicom_config, name))
 
 
 def serving(tmp_path, log_level: str, log_phi: bool = False) -> Iterator[Node]:

@@ -16,7 +16,6 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import _config as pynetdicom_config
 
 from compacs.codecs.decode import source_frames
 from compacs.codecs.pixels import NotCompressible, PixelInfo, clean
@@ -603,19 +602,11 @@ def test_the_node_encodes_and_verifies_in_worker_processes(node, tmp_path):
         assert np.array_equal(pydicom.dcmread(out).pixel_array, ds.pixel_array)
 
 
-def test_ingest_policy_encodes_the_received_bytes_without_reading_them_back(tmp_path, monkeypatch):
+def test_ingest_policy_encodes_the_received_bytes_without_reading_them_back(
+    tmp_path, monkeypatch, restore_pynetdicom_config
+):
     """Policy "ingest": the bytes just received and written are still in memory; the
     compression encodes those, with no second read of the stored object."""
-    monkeypatch.setattr(  # restored afterwards: the Node sets it process-wide
-        pydicom.config.settings,
-        "reading_validation_mode",
-        pydicom.config.settings.reading_validation_mode,
-    )
-    monkeypatch.setattr(
-        pynetdicom_config,
-        "STORE_SEND_CHUNKED_DATASET",
-        pynetdicom_config.STORE_SEND_CHUNKED_DATASET,
-    )
     settings = from_document(
         {
             "node": {"data_dir": str(tmp_path / "data"), "host": "127.0.0.1", "port": free_port()},
@@ -788,7 +779,9 @@ def test_while_c_stores_arrive_one_worker_compresses(node):
         assert np.array_equal(pydicom.dcmread(out).pixel_array, ds.pixel_array)
 
 
-def test_a_compression_job_wakes_no_forwarder_without_a_route_that_waits(tmp_path, monkeypatch):
+def test_a_compression_job_wakes_no_forwarder_without_a_route_that_waits(
+    tmp_path, monkeypatch, restore_pynetdicom_config
+):
     """With no route that waits for compression, a finished job does not send the
     forwarder threads to the queue (each look is a write transaction of the index, two
     per job before, issue 15): they look once a second, as when idle. The instances end

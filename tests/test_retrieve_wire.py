@@ -351,7 +351,9 @@ def test_the_pynetdicom_internals_the_fast_paths_use_are_there():
         assert set(_COMMAND_SET_KEYWORDS[name]) == mine | written | declined
 
 
-def test_the_node_answers_c_stores_without_building_pydicom_command_sets(tmp_path, monkeypatch):
+def test_the_node_answers_c_stores_without_building_pydicom_command_sets(
+    tmp_path, monkeypatch, restore_pynetdicom_config
+):
     """Each C-STORE-RSP the node sends is written by dimse_wire, not built as a pydicom
     data set (~0.2 ms of each C-STORE, issue 15); pynetdicom's SCU reads its status and
     Error Comment, and the node's recent errors (activity.py, told without the event's
