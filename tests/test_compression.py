@@ -27,6 +27,7 @@ from compacs.index import Duplicates, IndexUnavailable
 from compacs.index.sqlite import SqliteIndex
 from compacs.ingest import Ingest, Received
 from compacs.jobs.compress import Compressor
+from compacs.jobs.pool import WorkerProcesses
 from compacs.jobs.workers import CompressionWorkers
 from compacs.node import Node
 from compacs.rules import DEFAULT_POLICY, RuleError, parse_rule
@@ -694,8 +695,6 @@ def test_a_job_crosses_to_the_worker_process_without_helper_threads(tmp_path):
     feeder or result-manager thread per lane in the node (issue 15), and the job's
     result, spooled by the worker, decodes with DCMTK to the original pixels."""
     require_dcmtk()
-    from compacs.jobs.pool import WorkerProcesses
-
     ds = next(iter(ct_series(1, seed=32)))
     source = tmp_path / "ct.dcm"
     ds.save_as(source, enforce_file_format=True)
@@ -720,8 +719,6 @@ def test_what_a_job_raises_in_the_worker_is_raised_not_a_dead_worker(tmp_path):
     lives on for the next job, which it encodes (DCMTK decodes it to the original). Only a
     process that ends before it replies is "worker process died"."""
     require_dcmtk()
-    from compacs.jobs.pool import WorkerProcesses
-
     ds = next(iter(ct_series(1, 64, 64, seed=33)))
     source = tmp_path / "ct.dcm"
     ds.save_as(source, enforce_file_format=True)
@@ -786,8 +783,6 @@ def test_a_compression_job_wakes_no_forwarder_without_a_route_that_waits(
     forwarder threads to the queue (each look is a write transaction of the index, two
     per job before, issue 15): they look once a second, as when idle. The instances end
     compressed, bit-exact (pydicom's JPEG-LS decoder)."""
-    from compacs.config import from_document
-
     settings = from_document(
         {
             "node": {"data_dir": str(tmp_path / "data"), "host": "127.0.0.1", "port": free_port()},

@@ -15,8 +15,11 @@ from io import BytesIO
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import AE, _handlers, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import (
+    _COMMAND_SET_KEYWORDS,
     C_GET_RSP,
     C_MOVE_RSP,
     C_STORE_RQ,
@@ -28,11 +31,15 @@ from pynetdicom.dsutils import encode as pydicom_encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
+from compacs.config import from_document
 from compacs.net import dimse_wire
 from compacs.net.event_reactor import make_event_driven
 from compacs.net.pdata import message_batches
 from compacs.net.sender import EncodedDataSet, install
+from compacs.node import Node
 from compacs.synthetic import ct_series
+from tests.conftest import free_port
+from tests.scu import dataset_bytes, send_datasets, send_raw
 from tests.test_retrieve import StoreSCP, archive, retrieve, study_of  # noqa: F401
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -318,9 +325,6 @@ def test_the_pynetdicom_internals_the_fast_paths_use_are_there():
     message in ``message`` and queues primitives on ``msg_queue``, its C-STORE primitive
     still has the attributes written and read here, and its standard DIMSE handlers are
     the ones the fast paths recognise (a pynetdicom upgrade that changes them fails here)."""
-    from pynetdicom import _handlers
-    from pynetdicom.association import Association
-    from pynetdicom.dimse import DIMSEServiceProvider
 
     names = DIMSEServiceProvider.receive_primitive.__code__.co_names
     assert {"message", "msg_queue", "put", "decode_msg", "message_to_primitive"} <= set(names)
@@ -339,7 +343,6 @@ def test_the_pynetdicom_internals_the_fast_paths_use_are_there():
     sent, received = assoc.get_handlers(evt.EVT_DIMSE_SENT), assoc.get_handlers(evt.EVT_DIMSE_RECV)
     assert [h for h, _ in sent] == [_handlers.standard_dimse_sent_handler]
     assert [h for h, _ in received] == [_handlers.standard_dimse_recv_handler]
-    from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS
 
     written = {"CommandGroupLength", "CommandField", "CommandDataSetType"}
     for name, layout, declined in (
@@ -358,10 +361,6 @@ def test_the_node_answers_c_stores_without_building_pydicom_command_sets(
     data set (~0.2 ms of each C-STORE, issue 15); pynetdicom's SCU reads its status and
     Error Comment, and the node's recent errors (activity.py, told without the event's
     message) still hold the refusal with its status, comment and calling AE."""
-    from compacs.config import from_document
-    from compacs.node import Node
-    from tests.conftest import free_port
-    from tests.scu import dataset_bytes, send_datasets, send_raw
 
     built: list[str] = []
     original = DIMSEMessage.primitive_to_message

@@ -100,9 +100,16 @@ def encode_named(
     messages: list[Message] = []
     with _caught(messages, log_level):
         result = encode_best(data, tuple(codec_for(name) for name in codecs), options, lossy)
-    if spool_dir is not None and result.outcome is Outcome.ENCODED:
-        result = replace(result, data=b"", path=spool(result.data, spool_dir))
+    result = spooled(result, spool_dir)
     return replace(result, messages=tuple(messages)) if messages else result
+
+
+def spooled(result: Encoding, spool_dir: str | None) -> Encoding:
+    """``result`` with its encoded file written to ``spool_dir`` (:func:`spool`) instead
+    of carried as bytes; as it is without a spool directory or an encoding."""
+    if spool_dir is None or result.outcome is not Outcome.ENCODED:
+        return result
+    return replace(result, data=b"", path=spool(result.data, spool_dir))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any, Protocol
 
 import pydicom.config
@@ -53,7 +52,7 @@ from compacs.codecs.work import (
     encode_best,
     encode_named,
     read_file,
-    spool,
+    spooled,
     to_peer_syntax,
 )
 
@@ -113,10 +112,7 @@ class InProcess:
         spool_dir: str | None = None,
     ) -> Encoding:
         data = source if isinstance(source, bytes) else read_file(source)
-        result = encode_best(data, codecs, options, lossy)
-        if spool_dir is not None and result.outcome is Outcome.ENCODED:
-            return replace(result, data=b"", path=spool(result.data, spool_dir))
-        return result
+        return spooled(encode_best(data, codecs, options, lossy), spool_dir)
 
     def decode(self, data: bytes, target: str) -> Decoded:
         return to_peer_syntax(data, target)
