@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from compacs.codecs.table import Codec, codec_for
+from compacs.codecs.table import RECOMPRESSORS, Codec, codec_for
 from compacs.dicom.attributes import INDEXED, INTEGER_VRS
 from compacs.dicom.syntaxes import BY_UID
 
@@ -99,6 +99,9 @@ class Policy:
     workers: int = 2
     require_smaller: bool = True
     recompress_lossy: bool = False
+    recompress_jpeg: bool = True
+    """JPEG baseline input is recompressed as JPEG XL JPEG Recompression (PS3.5 8.2.15),
+    every bit of the received JPEG kept, unless a matching rule says ``keep``."""
 
     def decide(self, facts: Mapping[str, Any]) -> Decision | None:
         """What to do with an instance, or None to keep it as it is."""
@@ -116,6 +119,9 @@ class Policy:
         if bits not in (8, 16):  # SEG (1), float or 32-bit: these codecs carry 8 and 16
             return f"not compressible: Bits Allocated {bits}"
         received = BY_UID.get(str(facts.get("transfer_syntax_received")))
+        recompressor = RECOMPRESSORS.get(received.uid) if received is not None else None
+        if recompressor is not None and self.recompress_jpeg:
+            return self._recompression(facts, recompressor)
         if received is not None and not received.lossless and not self.recompress_lossy:
             return "lossy input kept"  # re-encoding gains nothing (PS3.3 C.7.6.1.1.5)
         for n, rule in enumerate(self.rules, 1):
@@ -124,6 +130,18 @@ class Policy:
                     return f"kept by rule {n}"
                 return Decision(rule.codecs, rule.options, rule.lossy, rule.keep_original, n)
         return "no rule matches"
+
+    def _recompression(self, facts: Mapping[str, Any], codec: Codec) -> Decision | str:
+        """The received bitstreams recompressed by ``codec``, unless the first matching
+        rule keeps the instance or names that codec itself (then it is that rule's)."""
+        for n, rule in enumerate(self.rules, 1):
+            if rule.matches(facts):
+                if rule.action == "keep":
+                    return f"kept by rule {n}"
+                if rule.codecs == (codec,):
+                    return Decision(rule.codecs, rule.options, False, rule.keep_original, n)
+                break
+        return Decision((codec,), {}, False, True, 0)
 
 
 DEFAULT_RULES = (Rule(match={}, action="jpeg-ls", codecs=(codec_for("jpeg-ls"),)),)

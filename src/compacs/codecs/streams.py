@@ -36,6 +36,7 @@ JPEG_SYNTAXES = frozenset(
 JPEG_XL_SYNTAXES = frozenset(
     {"1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112"}
 )
+JPEG_XL_JPEG_RECOMPRESSION = "1.2.840.10008.1.2.4.111"
 _SOF55 = 0xF7  # JPEG-LS frame header (ISO 14495-1 C.2.2)
 _SOS = 0xDA
 # ISO 10918-1 B.1.1.3: SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC); lossless: C3/C7/CB/CF
@@ -195,7 +196,10 @@ def jxl_geometry(stream: bytes) -> Geometry | None:
 def stream_is_lossy(syntax: str, first_fragment: bytes) -> bool:
     """Whether the stream itself shows lossy coding (for Lossy Image Compression, PS3.3
     C.7.6.1.1.5): J2K/HTJ2K with the 9-7 irreversible wavelet, JPEG-LS with NEAR > 0, a
-    JPEG process other than 14. False when the stream does not tell."""
+    JPEG process other than 14, a JPEG recompressed by JPEG XL (PS3.5 8.2.15: libjxl
+    recompresses DCT JPEG only). False when the stream does not tell."""
+    if syntax == JPEG_XL_JPEG_RECOMPRESSION:
+        return True
     if syntax in J2K_SYNTAXES:
         coding = j2k_coding(first_fragment)
         return coding is not None and not coding.reversible

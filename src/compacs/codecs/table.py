@@ -33,6 +33,8 @@ from compacs.codecs.streams import j2k_coding, jls_precision
 
 Encoder = Callable[[np.ndarray, PixelInfo, dict[str, Any]], bytes]
 Decoder = Callable[[bytes, PixelInfo], np.ndarray]
+Recompressor = Callable[[bytes], bytes]
+"""One frame's bitstream to another bitstream (see :attr:`Codec.recompress`)."""
 
 
 class CodecUnavailable(ValueError):
@@ -52,6 +54,12 @@ class Codec:
     read_as_others: Decoder | None = None
     """How other conformant decoders read the stream (verification reads it so) when that
     can differ from :attr:`decode`, which is lenient with what compacs stored earlier."""
+    recompresses: str = ""
+    """The transfer syntax whose bitstreams this codec recompresses as they are, no pixel
+    decoded (:attr:`recompress`, :attr:`restore`); empty for a codec of pixels."""
+    recompress: Recompressor | None = None
+    restore: Recompressor | None = None
+    """The received bitstream of a frame back from :attr:`recompress`'s output, every byte."""
 
     def verification_decode(self, data: bytes, info: PixelInfo) -> np.ndarray:
         """The frame as an outside decoder returns it (see :attr:`read_as_others`)."""
@@ -284,6 +292,38 @@ def _jxl_decode(data: bytes, info: PixelInfo) -> np.ndarray:
     return imagecodecs.jpegxl_decode(data, numthreads=1).astype(info.dtype, copy=False)
 
 
+# -- JPEG XL JPEG Recompression (ISO 18181-2 JPEG reconstruction; PS3.5 8.2.15) ----------
+# libjxl re-codes a JPEG bitstream's DCT coefficients losslessly and keeps what it needs
+# (the jbrd box of the JPEG XL container) to write the original JPEG file again, byte for
+# byte: the pixels stay the JPEG's, only the entropy coding changes. It takes 8-bit
+# Huffman-coded DCT JPEG (process 1, baseline); 12-bit (.51) and lossless (.57, .70)
+# streams it refuses.
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+def _jxl_jpeg_recompress(jpeg: bytes) -> bytes:
+    try:
+        return bytes(imagecodecs.jpegxl_encode_jpeg(jpeg, numthreads=1))
+    except imagecodecs.JpegxlError as exc:
+        raise CodecUnavailable(f"libjxl cannot recompress this JPEG bitstream: {exc}") from None
+
+
+def _jxl_jpeg_restore(data: bytes) -> bytes:
+    return bytes(imagecodecs.jpegxl_decode_jpeg(data, numthreads=1))
+
+
+def _no_pixel_encoder(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    raise CodecUnavailable(
+        "JPEG XL JPEG Recompression takes a JPEG baseline bitstream, not pixels (PS3.5 8.2.15)"
+    )
+
+
+def _jxl_jpeg_decode(data: bytes, info: PixelInfo) -> np.ndarray:
+    """The pixels of the JPEG bitstream the stream restores, decoded as that JPEG is
+    (:func:`_jpeg_decode`): the same values as before the recompression."""
+    return _jpeg_decode(_jxl_jpeg_restore(data), info)
+
+
 # -- JPEG baseline (ISO 10918-1 process 1) via imagecodecs / libjpeg-turbo, lossy ---------
 def _jpeg_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
     colour = info.samples_per_pixel == 3
@@ -416,10 +456,35 @@ CODECS: tuple[Codec, ...] = (
         experimental=True,
         aliases=("jxl",),
     ),
+    Codec(
+        "jpeg-xl-jpeg",
+        "1.2.840.10008.1.2.4.111",
+        "imagecodecs (libjxl), the JPEG bitstream recompressed",
+        True,  # as a transform: every bit of the JPEG comes back (the image stays lossy)
+        _no_pixel_encoder,
+        _jxl_jpeg_decode,
+        experimental=True,
+        aliases=("jxl-jpeg",),
+        recompresses=JPEG_BASELINE,
+        recompress=_jxl_jpeg_recompress,
+        restore=_jxl_jpeg_restore,
+    ),
 )
 
 BY_SYNTAX: dict[str, Codec] = {c.transfer_syntax: c for c in CODECS}
 _BY_NAME: dict[str, Codec] = {n: c for c in CODECS for n in (c.name, *c.aliases)}
+
+
+RECOMPRESSORS: dict[str, Codec] = {c.recompresses: c for c in CODECS if c.recompresses}
+"""The codec that recompresses the bitstreams of a received syntax, by that syntax."""
+
+
+def restorable(stored: str) -> tuple[str, ...]:
+    """The syntaxes an object stored in ``stored`` gives back without decoding a pixel:
+    the received bitstreams of a recompression (JPEG baseline from JPEG XL JPEG
+    Recompression, PS3.5 8.2.15)."""
+    codec = BY_SYNTAX.get(stored)
+    return (codec.recompresses,) if codec is not None and codec.restore is not None else ()
 
 
 def codec_for(name_or_uid: str) -> Codec:
