@@ -29,12 +29,18 @@ from pydicom.pixels import get_encoder
 from pydicom.uid import RLELossless
 
 from compacs.codecs.pixels import PixelInfo, as_unsigned, from_unsigned
-from compacs.codecs.streams import j2k_coding, jls_precision
+from compacs.codecs.streams import (
+    htj2k_rpcl_refusal,
+    j2k_coding,
+    jls_precision,
+    rpcl_decompositions,
+)
 
 Encoder = Callable[[np.ndarray, PixelInfo, dict[str, Any]], bytes]
 Decoder = Callable[[bytes, PixelInfo], np.ndarray]
 Recompressor = Callable[[bytes], bytes]
 """One frame's bitstream to another bitstream (see :attr:`Codec.recompress`)."""
+StreamRule = Callable[[bytes, PixelInfo], str | None]
 
 
 class CodecUnavailable(ValueError):
@@ -60,6 +66,13 @@ class Codec:
     recompress: Recompressor | None = None
     restore: Recompressor | None = None
     """The received bitstream of a frame back from :attr:`recompress`'s output, every byte."""
+    stream_rule: StreamRule | None = None
+    """Why an encoded frame may not carry this row's transfer syntax (what the syntax asks
+    of the stream beyond its pixels, e.g. HTJ2K Lossless RPCL's markers), or None."""
+
+    def stream_refusal(self, data: bytes, info: PixelInfo) -> str | None:
+        """Why ``data`` may not be stored under :attr:`transfer_syntax`, or None."""
+        return None if self.stream_rule is None else self.stream_rule(data, info)
 
     def verification_decode(self, data: bytes, info: PixelInfo) -> np.ndarray:
         """The frame as an outside decoder returns it (see :attr:`read_as_others`)."""
@@ -249,6 +262,27 @@ def _htj2k_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -
     )
 
 
+def _htj2k_rpcl_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    """HTJ2K Lossless RPCL (PS3.5 8.2.14, A.4.4): reversible, a TLM marker segment, one
+    tile-part per resolution, a base resolution of at most 64 (OpenJPH's 5 decompositions,
+    more for a side over 2048). RPCL is OpenJPH's default progression (imagecodecs passes
+    none): :func:`_htj2k_rpcl_rule` checks every stream, so a change there is refused."""
+    return bytes(
+        imagecodecs.htj2k_encode(
+            frame,
+            reversible=True,
+            rgb=info.samples_per_pixel == 3,
+            resolutions=max(5, rpcl_decompositions(info.rows, info.columns)),  # levels
+            tlm=True,
+            tilepart=imagecodecs.HTJ2K.TILEPART.RESOLUTIONS,
+        )
+    )
+
+
+def _htj2k_rpcl_rule(data: bytes, info: PixelInfo) -> str | None:
+    return htj2k_rpcl_refusal(data, info.rows, info.columns)
+
+
 def _htj2k_lossy_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
     """OpenJPH has no rate control: search the quantisation step (log-bisection) for the
     finest one whose stream meets the target ratio."""
@@ -428,6 +462,15 @@ CODECS: tuple[Codec, ...] = (
         True,
         _htj2k_encode,
         _htj2k_decode,
+    ),
+    Codec(
+        "htj2k-rpcl",
+        "1.2.840.10008.1.2.4.202",
+        "imagecodecs (OpenJPH), RPCL + TLM",
+        True,
+        _htj2k_rpcl_encode,
+        _htj2k_decode,
+        stream_rule=_htj2k_rpcl_rule,
     ),
     Codec(
         "htj2k-lossy",

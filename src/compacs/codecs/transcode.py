@@ -83,10 +83,14 @@ def _verify(
     options: dict[str, Any],
 ) -> None:
     """Lossless: bit-exact. JPEG-LS near-lossless: no sample off by more than NEAR.
+    First the stream itself must be one the row's syntax allows (:meth:`Codec.stream_refusal`).
 
     The stream is read as other decoders read it (:meth:`Codec.verification_decode`), so
     the values a reader gets, interpreted by Pixel Representation and Bits Stored, must
     equal the source values (PS3.5 8.2.3 for JPEG-LS)."""
+    refusal = codec.stream_refusal(encoded, info)
+    if refusal is not None:
+        raise VerificationFailed(f"{codec.name}: frame {n + 1}: {refusal}")
     decoded = codec.verification_decode(encoded, info)
     if decoded.shape != frame.shape:
         raise VerificationFailed(f"{codec.name}: frame {n + 1} decodes to {decoded.shape}")
