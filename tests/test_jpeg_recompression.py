@@ -27,6 +27,8 @@ from compacs.codecs.table import codec_for
 from compacs.codecs.transcode import VerificationFailed, recompress
 from compacs.codecs.work import Outcome, encode_best
 from compacs.dicom.status import Status
+from compacs.net.forward import preference
+from compacs.net.retrieve import target_syntax
 from tests.conftest import NodeProcess, dcmtk_env, echo, free_port, require_dcmtk, write_config
 from tests.dicomfiles import DicomFile, by_name
 from tests.scu import send_files
@@ -206,3 +208,13 @@ def test_only_jpeg_baseline_bitstreams_are_recompressed():
     for name in ("CT_small.dcm", "JPEG-lossy.dcm"):  # native; 12-bit JPEG extended
         outcome = encode_best(by_name(name).read_bytes(), (codec,), {}, lossy=False)
         assert outcome.outcome is Outcome.FAILED and "JPEG Baseline" in outcome.note, name
+
+
+def test_forwarding_and_retrieve_offer_the_received_jpeg_next_to_the_stored_syntax():
+    jls = "1.2.840.10008.1.2.4.80"
+    item = {"transfer_syntax_stored": RECOMPRESSED, "syntaxes": ["stored", jls, NATIVE]}
+    assert preference(item) == [RECOMPRESSED, JPEG_BASELINE, jls, NATIVE]
+    assert target_syntax(RECOMPRESSED, {JPEG_BASELINE, NATIVE}) == JPEG_BASELINE
+    assert target_syntax(RECOMPRESSED, {NATIVE}) == NATIVE
+    # nothing else restores to JPEG baseline, and no other object is recompressed on the way
+    assert target_syntax(jls, {RECOMPRESSED, NATIVE}) == NATIVE
