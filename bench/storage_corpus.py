@@ -62,7 +62,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
-from tests.dcmtk import own_syntax_pairs, storescu, storescu_profile
+from tests.dcmtk import StoreOutcome, own_syntax_pairs, storescu, storescu_profile
 from tests.destination import Destination
 from tests.dicomfiles import FOLDERS, storage_files
 from tests.orthanc import OrthancPeer
@@ -130,10 +130,24 @@ def lossless_syntax(uid: str) -> bool:
     return ts is not None and ts.lossless and uid != JPEGBaseline8Bit
 
 
-def candidates() -> list[tuple[Path, str]]:
+def dcmtk_reads(path: Path) -> bool:
+    """DCMTK (what storescu sends with) reads the SOP Class and Instance UIDs of ``path``."""
+    out = subprocess.run(
+        ["dcmdump", "-q", "+P", "0008,0016", "+P", "0008,0018", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = out.stdout.splitlines()
+    found = {line[:11] for line in lines if line[12:14] == "UI" and "no value" not in line}
+    return out.returncode == 0 and {"(0008,0016)", "(0008,0018)"} <= found
+
+
+def select() -> tuple[list[tuple[Path, str]], dict[str, str]]:
     """(file, group) for every file of pydicom's test files and pydicom-data that belongs
-    in the corpus (see the module docstring), in the folders' order."""
-    picks = []
+    in the corpus (see the module docstring), in the folders' order; and the files of a
+    corpus syntax and modality left out, with why."""
+    picks, left_out = [], {}
     for f in storage_files():
         if f.transfer_syntax == JPEGBaseline8Bit:
             group = JPEG
@@ -145,9 +159,18 @@ def candidates() -> list[tuple[Path, str]]:
             group = LOSSLESS
         else:
             continue
-        if decodes(f.path):
+        if not decodes(f.path):
+            left_out[f.name] = "pydicom cannot decode its pixels"
+        elif not dcmtk_reads(f.path):
+            left_out[f.name] = "DCMTK cannot read its UIDs: storescu cannot send it"
+        else:
             picks.append((f.path, group))
-    return picks
+    return picks, left_out
+
+
+def candidates() -> list[tuple[Path, str]]:
+    """The files :func:`select` picks."""
+    return select()[0]
 
 
 def source_of(path: Path) -> str:
@@ -349,7 +372,8 @@ def deliver(side: OrthancSide | CompacsSide, items: Sequence[Item], work: Path) 
         held = side.sizes()
         missing = [i for i in pending if i.sop_uid not in held]
         if death is not None and missing:
-            result.failures[missing[0].name] = f"server crashed ({death}) on it; restarted"
+            culprit = next((i for i in missing if _in_flight(said.get(i.path.name))), missing[0])
+            result.failures[culprit.name] = f"server crashed ({death}) on it; restarted"
             continue
         for i in missing:
             o = said.get(i.path.name)
@@ -358,6 +382,11 @@ def deliver(side: OrthancSide | CompacsSide, items: Sequence[Item], work: Path) 
     result.sizes = side.sizes()
     result.syntaxes = side.syntaxes()
     return result
+
+
+def _in_flight(outcome: StoreOutcome | None) -> bool:
+    """storescu sent the file and got no response: the association broke under it."""
+    return outcome is not None and outcome.outcome == "not sent"
 
 
 def archive_option() -> bool:
@@ -508,7 +537,11 @@ def decision_for(path: Path) -> Decision | str:
     """The default policy's verdict on the file at ``path`` (as ingest decides it)."""
     with _quiet():
         header = dcmread(path, stop_before_pixels=True)
-    facts = {k: v for level in extract(header).values() for k, v in level.items()}
+    try:
+        attributes = extract(header)
+    except ValueError as exc:  # InvalidUID: the node refuses the object at ingest
+        return f"refused at ingest ({type(exc).__name__})"
+    facts = {k: v for level in attributes.values() for k, v in level.items()}
     facts["transfer_syntax_received"] = str(header.file_meta.TransferSyntaxUID)
     return DEFAULT_POLICY.verdict(facts_of(facts))
 
@@ -566,6 +599,7 @@ class Results:
     encode: dict[tuple[str, str], Speed] = field(default_factory=dict)
     decode: dict[str, dict[tuple[str, str], Speed]] = field(default_factory=dict)
     seconds: float = 0.0
+    left_out: dict[str, str] = field(default_factory=dict)
 
 
 def refresh(stored: Stored, side: CompacsSide) -> Stored:
@@ -623,8 +657,11 @@ def measure(items: list[Item], work: Path, *, orthanc: bool = True) -> Results:
     started = time.monotonic()
     results = Results(items)
     if orthanc:
+        print("Orthanc-JLS", flush=True)
         measure_orthanc(results, work)
+    print("compacs", flush=True)
     measure_compacs(results, work, archive_option())
+    print("encode speeds", flush=True)
     results.encode = encode_speeds(items)
     results.seconds = time.monotonic() - started
     return results
@@ -726,11 +763,14 @@ def target_rows(results: Results) -> list[str]:
         shown = "n/a" if value != value else f"{value:.3f}x"
         rows.append((label, shown, f"<= {bound:.2f}x", met))
 
-    def count(label: str, n: int | None, total: int) -> None:
-        if n is None:
-            rows.append((label, "n/a", f"{total} of {total}", None))
-        else:
-            rows.append((label, f"{n} of {total}", f"{total} of {total}", n == total))
+    def count(label: str, n: int | None, group: Sequence[Item], stored: Stored | None) -> None:
+        """``n`` of the group's files the server holds (all of them: met)."""
+        if n is None or stored is None:
+            rows.append((label, "n/a", "all held", None))
+            return
+        held = sum(i.sop_uid in stored.sizes for i in group)
+        shown = f"{n} of {held} held" + (f" ({len(group)} sent)" if held != len(group) else "")
+        rows.append((label, shown, "all held", n == held))
 
     def none_of(label: str, names: list[str] | None) -> None:
         if names is None:
@@ -761,12 +801,16 @@ def target_rows(results: Results) -> list[str]:
         0.93,
     )
     count(
-        "lossless-able bit-exact over C-GET, default", results.exact.get("default"), len(lossless)
+        "lossless-able bit-exact over C-GET, default",
+        results.exact.get("default"),
+        lossless,
+        results.default,
     )
     count(
         "lossless-able bit-exact over C-GET, archive tier",
         results.exact.get("archive"),
-        len(lossless),
+        lossless,
+        results.archive,
     )
     bounded("JPEG baseline, default vs received", ratio_value(jpeg, d, received(jpeg)), 0.85)
     bounded(
@@ -777,12 +821,14 @@ def target_rows(results: Results) -> list[str]:
     count(
         "JPEG baseline restored byte-identical (C-MOVE to a .50-only SCP), default",
         results.jpeg_restored.get("default"),
-        len(jpeg),
+        jpeg,
+        results.default,
     )
     count(
         "JPEG baseline restored byte-identical (C-MOVE to a .50-only SCP), archive tier",
         results.jpeg_restored.get("archive"),
-        len(jpeg),
+        jpeg,
+        results.archive,
     )
     none_of(
         "files stored > 1.01x received, default",
@@ -886,6 +932,9 @@ def render(results: Results, header: Sequence[str] = ()) -> str:
         "## The corpus, file by file",
         "",
         *file_rows(results),
+        "",
+        "Left out (a corpus syntax and modality, but unusable): "
+        + (", ".join(f"{n} ({why})" for n, why in results.left_out.items()) or "none"),
     ]
     return "\n".join(lines) + "\n"
 
@@ -900,9 +949,11 @@ def main() -> int:
     out.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="compacs-storage-") as tmp:
         work = Path(tmp)
-        items = build_corpus(work / "corpus", candidates(), slices=args.slices, signed=args.signed)
+        picks, left_out = select()
+        items = build_corpus(work / "corpus", picks, slices=args.slices, signed=args.signed)
         print(f"corpus: {len(items)} files", flush=True)
         results = measure(items, work, orthanc=not args.no_orthanc)
+        results.left_out = left_out
     header = [f"# compacs storage on a mixed real corpus, {datetime.now():%Y-%m-%d %H:%M}", ""]
     text = render(results, header)
     (out / "storage.md").write_text(text)
