@@ -124,6 +124,11 @@ def decodes(path: Path) -> bool:
     return True
 
 
+def has_pixels(path: Path) -> bool:
+    with _quiet():
+        return "PixelData" in dcmread(path, specific_tags=["PixelData"])
+
+
 def lossless_syntax(uid: str) -> bool:
     """Uncompressed or a lossless encapsulated syntax (PS3.5 A.4), JPEG baseline aside."""
     ts = BY_UID.get(uid)
@@ -159,6 +164,8 @@ def select() -> tuple[list[tuple[Path, str]], dict[str, str]]:
             group = LOSSLESS
         else:
             continue
+        if not has_pixels(f.path):
+            continue  # not an image (a DICOMDIR's placeholder records)
         if not decodes(f.path):
             left_out[f.name] = "pydicom cannot decode its pixels"
         elif not dcmtk_reads(f.path):
@@ -349,9 +356,10 @@ class CompacsSide:
 
 
 def deliver(side: OrthancSide | CompacsSide, items: Sequence[Item], work: Path) -> Stored:
-    """Send ``items`` with storescu, each in its own syntax; when the server dies on a file,
-    record it, restart the server and send what it does not hold yet. Bounded: each round
-    settles at least one file."""
+    """Send ``items`` with storescu, each in its own syntax. When the server dies, it is
+    restarted, the file in flight is sent again on its own and, if the server dies on it
+    again, recorded as its crash; then what it does not hold yet is sent again. Bounded:
+    each round settles at least one file."""
     result = Stored()
     profile = storescu_profile(
         work / f"{side.label}.cfg", own_syntax_pairs([i.path for i in items])
@@ -372,8 +380,11 @@ def deliver(side: OrthancSide | CompacsSide, items: Sequence[Item], work: Path) 
         held = side.sizes()
         missing = [i for i in pending if i.sop_uid not in held]
         if death is not None and missing:
-            culprit = next((i for i in missing if _in_flight(said.get(i.path.name))), missing[0])
-            result.failures[culprit.name] = f"server crashed ({death}) on it; restarted"
+            suspect = next((i for i in missing if _in_flight(said.get(i.path.name))), missing[0])
+            again = _alone(side, suspect, profile)
+            if again is not None:  # it takes the server down on its own, again
+                result.restarts += 1
+                result.failures[suspect.name] = f"server crashed ({again}) on it; restarted"
             continue
         for i in missing:
             o = said.get(i.path.name)
@@ -382,6 +393,15 @@ def deliver(side: OrthancSide | CompacsSide, items: Sequence[Item], work: Path) 
     result.sizes = side.sizes()
     result.syntaxes = side.syntaxes()
     return result
+
+
+def _alone(side: OrthancSide | CompacsSide, item: Item, profile: Path) -> str | None:
+    """Send ``item`` on its own: how the server died on it (restarted), or None."""
+    storescu(side.port, [item.path], profile, aet=side.aet, calling="BENCH")
+    death = side.died()
+    if death is not None:
+        side.restart()
+    return death
 
 
 def _in_flight(outcome: StoreOutcome | None) -> bool:
