@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 DATA   ?= ./data
 PYTEST_ARGS ?=
 
-.PHONY: serve test bench lint format deps-system clean
+.PHONY: serve test bench bench-storage lint format deps-system clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,11 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 
 bench: $(VENV)/.installed-bench deps-system
 	cd bench && PYTHONPATH=.. ../$(BIN)/python run.py $(BENCH_ARGS)
+
+# issue 16: bytes stored on a mixed real corpus, compacs (default, archive tier) beside
+# Orthanc-JLS; writes bench/results/<time>/storage.md
+bench-storage: $(VENV)/.installed-bench deps-system
+	cd bench && PYTHONPATH=.. ../$(BIN)/python -W ignore storage_corpus.py $(BENCH_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench

@@ -169,6 +169,13 @@ class OrthancPeer:
             return None
         return self._proc.pid
 
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status of a server that has died (negative: the signal that killed it,
+        e.g. -6 for the SIGABRT of an aborting encoder), None while it runs or after
+        :meth:`stop`."""
+        return None if self._proc is None else self._proc.poll()
+
     def start(self, timeout: float = 60) -> None:
         """Write the configuration, start Orthanc and wait until REST and C-ECHO answer."""
         if self.pid is not None:
@@ -281,6 +288,15 @@ class OrthancPeer:
             if time.monotonic() - start >= timeout:
                 raise TimeoutError(f"Orthanc holds {current} instances, expected {count}")
             time.sleep(interval)
+
+    def instance_sizes(self) -> dict[str, int]:
+        """Bytes on disk of each stored instance (``/instances/{id}/statistics``
+        ``DiskSize``), by SOP Instance UID."""
+        sizes = {}
+        for instance_id in self._get("/instances"):
+            uid = self._get(f"/instances/{instance_id}")["MainDicomTags"]["SOPInstanceUID"]
+            sizes[uid] = int(self._get(f"/instances/{instance_id}/statistics")["DiskSize"])
+        return sizes
 
     def transfer_syntaxes(self) -> collections.Counter[str]:
         """How many stored instances have each transfer syntax UID.
