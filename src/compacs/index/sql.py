@@ -240,7 +240,8 @@ class SqlStatements(ForwardStatements):
             return AddResult(
                 added=False, obsolete_key=None if old_key == inst.storage_key else inst.storage_key
             )
-        values.update(compression=None)  # a new object: its compression starts afresh
+        # a new object: its compression starts afresh, in the ingest tier
+        values.update(compression=None, tier=INGEST_TIER)
         assignments = ", ".join(f"{c} = ?" for c in values)
         cur.execute(
             self._q(f"UPDATE instances SET {assignments} WHERE pk = ?"),
@@ -598,7 +599,6 @@ class SqlStatements(ForwardStatements):
         by_syntax = _grouped(groups, lambda g: g["transfer_syntax"])
         for uid, entry in by_syntax.items():
             by_syntax[uid] = {"name": name_of(uid), **entry}
-        by_codec = _grouped(groups, lambda g: name_of(g["transfer_syntax"]))
         by_tier = _grouped(groups, lambda g: g["tier"])
         pending = self._one(cur, "SELECT COUNT(*) FROM jobs", ())[0]
         cur.execute("SELECT COALESCE(compression, 'untouched'), COUNT(*) FROM instances GROUP BY 1")
@@ -614,7 +614,6 @@ class SqlStatements(ForwardStatements):
             "untouched_by_reason": untouched,
             "by_modality": by_modality,
             "by_transfer_syntax": by_syntax,
-            "by_codec": by_codec,
             "by_tier": by_tier,
             "groups": groups,
             "forwarding": self.forward_counts(cur),
