@@ -357,7 +357,8 @@ def cmd_stats(settings: Settings, as_json: bool) -> int:
         ("by codec (stored transfer syntax)", "by_transfer_syntax", lambda k, v: v["name"]),
         ("by tier", "by_tier", lambda k, v: k),
     ):
-        print(f"\n{title}:{'instances':>44}  {'received':>10}    {'stored':>10}  {'saved':>10}")
+        print(f"\n{title}:")
+        print(f"  {'':<40} {'instances':>8}  {'received':>10}    {'stored':>10}  {'saved':>10}")
         for k, v in stats[key].items():
             print(
                 f"  {label(k, v):<40} {v['instances']:>8}  {_size(v['bytes_received']):>10} -> "
