@@ -24,6 +24,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from compacs.dicom.status import Status
 from compacs.dicom.syntaxes import name_of
+from compacs.index import open_index
 from compacs.synthetic import ct_series
 from tests.conftest import NodeProcess, require_dcmtk, run_cli, write_config
 from tests.dicomfiles import DicomFile, by_name
@@ -195,6 +196,9 @@ def test_archive_tier_is_bit_exact_over_c_get_in_pydicom_and_dcmdjpls(archived, 
         ds = pydicom.dcmread(entry["path"], stop_before_pixels=True)
         study_uids.add(str(ds.StudyInstanceUID))
         sop_classes.add(str(ds.SOPClassUID))
+    # the tier ran and changed encodings: what is read back is the archive tier's
+    assert set(tiers(node.data_dir).values()) == {"archive"}
+    assert {e["syntax"] for e in disk.values()} - {JPEG_LS}
     got = c_get_all(node, study_uids, sop_classes, tmp_path)
     expected = originals()
     assert len(got) == len(expected)
@@ -331,3 +335,35 @@ def report(archived) -> None:
         f"total    {before['bytes_received']:>10} {before['bytes_stored']:>12} "
         f"{after['bytes_stored']:>12}  {after['bytes_stored'] / before['bytes_stored']:.3f}"
     )
+
+
+def test_archive_jobs_wait_for_ingest_jobs_and_arriving_stores(tmp_path):
+    """The index hands out an archive job only when asked for one (no C-STORE arriving)
+    and no ingest job is pending, even one not yet due."""
+    node = NodeProcess(
+        tmp_path / "data", config=write_config(tmp_path / "i.toml", INGEST_THEN_ARCHIVE)
+    ).start()
+    files = [_file("CT_small.dcm"), _file("MR_small.dcm")]
+    try:
+        assert send_files(node.port, files) == [Status.SUCCESS] * 2
+    finally:
+        node.stop()
+    archived, ingest = files[0].sop_instance_uid, files[1].sop_instance_uid
+    index = open_index(f"sqlite:///{node.data_dir / 'index.sqlite'}")
+    try:
+        now = time.time()
+        assert index.queue_archive("9999-01-01", 10, now) == 2
+        with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
+            conn.execute(  # the MR's job becomes an ingest job due in an hour
+                "UPDATE jobs SET tier = 'ingest', not_before = ? WHERE instance_fk = "
+                "(SELECT pk FROM instances WHERE sop_instance_uid = ?)",
+                (now + 3600, ingest),
+            )
+        assert index.claim_jobs("w", 5, now, archive=True) == []  # an ingest job pending
+        with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
+            conn.execute("DELETE FROM jobs WHERE tier = 'ingest'")
+        assert index.claim_jobs("w", 5, now, archive=False) == []  # C-STOREs arriving
+        claimed = index.claim_jobs("w", 5, now, archive=True)
+        assert [(f["sop_instance_uid"], f["job_tier"]) for f in claimed] == [(archived, "archive")]
+    finally:
+        index.close()
