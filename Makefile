@@ -35,6 +35,8 @@ serve: $(VENV)/.installed
 # is left as it was (a system orthanc would take 8042, compacs's web port).
 # Debian's chromium is the browser the web tests drive with Playwright.
 # Debian's dicom3tools provides dciodvfy, the IOD validator the fidelity tests read output with.
+# Debian's libopenjp2-tools provides opj_dump, which reads the JPEG 2000 / HTJ2K coding style
+# (progression order, resolutions, TLM) of what the HTJ2K RPCL tests fetch.
 deps-system:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
@@ -42,6 +44,7 @@ deps-system:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	[ -x /usr/lib/chromium/chromium ] || missing="$$missing chromium"; \
 	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
+	command -v opj_dump >/dev/null 2>&1 || missing="$$missing libopenjp2-tools"; \
 	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian's$$missing"; \

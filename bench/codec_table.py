@@ -2,9 +2,10 @@
 
 Data: the real images of pydicom-data / pydicom's test files (CT, MR, CR, US RGB,
 multi-frame) and a generated 200-slice CT series. One thread per codec, then two threads
-on the generated series (does the backend release the GIL?).
+on the generated series (does the backend release the GIL?). For HTJ2K Lossless RPCL, how
+much of each stream a reader needs for each resolution (its tile-parts, by their lengths).
 
-    .venv/bin/python bench/codec_table.py [--slices 200] [--markdown FILE]
+    .venv/bin/python bench/codec_table.py [--slices 200] [--codecs jpeg-ls,htj2k] [--markdown FILE]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -22,7 +24,7 @@ import pydicom
 
 from compacs.codecs.decode import source_frames
 from compacs.codecs.pixels import PixelInfo
-from compacs.codecs.table import CODECS, Codec, CodecUnavailable
+from compacs.codecs.table import CODECS, Codec, CodecUnavailable, codec_for
 from compacs.synthetic import ct_series
 
 
@@ -39,6 +41,7 @@ def by_name(name: str) -> str:
 
 
 REAL = {
+    "CT + MR small (CT_small 128x128, MR_small 64x64, signed 16)": ["CT_small.dcm", "MR_small.dcm"],
     "CT (pydicom-data 693, signed 16)": ["693_UNCR.dcm"],
     "MR (MR2, 1024x1024)": ["MR2_UNCR.dcm"],
     "CR (RG1 1955x1841 + RG3 1760x1760)": ["RG1_UNCR.dcm", "RG3_UNCR.dcm"],
@@ -110,11 +113,42 @@ def two_threads(codec: Codec, data: Frames) -> float:
     return run(1) / run(2)
 
 
+def resolution_prefixes(data: Frames) -> list[float]:
+    """Mean share of an HTJ2K Lossless RPCL stream up to the end of resolution r (its
+    first r + 1 tile-parts, one per resolution, lowest first): what a progressive reader
+    fetches to show that resolution."""
+    codec = codec_for("htj2k-rpcl")
+    shares = []
+    for frame, info in data.frames:
+        stream = codec.encode(frame, info, {})
+        shares.append([end / len(stream) for end in _tile_part_ends(stream)])
+    width = min(len(s) for s in shares)
+    return [float(np.mean([s[r] for s in shares])) for r in range(width)]
+
+
+def _tile_part_ends(stream: bytes) -> list[int]:
+    """Where each tile-part ends: the main header's segments by their lengths up to the
+    first SOT, then each tile-part by its Psot (ISO 15444-1 A.4.2)."""
+    pos = 2  # after SOC
+    while struct.unpack_from(">H", stream, pos)[0] != 0xFF90:
+        pos += 2 + struct.unpack_from(">H", stream, pos + 2)[0]
+    ends = []
+    while pos + 10 <= len(stream) and struct.unpack_from(">H", stream, pos)[0] == 0xFF90:
+        (psot,) = struct.unpack_from(">I", stream, pos + 6)
+        pos = pos + psot if psot else len(stream) - 2
+        ends.append(pos)
+    return ends
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slices", type=int, default=200)
     parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--codecs", help="comma-separated codec names (default: every lossless)")
     args = parser.parse_args()
+    lossless = [c for c in CODECS if c.lossless and c.recompress is None]  # pixel codecs
+    if args.codecs:
+        lossless = [codec_for(n) for n in args.codecs.split(",")]
     sets = [
         Frames(label, frames_of(pydicom.dcmread(by_name(n)) for n in names))
         for label, names in REAL.items()
@@ -129,7 +163,7 @@ def main() -> int:
         "|---|---|---:|---:|---:|---|",
     ]
     for data in sets:
-        for codec in (c for c in CODECS if c.lossless):
+        for codec in lossless:
             m = measure(codec, data)
             if m is None:
                 lines.append(f"| {data.label} | {codec.name} | n/a | | | (cannot carry) |")
@@ -140,8 +174,17 @@ def main() -> int:
             )
     lines += ["", "| codec | 2 threads / 1 thread, encode (generated CT) |", "|---|---:|"]
     sample = Frames(generated.label, generated.frames[:40])
-    for codec in (c for c in CODECS if c.lossless):
+    for codec in lossless:
         lines.append(f"| {codec.name} ({codec.backend}) | {two_threads(codec, sample):.2f}x |")
+    if codec_for("htj2k-rpcl") in lossless:
+        lines += [
+            "",
+            "| data (htj2k-rpcl) | share of the stream up to resolution 0, 1, ... (lowest first) |",
+            "|---|---|",
+        ]
+        for data in sets:
+            shares = " / ".join(f"{100 * s:.1f}%" for s in resolution_prefixes(data))
+            lines.append(f"| {data.label} | {shares} |")
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -38,7 +38,7 @@ from tests.dicomfiles import by_name, storage_files
 from tests.procfs import children, cpu_seconds
 from tests.scu import send_datasets, send_files
 
-LOSSLESS = [c for c in CODECS if c.lossless]
+LOSSLESS = [c for c in CODECS if c.lossless and c.recompress is None]  # pixel codecs
 
 # Real files covering what the codecs must carry: CT (signed 16), MR (signed, 12 in 16),
 # CR (unsigned 12/16 bit, large), US RGB, multi-frame RGB, palette colour, YBR_FULL(_422),
@@ -90,7 +90,7 @@ def test_every_lossless_codec_is_bit_exact_on_real_files(codec):
         except NotCompressible:
             continue
         except CodecUnavailable:
-            assert codec.name in ("jpeg-xl", "htj2k"), name  # signed for JPEG XL, YBR for HTJ2K
+            assert codec.name in ("jpeg-xl", "htj2k", "htj2k-rpcl"), name  # signed; YBR (HTJ2K)
             continue
         encoded_any += 1
         source, info = source_pixels(data)
@@ -161,8 +161,13 @@ def test_rules_first_match_wins_and_lossy_needs_consent():
     assert policy.decide({**base, "modality": "CT", "bits_stored": 16}).codecs[0].name == "htj2k"
     smallest = policy.decide({**base, "modality": "CR", "calling_ae": "ARCHIVE"})
     assert [c.name for c in smallest.codecs] == ["rle", "jpeg-ls"]
-    # lossy input is kept as received; no pixels, nothing to do
-    assert policy.decide({**base, "transfer_syntax_received": "1.2.840.10008.1.2.4.50"}) is None
+    # lossy input is kept as received, but for JPEG baseline, whose bitstream JPEG XL
+    # recompresses (PS3.5 8.2.15) unless a rule keeps it; no pixels, nothing to do
+    assert policy.decide({**base, "transfer_syntax_received": "1.2.840.10008.1.2.4.51"}) is None
+    jpeg = {**base, "transfer_syntax_received": "1.2.840.10008.1.2.4.50"}
+    assert [c.name for c in policy.decide(jpeg).codecs] == ["jpeg-xl-jpeg"]
+    assert policy.decide({**jpeg, "modality": "US"}) is None  # rule 1: keep
+    assert replace(policy, recompress_jpeg=False).decide(jpeg) is None
     assert policy.decide({**base, "photometric_interpretation": None}) is None
     with pytest.raises(RuleError, match="lossy = true"):
         parse_rule({"action": "jpeg-ls-near", "near": 2}, "rule")

@@ -220,7 +220,11 @@ def test_instance_detail_has_attributes_syntaxes_sizes_and_ratio(archive):
     assert doc["calling_ae"] == "STORESCU"
     jpeg = dcmread(by_name("examples_ybr_color.dcm"), stop_before_pixels=True)
     kept = http.json(f"/api/instances/{jpeg.SOPInstanceUID}")
-    assert kept["transfer_syntax_stored"]["uid"] == "1.2.840.10008.1.2.4.50"  # lossy: as received
+    assert kept["transfer_syntax_received"]["uid"] == "1.2.840.10008.1.2.4.50"
+    assert kept["transfer_syntax_stored"] == {  # the same JPEG, recompressed (PS3.5 8.2.15)
+        "uid": "1.2.840.10008.1.2.4.111",
+        "name": "JPEG XL JPEG Recompression",
+    }
 
     study = http.json(
         "/api/studies/" + http.json("/api/studies?PatientID=WEB-S")["items"][0]["StudyInstanceUID"]
@@ -456,7 +460,8 @@ def _noise_ct(path: Path) -> Path:
 
 def test_compression_state_and_note_on_the_instance_page_api_and_stats(tmp_path):
     """DCMTK storescu sends a compressible CT, full-range noise (JPEG-LS is not smaller),
-    a JPEG baseline (lossy input) and a SEG (Bits Allocated 1); once the workers are done,
+    a 12-bit JPEG extended (lossy input JPEG XL cannot recompress) and a SEG (Bits
+    Allocated 1); once the workers are done,
     each instance's state and note are on its page (escaped) and in its JSON, and
     `compacs stats` counts the instances stored as received by reason. pydicom reads the
     stored objects back: the kept ones are the bytes sent, the compressed one decodes to
@@ -470,7 +475,7 @@ def test_compression_state_and_note_on_the_instance_page_api_and_stats(tmp_path)
         files = {
             "ct": tmp_path / "ct.dcm",
             "noise": _noise_ct(tmp_path / "noise.dcm"),
-            "jpeg": by_name("examples_ybr_color.dcm"),
+            "jpeg": by_name("JPEG-lossy.dcm"),
             "seg": by_name("liver.dcm"),
         }
         profile = storescu_profile(tmp_path / "p.cfg", own_syntax_pairs(list(files.values())))

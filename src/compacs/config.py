@@ -436,6 +436,7 @@ _POLICY_KEYS: dict[str, tuple[tuple[type, ...], Check, str]] = {
     "workers": ((int,), lambda v: 0 <= v <= 64, "0..64 compression threads"),
     "require_smaller": ((bool,), _ANY, "true or false"),
     "recompress_lossy": ((bool,), _ANY, "true or false"),
+    "recompress_jpeg": ((bool,), _ANY, "true or false"),
 }
 
 

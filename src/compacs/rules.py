@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from compacs.codecs.table import Codec, codec_for
+from compacs.codecs.table import RECOMPRESSORS, Codec, codec_for
 from compacs.dicom.attributes import INDEXED, INTEGER_VRS
 from compacs.dicom.syntaxes import BY_UID
 
@@ -151,16 +151,24 @@ class Policy:
     workers: int = 2
     require_smaller: bool = True
     recompress_lossy: bool = False
+    recompress_jpeg: bool = True
+    """JPEG baseline input is recompressed as JPEG XL JPEG Recompression (PS3.5 8.2.15),
+    every bit of the received JPEG kept, unless a matching rule says ``keep``."""
     archive: ArchiveTier = field(default_factory=ArchiveTier)
 
     def archive_verdict(self, facts: Mapping[str, Any]) -> Decision | str:
         """What the archive tier does with an instance, or why it keeps it: whatever the
-        rules keep as it is (no pixels, lossy input, a keep rule) stays, and so does what
-        a lossy rule made (only lossless candidates here); the rest gets the tier's
+        rules keep as it is (no pixels, a keep rule) stays; so does lossy input (its
+        JPEG bitstream, kept or recompressed bit for bit, is what was received: decoding
+        it to re-encode the pixels losslessly would only grow it, PS3.3 C.7.6.1.1.5) and
+        what a lossy rule made (only lossless candidates here); the rest gets the tier's
         ``smallest``. :meth:`verdict` itself is unchanged."""
         verdict = self.verdict(facts)
         if isinstance(verdict, str):
             return verdict
+        received = BY_UID.get(str(facts.get("transfer_syntax_received")))
+        if received is not None and not received.lossless:
+            return "lossy input: the archive tier keeps it"
         if verdict.lossy:
             return "lossy rule: not for the archive tier"
         return self.archive.decision()
@@ -181,6 +189,9 @@ class Policy:
         if bits not in (8, 16):  # SEG (1), float or 32-bit: these codecs carry 8 and 16
             return f"not compressible: Bits Allocated {bits}"
         received = BY_UID.get(str(facts.get("transfer_syntax_received")))
+        recompressor = RECOMPRESSORS.get(received.uid) if received is not None else None
+        if recompressor is not None and self.recompress_jpeg:
+            return self._recompression(facts, recompressor)
         if received is not None and not received.lossless and not self.recompress_lossy:
             return "lossy input kept"  # re-encoding gains nothing (PS3.3 C.7.6.1.1.5)
         for n, rule in enumerate(self.rules, 1):
@@ -189,6 +200,18 @@ class Policy:
                     return f"kept by rule {n}"
                 return Decision(rule.codecs, rule.options, rule.lossy, rule.keep_original, n)
         return "no rule matches"
+
+    def _recompression(self, facts: Mapping[str, Any], codec: Codec) -> Decision | str:
+        """The received bitstreams recompressed by ``codec``, unless the first matching
+        rule keeps the instance or names that codec itself (then it is that rule's)."""
+        for n, rule in enumerate(self.rules, 1):
+            if rule.matches(facts):
+                if rule.action == "keep":
+                    return f"kept by rule {n}"
+                if rule.codecs == (codec,):
+                    return Decision(rule.codecs, rule.options, False, rule.keep_original, n)
+                break
+        return Decision((codec,), {}, False, True, 0)
 
 
 DEFAULT_RULES = (Rule(match={}, action="jpeg-ls", codecs=(codec_for("jpeg-ls"),)),)

@@ -20,8 +20,15 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
 from compacs.codecs.lossy import derive
-from compacs.codecs.table import BY_SYNTAX
-from compacs.codecs.transcode import NATIVE_SYNTAXES, decompress, encode_dataset, read_dataset
+from compacs.codecs.table import BY_SYNTAX, restorable
+from compacs.codecs.transcode import (
+    NATIVE_SYNTAXES,
+    decompress,
+    encode_dataset,
+    read_dataset,
+    recompress,
+    restore,
+)
 from compacs.dicom import part10
 from compacs.dicom.byteorder import to_little_endian
 from compacs.dicom.part10 import deflate
@@ -56,6 +63,9 @@ def convert(data: bytes, target: str, lossy_options: dict[str, Any] | None = Non
     stored = str(ds.file_meta.TransferSyntaxUID)
     if target == stored:
         return Converted(ds, len(data))
+    if target in restorable(stored):  # the received bitstreams, byte for byte
+        restored = restore(ds, BY_SYNTAX[stored])
+        return Converted(restored, len(_part10(restored)))
     to_little_endian(ds)  # every other target is little endian; values kept
     if target in NATIVE_SYNTAXES:
         # Explicit VR LE; pynetdicom re-encodes it when only Implicit VR LE was accepted
@@ -64,6 +74,11 @@ def convert(data: bytes, target: str, lossy_options: dict[str, Any] | None = Non
     codec = BY_SYNTAX.get(target)
     if codec is None:
         raise NotConvertible(f"compacs cannot encode {target}")
+    if codec.recompress is not None:
+        if stored != codec.recompresses:
+            raise NotConvertible(f"{codec.name} recompresses {codec.recompresses} only")
+        encoded = recompress(data, codec)
+        return Converted(dcmread(BytesIO(encoded.data)), len(encoded.data))
     if codec.lossless:
         encoded = encode_dataset(decompress(ds), codec)
         return Converted(dcmread(BytesIO(encoded.data)), len(encoded.data))

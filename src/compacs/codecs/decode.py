@@ -70,8 +70,6 @@ IMAGECODECS: dict[str, StreamDecoder] = {
             _jpeg_process_1_to_14,
         ),
         "1.2.840.10008.1.2.4.70": _jpeg_process_1_to_14,
-        "1.2.840.10008.1.2.4.202": _jpeg_2000,  # OpenJPEG reads HTJ2K (ISO 15444-15) too
-        "1.2.840.10008.1.2.4.111": _jpeg_xl,
         "1.2.840.10008.1.2.4.112": _jpeg_xl,
     }.items()
     if uid not in BY_SYNTAX

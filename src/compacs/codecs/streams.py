@@ -3,8 +3,10 @@
 JPEG (ISO 10918-1 B.1) and JPEG-LS (ISO 14495-1 C.2) share the marker-segment syntax:
 the frame header gives the sample precision P and the geometry, the JPEG-LS scan header
 gives NEAR. The JPEG 2000 / HTJ2K main header (ISO 15444-1 A.5-A.6) gives the geometry
-(SIZ) and the coding style (COD): whether the 9-7 irreversible wavelet was used. The JPEG
-XL SizeHeader (ISO 18181-1) gives rows and columns. No pixel is decoded here.
+(SIZ) and the coding style (COD): whether the 9-7 irreversible wavelet was used, the
+progression order and the decomposition levels; its TLM and the tile-part headers (SOT,
+A.4.2, A.7.1) show how the stream is divided, which HTJ2K Lossless RPCL constrains. The
+JPEG XL SizeHeader (ISO 18181-1) gives rows and columns. No pixel is decoded here.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ JPEG_SYNTAXES = frozenset(
 JPEG_XL_SYNTAXES = frozenset(
     {"1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112"}
 )
+JPEG_XL_JPEG_RECOMPRESSION = "1.2.840.10008.1.2.4.111"
 _SOF55 = 0xF7  # JPEG-LS frame header (ISO 14495-1 C.2.2)
 _SOS = 0xDA
 # ISO 10918-1 B.1.1.3: SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC); lossless: C3/C7/CB/CF
@@ -88,6 +91,10 @@ class J2kCoding:
     """SGcod multiple component transform: RCT/ICT on the first three components."""
     reversible: bool
     """SPcod transformation: 1 = 5-3 reversible, 0 = 9-7 irreversible."""
+    progression: int
+    """SGcod progression order (Table A.16): 0 LRCP, 1 RLCP, 2 RPCL, 3 PCRL, 4 CPRL."""
+    levels: int
+    """SPcod number of decomposition levels (the stream has levels + 1 resolutions)."""
 
 
 def j2k_coding(codestream: bytes) -> J2kCoding | None:
@@ -104,9 +111,108 @@ def j2k_coding(codestream: bytes) -> J2kCoding | None:
             # Lcod(2) Scod(1) SGcod: order(1) layers(2) MCT(1); SPcod: levels(1) xcb(1)
             # ycb(1) style(1) transformation(1)
             body = codestream[pos + 4 : pos + 2 + length]
-            return J2kCoding(mct=body[4] == 1, reversible=body[9] == 1)
+            return J2kCoding(
+                mct=body[4] == 1, reversible=body[9] == 1, progression=body[1], levels=body[5]
+            )
         pos += 2 + length
     return None
+
+
+_SOT, _TLM, _EOC = 0xFF90, 0xFF55, 0xFFD9
+PROGRESSIONS = ("LRCP", "RLCP", "RPCL", "PCRL", "CPRL")  # ISO 15444-1 Table A.16
+RPCL = PROGRESSIONS.index("RPCL")
+
+
+@dataclass(frozen=True)
+class J2kTileParts:
+    """How a codestream is divided into tile-parts (ISO 15444-1 A.4.2 SOT, A.7.1 TLM)."""
+
+    tlm: bool
+    """A TLM (tile-part lengths) marker segment in the main header."""
+    parts: tuple[int, ...]
+    """Isot, the tile index, of each tile-part in codestream order."""
+
+    def per_tile(self) -> dict[int, int]:
+        """Number of tile-parts of each tile."""
+        counts: dict[int, int] = {}
+        for tile in self.parts:
+            counts[tile] = counts.get(tile, 0) + 1
+        return counts
+
+
+def j2k_tile_parts(codestream: bytes) -> J2kTileParts | None:
+    """The TLM presence and the tile-parts of a J2K / HTJ2K codestream, or None when its
+    marker segments do not chain up. Tile-parts are followed by their Psot (A.4.2: the
+    length from the SOT marker to the end of the tile-part; 0 only for the last one)."""
+    pos = codestream.find(b"\xff\x4f\xff\x51")
+    if pos < 0:
+        return None
+    pos, tlm = pos + 2, False
+    while pos + 4 <= len(codestream):  # main header: marker segments up to the first SOT
+        marker, length = struct.unpack_from(">HH", codestream, pos)
+        if marker == _SOT:
+            break
+        if marker >> 8 != 0xFF or length < 2:
+            return None
+        tlm = tlm or marker == _TLM
+        pos += 2 + length
+    parts: list[int] = []
+    while pos + 12 <= len(codestream):
+        marker, _, tile, psot = struct.unpack_from(">HHHI", codestream, pos)
+        if marker == _EOC:
+            break
+        if marker != _SOT:
+            return None
+        parts.append(tile)
+        if psot == 0:  # the last tile-part runs to EOC
+            break
+        pos += psot
+    return J2kTileParts(tlm, tuple(parts))
+
+
+# PS3.5 8.2.14 / A.4.4 (Supplement 235): the base (lowest) resolution of an HTJ2K Lossless
+# RPCL stream is at most 64 samples wide and high
+RPCL_BASE_RESOLUTION = 64
+
+
+def rpcl_decompositions(rows: int, columns: int) -> int:
+    """The fewest decomposition levels that bring the base resolution of a rows x columns
+    image to RPCL_BASE_RESOLUTION or less (each level halves, rounding up: ISO 15444-1
+    B.5)."""
+    levels, side = 0, max(rows, columns)
+    while side > RPCL_BASE_RESOLUTION:
+        side, levels = (side + 1) // 2, levels + 1
+    return levels
+
+
+def htj2k_rpcl_refusal(codestream: bytes, rows: int, columns: int) -> str | None:
+    """Why ``codestream`` may not be labelled HTJ2K Lossless RPCL (1.2.840.10008.1.2.4.202),
+    or None. PS3.5 8.2.14 / A.4.4 (Supplement 235) ask of it: the reversible 5-3 wavelet,
+    RPCL progression, a base resolution of at most 64 x 64, a TLM marker segment and one
+    tile-part per resolution (so that a reader fetches the resolutions it shows, in
+    order, by the lengths TLM gives)."""
+    coding, division = j2k_coding(codestream), j2k_tile_parts(codestream)
+    if coding is None or division is None:
+        return "no readable COD / tile-part headers (ISO 15444-1 A.4-A.6)"
+    problems = []
+    if not coding.reversible:
+        problems.append("the 9-7 irreversible wavelet")
+    if coding.progression != RPCL:
+        name = PROGRESSIONS[coding.progression] if coding.progression < 5 else "unknown"
+        problems.append(f"progression order {name}, not RPCL")
+    needed = rpcl_decompositions(rows, columns)
+    if coding.levels < needed:
+        base = f"a base resolution of at most {RPCL_BASE_RESOLUTION}"
+        problems.append(f"{coding.levels} decomposition levels, {needed} needed for {base}")
+    if not division.tlm:
+        problems.append("no TLM marker segment")
+    resolutions = coding.levels + 1
+    counts = sorted(set(division.per_tile().values()))
+    if counts != [resolutions]:
+        problems.append(f"{counts} tile-part(s) per tile, not one per resolution ({resolutions})")
+    if not problems:
+        return None
+    return "not HTJ2K Lossless RPCL (PS3.5 8.2.14, A.4.4): " + "; ".join(problems)
 
 
 Geometry = tuple[int, int, int | None]
@@ -195,7 +301,10 @@ def jxl_geometry(stream: bytes) -> Geometry | None:
 def stream_is_lossy(syntax: str, first_fragment: bytes) -> bool:
     """Whether the stream itself shows lossy coding (for Lossy Image Compression, PS3.3
     C.7.6.1.1.5): J2K/HTJ2K with the 9-7 irreversible wavelet, JPEG-LS with NEAR > 0, a
-    JPEG process other than 14. False when the stream does not tell."""
+    JPEG process other than 14, a JPEG recompressed by JPEG XL (PS3.5 8.2.15: libjxl
+    recompresses DCT JPEG only). False when the stream does not tell."""
+    if syntax == JPEG_XL_JPEG_RECOMPRESSION:
+        return True
     if syntax in J2K_SYNTAXES:
         coding = j2k_coding(first_fragment)
         return coding is not None and not coding.reversible

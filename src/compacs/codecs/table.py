@@ -29,10 +29,18 @@ from pydicom.pixels import get_encoder
 from pydicom.uid import RLELossless
 
 from compacs.codecs.pixels import PixelInfo, as_unsigned, from_unsigned
-from compacs.codecs.streams import j2k_coding, jls_precision
+from compacs.codecs.streams import (
+    htj2k_rpcl_refusal,
+    j2k_coding,
+    jls_precision,
+    rpcl_decompositions,
+)
 
 Encoder = Callable[[np.ndarray, PixelInfo, dict[str, Any]], bytes]
 Decoder = Callable[[bytes, PixelInfo], np.ndarray]
+Recompressor = Callable[[bytes], bytes]
+"""One frame's bitstream to another bitstream (see :attr:`Codec.recompress`)."""
+StreamRule = Callable[[bytes, PixelInfo], str | None]
 
 
 class CodecUnavailable(ValueError):
@@ -52,6 +60,19 @@ class Codec:
     read_as_others: Decoder | None = None
     """How other conformant decoders read the stream (verification reads it so) when that
     can differ from :attr:`decode`, which is lenient with what compacs stored earlier."""
+    recompresses: str = ""
+    """The transfer syntax whose bitstreams this codec recompresses as they are, no pixel
+    decoded (:attr:`recompress`, :attr:`restore`); empty for a codec of pixels."""
+    recompress: Recompressor | None = None
+    restore: Recompressor | None = None
+    """The received bitstream of a frame back from :attr:`recompress`'s output, every byte."""
+    stream_rule: StreamRule | None = None
+    """Why an encoded frame may not carry this row's transfer syntax (what the syntax asks
+    of the stream beyond its pixels, e.g. HTJ2K Lossless RPCL's markers), or None."""
+
+    def stream_refusal(self, data: bytes, info: PixelInfo) -> str | None:
+        """Why ``data`` may not be stored under :attr:`transfer_syntax`, or None."""
+        return None if self.stream_rule is None else self.stream_rule(data, info)
 
     def verification_decode(self, data: bytes, info: PixelInfo) -> np.ndarray:
         """The frame as an outside decoder returns it (see :attr:`read_as_others`)."""
@@ -241,6 +262,27 @@ def _htj2k_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -
     )
 
 
+def _htj2k_rpcl_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    """HTJ2K Lossless RPCL (PS3.5 8.2.14, A.4.4): reversible, a TLM marker segment, one
+    tile-part per resolution, a base resolution of at most 64 (OpenJPH's 5 decompositions,
+    more for a side over 2048). RPCL is OpenJPH's default progression (imagecodecs passes
+    none): :func:`_htj2k_rpcl_rule` checks every stream, so a change there is refused."""
+    return bytes(
+        imagecodecs.htj2k_encode(
+            frame,
+            reversible=True,
+            rgb=info.samples_per_pixel == 3,
+            resolutions=max(5, rpcl_decompositions(info.rows, info.columns)),  # levels
+            tlm=True,
+            tilepart=imagecodecs.HTJ2K.TILEPART.RESOLUTIONS,
+        )
+    )
+
+
+def _htj2k_rpcl_rule(data: bytes, info: PixelInfo) -> str | None:
+    return htj2k_rpcl_refusal(data, info.rows, info.columns)
+
+
 def _htj2k_lossy_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
     """OpenJPH has no rate control: search the quantisation step (log-bisection) for the
     finest one whose stream meets the target ratio."""
@@ -282,6 +324,38 @@ def _jxl_encode(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> 
 
 def _jxl_decode(data: bytes, info: PixelInfo) -> np.ndarray:
     return imagecodecs.jpegxl_decode(data, numthreads=1).astype(info.dtype, copy=False)
+
+
+# -- JPEG XL JPEG Recompression (ISO 18181-2 JPEG reconstruction; PS3.5 8.2.15) ----------
+# libjxl re-codes a JPEG bitstream's DCT coefficients losslessly and keeps what it needs
+# (the jbrd box of the JPEG XL container) to write the original JPEG file again, byte for
+# byte: the pixels stay the JPEG's, only the entropy coding changes. It takes 8-bit
+# Huffman-coded DCT JPEG (process 1, baseline); 12-bit (.51) and lossless (.57, .70)
+# streams it refuses.
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+def _jxl_jpeg_recompress(jpeg: bytes) -> bytes:
+    try:
+        return bytes(imagecodecs.jpegxl_encode_jpeg(jpeg, numthreads=1))
+    except imagecodecs.JpegxlError as exc:
+        raise CodecUnavailable(f"libjxl cannot recompress this JPEG bitstream: {exc}") from None
+
+
+def _jxl_jpeg_restore(data: bytes) -> bytes:
+    return bytes(imagecodecs.jpegxl_decode_jpeg(data, numthreads=1))
+
+
+def _no_pixel_encoder(frame: np.ndarray, info: PixelInfo, options: dict[str, Any]) -> bytes:
+    raise CodecUnavailable(
+        "JPEG XL JPEG Recompression takes a JPEG baseline bitstream, not pixels (PS3.5 8.2.15)"
+    )
+
+
+def _jxl_jpeg_decode(data: bytes, info: PixelInfo) -> np.ndarray:
+    """The pixels of the JPEG bitstream the stream restores, decoded as that JPEG is
+    (:func:`_jpeg_decode`): the same values as before the recompression."""
+    return _jpeg_decode(_jxl_jpeg_restore(data), info)
 
 
 # -- JPEG baseline (ISO 10918-1 process 1) via imagecodecs / libjpeg-turbo, lossy ---------
@@ -390,6 +464,15 @@ CODECS: tuple[Codec, ...] = (
         _htj2k_decode,
     ),
     Codec(
+        "htj2k-rpcl",
+        "1.2.840.10008.1.2.4.202",
+        "imagecodecs (OpenJPH), RPCL + TLM",
+        True,
+        _htj2k_rpcl_encode,
+        _htj2k_decode,
+        stream_rule=_htj2k_rpcl_rule,
+    ),
+    Codec(
         "htj2k-lossy",
         "1.2.840.10008.1.2.4.203",
         "imagecodecs (OpenJPH)",
@@ -416,10 +499,35 @@ CODECS: tuple[Codec, ...] = (
         experimental=True,
         aliases=("jxl",),
     ),
+    Codec(
+        "jpeg-xl-jpeg",
+        "1.2.840.10008.1.2.4.111",
+        "imagecodecs (libjxl), the JPEG bitstream recompressed",
+        True,  # as a transform: every bit of the JPEG comes back (the image stays lossy)
+        _no_pixel_encoder,
+        _jxl_jpeg_decode,
+        experimental=True,
+        aliases=("jxl-jpeg",),
+        recompresses=JPEG_BASELINE,
+        recompress=_jxl_jpeg_recompress,
+        restore=_jxl_jpeg_restore,
+    ),
 )
 
 BY_SYNTAX: dict[str, Codec] = {c.transfer_syntax: c for c in CODECS}
 _BY_NAME: dict[str, Codec] = {n: c for c in CODECS for n in (c.name, *c.aliases)}
+
+
+RECOMPRESSORS: dict[str, Codec] = {c.recompresses: c for c in CODECS if c.recompresses}
+"""The codec that recompresses the bitstreams of a received syntax, by that syntax."""
+
+
+def restorable(stored: str) -> tuple[str, ...]:
+    """The syntaxes an object stored in ``stored`` gives back without decoding a pixel:
+    the received bitstreams of a recompression (JPEG baseline from JPEG XL JPEG
+    Recompression, PS3.5 8.2.15)."""
+    codec = BY_SYNTAX.get(stored)
+    return (codec.recompresses,) if codec is not None and codec.restore is not None else ()
 
 
 def codec_for(name_or_uid: str) -> Codec:

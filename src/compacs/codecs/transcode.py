@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.filewriter import dcmwrite
 from pydicom.pixels import convert_color_space, pack_bits
 
@@ -24,13 +24,14 @@ from compacs.codecs.decode import source_frames, stored_frames
 from compacs.codecs.geometry import check_pixel_data
 from compacs.codecs.pixels import PixelInfo, clean
 from compacs.codecs.streams import first_fragment, stream_is_lossy
-from compacs.codecs.table import Codec
+from compacs.codecs.table import BY_SYNTAX, Codec, CodecUnavailable
 from compacs.dicom.byteorder import to_little_endian
 from compacs.dicom.part10 import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     file_header,
 )
+from compacs.dicom.syntaxes import name_of
 
 
 class VerificationFailed(RuntimeError):
@@ -82,10 +83,14 @@ def _verify(
     options: dict[str, Any],
 ) -> None:
     """Lossless: bit-exact. JPEG-LS near-lossless: no sample off by more than NEAR.
+    First the stream itself must be one the row's syntax allows (:meth:`Codec.stream_refusal`).
 
     The stream is read as other decoders read it (:meth:`Codec.verification_decode`), so
     the values a reader gets, interpreted by Pixel Representation and Bits Stored, must
     equal the source values (PS3.5 8.2.3 for JPEG-LS)."""
+    refusal = codec.stream_refusal(encoded, info)
+    if refusal is not None:
+        raise VerificationFailed(f"{codec.name}: frame {n + 1}: {refusal}")
     decoded = codec.verification_decode(encoded, info)
     if decoded.shape != frame.shape:
         raise VerificationFailed(f"{codec.name}: frame {n + 1} decodes to {decoded.shape}")
@@ -174,16 +179,10 @@ def _write(
     codec: Codec,
     before_write: Callable[[Dataset, float], None] | None = None,
 ) -> Transcoded:
-    ds.PixelData = encapsulate(fragments, has_bot=len(fragments) > 1)
-    elem = ds["PixelData"]
-    elem.VR = "OB"
-    elem.is_undefined_length = True
+    _encapsulated(ds, fragments, codec.transfer_syntax)
     ds.PhotometricInterpretation = codec.output_photometric(info, fragments[0])
     if info.samples_per_pixel == 3:
         ds.PlanarConfiguration = 0  # PS3.5 8.2: colour-by-pixel in compressed streams
-    ds.file_meta.TransferSyntaxUID = codec.transfer_syntax
-    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     if before_write is not None:
         before_write(ds, info.frame_bytes * info.frames / sum(len(f) for f in fragments))
     out = BytesIO()
@@ -257,7 +256,10 @@ class SourceLayout:
 
 def transcode(data: bytes, codec: Codec, options: dict[str, Any] | None = None) -> Transcoded:
     """The Part 10 file ``data`` with its pixel data encoded by ``codec`` (verified);
-    ``data`` is parsed once."""
+    ``data`` is parsed once. A codec that recompresses bitstreams takes them as they are
+    (:func:`recompress`)."""
+    if codec.recompress is not None:
+        return recompress(data, codec)
     ds = read_dataset(data)
     source = SourceLayout.of(ds)
     to_little_endian(ds)
@@ -268,6 +270,66 @@ def transcode(data: bytes, codec: Codec, options: dict[str, Any] | None = None) 
     return Transcoded(
         spliced, codec.transfer_syntax, codec, len(fragments), info.frame_bytes * info.frames
     )
+
+
+def recompress(data: bytes, codec: Codec) -> Transcoded:
+    """The Part 10 file ``data`` with each frame's bitstream recompressed by ``codec``
+    (JPEG XL JPEG Recompression, PS3.5 8.2.15), verified per frame: the bitstream
+    :attr:`Codec.restore` gives back must be the received one, byte for byte, or
+    VerificationFailed. Nothing else changes: the pixels are still the JPEG's, so
+    Photometric Interpretation and the lossy attributes (PS3.3 C.7.6.1.1.5) stay as
+    received. CodecUnavailable for another syntax or a stream the codec refuses."""
+    assert codec.recompress is not None and codec.restore is not None
+    ds = read_dataset(data)
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    if syntax != codec.recompresses:
+        raise CodecUnavailable(
+            f"{codec.name} recompresses {name_of(codec.recompresses)} bitstreams, "
+            f"not {name_of(syntax)}"
+        )
+    info = PixelInfo.of(ds)
+    check_pixel_data(ds, info)
+    fragments = []
+    for n, received in enumerate(generate_frames(ds.PixelData, number_of_frames=info.frames)):
+        recompressed = codec.recompress(received)
+        if codec.restore(recompressed) != received:
+            raise VerificationFailed(
+                f"{codec.name}: frame {n + 1} does not restore to the received bitstream"
+            )
+        fragments.append(recompressed)
+    if len(fragments) != info.frames:
+        raise VerificationFailed(
+            f"{len(fragments)} frames in the Pixel Data, {info.frames} expected"
+        )
+    _encapsulated(ds, fragments, codec.transfer_syntax)
+    out = BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    return Transcoded(
+        out.getvalue(), codec.transfer_syntax, codec, info.frames, info.frame_bytes * info.frames
+    )
+
+
+def restore(ds: Dataset, codec: Codec) -> Dataset:
+    """``ds``, stored by ``codec``'s :func:`recompress`, with the received bitstreams
+    back in their own syntax (:attr:`Codec.recompresses`), each frame byte-identical to
+    what was received; changed in place."""
+    assert codec.restore is not None
+    info = PixelInfo.of(ds)
+    frames = generate_frames(ds.PixelData, number_of_frames=info.frames)
+    _encapsulated(ds, [codec.restore(f) for f in frames], codec.recompresses)
+    return ds
+
+
+def _encapsulated(ds: Dataset, fragments: list[bytes], syntax: str) -> None:
+    """``ds`` with ``fragments`` as its encapsulated Pixel Data (PS3.5 A.4: one fragment a
+    frame, a Basic Offset Table when there are several) in transfer syntax ``syntax``."""
+    ds.PixelData = encapsulate(fragments, has_bot=len(fragments) > 1)
+    elem = ds["PixelData"]
+    elem.VR = "OB"
+    elem.is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
 
 
 NATIVE_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
@@ -322,6 +384,10 @@ def decompress(ds: Dataset) -> Dataset:
     if "PixelData" not in ds:  # nothing encapsulated (PS3.5 A.4): only the label changes
         ds.file_meta.TransferSyntaxUID = NATIVE_SYNTAXES[0]
         return ds
+    recompressed = BY_SYNTAX.get(syntax)
+    if recompressed is not None and recompressed.restore is not None:
+        restore(ds, recompressed)  # decoded as the received bitstreams are, nothing else
+        syntax = recompressed.recompresses
     info = PixelInfo.of(ds)
     encapsulated = ds.PixelData
     frames, photometric = native_colour(stored_frames(ds, info), info, syntax)

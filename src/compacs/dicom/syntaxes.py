@@ -47,8 +47,14 @@ TRANSFER_SYNTAXES: tuple[TransferSyntax, ...] = (
     TransferSyntax("1.2.840.10008.1.2.4.202", "HTJ2K Lossless RPCL", True, True),
     TransferSyntax("1.2.840.10008.1.2.4.203", "HTJ2K", True, False, "ISO_15444_15"),
     TransferSyntax("1.2.840.10008.1.2.4.110", "JPEG XL Lossless", True, True, experimental=True),
+    # PS3.5 8.2.15: the JPEG's bits kept, so its image stays lossy (ISO_10918_1)
     TransferSyntax(
-        "1.2.840.10008.1.2.4.111", "JPEG XL JPEG Recompression", True, True, experimental=True
+        "1.2.840.10008.1.2.4.111",
+        "JPEG XL JPEG Recompression",
+        True,
+        False,
+        "ISO_10918_1",
+        experimental=True,
     ),
     TransferSyntax(
         "1.2.840.10008.1.2.4.112", "JPEG XL", True, False, "ISO_18181_1", experimental=True

@@ -20,6 +20,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from compacs.codecs.convert import convert
+from compacs.codecs.table import restorable
 from compacs.config import Peer
 from compacs.dicom.status import Status, describe, done
 from compacs.net.commitment import WELL_KNOWN_INSTANCE
@@ -34,12 +35,14 @@ Report = Callable[[Dataset, int], None]
 
 
 def preference(item: dict[str, Any]) -> list[str]:
-    """The item's syntaxes with ``stored`` replaced by its stored syntax, once each."""
+    """The item's syntaxes with ``stored`` replaced by its stored syntax and the one it
+    restores without decoding (:func:`compacs.codecs.table.restorable`), once each."""
     out: list[str] = []
+    kept = item["transfer_syntax_stored"]
     for uid in item["syntaxes"]:
-        uid = item["transfer_syntax_stored"] if uid == STORED else uid
-        if uid not in out:
-            out.append(uid)
+        for each in (kept, *restorable(kept)) if uid == STORED else (uid,):
+            if each not in out:
+                out.append(each)
     return out
 
 

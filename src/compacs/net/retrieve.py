@@ -33,7 +33,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from compacs.codecs.table import CODECS
+from compacs.codecs.table import CODECS, restorable
 from compacs.codecs.transcode import NATIVE_SYNTAXES
 from compacs.codecs.work import Decoded, to_peer_syntax
 from compacs.config import Peer
@@ -65,7 +65,9 @@ class NotAcceptable(ValueError):
 
 def proposal(instances: list[InstanceFacts]) -> list[PresentationContext]:
     """Contexts to propose to a C-MOVE destination (PS3.4 C.4.2.3.1): per SOP class, each
-    stored syntax, then Explicit and Implicit VR Little Endian, each on a context of its
+    stored syntax and the syntax it restores without decoding (:func:`restorable`: the
+    received JPEG baseline of a JPEG XL recompression), then Explicit and Implicit VR
+    Little Endian, each on a context of its
     own. An acceptor chooses one syntax per context in its own order (PS3.8 9.3.3.2), and
     many prefer Implicit VR, which loses the VRs of private attributes: offered apart,
     each is accepted on its own and :func:`target_syntax` sends the stored syntax, else
@@ -74,8 +76,10 @@ def proposal(instances: list[InstanceFacts]) -> list[PresentationContext]:
     stored: dict[str, list[str]] = {}
     for inst in instances:
         syntaxes = stored.setdefault(inst["sop_class_uid"], [])
-        if inst["transfer_syntax_stored"] not in syntaxes + list(NATIVE_SYNTAXES):
-            syntaxes.append(inst["transfer_syntax_stored"])
+        kept = inst["transfer_syntax_stored"]
+        for uid in (kept, *restorable(kept)):
+            if uid not in syntaxes + list(NATIVE_SYNTAXES):
+                syntaxes.append(uid)
     return [
         build_context(sop_class, [syntax])
         for sop_class, syntaxes in stored.items()
@@ -96,10 +100,11 @@ def choose_syntax(preference: list[str], accepted: set[str]) -> str | None:
 
 
 def target_syntax(stored: str, accepted: set[str]) -> str:
-    """What to send a stored object in: as stored, else native, else re-encoded
-    losslessly (compressed to compressed, verified), whichever the peer accepted first."""
-    lossless = [c.transfer_syntax for c in CODECS if c.lossless]
-    target = choose_syntax([stored, *NATIVE_SYNTAXES, *lossless], accepted)
+    """What to send a stored object in: as stored, else as received where that needs no
+    decoding (:func:`restorable`), else native, else re-encoded losslessly (compressed to
+    compressed, verified), whichever the peer accepted first."""
+    lossless = [c.transfer_syntax for c in CODECS if c.lossless and c.recompresses in ("", stored)]
+    target = choose_syntax([stored, *restorable(stored), *NATIVE_SYNTAXES, *lossless], accepted)
     if target is None:
         raise NotAcceptable(f"the peer accepted none of {stored} or a syntax compacs can produce")
     return target

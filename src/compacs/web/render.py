@@ -19,6 +19,7 @@ from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder, it
 from compacs.codecs.geometry import ImplausiblePixelData, check_pixel_data
 from compacs.codecs.pixels import PixelInfo, clean
 from compacs.codecs.table import BY_SYNTAX
+from compacs.codecs.transcode import restore
 
 
 class RenderError(ValueError):
@@ -51,6 +52,10 @@ def decode_frame(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
         raise RenderError(f"no image to show: {exc}") from None
     syntax = str(ds.file_meta.TransferSyntaxUID)
     codec = BY_SYNTAX.get(syntax)
+    if codec is not None and codec.restore is not None:  # shown as its received JPEG is
+        restore(ds, codec)
+        syntax = codec.recompresses
+        codec = BY_SYNTAX.get(syntax)
     if codec is not None and not _pydicom_decodes(syntax):
         fragments = generate_frames(ds.PixelData, number_of_frames=info.frames)
         encoded = next(islice(fragments, index, None))
