@@ -367,3 +367,25 @@ def test_archive_jobs_wait_for_ingest_jobs_and_arriving_stores(tmp_path):
         assert [(f["sop_instance_uid"], f["job_tier"]) for f in claimed] == [(archived, "archive")]
     finally:
         index.close()
+
+
+def test_archive_tier_leaves_jpeg_baseline_input_as_the_ingest_tier_stored_it(tmp_path):
+    """A JPEG baseline object (stored bit for bit, or recompressed as .111 by the ingest
+    tier) is not decoded and re-encoded losslessly: the tier plans nothing, the file on
+    disk stays the same bytes."""
+    config = write_config(tmp_path / "i.toml", INGEST_THEN_ARCHIVE)
+    node = NodeProcess(tmp_path / "data", config=config).start()
+    jpeg = _file("SC_rgb_dcmtk_+eb+cr.dcm")
+    try:
+        assert send_files(node.port, [jpeg]) == [Status.SUCCESS]
+    finally:
+        node.stop()
+    before = {uid: e["path"].read_bytes() for uid, e in on_disk(node.data_dir).items()}
+    common = ("--config", str(config), "--data-dir", str(node.data_dir))
+    result = run_cli("compress", "--archive", *common)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 instance(s) to compress" in result.stdout
+    assert "lossy input" in result.stdout
+    after = {uid: e["path"].read_bytes() for uid, e in on_disk(node.data_dir).items()}
+    assert after == before
+    assert tiers(node.data_dir) == {jpeg.sop_instance_uid: "ingest"}
