@@ -296,8 +296,9 @@ def _downgrade_to_schema_3(path: Path) -> None:
         "(SELECT p.pk FROM patients p WHERE p.patient_id = s.patient_id), "
         f"{', '.join(f's.{c}' for c in study)} FROM src.studies s"
     )
-    for table in ("series", "instances", "jobs", "forwards"):
-        conn.execute(f"INSERT INTO {table} SELECT * FROM src.{table}")
+    for table in ("series", "instances", "jobs", "forwards"):  # schema 3's columns only
+        columns = ", ".join(row[1] for row in conn.execute(f"PRAGMA main.table_info({table})"))
+        conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM src.{table}")
     conn.execute("DETACH DATABASE src")
     conn.close()
     old.unlink()

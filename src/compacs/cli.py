@@ -93,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also retry instances that failed, were kept or skipped",
     )
+    compress.add_argument(
+        "--archive",
+        action="store_true",
+        help="apply the archive tier ([compression.archive]) now to everything stored, "
+        "whatever its age; with --dry-run: the gain per modality and codec",
+    )
+    compress.add_argument(
+        "--sample",
+        type=int,
+        default=5,
+        help="--archive --dry-run: instances encoded per modality and codec (0: all)",
+    )
 
     check = sub.add_parser(
         "check-config", help="validate the configuration (and TLS files, backend URLs)"
@@ -294,6 +306,8 @@ def cmd_compress(settings: Settings, args: argparse.Namespace) -> int:
                 workers=workers,
                 retry=args.retry,
                 dry_run=args.dry_run,
+                archive=args.archive,
+                sample=args.sample,
             )
     finally:
         if encoder is not None:
@@ -340,13 +354,15 @@ def cmd_stats(settings: Settings, as_json: bool) -> int:
             )
     for title, key, label in (
         ("by modality", "by_modality", lambda k, v: k),
-        ("by stored transfer syntax", "by_transfer_syntax", lambda k, v: f"{v['name']} ({k})"),
+        ("by codec (stored transfer syntax)", "by_transfer_syntax", lambda k, v: v["name"]),
+        ("by tier", "by_tier", lambda k, v: k),
     ):
         print(f"\n{title}:")
+        print(f"  {'':<40} {'instances':>8}  {'received':>10}    {'stored':>10}  {'saved':>10}")
         for k, v in stats[key].items():
             print(
-                f"  {label(k, v):<52} {v['instances']:>8}  {_size(v['bytes_received']):>10} -> "
-                f"{_size(v['bytes_stored']):>10}  x{v['ratio']:.2f}"
+                f"  {label(k, v):<40} {v['instances']:>8}  {_size(v['bytes_received']):>10} -> "
+                f"{_size(v['bytes_stored']):>10}  {_size(v['bytes_saved']):>10}  x{v['ratio']:.2f}"
             )
     return 0
 
@@ -424,7 +440,7 @@ def _workers() -> int:
 def _size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
+        if abs(size) < 1024 or unit == "TiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"

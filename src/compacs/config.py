@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from compacs.codecs.table import codec_for
 from compacs.index.base import Duplicates
 from compacs.routing import Routing, forward_everything, parse_route
-from compacs.rules import DEFAULT_POLICY, Policy, RuleError, parse_rule
+from compacs.rules import DEFAULT_POLICY, ArchiveTier, Policy, RuleError, parse_idle, parse_rule
 from compacs.security import OPERATIONS, AccessControl, AccessRule
 
 AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 6.2: AE, no backslash
@@ -440,8 +441,65 @@ _POLICY_KEYS: dict[str, tuple[tuple[type, ...], Check, str]] = {
 
 
 def _policy(body: Any, source: str) -> Policy:
+    archive = None
+    if isinstance(body, dict) and "archive" in body:
+        body = dict(body)
+        archive = _archive(body.pop("archive"), source)
     values = _section_with_rules(body, source, "compression", _POLICY_KEYS, parse_rule)
+    if archive is not None:
+        values["archive"] = archive
     return replace(DEFAULT_POLICY, **values)
+
+
+_ARCHIVE_KEYS: dict[str, tuple[tuple[type, ...], Check, str]] = {
+    "after_days": ((int,), lambda v: v >= 0, "days >= 0 since the instance was stored"),
+    "idle": ((str,), lambda v: _parses(parse_idle, v), "'HH:MM-HH:MM' (local time)"),
+    "candidates": (
+        (list,),
+        lambda v: bool(v) and all(isinstance(n, str) and _lossless_codec(n) for n in v),
+        "a non-empty list of lossless codec names (e.g. jpeg-ls, jpeg-xl, jpeg-2000)",
+    ),
+    "effort": ((int,), lambda v: 1 <= v <= 9, "JPEG XL effort 1..9"),
+}
+
+
+def _parses(parse: Callable[[str], Any], value: str) -> bool:
+    try:
+        parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _lossless_codec(name: str) -> bool:
+    try:
+        return codec_for(name).lossless
+    except KeyError:
+        return False
+
+
+def _archive(body: Any, source: str) -> ArchiveTier:
+    """``[compression.archive]`` (issue 16); errors name the key, as ``_policy``'s do."""
+    if not isinstance(body, dict):
+        raise ConfigError(f"{source}: [compression.archive] must be a table")
+    tier = ArchiveTier()
+    for key, value in body.items():
+        if key not in _ARCHIVE_KEYS:
+            raise ConfigError(
+                f"{source}: [compression.archive] unknown key {key!r} "
+                f"(known: {', '.join(_ARCHIVE_KEYS)})"
+            )
+        types, check, expected = _ARCHIVE_KEYS[key]
+        if not isinstance(value, types) or isinstance(value, bool) or not check(value):
+            raise ConfigError(
+                f"{source}: [compression.archive] {key} = {value!r}: expected {expected}"
+            )
+        if key == "idle":
+            value = parse_idle(value)
+        elif key == "candidates":
+            value = tuple(codec_for(n) for n in value)
+        tier = replace(tier, **{key: value})
+    return tier
 
 
 def _section_with_rules(

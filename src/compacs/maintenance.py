@@ -1,4 +1,5 @@
-"""``compacs compress``: apply the current policy to what is already stored."""
+"""``compacs compress``: apply the current policy (or, with ``--archive``, the archive
+tier) to what is already stored."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from compacs import console
 from compacs.codecs.streams import JPEG_LS_SYNTAXES, first_fragment, jls_misread_reason
 from compacs.codecs.table import CODECS
 from compacs.index import Index, InstanceFacts
+from compacs.index.schema import ARCHIVE_TIER
 from compacs.jobs.compress import (
     COMPRESSED,
     DERIVED,
@@ -29,12 +31,13 @@ from compacs.rules import Policy
 from compacs.storage import BlobStore
 
 REPAIR = "jpeg-ls (repair)"
+ARCHIVE = "archive tier"
 
 
 class Candidate(NamedTuple):
     facts: InstanceFacts
     target: str
-    """A codec name, "smallest", or :data:`REPAIR`."""
+    """A codec name, "smallest", :data:`REPAIR` or :data:`ARCHIVE`."""
     reason: str = ""
 
 
@@ -58,6 +61,8 @@ def why_not_planned(facts: InstanceFacts, policy: Policy, retry: bool) -> str | 
     reconsidered only by ``--retry``, which encodes it with the other candidates and keeps
     the smallest (the stored object counts as one of them; see Compressor)."""
     state = facts.get("compression")
+    if facts.get("tier") == ARCHIVE_TIER:  # the ingest rules would undo the tier's choice
+        return "in the archive tier (compress --archive --retry reconsiders it)"
     if state == DERIVED:
         return "lossy derivative made, original kept on purpose"
     if state in (FAILED, SKIPPED, KEPT) and not retry:
@@ -93,6 +98,109 @@ def candidates(index: Index, policy: Policy, retry: bool, store: BlobStore | Non
         else:
             plan.not_planned[reason] += 1
     return plan
+
+
+def why_not_archived(facts: InstanceFacts, policy: Policy, retry: bool) -> str | None:
+    """Why ``compacs compress --archive`` leaves this instance as it is, or None to plan
+    it: any age; an instance the tier already ran on only with ``--retry``."""
+    if facts.get("tier") == ARCHIVE_TIER and not retry:
+        return "already in the archive tier (--retry tries again)"
+    verdict = policy.archive_verdict(facts)
+    return verdict if isinstance(verdict, str) else None
+
+
+def archive_candidates(index: Index, policy: Policy, retry: bool) -> Plan:
+    """Every stored instance the archive tier would re-encode, whatever its age."""
+    plan = Plan()
+    for facts in index.instances():
+        reason = why_not_archived(facts, policy, retry)
+        if reason is None:
+            plan.planned.append(Candidate(facts, ARCHIVE))
+        else:
+            plan.not_planned[reason] += 1
+    return plan
+
+
+@dataclass
+class Gain:
+    """Bytes of a group of planned instances, and of a sample of them encoded."""
+
+    instances: int = 0
+    stored: int = 0
+    sampled: int = 0
+    sample_before: int = 0
+    sample_after: int = 0
+
+    @property
+    def estimated_after(self) -> int:
+        """The group's stored bytes scaled by the sample's ratio (exact when every
+        instance was sampled)."""
+        if not self.sample_before:
+            return self.stored
+        return round(self.stored * self.sample_after / self.sample_before)
+
+
+def _sample(items: list[Candidate], size: int) -> list[Candidate]:
+    """``size`` items spread evenly over ``items`` (all of them with size 0)."""
+    if size <= 0 or len(items) <= size:
+        return items
+    step = len(items) / size
+    return [items[int(i * step)] for i in range(size)]
+
+
+def estimate_archive(
+    compressor: Compressor, plan: list[Candidate], sample: int, out: TextIO
+) -> dict[tuple[str, str], Gain]:
+    """``--archive --dry-run``: per modality and stored codec, encode (verified, nothing
+    written) ``sample`` instances spread over the group (0: all) with the archive tier's
+    candidates and scale the group's bytes by their ratio. Prints the table and which
+    codec won how often."""
+    groups: dict[tuple[str, str], list[Candidate]] = {}
+    for c in plan:
+        key = (c.facts.get("modality") or "(none)", _codec_name(c.facts["transfer_syntax_stored"]))
+        groups.setdefault(key, []).append(c)
+    gains: dict[tuple[str, str], Gain] = {}
+    winners: Counter = Counter()
+    for key, items in sorted(groups.items()):
+        gain = gains[key] = Gain(len(items), sum(int(c.facts["bytes_stored"]) for c in items))
+        for c in _sample(items, sample):
+            result = compressor.trial(c.facts)
+            gain.sampled += 1
+            gain.sample_before += result.bytes_before
+            gain.sample_after += result.bytes_after
+            winners[
+                _codec_name(result.transfer_syntax or "")
+                if result.state == COMPRESSED
+                else "stored stays smallest"
+            ] += 1
+    how = "every instance encoded" if sample <= 0 else f"estimated from up to {sample} per group"
+    print(f"archive tier would gain ({how}, verified, nothing written):", file=out)
+    total_before = total_after = 0
+    for (modality, codec), g in gains.items():
+        after = g.estimated_after
+        total_before += g.stored
+        total_after += after
+        print(
+            f"  {modality:<6} {codec:<28} {g.instances:>6} inst  sampled {g.sampled:>4}  "
+            f"{g.stored / 2**20:9.2f} MiB -> {after / 2**20:9.2f} MiB  "
+            f"saves {(g.stored - after) / 2**20:8.2f} MiB ({_percent(g.stored, after)})",
+            file=out,
+        )
+    print(
+        f"  total {total_before / 2**20:.2f} MiB -> {total_after / 2**20:.2f} MiB "
+        f"({_percent(total_before, total_after)})",
+        file=out,
+    )
+    if winners:
+        print(
+            "  smallest in the sample: " + ", ".join(f"{k} {v}" for k, v in winners.most_common()),
+            file=out,
+        )
+    return gains
+
+
+def _percent(before: int, after: int) -> str:
+    return f"{100 * (after - before) / before:+.1f}%" if before else "+0.0%"
 
 
 def misread_reason(facts: InstanceFacts, store: BlobStore) -> str | None:
@@ -153,6 +261,8 @@ class Summary:
 def _run(compressor: Compressor, candidate: Candidate, retry: bool) -> Result:
     if candidate.target == REPAIR:
         return compressor.reencode(candidate.facts, candidate.reason)
+    if candidate.target == ARCHIVE:
+        return compressor.process(candidate.facts, tier=ARCHIVE_TIER)
     return compressor.process(candidate.facts, reconsider=retry)
 
 
@@ -164,9 +274,17 @@ def compress_stored(
     workers: int,
     retry: bool,
     dry_run: bool,
+    archive: bool = False,
+    sample: int = 5,
     out: TextIO = sys.stdout,
 ) -> Summary:
-    found = candidates(index, policy, retry, compressor.store)
+    """Apply the policy to what is stored; ``archive``: the archive tier to everything,
+    whatever its age (``--dry-run`` then estimates the gain from ``sample`` instances per
+    modality and stored codec, :func:`estimate_archive`)."""
+    if archive:
+        found = archive_candidates(index, policy, retry)
+    else:
+        found = candidates(index, policy, retry, compressor.store)
     plan = found.planned
     summary = Summary(planned=len(plan))
     by_target = Counter(c.target for c in plan)
@@ -184,6 +302,8 @@ def compress_stored(
             print(f"  {c.target} {c.facts['sop_instance_uid']}: {c.reason}", file=out)
     for reason, count in found.not_planned.most_common():
         print(f"  not planned: {count} {reason}", file=out)
+    if dry_run and archive and plan:
+        estimate_archive(compressor, plan, sample, out)
     if dry_run or not plan:
         return summary
     progress = Progress(len(plan))

@@ -19,6 +19,7 @@ from compacs.activity import Activity
 from compacs.config import Settings
 from compacs.index import open_index
 from compacs.ingest import Ingest
+from compacs.jobs.archive import ArchivePass
 from compacs.jobs.compress import Compressor
 from compacs.jobs.forward import Forwarder
 from compacs.jobs.pool import Encoder, InProcess, WorkerProcesses
@@ -98,6 +99,7 @@ class Node:
             node=self.node_id,
             receiving=lambda: self.ingest.receiving(),
         )
+        self.archive = ArchivePass(self.index, policy.archive, queued=self.workers.wake)
         routing = settings.routing
         self.forwarder = Forwarder(
             self.index,
@@ -254,6 +256,9 @@ class Node:
         )
         self.encoder.start()
         self.workers.start()
+        policy = self.settings.policy
+        if policy.when != "off" and policy.workers:  # archive jobs need the workers
+            self.archive.start()
         self.forwarder.start()
         if self.metrics is not None:
             self.metrics.start()
@@ -294,6 +299,7 @@ class Node:
                 assoc.abort()
             for assoc in active:
                 assoc.join(5)
+        self.archive.stop(timeout)
         self.workers.stop(timeout)
         self.encoder.close(timeout)
         self.forwarder.stop(timeout)

@@ -91,6 +91,58 @@ class Rule:
         return matches(self.match, facts)
 
 
+ARCHIVE_CANDIDATES = ("jpeg-ls", "jpeg-xl", "jpeg-2000")
+ARCHIVE_EFFORT = 7
+"""JPEG XL lossless effort of the archive tier (libjxl 1..9; the ingest default is 3)."""
+
+
+@dataclass(frozen=True)
+class ArchiveTier:
+    """The archive tier (issue 16): instances stored by the ingest tier for ``after_days``
+    are re-encoded with the smallest verified lossless encoding of ``candidates`` (PS3.5
+    8.2: each a lossless transfer syntax), during the ``idle`` local-time window."""
+
+    after_days: int | None = None
+    """Age since the instance was stored; None: no automatic tier (``compacs compress
+    --archive`` still applies it)."""
+    idle: tuple[int, int] | None = None
+    """Local-time window as minutes after midnight (start, end); may wrap past midnight.
+    None: any time."""
+    candidates: tuple[Codec, ...] = tuple(codec_for(n) for n in ARCHIVE_CANDIDATES)
+    effort: int = ARCHIVE_EFFORT
+
+    def decision(self) -> Decision:
+        """``smallest`` over the candidates, lossless, JPEG XL at ``effort``."""
+        return Decision(self.candidates, {"effort": self.effort}, False, True, 0)
+
+    def in_window(self, minute: int) -> bool:
+        """Whether ``minute`` (local minutes after midnight) is inside the idle window."""
+        if self.idle is None:
+            return True
+        start, end = self.idle
+        if start <= end:
+            return start <= minute < end
+        return minute >= start or minute < end  # e.g. 22:00-06:00
+
+
+def parse_idle(text: str) -> tuple[int, int]:
+    """``"HH:MM-HH:MM"`` as minutes after midnight; ValueError when it is not that."""
+    parts = text.split("-")
+    if len(parts) != 2:
+        raise ValueError(text)
+    minutes = []
+    for part in parts:
+        hh, sep, mm = part.strip().partition(":")
+        if not sep or not (hh.isdigit() and mm.isdigit() and len(mm) == 2):
+            raise ValueError(text)
+        if not (0 <= int(hh) <= 23 and 0 <= int(mm) <= 59):
+            raise ValueError(text)
+        minutes.append(int(hh) * 60 + int(mm))
+    if minutes[0] == minutes[1]:
+        raise ValueError(text)
+    return minutes[0], minutes[1]
+
+
 @dataclass(frozen=True)
 class Policy:
     rules: tuple[Rule, ...]
@@ -102,6 +154,24 @@ class Policy:
     recompress_jpeg: bool = True
     """JPEG baseline input is recompressed as JPEG XL JPEG Recompression (PS3.5 8.2.15),
     every bit of the received JPEG kept, unless a matching rule says ``keep``."""
+    archive: ArchiveTier = field(default_factory=ArchiveTier)
+
+    def archive_verdict(self, facts: Mapping[str, Any]) -> Decision | str:
+        """What the archive tier does with an instance, or why it keeps it: whatever the
+        rules keep as it is (no pixels, a keep rule) stays; so does lossy input (its
+        JPEG bitstream, kept or recompressed bit for bit, is what was received: decoding
+        it to re-encode the pixels losslessly would only grow it, PS3.3 C.7.6.1.1.5) and
+        what a lossy rule made (only lossless candidates here); the rest gets the tier's
+        ``smallest``. :meth:`verdict` itself is unchanged."""
+        verdict = self.verdict(facts)
+        if isinstance(verdict, str):
+            return verdict
+        received = BY_UID.get(str(facts.get("transfer_syntax_received")))
+        if received is not None and not received.lossless:
+            return "lossy input: the archive tier keeps it"
+        if verdict.lossy:
+            return "lossy rule: not for the archive tier"
+        return self.archive.decision()
 
     def decide(self, facts: Mapping[str, Any]) -> Decision | None:
         """What to do with an instance, or None to keep it as it is."""

@@ -134,17 +134,32 @@ class Index(Protocol):
     def stats(self) -> dict[str, Any]:
         """Counts and bytes: the document behind ``compacs stats --json``."""
 
-    def claim_jobs(self, worker: str, limit: int, now: float) -> list[InstanceFacts]:
-        """Take up to ``limit`` due compression jobs for ``worker`` (none is taken twice)."""
+    def claim_jobs(
+        self, worker: str, limit: int, now: float, archive: bool = False
+    ) -> list[InstanceFacts]:
+        """Take up to ``limit`` due compression jobs for ``worker`` (none is taken twice);
+        archive-tier jobs only with ``archive`` and no ingest-tier job pending. Each
+        instance's facts carry ``job_tier``."""
+
+    def queue_archive(self, stored_before: str, limit: int, now: float) -> int:
+        """Queue archive-tier jobs for up to ``limit`` ingest-tier instances stored before
+        ``stored_before`` (ISO UTC) without a job; return how many."""
 
     def claim_instance(self, sop_instance_uid: str, worker: str) -> InstanceFacts | None:
         """Take the job of one instance (compression at ingest)."""
 
     def finish_job(
-        self, pk: int, old_key: str, change: ObjectChange | None, state: str, note: str | None
+        self,
+        pk: int,
+        old_key: str,
+        change: ObjectChange | None,
+        state: str,
+        note: str | None,
+        tier: str | None = None,
     ) -> bool:
         """Record the outcome and drop the job; with ``change``, switch the instance to the
-        new object if it still references ``old_key`` (False when it no longer does)."""
+        new object if it still references ``old_key`` (False when it no longer does);
+        with ``tier``, record the tier the instance is now stored by."""
 
     def delete_instance(self, pk: int) -> str | None:
         """Remove the instance's row and job; return the key of the object to delete."""
@@ -202,6 +217,10 @@ class Index(Protocol):
     # -- the admin's window (compacs.web) -------------------------------------------------
     def sizes(self, level: str, uid: str) -> dict[str, Any]:
         """Instances, bytes received/stored, ratio and stored syntaxes under ``uid``."""
+
+    def storage_groups(self) -> list[dict[str, Any]]:
+        """Instances and bytes received/stored/saved per (tier, stored transfer syntax,
+        modality): what stats and the dashboard group by codec, modality and tier."""
 
     def received_per_day(self) -> list[dict[str, Any]]:
         """Per UTC day of receipt: instances, bytes received and stored, ratio."""

@@ -17,6 +17,10 @@ from typing import Any
 
 from compacs.dicom.attributes import IMAGE, INDEXED, INTEGER_VRS, PATIENT, SERIES, STUDY
 
+INGEST_TIER, ARCHIVE_TIER = "ingest", "archive"
+"""Compression tiers (``instances.tier``, ``jobs.tier``): the ingest tier's fast policy,
+and the archive tier's strongest verified encoding of older instances (issue 16)."""
+
 TABLES = {PATIENT: "patients", STUDY: "studies", SERIES: "series", IMAGE: "instances"}
 PARENT = {STUDY: PATIENT, SERIES: STUDY, IMAGE: SERIES}
 PARENT_FK = {STUDY: "patient_fk", SERIES: "study_fk", IMAGE: "series_fk"}
@@ -232,7 +236,15 @@ def migrations(dialect: Dialect) -> dict[int, list[str]]:
             "  index_id TEXT NOT NULL\n"
             ")",
         ],
+        # 6: the compression tier an instance is stored by (issue 16): "ingest" as
+        # received or compressed at ingest, "archive" once the archive tier re-encoded or
+        # kept it; jobs say which tier queued them
+        6: [
+            f"ALTER TABLE instances ADD COLUMN tier TEXT NOT NULL DEFAULT '{INGEST_TIER}'",
+            f"ALTER TABLE jobs ADD COLUMN tier TEXT NOT NULL DEFAULT '{INGEST_TIER}'",
+            "CREATE INDEX ix_instances_tier ON instances (tier, stored_at)",
+        ],
     }
 
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6

@@ -7,7 +7,7 @@ stored and how a C-STORE becomes rows lives here, once.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,8 @@ from compacs.index.base import (
 from compacs.index.compression_state import CHANGED, note_kind_sql, reason_of
 from compacs.index.forward_sql import ForwardStatements
 from compacs.index.schema import (
+    ARCHIVE_TIER,
+    INGEST_TIER,
     INSTANCE_STORAGE_COLUMNS,
     PARENT_FK,
     STUDY_PATIENT_COLUMNS,
@@ -238,7 +240,8 @@ class SqlStatements(ForwardStatements):
             return AddResult(
                 added=False, obsolete_key=None if old_key == inst.storage_key else inst.storage_key
             )
-        values.update(compression=None)  # a new object: its compression starts afresh
+        # a new object: its compression starts afresh, in the ingest tier
+        values.update(compression=None, tier=INGEST_TIER)
         assignments = ", ".join(f"{c} = ?" for c in values)
         cur.execute(
             self._q(f"UPDATE instances SET {assignments} WHERE pk = ?"),
@@ -373,7 +376,7 @@ class SqlStatements(ForwardStatements):
         "SELECT i.pk, i.sop_instance_uid, i.sop_class_uid, i.storage_key, "
         "i.transfer_syntax_received, i.transfer_syntax_stored, i.bytes_stored, i.calling_ae, "
         "i.called_ae, i.photometric_interpretation, i.bits_stored, i.bits_allocated, "
-        "i.pixel_representation, i.compression, "
+        "i.pixel_representation, i.compression, i.compression_note, i.tier, i.stored_at, "
         "se.modality, se.series_uid, st.study_uid "
         "FROM instances i JOIN series se ON se.pk = i.series_fk "
         "JOIN studies st ON st.pk = se.study_fk"
@@ -384,16 +387,39 @@ class SqlStatements(ForwardStatements):
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
-    def claim_jobs(self, cur: Any, worker: str, limit: int, now: float) -> list[InstanceFacts]:
+    def claim_jobs(
+        self, cur: Any, worker: str, limit: int, now: float, archive: bool = False
+    ) -> list[InstanceFacts]:
+        """Claim up to ``limit`` due jobs: the ingest tier's first; the archive tier's only
+        when ``archive`` (the caller sees no C-STORE arriving) and no ingest job is
+        pending, claimed or not, so that the archive tier never delays ingest (issue 16).
+        Each instance's facts carry ``job_tier``, the tier that queued it."""
+        tiers = self._claim(cur, worker, limit, now, INGEST_TIER)
+        if (
+            not tiers
+            and archive
+            and not self._one(cur, "SELECT 1 FROM jobs WHERE tier = ? LIMIT 1", (INGEST_TIER,))
+        ):
+            tiers = self._claim(cur, worker, limit, now, ARCHIVE_TIER)
+        if not tiers:
+            return []
+        marks = ", ".join("?" for _ in tiers)
+        facts = self._facts(cur, f"WHERE i.pk IN ({marks})", list(tiers))
+        for row in facts:
+            row["job_tier"] = tiers[row["pk"]]
+        return facts
+
+    def _claim(self, cur: Any, worker: str, limit: int, now: float, tier: str) -> dict[int, str]:
+        """Claim due jobs of one tier: instance pk -> tier."""
         cur.execute(
             self._q(
                 "SELECT instance_fk FROM jobs WHERE (claimed_by IS NULL OR claimed_at < ?) "
-                f"AND not_before <= ? ORDER BY not_before LIMIT ?{self.skip_locked}"
+                f"AND not_before <= ? AND tier = ? ORDER BY not_before LIMIT ?{self.skip_locked}"
             ),
-            (now - CLAIM_LEASE, now, limit),
+            (now - CLAIM_LEASE, now, tier, limit),
         )
         pks = [row[0] for row in cur.fetchall()]
-        claimed = []
+        claimed = {}
         for pk in pks:
             cur.execute(
                 self._q(
@@ -403,11 +429,22 @@ class SqlStatements(ForwardStatements):
                 (worker, now, pk, now - CLAIM_LEASE),
             )
             if cur.rowcount == 1:
-                claimed.append(pk)
-        if not claimed:
-            return []
-        marks = ", ".join("?" for _ in claimed)
-        return self._facts(cur, f"WHERE i.pk IN ({marks})", claimed)
+                claimed[pk] = tier
+        return claimed
+
+    def queue_archive(self, cur: Any, stored_before: str, limit: int, now: float) -> int:
+        """Queue archive-tier jobs for up to ``limit`` instances of the ingest tier stored
+        before ``stored_before`` (ISO UTC) that have no job yet, oldest first."""
+        cur.execute(
+            self._q(
+                "INSERT INTO jobs (instance_fk, not_before, tier) "
+                "SELECT i.pk, ?, ? FROM instances i WHERE i.tier = ? AND i.stored_at < ? "
+                "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_fk = i.pk) "
+                "ORDER BY i.stored_at LIMIT ?"
+            ),
+            (now, ARCHIVE_TIER, INGEST_TIER, stored_before, limit),
+        )
+        return cur.rowcount
 
     def claim_instance(self, cur: Any, sop_instance_uid: str, worker: str) -> InstanceFacts | None:
         facts = self._facts(cur, "WHERE i.sop_instance_uid = ?", (sop_instance_uid,))
@@ -430,22 +467,26 @@ class SqlStatements(ForwardStatements):
         change: ObjectChange | None,
         state: str,
         note: str | None,
+        tier: str | None = None,
     ) -> bool:
+        """Record a job's outcome; ``tier`` (when given) is the tier the instance is now
+        stored by (:data:`ARCHIVE_TIER` once the archive tier ran on it)."""
         cur.execute(self._q("DELETE FROM jobs WHERE instance_fk = ?"), (pk,))
         if change is None:  # an outcome for the object processed, not for a newer one
             cur.execute(
                 self._q(
-                    "UPDATE instances SET compression = ?, compression_note = ? "
-                    "WHERE pk = ? AND storage_key = ?"
+                    "UPDATE instances SET compression = ?, compression_note = ?, "
+                    "tier = COALESCE(?, tier) WHERE pk = ? AND storage_key = ?"
                 ),
-                (state, note, pk, old_key),
+                (state, note, tier, pk, old_key),
             )
             return True
         cur.execute(
             self._q(
                 "UPDATE instances SET storage_key = ?, transfer_syntax_stored = ?, "
                 "bytes_stored = ?, sha256 = ?, stored_at = ?, compression = ?, "
-                "compression_note = ? WHERE pk = ? AND storage_key = ?"
+                "compression_note = ?, tier = COALESCE(?, tier) "
+                "WHERE pk = ? AND storage_key = ?"
             ),
             (
                 change.storage_key,
@@ -455,6 +496,7 @@ class SqlStatements(ForwardStatements):
                 utc_now(),
                 state,
                 note,
+                tier,
                 pk,
                 old_key,
             ),
@@ -552,19 +594,12 @@ class SqlStatements(ForwardStatements):
             "FROM instances",
             (),
         )
-        cur.execute(
-            "SELECT COALESCE(se.modality, ''), COUNT(*), SUM(i.bytes_received), "
-            "SUM(i.bytes_stored) FROM instances i JOIN series se ON se.pk = i.series_fk "
-            "GROUP BY COALESCE(se.modality, '') ORDER BY 1"
-        )
-        by_modality = {m or "(none)": _bytes_entry(n, r, s) for m, n, r, s in cur.fetchall()}
-        cur.execute(
-            "SELECT transfer_syntax_stored, COUNT(*), SUM(bytes_received), SUM(bytes_stored) "
-            "FROM instances GROUP BY transfer_syntax_stored ORDER BY 1"
-        )
-        by_syntax = {
-            uid: {"name": name_of(uid), **_bytes_entry(n, r, s)} for uid, n, r, s in cur.fetchall()
-        }
+        groups = self.storage_groups(cur)
+        by_modality = _grouped(groups, lambda g: g["modality"] or "(none)")
+        by_syntax = _grouped(groups, lambda g: g["transfer_syntax"])
+        for uid, entry in by_syntax.items():
+            by_syntax[uid] = {"name": name_of(uid), **entry}
+        by_tier = _grouped(groups, lambda g: g["tier"])
         pending = self._one(cur, "SELECT COUNT(*) FROM jobs", ())[0]
         cur.execute("SELECT COALESCE(compression, 'untouched'), COUNT(*) FROM instances GROUP BY 1")
         compression = {state: int(n) for state, n in cur.fetchall()}
@@ -579,9 +614,26 @@ class SqlStatements(ForwardStatements):
             "untouched_by_reason": untouched,
             "by_modality": by_modality,
             "by_transfer_syntax": by_syntax,
+            "by_tier": by_tier,
+            "groups": groups,
             "forwarding": self.forward_counts(cur),
             "forwarding_problems": self.forward_problems(cur),
         }
+
+    def storage_groups(self, cur: Any) -> list[dict[str, Any]]:
+        """Instances and bytes received, stored and saved per (tier, stored transfer
+        syntax, modality): the rows ``compacs stats`` and the dashboard group by codec,
+        modality and tier (issue 16)."""
+        cur.execute(
+            "SELECT i.tier, i.transfer_syntax_stored, COALESCE(se.modality, ''), COUNT(*), "
+            "SUM(i.bytes_received), SUM(i.bytes_stored) "
+            "FROM instances i JOIN series se ON se.pk = i.series_fk "
+            "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        )
+        return [
+            {"tier": tier, "transfer_syntax": ts, "modality": modality, **_bytes_entry(n, r, s)}
+            for tier, ts, modality, n, r, s in cur.fetchall()
+        ]
 
     def _untouched_by_reason(self, cur: Any) -> dict[str, int]:
         """Instances stored as received and not waiting for compression, counted by reason
@@ -661,5 +713,19 @@ def _bytes_entry(n: int, received: int, stored: int) -> dict[str, Any]:
         "instances": int(n),
         "bytes_received": int(received),
         "bytes_stored": int(stored),
+        "bytes_saved": int(received) - int(stored),
         "ratio": _ratio(received, stored),
     }
+
+
+def _grouped(
+    groups: list[dict[str, Any]], key: Callable[[dict[str, Any]], str]
+) -> dict[str, dict[str, Any]]:
+    """:meth:`SqlStatements.storage_groups` rows summed by ``key``, sorted by key."""
+    sums: dict[str, list[int]] = {}
+    for g in groups:
+        total = sums.setdefault(key(g), [0, 0, 0])
+        total[0] += g["instances"]
+        total[1] += g["bytes_received"]
+        total[2] += g["bytes_stored"]
+    return {k: _bytes_entry(*sums[k]) for k in sorted(sums)}

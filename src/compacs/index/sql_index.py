@@ -67,9 +67,19 @@ class SqlIndex:
         except self._errors as exc:
             raise IndexUnavailable(f"index commit failed: {exc}") from exc
 
-    def claim_jobs(self, worker: str, limit: int, now: float) -> list[InstanceFacts]:
+    def claim_jobs(
+        self, worker: str, limit: int, now: float, archive: bool = False
+    ) -> list[InstanceFacts]:
         # a lost claim is a job claimed again: no sync of its own
-        return self._write(lambda cur: self._sql.claim_jobs(cur, worker, limit, now), durable=False)
+        return self._write(
+            lambda cur: self._sql.claim_jobs(cur, worker, limit, now, archive), durable=False
+        )
+
+    def queue_archive(self, stored_before: str, limit: int, now: float) -> int:
+        # lost in a power failure: the next pass queues them again
+        return self._write(
+            lambda cur: self._sql.queue_archive(cur, stored_before, limit, now), durable=False
+        )
 
     def claim_instance(self, sop_instance_uid: str, worker: str) -> InstanceFacts | None:
         return self._write(
@@ -77,12 +87,18 @@ class SqlIndex:
         )
 
     def finish_job(
-        self, pk: int, old_key: str, change: ObjectChange | None, state: str, note: str | None
+        self,
+        pk: int,
+        old_key: str,
+        change: ObjectChange | None,
+        state: str,
+        note: str | None,
+        tier: str | None = None,
     ) -> bool:
         """Durable when the instance switches objects (the old one is deleted next); an
         outcome without a change is lazy: lost in a power failure, the job runs again."""
         return self._write(
-            lambda cur: self._sql.finish_job(cur, pk, old_key, change, state, note),
+            lambda cur: self._sql.finish_job(cur, pk, old_key, change, state, note, tier),
             durable=change is not None,
         )
 
@@ -165,6 +181,9 @@ class SqlIndex:
 
     def sizes(self, level: str, uid: str) -> dict[str, Any]:
         return self._read(lambda cur: self._sql.sizes(cur, level, uid))
+
+    def storage_groups(self) -> list[dict[str, Any]]:
+        return self._read(self._sql.storage_groups)
 
     def received_per_day(self) -> list[dict[str, Any]]:
         return self._read(self._sql.received_per_day)

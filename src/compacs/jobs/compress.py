@@ -30,6 +30,7 @@ from compacs.index import (
     ObjectChange,
 )
 from compacs.index.compression_state import COMPRESSED, DERIVED, FAILED, KEPT, SKIPPED
+from compacs.index.schema import ARCHIVE_TIER, INGEST_TIER
 from compacs.index.sql import utc_now
 from compacs.ingest import storage_key
 from compacs.jobs.pool import Encoder, InProcess, PoolClosed, replay
@@ -109,7 +110,11 @@ class Compressor:
         self.encoder: Encoder = encoder if encoder is not None else InProcess()
 
     def process(
-        self, facts: InstanceFacts, reconsider: bool = False, written: JustWritten | None = None
+        self,
+        facts: InstanceFacts,
+        reconsider: bool = False,
+        written: JustWritten | None = None,
+        tier: str = INGEST_TIER,
     ) -> Result:
         """Compress the instance described by ``facts`` (a claimed job or a candidate).
 
@@ -117,8 +122,12 @@ class Compressor:
         candidates of ``smallest`` is encoded with the others, and replaced only by a
         smaller encoding. ``written``: the object's bytes still in memory (policy
         ``when = "ingest"``), used if the instance still references them, instead of a
-        second read of what was just written."""
+        second read of what was just written. ``tier`` :data:`ARCHIVE_TIER`: the archive
+        tier's ``smallest`` instead of the rules (:meth:`Policy.archive_verdict`), the
+        stored object counted as one of its candidates, and the tier recorded."""
         start = time.perf_counter()
+        if tier == ARCHIVE_TIER:
+            facts = {**facts, "job_tier": ARCHIVE_TIER}
         result = self._guarded(facts, lambda: self._process(facts, reconsider, written))
         metrics.CODEC_SECONDS.inc(time.perf_counter() - start)
         metrics.CODEC_RUNS.inc(result=result.state, syntax=result.transfer_syntax or "")
@@ -144,8 +153,16 @@ class Compressor:
         return result
 
     def _finish(self, facts: InstanceFacts, change: ObjectChange | None, result: Result) -> bool:
+        state, note, tier = result.state, result.note, None
+        if facts.get("job_tier") == ARCHIVE_TIER:
+            tier = ARCHIVE_TIER  # the tier ran, whatever it found: not queued again
+            if change is None and facts.get("compression") is not None:
+                # the ingest tier's outcome stands when the archive tier changed nothing
+                state, note = facts["compression"], facts.get("compression_note")
+                if result.state == FAILED:
+                    log.warning("archive tier kept %s: %s", facts["sop_instance_uid"], result.note)
         finished = self.index.finish_job(
-            facts["pk"], facts["storage_key"], change, result.state, result.note
+            facts["pk"], facts["storage_key"], change, state, note, tier
         )
         if change is None:  # the stored object stays: final now (a spool uploads it)
             self.store.settle(facts["storage_key"])
@@ -196,24 +213,55 @@ class Compressor:
     def _process(
         self, facts: InstanceFacts, reconsider: bool = False, written: JustWritten | None = None
     ) -> Result:
-        before = int(facts["bytes_stored"])
-        decision = self.policy.verdict(facts)
-        if isinstance(decision, str):  # the policy keeps it as received, and says why
-            result = Result(SKIPPED, decision, before, before)
-            self._finish(facts, None, result)
-            return result
-        stored = facts["transfer_syntax_stored"]
-        in_target = stored in decision.targets
-        if in_target and not (reconsider and len(decision.codecs) > 1):
-            result = Result(KEPT, "already in a target syntax", before, before)
-            self._finish(facts, None, result)
-            return result
-        if in_target:  # smallest, reconsidered: the stored object is one of the candidates
-            others = tuple(c for c in decision.codecs if c.transfer_syntax != stored)
-            decision = replace(decision, codecs=others)
+        planned = self.plan(facts, reconsider)
+        if isinstance(planned, Result):
+            self._finish(facts, None, planned)
+            return planned
+        decision, in_target = planned
         source = self._source(facts, written)
         with self._encode(source, decision.codecs, decision.options, decision.lossy) as encoding:
             return self._outcome(facts, encoding, decision, in_target)
+
+    def plan(self, facts: InstanceFacts, reconsider: bool) -> Result | tuple[Decision, bool]:
+        """What to encode the instance with, and whether its stored syntax is one of the
+        targets (then only smaller counts); or the result without encoding. The archive
+        tier (``job_tier``) always reconsiders: its ``smallest`` counts the stored object
+        as a candidate."""
+        before = int(facts["bytes_stored"])
+        archive = facts.get("job_tier") == ARCHIVE_TIER
+        decision = (self.policy.archive_verdict if archive else self.policy.verdict)(facts)
+        if isinstance(decision, str):  # the policy keeps it as received, and says why
+            return Result(SKIPPED, decision, before, before)
+        reconsider = reconsider or archive
+        stored = facts["transfer_syntax_stored"]
+        in_target = stored in decision.targets
+        if in_target and not (reconsider and len(decision.codecs) > 1):
+            return Result(KEPT, "already in a target syntax", before, before)
+        if in_target:  # smallest, reconsidered: the stored object is one of the candidates
+            others = tuple(c for c in decision.codecs if c.transfer_syntax != stored)
+            decision = replace(decision, codecs=others)
+        return decision, in_target
+
+    def trial(self, facts: InstanceFacts) -> Result:
+        """What the archive tier would make of the instance, encoded and verified but not
+        written (``compacs compress --archive --dry-run``): the size of the smallest
+        candidate, or the stored size when nothing is smaller."""
+        facts = {**facts, "job_tier": ARCHIVE_TIER}
+        planned = self.plan(facts, reconsider=True)
+        if isinstance(planned, Result):
+            return planned
+        decision, _ = planned
+        before = int(facts["bytes_stored"])
+        source = self._source(facts, None)
+        with self._encode(source, decision.codecs, decision.options, False) as encoding:
+            if encoding.outcome is not Outcome.ENCODED:
+                return Result(SKIPPED, encoding.note, before, before)
+            if encoding.size >= before:
+                note = f"{encoding.codec} gave {encoding.size} bytes, not smaller"
+                return Result(KEPT, note, before, before, facts["transfer_syntax_stored"])
+            return Result(
+                COMPRESSED, encoding.codec, before, encoding.size, encoding.transfer_syntax
+            )
 
     def _outcome(
         self, facts: InstanceFacts, encoding: Encoding, decision: Decision, in_target: bool

@@ -9,7 +9,10 @@ Receiving comes first: while C-STOREs arrive (``receiving()``), only the first t
 works, so that the node's receiving threads keep a core and the codecs get the other
 (issue 15: with every worker process busy beside a sender, the default policy
 acknowledged at 0.53x Orthanc's rate, compression off at 0.65x); the others join in once
-the senders pause.
+the senders pause. Archive-tier jobs (:mod:`compacs.jobs.archive`) are claimed only while
+no C-STORE arrives and no ingest-tier job is pending (the index checks that), so that the
+archive tier never delays ingest; their encoding runs in the same worker processes
+(nice 10), which retrieve's decoding shares.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from compacs.index import Index, InstanceFacts
+from compacs.index.schema import INGEST_TIER
 from compacs.jobs.compress import Compressor, settle_intents
 from compacs.jobs.pool import PoolClosed
 
@@ -88,7 +92,8 @@ class CompressionWorkers:
                 self._stop.wait(RECEIVING_CHECK)  # the first thread goes on meanwhile
                 continue
             try:
-                jobs = self.index.claim_jobs(worker, 1, time.time())
+                # archive-tier jobs only while no C-STORE arrives (issue 16)
+                jobs = self.index.claim_jobs(worker, 1, time.time(), not self.receiving())
             except Exception:
                 log.exception("could not claim compression jobs")
                 jobs = []
@@ -111,7 +116,7 @@ class CompressionWorkers:
         while jobs and not self._stop.is_set():
             facts = jobs[0]
             try:
-                self.compressor.process(facts)
+                self.compressor.process(facts, tier=facts.get("job_tier", INGEST_TIER))
             except PoolClosed:
                 raise
             except Exception as exc:

@@ -139,7 +139,8 @@ def dashboard(stats: dict[str, Any]) -> str:
     body = (
         f'<h1>Dashboard</h1><div class="cards">{card_html}</div>'
         f'<h2>Savings</h2><div class="charts">{charts}</div>'
-        "<h2>Recent associations</h2>"
+        + _savings_table(stats)
+        + "<h2>Recent associations</h2>"
         + (
             _table(
                 ["started", "calling AE", "address", "operations", "failures", "status"],
@@ -177,6 +178,36 @@ SEARCH_FIELDS = (
     ("ModalitiesInStudy", "Modality", "CT"),
     ("StudyDescription", "Description", "*CHEST*"),
 )
+
+
+SAVINGS_GROUPS = (
+    ("codec", "by_transfer_syntax", lambda key, e: e["name"]),
+    ("modality", "by_modality", lambda key, e: key),
+    ("tier", "by_tier", lambda key, e: key),
+)
+"""The dashboard's savings rows: stats key and label per grouping (issue 16)."""
+
+
+def _savings_table(stats: dict[str, Any]) -> str:
+    """Bytes received, stored and saved per codec (stored transfer syntax), modality and
+    tier: the rows of ``index.storage_groups()`` summed in ``stats()``."""
+    rows = [
+        [
+            _v(group),
+            _v(label(key, e)),
+            _v(e["instances"]),
+            _v(size(e["bytes_received"])),
+            _v(size(e["bytes_stored"])),
+            _v(size(e["bytes_saved"])),
+            _v(f"x{e['ratio']:.2f}"),
+        ]
+        for group, stats_key, label in SAVINGS_GROUPS
+        for key, e in stats.get(stats_key, {}).items()
+    ]
+    headers = ["per", "", "instances", "received", "stored", "saved", "ratio"]
+    return "<h2>Bytes per codec, modality and tier</h2>" + (
+        _table(headers, rows, "savings") if rows else '<p class="empty">nothing stored</p>'
+    )
 
 
 def studies(page: dict[str, Any], params: list[tuple[str, str]]) -> str:
