@@ -11,7 +11,8 @@ from pathlib import Path
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, build_role, evt
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from compacs.net.reactor_guard import keep_responses
 from tests.dicomfiles import DicomFile
@@ -111,3 +112,58 @@ def dataset_bytes(ds: Dataset, *, implicit: bool = False, little: bool = True) -
     fp.is_little_endian, fp.is_implicit_VR = little, implicit
     write_dataset(fp, ds)
     return fp.getvalue()
+
+
+def c_get(
+    port: int,
+    study_uids: Iterable[str],
+    contexts: Iterable[tuple[str, Sequence[str]]],
+    *,
+    aet: str = "COMPACS",
+    calling: str = "GETSCU",
+    timeout: float = 60,
+) -> list[Dataset]:
+    """C-GET (Study Root, PS3.4 C.4.3) of each study by a peer that takes the storage
+    sub-operations on ``contexts`` ((SOP class, transfer syntaxes), one presentation
+    context each, SCP role): the data sets it received, each with its File Meta. Every
+    C-GET must end in Success."""
+    got: list[Dataset] = []
+
+    def on_store(event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        got.append(ds)
+        return 0x0000
+
+    contexts = list(contexts)
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for sop_class, syntaxes in contexts:
+        ae.add_requested_context(sop_class, list(syntaxes))
+    roles = [build_role(c, scp_role=True) for c in dict.fromkeys(c for c, _ in contexts)]
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title=aet, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert assoc.is_established
+    try:
+        for study_uid in study_uids:
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel = "STUDY"
+            identifier.StudyInstanceUID = study_uid
+            responses = assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
+            statuses = [int(status.Status) for status, _ in responses]
+            assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
+    finally:
+        assoc.release()
+    return got
+
+
+def saved(datasets: Iterable[Dataset], folder: Path) -> list[Path]:
+    """``datasets`` written to ``folder`` as Part 10 files named by SOP Instance UID."""
+    paths = []
+    for ds in datasets:
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

@@ -18,20 +18,19 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
+from compacs.config import ConfigError, load
 from compacs.dicom.status import Status
 from compacs.dicom.syntaxes import name_of
 from compacs.index import open_index
 from compacs.synthetic import ct_series
 from tests.conftest import NodeProcess, require_dcmtk, run_cli, write_config
 from tests.dicomfiles import DicomFile, by_name
-from tests.scu import send_datasets, send_files
+from tests.scu import c_get, saved, send_datasets, send_files
 
-FILES = ["CT_small.dcm", "MR_small.dcm", "RG3_UNCR.dcm", "US1_UNCR.dcm"]
-SERIES = 40
+FILES = ["CT_small.dcm", "MR_small.dcm", "6154", "US1_UNCR.dcm"]  # 6154: a small CR
+SERIES = 8
+SIZE = 256  # the series is for behaviour; bench/storage_corpus.py measures the gain
 JPEG_LS = "1.2.840.10008.1.2.4.80"
 J2K = "1.2.840.10008.1.2.4.90"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -48,7 +47,7 @@ def _file(name: str) -> DicomFile:
 def originals() -> dict[str, np.ndarray]:
     """SOP Instance UID -> the original pixels, decoded by pydicom from what was sent."""
     pixels = {_file(n).sop_instance_uid: pydicom.dcmread(by_name(n)).pixel_array for n in FILES}
-    for ds in ct_series(SERIES, seed=16):
+    for ds in ct_series(SERIES, SIZE, SIZE, seed=16):
         pixels[str(ds.SOPInstanceUID)] = ds.pixel_array
     return pixels
 
@@ -76,41 +75,11 @@ def tiers(data_dir: Path) -> dict[str, str]:
 def c_get_all(node: NodeProcess, study_uids: set[str], sop_classes: set[str], folder: Path):
     """C-GET each study by a peer accepting JPEG-LS Lossless, JPEG 2000 Lossless and
     Explicit VR Little Endian: the stored streams it knows, the node's decoding of others."""
-    got: list[Path] = []
-
-    def on_store(event):
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        path = folder / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        got.append(path)
-        return 0x0000
-
-    ae = AE(ae_title="ARCHGET")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    for sop_class in sorted(sop_classes):
-        ae.add_requested_context(sop_class, [JPEG_LS, J2K, EXPLICIT])
-    roles = [build_role(c, scp_role=True) for c in sorted(sop_classes)]
-    assoc = ae.associate(
-        "127.0.0.1",
-        node.port,
-        ae_title=node.aet,
-        ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    contexts = [(sop_class, [JPEG_LS, J2K, EXPLICIT]) for sop_class in sorted(sop_classes)]
+    got = c_get(
+        node.port, sorted(study_uids), contexts, aet=node.aet, calling="ARCHGET", timeout=120
     )
-    assert assoc.is_established
-    try:
-        for study_uid in sorted(study_uids):
-            identifier = Dataset()
-            identifier.QueryRetrieveLevel = "STUDY"
-            identifier.StudyInstanceUID = study_uid
-            responses = assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
-            statuses = [s.Status for s, _ in responses]
-            assert statuses[-1] == Status.SUCCESS
-    finally:
-        assoc.release()
-    return got
+    return saved(got, folder)
 
 
 def dcmdjpls_pixels(path: Path, folder: Path) -> np.ndarray:
@@ -122,7 +91,7 @@ def dcmdjpls_pixels(path: Path, folder: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def archived(tmp_path_factory):
-    """A node storing the files and the 40-slice series as JPEG-LS at ingest, then
+    """A node storing the files and an 8-slice series as JPEG-LS at ingest, then
     `compacs compress --archive --dry-run` and `compacs compress --archive` (node
     stopped meanwhile), then the node serving again. Yields what was seen at each step."""
     require_dcmtk()
@@ -134,7 +103,7 @@ def archived(tmp_path_factory):
     try:
         files = [_file(n) for n in FILES]
         assert send_files(node.port, files) == [Status.SUCCESS] * len(files)
-        series = list(ct_series(SERIES, seed=16))
+        series = list(ct_series(SERIES, SIZE, SIZE, seed=16))
         assert send_datasets(node.port, series) == [Status.SUCCESS] * SERIES
         node.stop()
         before = {"disk": on_disk(node.data_dir), "stats": node.stats()}
@@ -269,19 +238,20 @@ def test_config_errors_name_the_key(tmp_path):
         "effort = 12": "effort",
         "colour = 1": "colour",
     }
-    for line, key in cases.items():
+    for line, key in cases.items():  # the loader check-config and serve use, in process
         config = write_config(tmp_path / "bad.toml", f"[compression.archive]\n{line}\n")
-        result = run_cli("check-config", "--config", str(config))
-        assert result.returncode != 0, line
-        assert f"[compression.archive] {key}" in result.stderr or (
-            f"[compression.archive] unknown key '{key}'" in result.stderr
-        ), (line, result.stderr)
+        with pytest.raises(ConfigError) as raised:
+            load(config)
+        message = str(raised.value)
+        assert f"[compression.archive] {key}" in message or (
+            f"[compression.archive] unknown key '{key}'" in message
+        ), (line, message)
     good = write_config(
         tmp_path / "good.toml",
         '[compression.archive]\nafter_days = 30\nidle = "22:00-06:00"\n'
         'candidates = ["jpeg-ls", "jpeg-xl"]\neffort = 9\n',
     )
-    result = run_cli("check-config", "--config", str(good))
+    result = run_cli("check-config", "--config", str(good))  # and the command says so
     assert result.returncode == 0, result.stderr
 
 

@@ -19,11 +19,8 @@ import imagecodecs
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.multival import MultiValue
-from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from compacs.codecs.decode import source_frames
 from compacs.codecs.lossy import derive
@@ -36,7 +33,7 @@ from compacs.rules import DEFAULT_POLICY, parse_rule
 from compacs.synthetic import ct_series
 from tests.conftest import NO_COMPRESSION, require_dcmtk, write_config
 from tests.dicomfiles import DicomFile, by_name
-from tests.scu import send_files
+from tests.scu import c_get, saved, send_files
 from tests.test_compression import archive, ingest_file, run_jobs  # noqa: F401 (fixture)
 
 SIGNED_CT = ["693_UNCI.dcm", "693_UNCR.dcm", "mlut_18.dcm", "J2K_pixelrep_mismatch.dcm"]
@@ -117,42 +114,8 @@ def test_stored_signed_jpeg_ls_reads_right_in_pydicom_and_dcmdjpls(jls_node, tmp
 def c_get_as_jpeg_ls(node, study_uid: str, sop_classes: set[str], folder: Path) -> list[Path]:
     """C-GET (Study Root) by a peer that accepts the storage sub-operations in JPEG-LS
     Lossless only: what it gets is the stored stream, written as Part 10 files."""
-    got: list[Path] = []
-
-    def on_store(event):
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        path = folder / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        got.append(path)
-        return 0x0000
-
-    ae = AE(ae_title="JLSGET")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    for sop_class in sorted(sop_classes):
-        ae.add_requested_context(sop_class, [JPEG_LS])
-    roles = [build_role(c, scp_role=True) for c in sorted(sop_classes)]
-    assoc = ae.associate(
-        "127.0.0.1",
-        node.port,
-        ae_title=node.aet,
-        ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
-    assert assoc.is_established
-    try:
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel = "STUDY"
-        identifier.StudyInstanceUID = study_uid
-        statuses = [
-            s.Status
-            for s, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
-        ]
-        assert statuses[-1] == Status.SUCCESS
-    finally:
-        assoc.release()
-    return got
+    contexts = [(sop_class, [JPEG_LS]) for sop_class in sorted(sop_classes)]
+    return saved(c_get(node.port, [study_uid], contexts, aet=node.aet, calling="JLSGET"), folder)
 
 
 def test_c_get_as_stored_gets_a_stream_every_reader_reads_right(jls_node, tmp_path):

@@ -24,8 +24,6 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from compacs.codecs.table import codec_for
 from compacs.codecs.transcode import VerificationFailed, transcode
@@ -34,7 +32,7 @@ from compacs.rules import parse_rule
 from compacs.synthetic import ct_series
 from tests.conftest import NodeProcess, write_config
 from tests.dicomfiles import by_name
-from tests.scu import send_datasets
+from tests.scu import c_get, send_datasets
 
 RPCL = "1.2.840.10008.1.2.4.202"
 # signed 16 (CT_small, MR_small), RGB (US1), signed Bits Stored 14 (693), 10 frames (emri)
@@ -142,41 +140,11 @@ def rpcl_node(tmp_path_factory):
         node.stop()
 
 
-def c_get(node, study_uid: str, sop_classes: set[str], syntaxes: list[str]) -> list[Dataset]:
+def c_get_rpcl(node, study_uid: str, sop_classes: set[str], syntaxes: list[str]) -> list[Dataset]:
     """C-GET (Study Root) of one study by a peer that offers each syntax in a context of
     its own for each storage SOP class: the node picks among them."""
-    got: list[Dataset] = []
-
-    def on_store(event):
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        got.append(ds)
-        return 0x0000
-
-    ae = AE(ae_title="RPCLGET")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    for sop_class in sorted(sop_classes):
-        for syntax in syntaxes:
-            ae.add_requested_context(sop_class, [syntax])
-    roles = [build_role(c, scp_role=True) for c in sorted(sop_classes)]
-    assoc = ae.associate(
-        "127.0.0.1",
-        node.port,
-        ae_title=node.aet,
-        ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
-    assert assoc.is_established
-    try:
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel = "STUDY"
-        identifier.StudyInstanceUID = study_uid
-        responses = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
-        assert responses[-1][0].Status == Status.SUCCESS
-    finally:
-        assoc.release()
-    return got
+    contexts = [(c, [syntax]) for c in sorted(sop_classes) for syntax in syntaxes]
+    return c_get(node.port, [study_uid], contexts, aet=node.aet, calling="RPCLGET")
 
 
 def frames(ds: Dataset) -> list[bytes]:
@@ -190,7 +158,7 @@ def test_rule_stores_rpcl_that_pydicom_decodes_bit_exact(rpcl_node, tmp_path):
     checked = set()
     for study in {str(ds.StudyInstanceUID) for ds in sent.values()}:
         classes = {str(ds.SOPClassUID) for ds in sent.values()}
-        for ds in c_get(node, study, classes, [RPCL, ExplicitVRLittleEndian]):
+        for ds in c_get_rpcl(node, study, classes, [RPCL, ExplicitVRLittleEndian]):
             uid = str(ds.SOPInstanceUID)
             assert ds.file_meta.TransferSyntaxUID == RPCL, uid
             original = sent[uid]
@@ -204,7 +172,7 @@ def test_rule_stores_rpcl_that_pydicom_decodes_bit_exact(rpcl_node, tmp_path):
 def test_retrieve_transcodes_to_rpcl_for_a_peer_that_takes_only_it(rpcl_node, tmp_path):
     node, _, jls = rpcl_node
     study = str(next(iter(jls.values())).StudyInstanceUID)
-    got = c_get(node, study, {str(ds.SOPClassUID) for ds in jls.values()}, [RPCL])
+    got = c_get_rpcl(node, study, {str(ds.SOPClassUID) for ds in jls.values()}, [RPCL])
     assert {str(ds.SOPInstanceUID) for ds in got} == set(jls)
     for ds in got:
         assert ds.file_meta.TransferSyntaxUID == RPCL

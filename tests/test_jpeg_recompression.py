@@ -13,7 +13,6 @@ the pixels compacs gets from the received JPEG.
 from __future__ import annotations
 
 import subprocess
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from compacs.codecs.work import Outcome, encode_best
 from compacs.dicom.status import Status
 from compacs.net.forward import preference
 from compacs.net.retrieve import target_syntax
-from tests.conftest import NodeProcess, dcmtk_env, echo, free_port, require_dcmtk, write_config
+from tests.conftest import NodeProcess, require_dcmtk, write_config
 from tests.dicomfiles import DicomFile, by_name
 from tests.scu import send_files
 from tests.test_compression import stored_syntaxes, wait_for_pending_zero
@@ -62,7 +61,7 @@ def without_pixels(ds: pydicom.Dataset) -> dict[int, object]:
 def archive(tmp_path_factory):
     require_dcmtk()
     base = tmp_path_factory.mktemp("jpegxl")
-    jpeg = _storescp(base / "jpeg", "DEST_JPEG", "+xy")
+    jpeg = StoreSCP(base / "jpeg", "DEST_JPEG", accept_all=False, options=("+xy",))
     unc = StoreSCP(base / "unc", "DEST_UNC", accept_all=False)
     node = NodeProcess(
         base / "data",
@@ -89,25 +88,6 @@ def archive(tmp_path_factory):
         node.stop()
         jpeg.stop()
         unc.stop()
-
-
-def _storescp(folder: Path, aet: str, option: str) -> StoreSCP:
-    """DCMTK storescp started with ``option`` (``+xy``: JPEG baseline preferred)."""
-    scp = StoreSCP.__new__(StoreSCP)
-    scp.folder, scp.aet = folder, aet
-    scp.port = free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    scp.proc = subprocess.Popen(
-        ["storescp", "-aet", aet, "-od", str(folder), "-uf", option, str(scp.port)],
-        env=dcmtk_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while echo(scp.port, aet, timeout=2) != Status.SUCCESS:
-        assert time.monotonic() < deadline, "storescp did not start"
-        time.sleep(0.1)
-    return scp
 
 
 def stored_files(data_dir: Path) -> dict[str, pydicom.Dataset]:

@@ -46,12 +46,15 @@ CONFIG = '[compression]\nwhen = "ingest"\n' + "".join(
 class StoreSCP:
     """DCMTK storescp as a C-MOVE destination, writing what it receives to a folder."""
 
-    def __init__(self, folder: Path, aet: str, accept_all: bool) -> None:
+    def __init__(
+        self, folder: Path, aet: str, accept_all: bool, options: tuple[str, ...] = ()
+    ) -> None:
         require_dcmtk()
         self.folder, self.aet, self.port = folder, aet, free_port()
         folder.mkdir(parents=True, exist_ok=True)
         cmd = ["storescp", "-aet", aet, "-od", str(folder), "-uf"]  # -uf: name by SOP UID
         cmd += ["+xa"] if accept_all else []  # default: uncompressed syntaxes only
+        cmd += options  # e.g. +xy: JPEG baseline preferred
         self.proc = subprocess.Popen(
             [*cmd, str(self.port)],
             env=dcmtk_env(),
