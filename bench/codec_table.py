@@ -146,7 +146,7 @@ def main() -> int:
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--codecs", help="comma-separated codec names (default: every lossless)")
     args = parser.parse_args()
-    lossless = [c for c in CODECS if c.lossless and c.recompress is None]  # pixel codecs
+    lossless = [c for c in CODECS if c.lossless and c.encodes_pixels]
     if args.codecs:
         lossless = [codec_for(n) for n in args.codecs.split(",")]
     sets = [

@@ -38,7 +38,7 @@ from tests.dicomfiles import by_name, storage_files
 from tests.procfs import children, cpu_seconds
 from tests.scu import send_datasets, send_files
 
-LOSSLESS = [c for c in CODECS if c.lossless and c.recompress is None]  # pixel codecs
+LOSSLESS = [c for c in CODECS if c.lossless and c.encodes_pixels]
 
 # Real files covering what the codecs must carry: CT (signed 16), MR (signed, 12 in 16),
 # CR (unsigned 12/16 bit, large), US RGB, multi-frame RGB, palette colour, YBR_FULL(_422),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import replace
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,14 @@ import pytest
 from pydicom.encaps import generate_frames
 from pydicom.pixels import iter_pixels
 
+from compacs.codecs.pixels import PixelInfo
 from compacs.codecs.table import codec_for
 from compacs.codecs.transcode import VerificationFailed, recompress
 from compacs.codecs.work import Outcome, encode_best
 from compacs.dicom.status import Status
 from compacs.net.forward import preference
 from compacs.net.retrieve import target_syntax
+from compacs.web.render import decode_frame, preview_png
 from tests.conftest import NodeProcess, require_dcmtk, write_config
 from tests.dicomfiles import DicomFile, by_name
 from tests.scu import send_files
@@ -198,3 +201,19 @@ def test_forwarding_and_retrieve_offer_the_received_jpeg_next_to_the_stored_synt
     assert target_syntax(RECOMPRESSED, {NATIVE}) == NATIVE
     # nothing else restores to JPEG baseline, and no other object is recompressed on the way
     assert target_syntax(jls, {RECOMPRESSED, NATIVE}) == NATIVE
+
+
+def test_a_frame_of_a_recompressed_cine_shows_as_its_received_jpeg():
+    """The web preview restores the one frame it shows (pydicom decodes it as a .50
+    frame) and leaves the stored object's data set as it was."""
+    data = by_name("examples_ybr_color.dcm").read_bytes()
+    encoded = encode_best(data, (codec_for("jpeg-xl-jpeg"),), {}, lossy=False)
+    stored = pydicom.dcmread(BytesIO(encoded.data))
+    pixel_data = stored.PixelData
+    for index in (0, 17, 29):
+        shown = decode_frame(stored, PixelInfo.of(stored), index)
+        received = next(iter_pixels(by_name("examples_ybr_color.dcm"), raw=True, indices=[index]))
+        assert np.array_equal(shown, received), index
+        assert preview_png(encoded.data, index) == preview_png(data, index)
+    assert stored.PixelData == pixel_data and stored.NumberOfFrames == 30
+    assert stored.file_meta.TransferSyntaxUID == RECOMPRESSED

@@ -74,7 +74,7 @@ def convert(data: bytes, target: str, lossy_options: dict[str, Any] | None = Non
     codec = BY_SYNTAX.get(target)
     if codec is None:
         raise NotConvertible(f"compacs cannot encode {target}")
-    if codec.recompress is not None:
+    if not codec.encodes_pixels:
         if stored != codec.recompresses:
             raise NotConvertible(f"{codec.name} recompresses {codec.recompresses} only")
         encoded = recompress(data, codec)

@@ -70,6 +70,11 @@ class Codec:
     """Why an encoded frame may not carry this row's transfer syntax (what the syntax asks
     of the stream beyond its pixels, e.g. HTJ2K Lossless RPCL's markers), or None."""
 
+    @property
+    def encodes_pixels(self) -> bool:
+        """Whether this codec encodes decoded pixels (False: it recompresses bitstreams)."""
+        return self.recompress is None
+
     def stream_refusal(self, data: bytes, info: PixelInfo) -> str | None:
         """Why ``data`` may not be stored under :attr:`transfer_syntax`, or None."""
         return None if self.stream_rule is None else self.stream_rule(data, info)

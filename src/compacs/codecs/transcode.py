@@ -258,7 +258,7 @@ def transcode(data: bytes, codec: Codec, options: dict[str, Any] | None = None) 
     """The Part 10 file ``data`` with its pixel data encoded by ``codec`` (verified);
     ``data`` is parsed once. A codec that recompresses bitstreams takes them as they are
     (:func:`recompress`)."""
-    if codec.recompress is not None:
+    if not codec.encodes_pixels:
         return recompress(data, codec)
     ds = read_dataset(data)
     source = SourceLayout.of(ds)

@@ -5,7 +5,8 @@ thumbnails and PNG encoding. Plain functions on arrays, testable without a node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from copy import deepcopy
+from dataclasses import dataclass, replace
 from io import BytesIO
 from itertools import islice
 
@@ -13,12 +14,12 @@ import imagecodecs
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder, iter_pixels
 
 from compacs.codecs.geometry import ImplausiblePixelData, check_pixel_data
 from compacs.codecs.pixels import PixelInfo, clean
-from compacs.codecs.table import BY_SYNTAX
+from compacs.codecs.table import BY_SYNTAX, Codec
 from compacs.codecs.transcode import restore
 
 
@@ -53,7 +54,7 @@ def decode_frame(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
     syntax = str(ds.file_meta.TransferSyntaxUID)
     codec = BY_SYNTAX.get(syntax)
     if codec is not None and codec.restore is not None:  # shown as its received JPEG is
-        restore(ds, codec)
+        ds, info, index = _restored_frame(ds, info, index, codec), replace(info, frames=1), 0
         syntax = codec.recompresses
         codec = BY_SYNTAX.get(syntax)
     if codec is not None and not _pydicom_decodes(syntax):
@@ -62,6 +63,22 @@ def decode_frame(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
         return clean(codec.decode(encoded, info), info)
     frame = next(iter_pixels(ds, raw=True, indices=[index]))
     return clean(np.ascontiguousarray(frame).astype(info.dtype, copy=False), info)
+
+
+def _restored_frame(ds: Dataset, info: PixelInfo, index: int, codec: Codec) -> Dataset:
+    """A one-frame copy of ``ds`` holding frame ``index``'s received bitstream, restored
+    by ``codec`` (JPEG XL JPEG Recompression, PS3.5 8.2.15), in the syntax it came in:
+    one frame restored, not all of a cine's."""
+    fragments = generate_frames(ds.PixelData, number_of_frames=info.frames)
+    # elements copied, not shared: restore() changes them in place (a Dataset iterates
+    # over elements, its keys() over tags)
+    tags = [tag for tag in ds.keys() if tag != 0x7FE00010]  # noqa: SIM118
+    one = Dataset({tag: deepcopy(ds.get_item(tag)) for tag in tags})
+    one.file_meta = deepcopy(ds.file_meta)
+    if "NumberOfFrames" in ds:
+        one.NumberOfFrames = 1
+    one.PixelData = encapsulate([next(islice(fragments, index, None))])
+    return restore(one, codec)
 
 
 def _first(value: object) -> float | None:
