@@ -323,6 +323,8 @@ def test_authentication_as_the_rest_api(archive):
     assert response.headers["WWW-Authenticate"].startswith("Basic realm=")
     assert response.headers["X-Content-Type-Options"] == "nosniff"  # global middleware kept
     assert raw.get("/dicom-web/studies", {"Authorization": "Bearer wrong"})[0] == 401
+    status, headers, _ = raw.get("/dicom-web/studies")  # the token: admitted
+    assert (status, headers["Content-Type"]) == (200, DICOM_JSON)
 
 
 # -- side by side with Orthanc's DICOMweb plugin ------------------------------------------
