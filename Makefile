@@ -28,6 +28,7 @@ serve: $(VENV)/.installed
 
 # Debian's dcmtk provides the independent DICOM clients the tests talk to the node with;
 # Debian's orthanc is the real downstream PACS of the gateway tests and a benchmark peer;
+# Debian's orthanc-dicomweb is its DICOMweb plugin, the QIDO-RS peer of test_dicomweb_qido;
 # Debian's postgresql provides the server the scale-out tests start in a temporary folder.
 # A temporary policy-rc.d keeps orthanc's and postgresql's packages from starting a system
 # service (the tests start their own instances on free 127.0.0.1 ports); it is removed
@@ -41,6 +42,7 @@ deps-system:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	[ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
+	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	[ -x /usr/lib/chromium/chromium ] || missing="$$missing chromium"; \
 	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \

@@ -63,6 +63,9 @@ from typing import Any
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 
 
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
 def find_orthanc() -> str:
     """Return the path of the Orthanc server binary, or raise ``FileNotFoundError``."""
     for candidate in (ORTHANC_BINARY, shutil.which("Orthanc")):
@@ -94,6 +97,7 @@ class OrthancPeer:
         http_port: int,
         ingest_transcoding: str | None = None,
         modalities: dict[str, tuple[str, str, int]] | None = None,
+        dicomweb: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
@@ -101,6 +105,7 @@ class OrthancPeer:
         self.http_port = http_port
         self.ingest_transcoding = ingest_transcoding
         self.modalities = dict(modalities or {})
+        self.dicomweb = dicomweb
         self.config_path = self.workdir / "orthanc.json"
         self.log_path = self.workdir / "orthanc.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -153,6 +158,9 @@ class OrthancPeer:
         }
         if self.ingest_transcoding:
             config["IngestTranscoding"] = self.ingest_transcoding
+        if self.dicomweb:  # Debian's orthanc-dicomweb, the DICOMweb peer (issue 17)
+            config["Plugins"] = [DICOMWEB_PLUGIN]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
         return config
 
     # -- process -----------------------------------------------------------------------

@@ -10,11 +10,9 @@ whose URL is not valid percent-encoded UTF-8 (RFC 3986 2.1, 2.5) is a 400, never
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qsl, unquote
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -29,11 +27,13 @@ from starlette.responses import Response as StarletteResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from compacs.web import pages
+from compacs.web import dicomweb, pages
 from compacs.web.api import App, Response, json_response
-from compacs.web.auth import REALM, Credentials
+from compacs.web.auth import CHALLENGE, Credentials
+from compacs.web.urls import BadUrl, decode_component, query_params
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -44,10 +44,8 @@ SECURITY_HEADERS = {
 }
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 METHODS = ["GET", "HEAD"]  # the API is read-only; anything else: 405 with Allow
-MAX_QUERY_FIELDS = 100
 MAX_HEAD_BYTES = 16 * 1024  # request line + headers; also h11's max incomplete event size
 MAX_TARGET_BYTES = 8 * 1024  # the path and query
-_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 @dataclass(frozen=True)
@@ -58,41 +56,11 @@ class Limits:
     worker_threads: int = 8
 
 
-class BadUrl(ValueError):
-    """A path or query that is not valid percent-encoded UTF-8."""
-
-
 def allowed_hosts(host: str, extra: Iterable[str]) -> list[str]:
     """The Host header values answered: loopback names, the listening host, and ``extra``."""
     listening = f"[{host.strip('[]')}]" if ":" in host else host
     names = [*LOOPBACK_NAMES, listening, *extra]
     return list(dict.fromkeys(name.lower() for name in names if name not in ("0.0.0.0", "[::]")))
-
-
-def decode_component(raw: bytes, what: str) -> str:
-    """``raw`` (ASCII from h11) percent-decoded as UTF-8; :class:`BadUrl` naming ``what``."""
-    text = raw.decode("ascii")
-    if _BAD_PERCENT.search(text):
-        raise BadUrl(f"the {what} has a '%' not followed by two hex digits (RFC 3986 2.1)")
-    try:
-        return unquote(text, errors="strict")
-    except UnicodeDecodeError:
-        raise BadUrl(f"the {what} is not UTF-8 once percent-decoded (RFC 3986 2.5)") from None
-
-
-def query_params(raw: bytes) -> list[tuple[str, str]]:
-    """``a=1&b=2`` as pairs, strictly decoded, at most :data:`MAX_QUERY_FIELDS` fields."""
-    text = raw.decode("ascii")
-    if _BAD_PERCENT.search(text):
-        raise BadUrl("the query has a '%' not followed by two hex digits (RFC 3986 2.1)")
-    try:
-        return parse_qsl(
-            text, keep_blank_values=True, errors="strict", max_num_fields=MAX_QUERY_FIELDS
-        )
-    except UnicodeDecodeError:
-        raise BadUrl("the query is not UTF-8 once percent-decoded (RFC 3986 2.5)") from None
-    except ValueError:
-        raise BadUrl(f"the query has more than {MAX_QUERY_FIELDS} fields") from None
 
 
 def _to_starlette(response: Response) -> StarletteResponse:
@@ -199,9 +167,10 @@ class BodyLimit:
 
 
 def _error_response(scope: Scope, exc: HTTPException, close: bool = False) -> StarletteResponse:
-    """A JSON error under /api/, an HTML page elsewhere (as :meth:`App._error`)."""
+    """A JSON error under /api/ and /dicom-web/, an HTML page elsewhere (as
+    :meth:`App._error`)."""
     path = scope.get("path", "")
-    if path.startswith("/api/"):
+    if path.startswith(("/api/", f"{dicomweb.ROOT}/")):
         response = _to_starlette(json_response({"error": exc.detail}, exc.status_code))
     else:
         body = pages.error(exc.status_code, str(exc.detail)).encode()
@@ -223,7 +192,7 @@ class Endpoint:
     async def serve(self, request: Request) -> StarletteResponse:
         if not self.credentials.admits(request.headers.get("authorization")):
             response = json_response({"error": "authentication required"}, 401)
-            response.headers["WWW-Authenticate"] = f'Basic realm="{REALM}", charset="UTF-8"'
+            response.headers["WWW-Authenticate"] = CHALLENGE
             return _to_starlette(response)
         raw_path = request.scope.get("raw_path") or b"/"
         try:
@@ -231,12 +200,14 @@ class Endpoint:
             params = query_params(request.scope.get("query_string", b""))
         except BadUrl as exc:
             raise HTTPException(400, str(exc)) from None
+        response = await self.run(self._handle, request.method, raw_path.decode("ascii"), params)
+        return _to_starlette(response)
+
+    async def run(self, handler: Callable[..., T], *args: Any) -> T:
+        """``handler(*args)`` in the bounded pool of handler threads (every route's)."""
         if self.limiter is None:
             self.limiter = anyio.CapacityLimiter(self.threads)
-        response = await anyio.to_thread.run_sync(
-            self._handle, request.method, raw_path.decode("ascii"), params, limiter=self.limiter
-        )
-        return _to_starlette(response)
+        return await anyio.to_thread.run_sync(handler, *args, limiter=self.limiter)
 
     def _handle(self, method: str, path: str, params: list[tuple[str, str]]) -> Response:
         try:
@@ -280,6 +251,9 @@ def asgi_app(
                 allow_headers=["Authorization"],
             )
         )
-    routes = [Route("/{path:path}", endpoint.serve, methods=METHODS)]
+    routes = [
+        dicomweb.mount(app, credentials, endpoint.run),  # before the catch-all
+        Route("/{path:path}", endpoint.serve, methods=METHODS),
+    ]
     handlers: dict[Any, Any] = {HTTPException: _http_exception}
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)

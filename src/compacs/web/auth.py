@@ -13,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 
 REALM = "compacs"
+CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'  # WWW-Authenticate of a 401
 
 
 def is_loopback(host: str) -> bool:

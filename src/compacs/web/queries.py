@@ -7,6 +7,9 @@ and answered by ``index.find``: wildcards, ranges, UID lists and case rules are 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+from datetime import date
 from itertools import islice
 from typing import Any
 
@@ -28,6 +31,8 @@ MAX_CHARS = {"AE": 16, "CS": 16, "DA": 8, "DT": 26, "IS": 12, "LO": 64, "PN": 3 
 MAX_CHARS |= {"SH": 16, "TM": 14, "UI": 64, "US": 5}
 RANGE_VRS = ("DA", "DT", "TM")
 MAX_VALUES = 256
+_DA = re.compile(r"[0-9]{8}")
+_TM = re.compile(r"([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(?:\.[0-9]{1,6})?)?)?")
 
 # Derived keys answered per level (PS3.4 C.6.1.1); ModalitiesInStudy may also be matched.
 DERIVED = {
@@ -67,10 +72,46 @@ def check_length(keyword: str, vr: str, value: str) -> None:
             )
 
 
+def _is_date(text: str) -> bool:
+    """A DA value, YYYYMMDD, that names a day of the calendar (PS3.5 6.2)."""
+    try:
+        return _DA.fullmatch(text) is not None and bool(date.fromisoformat(text))
+    except ValueError:
+        return False
+
+
+def _is_time(text: str) -> bool:
+    """A TM value, HH[MM[SS[.F{1,6}]]] (PS3.5 6.2; the colons of ACR-NEMA tolerated, as
+    :mod:`compacs.query` does), each part within its range (SS 60: a leap second)."""
+    found = _TM.fullmatch(text.replace(":", ""))
+    if found is None:
+        return False
+    hours, minutes, seconds = (int(part or 0) for part in found.groups())
+    return hours < 24 and minutes < 60 and seconds <= 60
+
+
+def check_format(keyword: str, vr: str, value: str) -> None:
+    """:class:`BadQuery` naming ``keyword`` when a DA or TM value is neither a date or
+    time of PS3.5 6.2 nor a range of them (PS3.4 C.2.2.2.5): ``2020-13-45`` is refused,
+    not matched as text. Universal (``*``, empty) and empty-value (``""``) matching pass."""
+    valid = {"DA": _is_date, "TM": _is_time}.get(vr)
+    if valid is None or value in ("", "*", '""'):
+        return
+    what = "a date YYYYMMDD" if vr == "DA" else "a time HHMMSS.FFFFFF"
+    for one in value.split("\\"):
+        bounds = one.split("-")
+        if len(bounds) > 2 or not any(bounds) or not all(valid(b) for b in bounds if b):
+            raise BadQuery(
+                f"{keyword}={value!r}: expected {what} or a range of them "
+                "(PS3.5 6.2, PS3.4 C.2.2.2.5)"
+            )
+
+
 def _raw(ds: Dataset, keyword: str, value: str) -> None:
     tag = tag_for_keyword(keyword)
     vr = dictionary_VR(keyword)
     check_length(keyword, vr, value)
+    check_format(keyword, vr, value)
     if vr == "US":
         try:
             number = int(value)
@@ -91,8 +132,10 @@ def _joined(given: list[str]) -> str:
     return "" if not joined.replace("\\", "") else joined
 
 
-def identifier(level: str, params: list[tuple[str, str]]) -> Dataset:
-    """The C-FIND identifier for a search at ``level`` (paging parameters left out)."""
+def identifier(level: str, params: list[tuple[str, str]], returns: Iterable[str] = ()) -> Dataset:
+    """The C-FIND identifier for a search at ``level`` (paging parameters left out); the
+    derived keys of the level, and those of ``returns`` (of the level or above, e.g. a
+    study's counts on a series search), are asked as return keys."""
     allowed = search_keys(level)
     values: dict[str, list[str]] = {}
     for key, value in params:
@@ -110,7 +153,7 @@ def identifier(level: str, params: list[tuple[str, str]]) -> Dataset:
     ds.QueryRetrieveLevel = level
     for key, given in values.items():
         _raw(ds, key, _joined(given))
-    for key in DERIVED[level]:
+    for key in dict.fromkeys([*DERIVED[level], *returns]):
         if key not in values:
             _raw(ds, key, "")
     return ds
@@ -135,13 +178,20 @@ def item(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def search(
-    index: Any, level: str, params: list[tuple[str, str]], pn_case_insensitive: bool = True
+    index: Any,
+    level: str,
+    params: list[tuple[str, str]],
+    pn_case_insensitive: bool = True,
+    returns: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """One page of matches: ``{"items", "offset", "limit", "more"}``."""
+    """One page of matches: ``{"items", "offset", "limit", "more"}``; ``returns``: more
+    derived keys to answer (:func:`identifier`)."""
     limit, offset = paging(params)
     try:
         query = parse_identifier(
-            identifier(level, params), PATIENT_ROOT, pn_case_insensitive=pn_case_insensitive
+            identifier(level, params, returns),
+            PATIENT_ROOT,
+            pn_case_insensitive=pn_case_insensitive,
         )
     except QueryError as exc:
         raise BadQuery(exc.comment) from None
