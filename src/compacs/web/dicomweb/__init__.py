@@ -185,7 +185,7 @@ class Retrieve:
         """Every attribute of each instance as DICOM JSON, bulk data by URI (10.4.1.1.2)."""
         negotiate(accept, JSON_TYPES)
         found = await self._select(*uids)
-        service = f"{request.url.scheme}://{request.url.netloc}{ROOT}"
+        service = _service_root(request)
 
         def work() -> bytes:
             docs = []
@@ -224,6 +224,19 @@ class Retrieve:
         path = request.path_params["path"]
         value = await self.run(lambda: wado.bulk(self._store_get(inst), path))
         return self._stream(wado.OCTET, [lambda: _done([(wado.OCTET, value)])])
+
+
+def _service_root(request: Request) -> str:
+    """The absolute URL of ``/dicom-web`` as the client named this server (RFC 9110 7.2).
+    A Host without a port while the server listens on another than the scheme's default
+    gets the listening port: dicomweb-client 0.61 sends ``Host: 127.0.0.1`` to
+    ``http://127.0.0.1:8042`` (its ``self.host``), and its BulkDataURIs would go to port 80."""
+    netloc = request.url.netloc
+    server = request.scope.get("server")
+    default = 443 if request.url.scheme == "https" else 80
+    if ":" not in netloc.rsplit("]", 1)[-1] and server and server[1] not in (None, default):
+        netloc = f"{netloc}:{server[1]}"
+    return f"{request.url.scheme}://{netloc}{ROOT}"
 
 
 async def _done(parts: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
