@@ -7,6 +7,7 @@ originals with readers other than compacs (pydicom's own decoders, DCMTK's dcmdj
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import re
 import shutil
@@ -259,7 +260,8 @@ def test_frames_native_by_default_and_stored_jpeg_ls_with_star(archive):
         one.file_meta = pydicom.dataset.FileMetaDataset()
         one.file_meta.TransferSyntaxUID = JPEG_LS
         one.file_meta.MediaStorageSOPClassUID = mr.SOPClassUID
-        one.SOPClassUID, one.SOPInstanceUID = mr.SOPClassUID, f"1.2.826.0.1.3680043.10.1010.{number}"
+        one.SOPClassUID = mr.SOPClassUID
+        one.SOPInstanceUID = f"1.2.826.0.1.3680043.10.1010.{number}"
         for kw in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit"):
             setattr(one, kw, mr[kw].value)
         one.SamplesPerPixel, one.PixelRepresentation = 1, mr.PixelRepresentation
@@ -292,10 +294,7 @@ def test_quoted_and_unquoted_parameters_and_accept_lists(archive):
         got = parts(headers["Content-Type"], body)
         assert [t for t, _ in got] == [f"application/dicom; transfer-syntax={syntax}"] * 3
         for _, file in got:
-            assert (
-                pydicom.dcmread(__import__("io").BytesIO(file)).file_meta.TransferSyntaxUID
-                == syntax
-            )
+            assert pydicom.dcmread(io.BytesIO(file)).file_meta.TransferSyntaxUID == syntax
 
 
 def test_406_404_400_401(archive):
