@@ -195,6 +195,10 @@ def test_recompressed_jpeg_comes_back_as_the_received_jpeg_byte_for_byte(archive
     assert got.file_meta.TransferSyntaxUID == JPEG_BASELINE
     received = list(generate_frames(original.PixelData, number_of_frames=1))
     assert list(generate_frames(got.PixelData, number_of_frames=1)) == received
+    # the default (Explicit VR Little Endian): the pixels pydicom decodes from the original
+    native = client.retrieve_instance(*uids, media_types=("application/dicom",))  # no syntax
+    assert native.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert np.array_equal(native.pixel_array, original.pixel_array)
     as_stored = client.retrieve_instance(*uids, media_types=(("application/dicom", "*"),))
     assert as_stored.file_meta.TransferSyntaxUID == RECOMPRESSED
     frames = client.retrieve_instance_frames(
@@ -286,11 +290,19 @@ def test_quoted_and_unquoted_parameters_and_accept_lists(archive):
             JPEG_LS,
         ),
         ("multipart/related; type=application/dicom; q=0, */*", EXPLICIT_LE),
+        # the first acceptable range wins: one compacs cannot produce is passed over
+        (
+            "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.4.999, "
+            f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_LS}',
+            JPEG_LS,
+        ),
         (None, EXPLICIT_LE),
     ):
         status, headers, body = raw.get(target, accept)
         assert status == 200, (accept, body[:200])
         assert headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
+        # streamed: chunked, one instance at a time, never sized up front
+        assert headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in headers
         got = parts(headers["Content-Type"], body)
         assert [t for t, _ in got] == [f"application/dicom; transfer-syntax={syntax}"] * 3
         for _, file in got:

@@ -167,9 +167,13 @@ class Retrieve:
 
     async def instances(self, request: Request, accept: str | None, *uids: str | None) -> Response:
         """Study, series or instance as Part 10 files (10.4.1.1.1)."""
-        want = wado.wanted(accept, (wado.DICOM,))
+        candidates = wado.wanted(accept, (wado.DICOM,))
         found = await self._select(*uids)
-        syntaxes = [wado.instance_syntax(i["transfer_syntax_stored"], want.syntax) for i in found]
+
+        def fit(want: wado.Wanted) -> list[str]:
+            return [wado.instance_syntax(i["transfer_syntax_stored"], want.syntax) for i in found]
+
+        syntaxes = wado.first_fit(candidates, fit)
 
         def producer(inst: dict[str, Any], syntax: str) -> wado.Produce:
             def work() -> list[tuple[str, bytes]]:
@@ -202,9 +206,10 @@ class Retrieve:
     async def frames(self, request: Request, accept: str | None, *uids: str | None) -> Response:
         """Frames of one instance (10.4.1.1.4), native unless asked otherwise."""
         offered = (wado.OCTET, *dict.fromkeys(wado.FRAME_MEDIA_TYPES.values()))
-        want = wado.wanted(accept, offered)
+        candidates = wado.wanted(accept, offered)
         (inst,) = await self._select(*uids)
-        syntax = wado.frame_syntax(inst["transfer_syntax_stored"], want)
+        stored = inst["transfer_syntax_stored"]
+        syntax = wado.first_fit(candidates, lambda want: wado.frame_syntax(stored, want))
         data = await self.run(self._store_get, inst)
         count = await self.run(wado.number_of_frames, data)
         numbers = wado.frame_numbers(request.path_params["frames"], count)

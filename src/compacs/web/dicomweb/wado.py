@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
@@ -98,12 +98,14 @@ def _params(parts: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def wanted(accept: str | None, offered: tuple[str, ...]) -> Wanted:
-    """The first media range of ``accept`` whose part type is one of ``offered`` (a
-    wildcard: the first offered), ``q=0`` skipped; a ``multipart/related`` range names the
-    part type in ``type=`` (8.7.3.3). No Accept: the first offered. 406 when none fits."""
+def wanted(accept: str | None, offered: tuple[str, ...]) -> list[Wanted]:
+    """The media ranges of ``accept`` whose part type is one of ``offered`` (a wildcard:
+    the first offered), in the client's order, ``q=0`` skipped (other q values are not
+    ranked: the first acceptable wins); a ``multipart/related`` range names the part type
+    in ``type=`` (8.7.3.3). No Accept: the first offered. 406 when none fits (8.7.1)."""
     if not accept or not accept.strip():
-        return Wanted(offered[0], None)
+        return [Wanted(offered[0], None)]
+    out = []
     for media_range in accept.split(","):
         media_type, *rest = (p.strip() for p in media_range.split(";"))
         params = _params(rest)
@@ -114,10 +116,27 @@ def wanted(accept: str | None, offered: tuple[str, ...]) -> Wanted:
             media_type = params.get("type", "*/*").lower()
         syntax = params.get("transfer-syntax") or None
         if media_type in offered:
-            return Wanted(media_type, syntax)
-        if media_type in WILDCARDS or media_type == offered[0].split("/")[0] + "/*":
-            return Wanted(offered[0], syntax)
-    raise WadoError(406, f"Accept {accept!r}: this resource is sent as {', '.join(offered)}")
+            out.append(Wanted(media_type, syntax))
+        elif media_type in WILDCARDS or media_type == offered[0].split("/")[0] + "/*":
+            out.append(Wanted(offered[0], syntax))
+    if not out:
+        raise WadoError(406, f"Accept {accept!r}: this resource is sent as {', '.join(offered)}")
+    return out
+
+
+T = TypeVar("T")
+
+
+def first_fit(candidates: list[Wanted], fit: Callable[[Wanted], T]) -> T:
+    """What ``fit`` gives for the first candidate it does not refuse; the first refusal
+    (a 406 naming the transfer syntax) when it refuses them all."""
+    refusals = []
+    for want in candidates:
+        try:
+            return fit(want)
+        except WadoError as exc:
+            refusals.append(exc)
+    raise refusals[0]
 
 
 def instance_syntax(stored: str, asked: str | None) -> str:
