@@ -1,10 +1,10 @@
 """DICOMweb (PS3.18) at ``/dicom-web``: one Starlette Mount, one module per service.
 
-QIDO-RS (:mod:`.qido`) today; WADO-RS and STOW-RS are to be added beside it as more routes
-of :func:`mount`. Every route here shares the web server's layers (security headers, Host
-allow-list, head and body limits, CORS as configured: global middleware) and, as the REST
-API does, its authentication (401 with ``WWW-Authenticate``), strict URL decoding (each
-value percent-decoded once) and bounded pool of handler threads. Errors are JSON
+QIDO-RS (:mod:`.qido`) and WADO-RS (:mod:`.wado`); STOW-RS is to be added beside them as
+more routes of :func:`mount`. Every route here shares the web server's layers (security
+headers, Host allow-list, head and body limits, CORS as configured: global middleware)
+and, as the REST API does, its authentication (401 with ``WWW-Authenticate``), strict URL
+decoding (each value percent-decoded once) and bounded pool of handler threads. Errors are JSON
 ``{"error": ...}`` naming the parameter (PS3.18 8.6.1 leaves the payload to the origin
 server).
 """
@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY
 from compacs.dicom.uids import is_valid_uid
 from compacs.web.auth import CHALLENGE, Credentials
-from compacs.web.dicomweb import qido
+from compacs.web.dicomweb import qido, wado
 from compacs.web.urls import BadUrl, query_params
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,132 @@ class DicomWeb:
         return qido.run(self.app.index, search, service, pn_case_insensitive=pn_ci)
 
 
+class Retrieve:
+    """The WADO-RS endpoints (PS3.18 10.4.1, Table 10.4.1-1): authentication, the path's
+    UIDs, the Accept header, then :mod:`.wado` in the bounded thread pool."""
+
+    def __init__(self, app: Any, credentials: Credentials, run: Runner) -> None:
+        self.app, self.credentials, self.run = app, credentials, run
+
+    def endpoint(
+        self, answer: Callable[..., Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def serve(request: Request) -> Response:
+            if not self.credentials.admits(request.headers.get("authorization")):
+                return error(401, "authentication required", {"WWW-Authenticate": CHALLENGE})
+            try:
+                params = query_params(request.scope.get("query_string", b""))
+                uids = [
+                    _uid(request, key) if key in request.path_params else None
+                    for key in ("study", "series", "instance")
+                ]
+                return await answer(request, _accept(request, params), *uids)
+            except BadUrl as exc:
+                return error(400, str(exc))
+            except (Refused, wado.WadoError) as exc:
+                return error(exc.status, exc.message)
+            except Exception:
+                log.exception("dicomweb: retrieve failed")  # no URL: PHI
+                return error(500, "internal error")
+
+        return serve
+
+    def _store_get(self, inst: dict[str, Any]) -> bytes:
+        return self.app.store.get(inst["storage_key"])
+
+    async def _select(self, *uids: str | None) -> list[dict[str, Any]]:
+        study, series, instance = uids
+        assert study is not None
+        return await self.run(wado.select, self.app.index, study, series, instance)
+
+    def _stream(self, part_type: str, producers: list[wado.Produce]) -> Response:
+        boundary = wado.new_boundary()
+        body = wado.multipart(boundary, producers)
+        return StreamingResponse(body, 200, media_type=wado.multipart_type(part_type, boundary))
+
+    async def instances(self, request: Request, accept: str | None, *uids: str | None) -> Response:
+        """Study, series or instance as Part 10 files (10.4.1.1.1)."""
+        candidates = wado.wanted(accept, (wado.DICOM,))
+        found = await self._select(*uids)
+
+        def fit(want: wado.Wanted) -> list[str]:
+            return [wado.instance_syntax(i["transfer_syntax_stored"], want.syntax) for i in found]
+
+        syntaxes = wado.first_fit(candidates, fit)
+
+        def producer(inst: dict[str, Any], syntax: str) -> wado.Produce:
+            def work() -> list[tuple[str, bytes]]:
+                body = wado.part10_file(self._store_get(inst), inst, syntax)
+                return [(f"{wado.DICOM}; transfer-syntax={syntax}", body)]
+
+            return lambda: self.run(work)
+
+        pairs = zip(found, syntaxes, strict=True)
+        return self._stream(wado.DICOM, [producer(i, s) for i, s in pairs])
+
+    async def metadata(self, request: Request, accept: str | None, *uids: str | None) -> Response:
+        """Every attribute of each instance as DICOM JSON, bulk data by URI (10.4.1.1.2)."""
+        negotiate(accept, JSON_TYPES)
+        found = await self._select(*uids)
+        service = _service_root(request)
+
+        def work() -> bytes:
+            docs = []
+            for inst in found:
+                uri = (
+                    f"{service}/studies/{inst['study_uid']}/series/{inst['series_uid']}"
+                    f"/instances/{inst['sop_instance_uid']}"
+                )
+                docs.append(wado.metadata(self._store_get(inst), uri))
+            return wado.json_body(docs)
+
+        return Response(await self.run(work), 200, media_type=DICOM_JSON)
+
+    async def frames(self, request: Request, accept: str | None, *uids: str | None) -> Response:
+        """Frames of one instance (10.4.1.1.4), native unless asked otherwise."""
+        offered = (wado.OCTET, *dict.fromkeys(wado.FRAME_MEDIA_TYPES.values()))
+        candidates = wado.wanted(accept, offered)
+        (inst,) = await self._select(*uids)
+        stored = inst["transfer_syntax_stored"]
+        syntax = wado.first_fit(candidates, lambda want: wado.frame_syntax(stored, want))
+        data = await self.run(self._store_get, inst)
+        count = await self.run(wado.number_of_frames, data)
+        numbers = wado.frame_numbers(request.path_params["frames"], count)
+        content_type = f"{wado.frame_media_type(syntax)}; transfer-syntax={syntax}"
+
+        def work() -> list[tuple[str, bytes]]:
+            every = wado.frames(data, syntax)
+            return [(content_type, every[n - 1]) for n in numbers]
+
+        parts = await self.run(work)  # before the answer starts: a failure is still a 4xx/5xx
+        return self._stream(wado.frame_media_type(syntax), [lambda: _done(parts)])
+
+    async def bulk(self, request: Request, accept: str | None, *uids: str | None) -> Response:
+        """A bulk data value named by a metadata BulkDataURI (10.4.1.1.3)."""
+        wado.wanted(accept, (wado.OCTET,))
+        (inst,) = await self._select(*uids)
+        path = request.path_params["path"]
+        value = await self.run(lambda: wado.bulk(self._store_get(inst), path))
+        return self._stream(wado.OCTET, [lambda: _done([(wado.OCTET, value)])])
+
+
+def _service_root(request: Request) -> str:
+    """The absolute URL of ``/dicom-web`` as the client named this server (RFC 9110 7.2).
+    A Host without a port while the server listens on another than the scheme's default
+    gets the listening port: dicomweb-client 0.61 sends ``Host: 127.0.0.1`` to
+    ``http://127.0.0.1:8042`` (its ``self.host``), and its BulkDataURIs would go to port 80."""
+    netloc = request.url.netloc
+    server = request.scope.get("server")
+    default = 443 if request.url.scheme == "https" else 80
+    if ":" not in netloc.rsplit("]", 1)[-1] and server and server[1] not in (None, default):
+        netloc = f"{netloc}:{server[1]}"
+    return f"{request.url.scheme}://{netloc}{ROOT}"
+
+
+async def _done(parts: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    return parts
+
+
 def _accept(request: Request, params: list[tuple[str, str]]) -> str | None:
     """The Accept header, or the ``accept`` query parameter that replaces it (PS3.18
     8.3.3.1)."""
@@ -130,8 +256,10 @@ def _accept(request: Request, params: list[tuple[str, str]]) -> str | None:
 
 
 def mount(app: Any, credentials: Credentials, run: Runner) -> Mount:
-    """The ``/dicom-web`` Mount: QIDO-RS's searches (PS3.18 10.6.1, Table 10.6.1-2)."""
+    """The ``/dicom-web`` Mount: QIDO-RS's searches (PS3.18 10.6.1, Table 10.6.1-2) and
+    WADO-RS's retrieves (10.4.1, Table 10.4.1-1)."""
     web = DicomWeb(app, credentials, run)
+    retrieve = Retrieve(app, credentials, run)
     searches = [
         ("/studies", STUDY, ()),
         ("/series", SERIES, ()),
@@ -143,5 +271,20 @@ def mount(app: Any, credentials: Credentials, run: Runner) -> Mount:
     routes = [
         Route(path, web.search(level, keys), methods=["GET", "HEAD"])
         for path, level, keys in searches
+    ]
+    instance = "/studies/{study}/series/{series}/instances/{instance}"
+    retrieves = [
+        ("/studies/{study}", retrieve.instances),
+        ("/studies/{study}/series/{series}", retrieve.instances),
+        (instance, retrieve.instances),
+        ("/studies/{study}/metadata", retrieve.metadata),
+        ("/studies/{study}/series/{series}/metadata", retrieve.metadata),
+        (f"{instance}/metadata", retrieve.metadata),
+        (f"{instance}/frames/{{frames}}", retrieve.frames),
+        (f"{instance}/bulk/{{path:path}}", retrieve.bulk),
+    ]
+    routes += [
+        Route(path, retrieve.endpoint(answer), methods=["GET", "HEAD"])
+        for path, answer in retrieves
     ]
     return Mount(ROOT, routes=routes)

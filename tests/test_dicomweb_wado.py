@@ -1,0 +1,336 @@
+"""WADO-RS at /dicom-web (issue 17): a real node storing instances as JPEG-LS, JPEG 2000, as
+received, and a JPEG baseline file as JPEG XL JPEG Recompression (.4.111), retrieved by a
+real DICOMweb client (``dicomweb-client``) and by raw HTTP; pixels checked against the
+originals with readers other than compacs (pydicom's own decoders, DCMTK's dcmdjpls).
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+
+from compacs.synthetic import ct_series
+from tests.conftest import NodeProcess, dcmtk_env, free_port, write_config
+from tests.dicomfiles import DicomFile, by_name
+from tests.scu import send_datasets, send_files
+from tests.test_compression import stored_syntaxes, wait_for_pending_zero
+
+TOKEN = "wado-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+JPEG_LS = "1.2.840.10008.1.2.4.80"
+J2K = "1.2.840.10008.1.2.4.90"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+RECOMPRESSED = "1.2.840.10008.1.2.4.111"
+STORED_AS = {"SEND_JLS": JPEG_LS, "SEND_J2K": J2K, "SEND_RAW": EXPLICIT_LE}
+RULES = {"SEND_JLS": "jpeg-ls", "SEND_J2K": "jpeg-2000", "SEND_RAW": "keep"}
+CONFIG = '[compression]\nwhen = "ingest"\n' + "".join(
+    f'[[compression.rules]]\ncalling_ae = "{aet}"\naction = "{action}"\n'
+    for aet, action in RULES.items()
+)
+MULTIFRAME = "emri_small.dcm"  # 10-frame MR, sent as SEND_JLS: stored JPEG-LS
+JPEG_FILE = "SC_rgb_jpeg_dcmtk.dcm"  # JPEG baseline: stored .4.111 by the default policy
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is required (DCMTK)")
+    return path
+
+
+class Raw:
+    """http.client against the node: what dicomweb-client does not send."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def get(self, target: str, accept: str | None = None, auth: bool = True):
+        headers = dict(AUTH) if auth else {}
+        if accept is not None:
+            headers["Accept"] = accept
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request("GET", f"/dicom-web{target}", headers=headers)
+            response = conn.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            conn.close()
+
+
+def parts(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
+    """The (Content-Type, body) parts of a multipart/related body (RFC 2046 5.1.1)."""
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type).group(1).encode()
+    out = []
+    for chunk in body.split(b"--" + boundary)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, value = chunk[2:].partition(b"\r\n\r\n")
+        headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n") if ": " in line)
+        out.append((headers["Content-Type"], value[:-2]))  # the CRLF before the delimiter
+    return out
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A node (compression at ingest by calling AE) holding three CT series (JPEG-LS, JPEG
+    2000, as received), a 10-frame MR (JPEG-LS), a JPEG baseline file (.4.111) and an
+    8x8 image whose Pixel Data is under 1 KiB."""
+    tmp = tmp_path_factory.mktemp("wado")
+    http_port = free_port()
+    config = write_config(
+        tmp / "wado.toml", f'[http]\nport = {http_port}\ntoken = "{TOKEN}"\n' + CONFIG
+    )
+    node = NodeProcess(tmp / "data", config=config, extra_args=("--http-port", str(http_port)))
+    node.start()
+    try:
+        sent: dict[str, Dataset] = {}
+        series: dict[str, list[Dataset]] = {}
+        for n, aet in enumerate(STORED_AS):
+            cts = list(ct_series(3, 64, 64, seed=70 + n, patient_id=f"WADO{n}"))
+            assert send_datasets(node.port, cts, calling=aet) == [0] * 3
+            series[aet] = cts
+            sent.update({ds.SOPInstanceUID: ds for ds in cts})
+        tiny = list(ct_series(1, 8, 8, seed=90, patient_id="WADO-TINY"))
+        assert send_datasets(node.port, tiny, calling="SEND_RAW") == [0]
+        series["TINY"] = tiny
+        for name, aet, syntax in ((MULTIFRAME, "SEND_JLS", None), (JPEG_FILE, "SEND_JPG", None)):
+            ds = pydicom.dcmread(by_name(name))
+            syntax = str(ds.file_meta.TransferSyntaxUID)
+            f = DicomFile(by_name(name), str(ds.SOPClassUID), str(ds.SOPInstanceUID), syntax)
+            assert send_files(node.port, [f], calling=aet) == [0]
+            sent[ds.SOPInstanceUID] = ds
+            series[name] = [ds]
+        wait_for_pending_zero(node)
+        stored = stored_syntaxes(tmp / "data")
+        assert stored[series[MULTIFRAME][0].SOPInstanceUID] == JPEG_LS
+        assert stored[series[JPEG_FILE][0].SOPInstanceUID] == RECOMPRESSED
+        for aet, syntax in STORED_AS.items():
+            assert {stored[ds.SOPInstanceUID] for ds in series[aet]} == {syntax}
+        client = DICOMwebClient(url=f"http://127.0.0.1:{http_port}/dicom-web", headers=AUTH)
+        yield client, Raw(http_port), sent, series, tmp
+    finally:
+        node.stop()
+
+
+def same_pixels(received: Dataset, original: Dataset) -> None:
+    """pydicom's own decoders on what came back, against the original's pixels."""
+    assert received.SOPInstanceUID == original.SOPInstanceUID
+    assert np.array_equal(received.pixel_array, original.pixel_array)
+
+
+def dcmdjpls_pixels(ds: Dataset, folder: Path) -> np.ndarray:
+    """DCMTK's dcmdjpls decodes a JPEG-LS Part 10 file; pydicom reads its native output."""
+    require("dcmdjpls")
+    src, out = folder / f"{ds.SOPInstanceUID}.jls.dcm", folder / f"{ds.SOPInstanceUID}.raw.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    subprocess.run(["dcmdjpls", str(src), str(out)], check=True, env=dcmtk_env())
+    return pydicom.dcmread(out).pixel_array
+
+
+# -- retrieve: Part 10 files in multipart/related --------------------------------------------
+def test_retrieve_study_default_is_explicit_vr_little_endian_bit_exact(archive):
+    client, _, sent, series, _ = archive
+    for aet in STORED_AS:
+        study = series[aet][0].StudyInstanceUID
+        got = client.retrieve_study(study)
+        assert sorted(ds.SOPInstanceUID for ds in got) == sorted(
+            ds.SOPInstanceUID for ds in series[aet]
+        )
+        for ds in got:
+            assert ds.file_meta.TransferSyntaxUID == EXPLICIT_LE  # PS3.18 8.7.3.4
+            same_pixels(ds, sent[ds.SOPInstanceUID])
+
+
+def test_retrieve_series_as_stored_with_transfer_syntax_star(archive):
+    client, _, sent, series, tmp = archive
+    for aet, syntax in STORED_AS.items():
+        first = series[aet][0]
+        got = client.retrieve_series(
+            first.StudyInstanceUID,
+            first.SeriesInstanceUID,
+            media_types=(("application/dicom", "*"),),
+        )
+        assert len(got) == 3
+        for ds in got:
+            assert ds.file_meta.TransferSyntaxUID == syntax
+            original = sent[ds.SOPInstanceUID].pixel_array
+            if syntax == JPEG_LS:  # DCMTK's decoder, not pydicom's
+                assert np.array_equal(dcmdjpls_pixels(ds, tmp), original)
+            else:
+                assert np.array_equal(ds.pixel_array, original)
+
+
+def test_retrieve_instance_in_an_explicit_syntax_re_encoded_and_verified(archive):
+    client, _, sent, series, tmp = archive
+    for aet in ("SEND_J2K", "SEND_RAW"):
+        ds0 = series[aet][1]
+        got = client.retrieve_instance(
+            ds0.StudyInstanceUID,
+            ds0.SeriesInstanceUID,
+            ds0.SOPInstanceUID,
+            media_types=(("application/dicom", JPEG_LS),),
+        )
+        assert got.file_meta.TransferSyntaxUID == JPEG_LS
+        assert np.array_equal(dcmdjpls_pixels(got, tmp), sent[ds0.SOPInstanceUID].pixel_array)
+
+
+def test_recompressed_jpeg_comes_back_as_the_received_jpeg_byte_for_byte(archive):
+    client, _, _, series, _ = archive
+    original = series[JPEG_FILE][0]
+    uids = (original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID)
+    got = client.retrieve_instance(*uids, media_types=(("application/dicom", JPEG_BASELINE),))
+    assert got.file_meta.TransferSyntaxUID == JPEG_BASELINE
+    received = list(generate_frames(original.PixelData, number_of_frames=1))
+    assert list(generate_frames(got.PixelData, number_of_frames=1)) == received
+    # the default (Explicit VR Little Endian): the pixels pydicom decodes from the original
+    native = client.retrieve_instance(*uids, media_types=("application/dicom",))  # no syntax
+    assert native.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert np.array_equal(native.pixel_array, original.pixel_array)
+    as_stored = client.retrieve_instance(*uids, media_types=(("application/dicom", "*"),))
+    assert as_stored.file_meta.TransferSyntaxUID == RECOMPRESSED
+    frames = client.retrieve_instance_frames(
+        *uids, frame_numbers=[1], media_types=(("image/jpeg", JPEG_BASELINE),)
+    )
+    assert frames == received
+
+
+# -- metadata and bulk data --------------------------------------------------------------------
+def test_metadata_has_every_attribute_and_pixel_data_as_bulk_data_uri(archive):
+    client, _, sent, series, _ = archive
+    first = series["SEND_JLS"][0]
+    found = client.retrieve_study_metadata(first.StudyInstanceUID)
+    assert len(found) == 3
+    for doc in found:
+        assert set(doc["7FE00010"]) == {"vr", "BulkDataURI"}
+        ds = Dataset.from_json({k: v for k, v in doc.items() if k != "7FE00010"})
+        original = sent[ds.SOPInstanceUID]
+        for elem in original:
+            if elem.tag != 0x7FE00010:
+                assert ds[elem.tag].value == elem.value, elem.keyword
+        pixels = client.retrieve_bulkdata(doc["7FE00010"]["BulkDataURI"])
+        assert pixels == [original.PixelData]  # native little endian
+
+
+def test_metadata_never_inlines_pixel_data_even_under_1_kib(archive):
+    _, raw, _, series, _ = archive
+    tiny = series["TINY"][0]
+    assert len(tiny.PixelData) < 1024
+    for target in (
+        f"/studies/{tiny.StudyInstanceUID}/metadata",
+        f"/studies/{tiny.StudyInstanceUID}/series/{tiny.SeriesInstanceUID}/metadata",
+        f"/studies/{tiny.StudyInstanceUID}/series/{tiny.SeriesInstanceUID}"
+        f"/instances/{tiny.SOPInstanceUID}/metadata",
+    ):
+        status, headers, body = raw.get(target)
+        assert status == 200 and headers["Content-Type"].startswith("application/dicom+json")
+        (doc,) = json.loads(body)
+        assert "InlineBinary" not in doc["7FE00010"]
+        assert doc["7FE00010"]["BulkDataURI"].endswith(f"{tiny.SOPInstanceUID}/bulk/7FE00010")
+
+
+# -- frames -----------------------------------------------------------------------------------
+def test_frames_native_by_default_and_stored_jpeg_ls_with_star(archive):
+    client, raw, sent, series, tmp = archive
+    mr = series[MULTIFRAME][0]
+    uids = (mr.StudyInstanceUID, mr.SeriesInstanceUID, mr.SOPInstanceUID)
+    native = client.retrieve_instance_frames(*uids, frame_numbers=[1, 3, 10])
+    expected = sent[mr.SOPInstanceUID].pixel_array  # pydicom's reader of the original
+    for frame, number in zip(native, (1, 3, 10), strict=True):
+        got = np.frombuffer(frame, dtype=expected.dtype).reshape(expected.shape[1:])
+        assert np.array_equal(got, expected[number - 1])
+    # transfer-syntax=*: the stored JPEG-LS frames, the part's type naming its syntax
+    path = "/studies/{}/series/{}/instances/{}/frames/2,4".format(*uids)
+    status, headers, body = raw.get(
+        path, 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    )
+    assert status == 200, body[:200]
+    got = parts(headers["Content-Type"], body)
+    assert [t for t, _ in got] == [f"image/jls; transfer-syntax={JPEG_LS}"] * 2
+    for (_, frame), number in zip(got, (2, 4), strict=True):  # dcmdjpls decodes each
+        one = Dataset()
+        one.file_meta = pydicom.dataset.FileMetaDataset()
+        one.file_meta.TransferSyntaxUID = JPEG_LS
+        one.file_meta.MediaStorageSOPClassUID = mr.SOPClassUID
+        one.SOPClassUID = mr.SOPClassUID
+        one.SOPInstanceUID = f"1.2.826.0.1.3680043.10.1010.{number}"
+        for kw in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit"):
+            setattr(one, kw, mr[kw].value)
+        one.SamplesPerPixel, one.PixelRepresentation = 1, mr.PixelRepresentation
+        one.PhotometricInterpretation = mr.PhotometricInterpretation
+        one.PixelData = pydicom.encaps.encapsulate([frame])
+        one["PixelData"].VR = "OB"
+        assert np.array_equal(dcmdjpls_pixels(one, tmp), expected[number - 1])
+
+
+# -- raw HTTP: negotiation and errors ----------------------------------------------------------
+def test_quoted_and_unquoted_parameters_and_accept_lists(archive):
+    _, raw, _, series, _ = archive
+    ds = series["SEND_J2K"][0]
+    target = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    for accept, syntax in (
+        ("multipart/related; type=application/dicom; transfer-syntax=*", J2K),
+        ('multipart/related; type="application/dicom"; transfer-syntax="*"', J2K),
+        ('multipart/related; type="application/dicom"', EXPLICIT_LE),
+        (
+            f"text/html, multipart/related; type=application/dicom; transfer-syntax={JPEG_LS}; "
+            "q=0.5",
+            JPEG_LS,
+        ),
+        ("multipart/related; type=application/dicom; q=0, */*", EXPLICIT_LE),
+        # the first acceptable range wins: one compacs cannot produce is passed over
+        (
+            "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.4.999, "
+            f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_LS}',
+            JPEG_LS,
+        ),
+        (None, EXPLICIT_LE),
+    ):
+        status, headers, body = raw.get(target, accept)
+        assert status == 200, (accept, body[:200])
+        assert headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
+        # streamed: chunked, one instance at a time, never sized up front
+        assert headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in headers
+        got = parts(headers["Content-Type"], body)
+        assert [t for t, _ in got] == [f"application/dicom; transfer-syntax={syntax}"] * 3
+        for _, file in got:
+            assert pydicom.dcmread(io.BytesIO(file)).file_meta.TransferSyntaxUID == syntax
+
+
+def test_406_404_400_401(archive):
+    _, raw, _, series, _ = archive
+    ds, mr = series["SEND_RAW"][0], series[MULTIFRAME][0]
+    study = f"/studies/{ds.StudyInstanceUID}"
+    unknown = "1.2.840.10008.1.2.4.999"
+    status, _, body = raw.get(
+        study, f"multipart/related; type=application/dicom; transfer-syntax={unknown}"
+    )
+    assert status == 406 and unknown in json.loads(body)["error"]
+    assert raw.get(study, "text/html")[0] == 406
+    assert raw.get("/studies/1.2.3.999")[0] == 404
+    assert raw.get(f"{study}/series/1.2.3.999")[0] == 404
+    assert raw.get(f"{study}/series/{ds.SeriesInstanceUID}/instances/1.2.3.999")[0] == 404
+    assert raw.get("/studies/1.2.3.999/metadata")[0] == 404
+    mr_path = (
+        f"/studies/{mr.StudyInstanceUID}/series/{mr.SeriesInstanceUID}"
+        f"/instances/{mr.SOPInstanceUID}"
+    )
+    # the series exists, but not in this study
+    assert raw.get(f"{study}/series/{mr.SeriesInstanceUID}")[0] == 404
+    for bad in ("0", "11", "1,0", "x"):
+        status, _, body = raw.get(f"{mr_path}/frames/{bad}")
+        assert status == 400, bad
+        assert "frame" in json.loads(body)["error"]
+    assert raw.get(study, auth=False)[0] == 401
