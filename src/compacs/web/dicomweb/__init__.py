@@ -106,7 +106,7 @@ class DicomWeb:
             return error(400, str(exc))
         except Refused as exc:
             return error(exc.status, exc.message)
-        service = f"{request.url.scheme}://{request.url.netloc}{ROOT}"
+        service = _service_root(request)
         try:
             found = await self.run(self._search, search, service)
         except qido.BadSearch as exc:
