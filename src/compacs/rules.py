@@ -190,28 +190,28 @@ class Policy:
             return f"not compressible: Bits Allocated {bits}"
         received = BY_UID.get(str(facts.get("transfer_syntax_received")))
         recompressor = RECOMPRESSORS.get(received.uid) if received is not None else None
+        matched = self._first_match(facts)
         if recompressor is not None and self.recompress_jpeg:
-            return self._recompression(facts, recompressor)
+            # the received bitstreams recompressed (PS3.5 8.2.15), unless the first matching
+            # rule keeps the instance; a rule naming that codec lends its options
+            if matched is not None and matched[1].action == "keep":
+                return f"kept by rule {matched[0]}"
+            if matched is not None and matched[1].codecs == (recompressor,):
+                n, rule = matched
+                return Decision(rule.codecs, rule.options, False, rule.keep_original, n)
+            return Decision((recompressor,), {}, False, True, 0)
         if received is not None and not received.lossless and not self.recompress_lossy:
             return "lossy input kept"  # re-encoding gains nothing (PS3.3 C.7.6.1.1.5)
-        for n, rule in enumerate(self.rules, 1):
-            if rule.matches(facts):
-                if rule.action == "keep":
-                    return f"kept by rule {n}"
-                return Decision(rule.codecs, rule.options, rule.lossy, rule.keep_original, n)
-        return "no rule matches"
+        if matched is None:
+            return "no rule matches"
+        n, rule = matched
+        if rule.action == "keep":
+            return f"kept by rule {n}"
+        return Decision(rule.codecs, rule.options, rule.lossy, rule.keep_original, n)
 
-    def _recompression(self, facts: Mapping[str, Any], codec: Codec) -> Decision | str:
-        """The received bitstreams recompressed by ``codec``, unless the first matching
-        rule keeps the instance or names that codec itself (then it is that rule's)."""
-        for n, rule in enumerate(self.rules, 1):
-            if rule.matches(facts):
-                if rule.action == "keep":
-                    return f"kept by rule {n}"
-                if rule.codecs == (codec,):
-                    return Decision(rule.codecs, rule.options, False, rule.keep_original, n)
-                break
-        return Decision((codec,), {}, False, True, 0)
+    def _first_match(self, facts: Mapping[str, Any]) -> tuple[int, Rule] | None:
+        """The first rule matching ``facts`` and its 1-based number, or None."""
+        return next(((n, r) for n, r in enumerate(self.rules, 1) if r.matches(facts)), None)
 
 
 DEFAULT_RULES = (Rule(match={}, action="jpeg-ls", codecs=(codec_for("jpeg-ls"),)),)
