@@ -38,6 +38,16 @@ def require_dcmtk() -> None:
         pytest.fail("DCMTK is not installed: run the suite with `make test`, which installs it")
 
 
+def web_node(folder: Path, config_text: str, token: str) -> tuple[NodeProcess, int]:
+    """A node (not started) in ``folder`` serving its web pages and DICOMweb on a free port
+    behind ``token``, with ``config_text`` added to its configuration; and that port."""
+    http_port = free_port()
+    http = f'[http]\nport = {http_port}\ntoken = "{token}"\n'
+    config = write_config(folder / "node.toml", http + config_text)
+    node = NodeProcess(folder / "data", config=config, extra_args=("--http-port", str(http_port)))
+    return node, http_port
+
+
 def echo(port: int, aet: str = "COMPACS", timeout: float = 5, tls: Any = None) -> int | None:
     """C-ECHO status from the node at ``port``, or None when no association was made;
     ``tls``: an ssl.SSLContext for a node that speaks DICOM over TLS."""

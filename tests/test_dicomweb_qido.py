@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, NodeProcess, free_port, write_config
+from tests.conftest import NO_COMPRESSION, free_port, web_node
 from tests.dicomfiles import by_name, storage_files
 from tests.orthanc import DICOMWEB_PLUGIN, OrthancPeer
 from tests.scu import send_datasets, send_files
@@ -75,12 +75,7 @@ class Raw:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """A node (compression off, a token) holding the files and generated studies."""
-    tmp = tmp_path_factory.mktemp("qido")
-    http_port = free_port()
-    config = write_config(
-        tmp / "qido.toml", f'[http]\nport = {http_port}\ntoken = "{TOKEN}"\n' + NO_COMPRESSION
-    )
-    node = NodeProcess(tmp / "data", config=config, extra_args=("--http-port", str(http_port)))
+    node, http_port = web_node(tmp_path_factory.mktemp("qido"), NO_COMPRESSION, TOKEN)
     node.start()
     try:
         files = {f.name: f for f in storage_files()}

@@ -10,7 +10,6 @@ import http.client
 import io
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
 from compacs.synthetic import ct_series
-from tests.conftest import NodeProcess, dcmtk_env, free_port, write_config
+from tests.conftest import dcmtk_env, require_dcmtk, web_node
 from tests.dicomfiles import DicomFile, by_name
 from tests.scu import send_datasets, send_files
 from tests.test_compression import stored_syntaxes, wait_for_pending_zero
@@ -42,13 +41,6 @@ CONFIG = '[compression]\nwhen = "ingest"\n' + "".join(
 )
 MULTIFRAME = "emri_small.dcm"  # 10-frame MR, sent as SEND_JLS: stored JPEG-LS
 JPEG_FILE = "SC_rgb_jpeg_dcmtk.dcm"  # JPEG baseline: stored .4.111 by the default policy
-
-
-def require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail(f"{tool} is required (DCMTK)")
-    return path
 
 
 class Raw:
@@ -89,11 +81,7 @@ def archive(tmp_path_factory):
     2000, as received), a 10-frame MR (JPEG-LS), a JPEG baseline file (.4.111) and an
     8x8 image whose Pixel Data is under 1 KiB."""
     tmp = tmp_path_factory.mktemp("wado")
-    http_port = free_port()
-    config = write_config(
-        tmp / "wado.toml", f'[http]\nport = {http_port}\ntoken = "{TOKEN}"\n' + CONFIG
-    )
-    node = NodeProcess(tmp / "data", config=config, extra_args=("--http-port", str(http_port)))
+    node, http_port = web_node(tmp, CONFIG, TOKEN)
     node.start()
     try:
         sent: dict[str, Dataset] = {}
@@ -133,7 +121,7 @@ def same_pixels(received: Dataset, original: Dataset) -> None:
 
 def dcmdjpls_pixels(ds: Dataset, folder: Path) -> np.ndarray:
     """DCMTK's dcmdjpls decodes a JPEG-LS Part 10 file; pydicom reads its native output."""
-    require("dcmdjpls")
+    require_dcmtk()
     src, out = folder / f"{ds.SOPInstanceUID}.jls.dcm", folder / f"{ds.SOPInstanceUID}.raw.dcm"
     ds.save_as(src, enforce_file_format=True)
     subprocess.run(["dcmdjpls", str(src), str(out)], check=True, env=dcmtk_env())
