@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 DATA   ?= ./data
 PYTEST_ARGS ?=
 
-.PHONY: serve test bench bench-storage lint format deps-system clean
+.PHONY: serve test bench bench-storage bench-dicomweb lint format deps-system clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,11 @@ bench: $(VENV)/.installed-bench deps-system
 # Orthanc-JLS; writes bench/results/<time>/storage.md
 bench-storage: $(VENV)/.installed-bench deps-system
 	cd bench && PYTHONPATH=.. ../$(BIN)/python -W ignore storage_corpus.py $(BENCH_ARGS)
+
+# issue 17: STOW-RS, QIDO-RS and WADO-RS, compacs beside Orthanc's DICOMweb plugin (plain
+# and JPEG-LS); writes bench/results/<time>/dicomweb.md
+bench-dicomweb: $(VENV)/.installed-bench deps-system
+	cd bench && PYTHONPATH=.. ../$(BIN)/python -W ignore dicomweb.py $(BENCH_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench

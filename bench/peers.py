@@ -136,9 +136,12 @@ class Compacs:
         config: str = "",
         peers: tuple[str, ...] = (),
         backends: tuple[str, ...] = (),
+        http_port: int = 0,
     ) -> None:
-        """``backends``: ``--index URL --store URL`` (default: SQLite + filesystem)."""
+        """``backends``: ``--index URL --store URL`` (default: SQLite + filesystem);
+        ``http_port``: the web server's (0: off)."""
         self.workdir, self.aet, self.port = workdir, aet, free_port()
+        self.http_port = http_port
         self.data = workdir / "data"
         self.config_text, self.peers, self.backends = config, peers, backends
         self.proc: subprocess.Popen | None = None
@@ -161,7 +164,7 @@ class Compacs:
             "--log-level",
             "WARNING",
             "--http-port",
-            "0",
+            str(self.http_port),
         ]
         if self.config_text:
             (self.workdir / "compacs.toml").write_text(self.config_text)
