@@ -15,7 +15,8 @@ import pytest
 from pydicom import dcmread
 from pynetdicom.transport import AssociationSocket
 
-from compacs.config import ConfigError, Peer, from_document, with_overrides
+from compacs.config import ConfigError, from_document, with_overrides
+from compacs.dicom.ae import InvalidPeer, Peer
 from compacs.dicom.attributes import extract
 from compacs.dicom.part10 import structure_problem
 from compacs.dicom.sop_classes import storage_sop_classes
@@ -331,7 +332,7 @@ def test_config_defaults_and_overrides():
     settings = with_overrides(settings, port=5000, peers=[Peer.parse("X@h:1")])
     assert settings.port == 5000 and [str(p) for p in settings.peers] == ["X@h:1"]
     assert Peer.parse("PACS@[::1]:104").host == "::1"
-    with pytest.raises(ConfigError, match="AE title"):
+    with pytest.raises(InvalidPeer, match="AE title"):
         Peer.parse("WAY-TOO-LONG-AE-TITLE@h:1")
     with pytest.raises(ConfigError, match="expected"):
         from_document({"network": {"max_pdu": True}})

@@ -21,12 +21,12 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.events import Event
 
+from compacs.clock import utc_now
 from compacs.dicom.status import Category, category
 from compacs.net.pdata import Summary
 
@@ -39,10 +39,6 @@ _OPERATIONS = {
     "N_ACTION_RQ": "N-ACTION",
     "N_EVENT_REPORT_RQ": "N-EVENT-REPORT",
 }
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def is_failure(status: int) -> bool:
@@ -101,7 +97,7 @@ class Activity:
         if entry is None:
             requestor = assoc.requestor
             entry = {
-                "started": _now(),
+                "started": utc_now("seconds"),
                 "ended": None,
                 "calling_ae": (requestor.ae_title or "").strip(),
                 "address": str(requestor.address or ""),
@@ -124,7 +120,7 @@ class Activity:
                     return  # closed after release/abort was already recorded
                 entry = self._entry(event.assoc)
                 self._open.pop(id(event.assoc))
-            entry["ended"], entry["status"] = _now(), status
+            entry["ended"], entry["status"] = utc_now("seconds"), status
             self._done.append(entry)
             self._release(id(event.assoc), entry)
 
@@ -150,7 +146,7 @@ class Activity:
             entry["failures"] += 1
             self._errors.append(
                 {
-                    "time": _now(),
+                    "time": utc_now("seconds"),
                     "source": "dimse",
                     "calling_ae": entry["calling_ae"],
                     "operation": name[:-4].replace("_", "-"),
@@ -185,7 +181,7 @@ class Activity:
     def add_log_line(self, level: str, message: str, logger: str) -> None:
         """A warning or error logged by compacs: held when logged in the thread of an open
         association (see the module docstring), kept at once otherwise."""
-        error = {"time": _now(), "source": "log", "status": level, "message": message}
+        error = {"time": utc_now("seconds"), "source": "log", "status": level, "message": message}
         error["logger"] = logger
         with self._lock:
             key = id(threading.current_thread())
@@ -197,7 +193,13 @@ class Activity:
     def add_error(self, source: str, status: str, message: str, **extra: str) -> None:
         with self._lock:
             self._errors.append(
-                {"time": _now(), "source": source, "status": status, "message": message, **extra}
+                {
+                    "time": utc_now("seconds"),
+                    "source": source,
+                    "status": status,
+                    "message": message,
+                    **extra,
+                }
             )
 
     # -- reading ------------------------------------------------------------------------

@@ -9,15 +9,16 @@ import sys
 from pathlib import Path
 
 from compacs import __version__
-from compacs.config import ConfigError, Peer, Settings, load, with_overrides
+from compacs.config import ConfigError, Settings, load, with_overrides
 from compacs.console import live
+from compacs.dicom.ae import InvalidPeer, Peer
 from compacs.logs import configure
 
 
 def _peer(text: str) -> Peer:
     try:
         return Peer.parse(text)
-    except ConfigError as exc:
+    except InvalidPeer as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 

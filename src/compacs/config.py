@@ -14,45 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from compacs.codecs.table import codec_for
+from compacs.dicom.ae import InvalidPeer, Peer, valid_ae_title
 from compacs.index.base import Duplicates
 from compacs.routing import Routing, forward_everything, parse_route
 from compacs.rules import DEFAULT_POLICY, ArchiveTier, Policy, RuleError, parse_idle, parse_rule
 from compacs.security import OPERATIONS, AccessControl, AccessRule
 
-AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 6.2: AE, no backslash
-
 
 class ConfigError(ValueError):
     pass
-
-
-def valid_ae_title(value: str) -> bool:
-    return bool(AE_TITLE.fullmatch(value)) and value.strip() != ""
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A remote application entity (a C-MOVE destination, a forwarding target)."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Peer:
-        """Parse ``AET@HOST:PORT``."""
-        match = re.fullmatch(r"(?P<aet>[^@]+)@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d+)", text)
-        if not match:
-            raise ConfigError(f"peer {text!r}: expected AET@HOST:PORT")
-        aet, host, port = match["aet"], match["host"].strip("[]"), int(match["port"])
-        if not valid_ae_title(aet):
-            raise ConfigError(f"peer {text!r}: {aet!r} is not an AE title (PS3.5 6.2)")
-        if not 0 < port < 65536:
-            raise ConfigError(f"peer {text!r}: port must be 1-65535")
-        return cls(aet, host, port)
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -395,7 +365,7 @@ def resolver(peers: tuple[Peer, ...] | list[Peer]) -> Callable[[str], str]:
             raise RuleError(f"destination {name!r} is not a peer; use AET@HOST:PORT or [[peers]]")
         try:
             return str(Peer.parse(name))
-        except ConfigError as exc:
+        except InvalidPeer as exc:
             raise RuleError(str(exc)) from None
 
     return resolve
@@ -425,7 +395,7 @@ def _peers(body: Any, source: str) -> list[Peer]:
             raise ConfigError(f"{where}: expected exactly the keys ae_title, host, port")
         try:
             peers.append(Peer.parse(f"{item['ae_title']}@{item['host']}:{item['port']}"))
-        except ConfigError as exc:
+        except InvalidPeer as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return peers
 

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pydicom import dcmread
 
+from compacs.clock import utc_now
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY, extract
 from compacs.dicom.part10 import TooLarge, file_header, joined, structure_problem
 from compacs.dicom.status import Status
@@ -250,7 +250,7 @@ class Ingest:
             sha256=digest,
             calling_ae=rx.calling_ae,
             called_ae=rx.called_ae,
-            received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            received_at=utc_now(),
             compress_after=due,
             forwards=forwards,
             compression_note=kept_because,

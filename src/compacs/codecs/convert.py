@@ -22,7 +22,6 @@ from pydicom.uid import UID
 from compacs.codecs.lossy import derive
 from compacs.codecs.table import BY_SYNTAX, restorable
 from compacs.codecs.transcode import (
-    NATIVE_SYNTAXES,
     decompress,
     encode_dataset,
     read_dataset,
@@ -32,6 +31,7 @@ from compacs.codecs.transcode import (
 from compacs.dicom import part10
 from compacs.dicom.byteorder import to_little_endian
 from compacs.dicom.part10 import deflate
+from compacs.dicom.syntaxes import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_SYNTAXES
 
 
 class NotConvertible(ValueError):
@@ -110,7 +110,7 @@ def data_set_for(data: bytes, target: str) -> bytes:
     stored, offset = part10.split(data)
     if stored == target:
         return data[offset:]
-    if target != NATIVE_SYNTAXES[0] or not UID(stored).is_encapsulated:
+    if target != EXPLICIT_VR_LITTLE_ENDIAN or not UID(stored).is_encapsulated:
         return data_set_bytes(convert(data, target).dataset, target)
     ds = read_dataset(data)
     before = _spliced_attributes(ds)

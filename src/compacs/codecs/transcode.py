@@ -31,7 +31,7 @@ from compacs.dicom.part10 import (
     IMPLEMENTATION_VERSION_NAME,
     file_header,
 )
-from compacs.dicom.syntaxes import name_of
+from compacs.dicom.syntaxes import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_SYNTAXES, name_of
 
 
 class VerificationFailed(RuntimeError):
@@ -210,7 +210,7 @@ def _splice(
         ds.PhotometricInterpretation
     ):
         return None
-    if source.transfer_syntax != NATIVE_SYNTAXES[0] or source.pixel_data_at is None:
+    if source.transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN or source.pixel_data_at is None:
         return None  # the received bytes are in another syntax
     (group_length,) = struct.unpack_from("<L", data, 140)
     start = 144 + group_length
@@ -332,9 +332,6 @@ def _encapsulated(ds: Dataset, fragments: list[bytes], syntax: str) -> None:
     ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
 
 
-NATIVE_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
-
-
 # ISO 10918-1 streams (PS3.5 8.2.1): their YCbCr is the JFIF transform of RGB
 JPEG_SYNTAXES = frozenset(
     (
@@ -382,7 +379,7 @@ def decompress(ds: Dataset) -> Dataset:
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         return ds
     if "PixelData" not in ds:  # nothing encapsulated (PS3.5 A.4): only the label changes
-        ds.file_meta.TransferSyntaxUID = NATIVE_SYNTAXES[0]
+        ds.file_meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
         return ds
     recompressed = BY_SYNTAX.get(syntax)
     if recompressed is not None and recompressed.restore is not None:
@@ -400,5 +397,5 @@ def decompress(ds: Dataset) -> Dataset:
         ds.PlanarConfiguration = 0
     if stream_is_lossy(str(ds.file_meta.TransferSyntaxUID), first_fragment(encapsulated)):
         ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: never reset once lossy
-    ds.file_meta.TransferSyntaxUID = NATIVE_SYNTAXES[0]
+    ds.file_meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
     return ds

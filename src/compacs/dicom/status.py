@@ -107,6 +107,16 @@ def done(code: int) -> bool:
     return category(code) in (Category.SUCCESS, Category.WARNING)
 
 
+ERROR_COMMENT_LENGTH = 64
+"""Error Comment (0000,0902) is LO: at most 64 characters (PS3.7 C.4.2, Annex E;
+PS3.5 Table 6.2-1)."""
+
+
+def error_comment(text: str) -> str:
+    """``text`` as an Error Comment value: cut to :data:`ERROR_COMMENT_LENGTH` characters."""
+    return text[:ERROR_COMMENT_LENGTH]
+
+
 def describe(code: int) -> str:
     """``0xB123 (warning)`` or ``0xA700 Refused: Out of Resources`` for logs and errors."""
     try:

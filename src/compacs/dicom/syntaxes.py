@@ -67,6 +67,9 @@ IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+NATIVE_SYNTAXES = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+"""The native (uncompressed) little endian syntaxes compacs writes, preferred first: a
+peer's fallback when it accepts no compressed syntax (PS3.5 A.1, A.2)."""
 
 
 def acceptance_order(proposals: Sequence[Sequence[str]]) -> list[str]:

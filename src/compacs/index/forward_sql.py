@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from compacs.clock import utc_now
 from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
 from compacs.index.base import Forward, Selected
 
@@ -49,10 +50,6 @@ _UNDER = {
     SERIES: "se.series_uid",
     IMAGE: "i.sop_instance_uid",
 }
-
-
-def _now_text() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _options(forward: Forward) -> str:
@@ -89,7 +86,7 @@ class ForwardStatements:
         return len(instance_pks)
 
     def _insert(self, cur: Any, instance_pk: int, forward: Forward, on_conflict: str) -> None:
-        stamp = _now_text()
+        stamp = utc_now()
         cur.execute(
             self._q(
                 "INSERT INTO forwards (instance_fk, destination, syntaxes, options, "
@@ -139,7 +136,7 @@ class ForwardStatements:
             f"{_ITEM} WHERE {_DUE} AND f.destination = ? AND st.pk = ? ORDER BY f.pk LIMIT ?",
             (now, destination, study_pk, limit),
         )
-        stamp = _now_text()
+        stamp = utc_now()
         claimed = []
         for item in items:  # another node may have claimed some meanwhile (shared index)
             cur.execute(
@@ -155,7 +152,7 @@ class ForwardStatements:
         return claimed
 
     def finish_forwards(self, cur: Any, outcomes: list[dict[str, Any]]) -> None:
-        stamp = _now_text()
+        stamp = utc_now()
         for o in outcomes:
             cur.execute(
                 self._q(
@@ -194,7 +191,7 @@ class ForwardStatements:
             f"{_ITEM} WHERE f.transaction_uid = ? AND f.state = 'committing'",
             (transaction_uid,),
         )
-        stamp = _now_text()
+        stamp = utc_now()
         changed = 0
         for item in rows:
             uid = item["sop_instance_uid"]
@@ -234,7 +231,7 @@ class ForwardStatements:
                 "UPDATE forwards SET state = 'pending', attempts = 0, not_before = 0, "
                 f"claimed_by = NULL, updated_at = ? WHERE {where}"
             ),
-            (_now_text(), *params),
+            (utc_now(), *params),
         )
         return cur.rowcount
 

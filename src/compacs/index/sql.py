@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
+from compacs.clock import utc_now
 from compacs.dicom.attributes import IMAGE, INDEXED, LEVELS, PATIENT, SERIES, STUDY
 from compacs.dicom.syntaxes import name_of
 from compacs.index.base import (
@@ -38,10 +38,6 @@ UNIQUE_COLUMN = {level: INDEXED[level][0].column for level in INDEXED}
 CLAIM_LEASE = 900.0
 """Seconds after which a compression job claimed by a node that never finished it (killed,
 never restarted) may be taken by another node."""
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 _ALIAS = {PATIENT: "p", STUDY: "st", SERIES: "se", IMAGE: "i"}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from compacs import metrics
+from compacs.clock import utc_now
 from compacs.codecs.table import Codec, codec_for
 from compacs.codecs.work import Encoding, Outcome
 from compacs.failpoints import crash_point
@@ -31,7 +32,6 @@ from compacs.index import (
 )
 from compacs.index.compression_state import COMPRESSED, DERIVED, FAILED, KEPT, SKIPPED
 from compacs.index.schema import ARCHIVE_TIER, INGEST_TIER
-from compacs.index.sql import utc_now
 from compacs.ingest import storage_key
 from compacs.jobs.pool import Encoder, InProcess, PoolClosed, replay
 from compacs.logs import about

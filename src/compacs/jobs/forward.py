@@ -19,7 +19,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from compacs.config import Peer
+from compacs.dicom.ae import Peer
 from compacs.index import Index
 from compacs.index.forward_sql import COMMITTING, DONE, FAILED, PENDING
 from compacs.logs import IN_FORWARDING_QUEUE

@@ -20,7 +20,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
-from compacs.config import Peer
+from compacs.dicom.ae import Peer
 from compacs.dicom.status import Status, done
 from compacs.index import Index, InstanceLocation
 from compacs.net.server import REQUESTOR_HANDLERS

@@ -17,7 +17,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from compacs.dicom.status import Status
+from compacs.dicom.status import Status, error_comment
 from compacs.index import Index
 from compacs.net.find_wire import PendingResponder
 from compacs.query import (
@@ -56,7 +56,7 @@ def find(
     except QueryError as exc:
         log.warning("C-FIND refused (0x%04X): %s", exc.status, exc.comment)
         failure = Dataset()
-        failure.ErrorComment = exc.comment[:64]
+        failure.ErrorComment = error_comment(exc.comment)
         yield exc.status, failure
         return
     status = Status.PENDING_WARNING if query.unsupported else Status.PENDING
@@ -77,7 +77,7 @@ def handlers(index: Index, ae_title: str, pn_case_insensitive: bool):
             identifier = event.identifier
         except Exception as exc:  # an identifier pydicom cannot decode
             failure = Dataset()
-            failure.ErrorComment = f"identifier cannot be decoded: {exc}"[:64]
+            failure.ErrorComment = error_comment(f"identifier cannot be decoded: {exc}")
             yield Status.CANNOT_UNDERSTAND, failure
             return
         yield from find(

@@ -45,10 +45,8 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from compacs.dicom.attributes import CHARSET_VRS
 from compacs.dicom.part10 import LONG_LENGTH_VRS
+from compacs.dicom.syntaxes import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from compacs.query import ResponseElement
-
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
 # PS3.5 6.2: the VRs of the Default Character Repertoire only
 _ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR"})
@@ -177,7 +175,8 @@ class PendingResponder:
         context = event.context
         self._context_id = int(context.context_id)
         syntax = str(context.transfer_syntax)
-        self._implicit: bool | None = {IMPLICIT_VR_LE: True, EXPLICIT_VR_LE: False}.get(syntax)
+        implicit = {IMPLICIT_VR_LITTLE_ENDIAN: True, EXPLICIT_VR_LITTLE_ENDIAN: False}
+        self._implicit: bool | None = implicit.get(syntax)
         request = event.request
         self._sop_class = str(request.AffectedSOPClassUID)
         self._message_id = int(request.MessageID)

@@ -21,7 +21,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from compacs.codecs.convert import convert
 from compacs.codecs.table import restorable
-from compacs.config import Peer
+from compacs.dicom.ae import Peer
 from compacs.dicom.status import Status, describe, done
 from compacs.net.commitment import WELL_KNOWN_INSTANCE
 from compacs.net.sender import ArchiveAE, StoredFile

@@ -34,11 +34,11 @@ from pynetdicom.sop_class import (
 )
 
 from compacs.codecs.table import CODECS, restorable
-from compacs.codecs.transcode import NATIVE_SYNTAXES
 from compacs.codecs.work import Decoded, to_peer_syntax
-from compacs.config import Peer
 from compacs.dicom import part10
-from compacs.dicom.status import Status
+from compacs.dicom.ae import Peer
+from compacs.dicom.status import Status, error_comment
+from compacs.dicom.syntaxes import NATIVE_SYNTAXES
 from compacs.index import Index, InstanceFacts
 from compacs.net import sender
 from compacs.net.sender import EncodedDataSet
@@ -235,7 +235,7 @@ def _query(index: Index, identifier: Dataset, model: str) -> list[InstanceFacts]
 
 def _refusal(exc: QueryError) -> Dataset:
     ds = Dataset()
-    ds.ErrorComment = exc.comment[:64]
+    ds.ErrorComment = error_comment(exc.comment)
     return ds
 
 

@@ -11,7 +11,7 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from compacs import metrics
-from compacs.dicom.status import category
+from compacs.dicom.status import category, error_comment
 from compacs.ingest import Ingest, Received
 
 
@@ -34,7 +34,7 @@ def make_store_handler(ingest: Ingest):
         response = Dataset()
         response.Status = int(outcome.status)
         if outcome.comment:
-            response.ErrorComment = outcome.comment[:64]  # LO, PS3.7 C.4.2
+            response.ErrorComment = error_comment(outcome.comment)
         return response
 
     return handle_store

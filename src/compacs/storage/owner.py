@@ -11,8 +11,8 @@ that takes over the identity of the store it was rebuilt from.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
+from compacs.clock import utc_now
 from compacs.storage.base import OWNER_KEY, BlobStore
 
 
@@ -34,7 +34,7 @@ def claim(store: BlobStore, index_id: str) -> None:
     """Mark the store as ``index_id``'s at first use; raise StoreOwned if another's."""
     owner = owner_of(store)
     if owner is None:
-        marker = {"index": index_id, "since": datetime.now(UTC).isoformat(timespec="seconds")}
+        marker = {"index": index_id, "since": utc_now("seconds")}
         store.put(OWNER_KEY, json.dumps(marker).encode())
     elif owner != index_id:
         raise StoreOwned(
