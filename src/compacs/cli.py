@@ -12,6 +12,7 @@ from compacs import __version__
 from compacs.config import ConfigError, Settings, load, with_overrides
 from compacs.console import live
 from compacs.dicom.ae import InvalidPeer, Peer
+from compacs.index.forward_state import ForwardState
 from compacs.logs import configure
 
 
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue_sub = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     listing = queue_sub.add_parser("list", help="queue items (default: not yet done)")
     _common(listing)
-    listing.add_argument("--state", choices=["pending", "sending", "committing", "done", "failed"])
+    listing.add_argument("--state", choices=[state.value for state in ForwardState])
     listing.add_argument("--all", action="store_true", help="done items too")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     for action, what in (("retry", "send again"), ("drop", "remove from the queue")):
@@ -278,7 +279,8 @@ def _has_index(settings: Settings) -> bool:
 
 def cmd_compress(settings: Settings, args: argparse.Namespace) -> int:
     from compacs.index import open_index
-    from compacs.jobs.compress import FAILED, Compressor
+    from compacs.index.compression_state import CompressionState
+    from compacs.jobs.compress import Compressor
     from compacs.jobs.pool import WorkerProcesses
     from compacs.maintenance import compress_stored
     from compacs.storage import open_store
@@ -314,7 +316,7 @@ def cmd_compress(settings: Settings, args: argparse.Namespace) -> int:
         if encoder is not None:
             encoder.close(60)
         index.close()
-    return 3 if summary.states[FAILED] else 0
+    return 3 if summary.states[CompressionState.FAILED] else 0
 
 
 def cmd_stats(settings: Settings, as_json: bool) -> int:

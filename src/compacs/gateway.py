@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
 from compacs.index import Forward, Index, Selected
-from compacs.index.forward_sql import COMMITTING, DONE, FAILED, PENDING, SENDING
+from compacs.index.forward_state import ForwardState
 from compacs.routing import DEFAULT_SYNTAXES, syntax_uids
 from compacs.storage import BlobStore
 
@@ -62,7 +62,7 @@ def delete(index: Index, store: BlobStore, instances: list[Selected]) -> int:
     return removed
 
 
-QUEUE_STATES = (PENDING, SENDING, COMMITTING, DONE, FAILED)
+QUEUE_STATES = tuple(ForwardState)
 
 
 def print_queue(items: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
@@ -74,7 +74,7 @@ def print_queue(items: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
             f"{item['destination']:<32} {item['sop_instance_uid']}",
             file=out,
         )
-        if item["last_error"] and item["state"] != DONE:
+        if item["last_error"] and item["state"] != ForwardState.DONE:
             print(f"{'':>8}last error: {item['last_error']}", file=out)
 
 

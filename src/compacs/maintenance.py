@@ -17,16 +17,9 @@ from compacs import console
 from compacs.codecs.streams import JPEG_LS_SYNTAXES, first_fragment, jls_misread_reason
 from compacs.codecs.table import CODECS
 from compacs.index import Index, InstanceFacts
+from compacs.index.compression_state import CompressionState
 from compacs.index.schema import ARCHIVE_TIER
-from compacs.jobs.compress import (
-    COMPRESSED,
-    DERIVED,
-    FAILED,
-    KEPT,
-    SKIPPED,
-    Compressor,
-    Result,
-)
+from compacs.jobs.compress import Compressor, Result
 from compacs.rules import Policy
 from compacs.storage import BlobStore
 
@@ -63,9 +56,10 @@ def why_not_planned(facts: InstanceFacts, policy: Policy, retry: bool) -> str | 
     state = facts.get("compression")
     if facts.get("tier") == ARCHIVE_TIER:  # the ingest rules would undo the tier's choice
         return "in the archive tier (compress --archive --retry reconsiders it)"
-    if state == DERIVED:
+    if state == CompressionState.DERIVED:
         return "lossy derivative made, original kept on purpose"
-    if state in (FAILED, SKIPPED, KEPT) and not retry:
+    left_alone = (CompressionState.FAILED, CompressionState.SKIPPED, CompressionState.KEPT)
+    if state in left_alone and not retry:
         return f"{state} before (--retry tries again)"
     decision = policy.decide(facts)
     if decision is None:
@@ -170,7 +164,7 @@ def estimate_archive(
             gain.sample_after += result.bytes_after
             winners[
                 _codec_name(result.transfer_syntax or "")
-                if result.state == COMPRESSED
+                if result.state == CompressionState.COMPRESSED
                 else "stored stays smallest"
             ] += 1
     how = "every instance encoded" if sample <= 0 else f"estimated from up to {sample} per group"
@@ -311,7 +305,7 @@ def compress_stored(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for result in pool.map(lambda c: _run(compressor, c, retry), plan):
             summary.states[result.state] += 1
-            if result.state == FAILED:
+            if result.state == CompressionState.FAILED:
                 summary.failures.append(result.note)
             summary.bytes_before += result.bytes_before
             summary.bytes_after += result.bytes_after
@@ -319,10 +313,11 @@ def compress_stored(
     summary.seconds = time.monotonic() - start
     saved = summary.bytes_before - summary.bytes_after
     ratio = summary.bytes_before / summary.bytes_after if summary.bytes_after else 1.0
+    states = summary.states
     print(
-        f"compressed {summary.states[COMPRESSED]}, derived lossy {summary.states[DERIVED]}, "
-        f"kept {summary.states[KEPT]}, "
-        f"skipped {summary.states[SKIPPED]}, failed {summary.states[FAILED]} "
+        f"compressed {states[CompressionState.COMPRESSED]}, "
+        f"derived lossy {states[CompressionState.DERIVED]}, kept {states[CompressionState.KEPT]}, "
+        f"skipped {states[CompressionState.SKIPPED]}, failed {states[CompressionState.FAILED]} "
         f"in {summary.seconds:.1f} s; {summary.bytes_before / 2**20:.1f} MiB -> "
         f"{summary.bytes_after / 2**20:.1f} MiB (saved {saved / 2**20:.1f} MiB, x{ratio:.2f})"
         + (f"; failed: {console.reasons(summary.failures)}" if summary.failures else ""),

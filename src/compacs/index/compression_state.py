@@ -14,9 +14,24 @@ counted by reason (``compacs stats``, the API's ``untouched_by_reason``).
 
 from __future__ import annotations
 
-COMPRESSED, KEPT, SKIPPED, FAILED = "compressed", "kept", "skipped", "failed"
-DERIVED = "derived"  # a lossy derivative was stored as a new instance
-CHANGED = (COMPRESSED, DERIVED)
+from enum import StrEnum
+
+
+class CompressionState(StrEnum):
+    """``instances.compression`` once the compressor has looked at an instance."""
+
+    COMPRESSED = "compressed"
+    KEPT = "kept"
+    """An encoding was not smaller, or the object is already in a target syntax."""
+    SKIPPED = "skipped"
+    """The policy or the pixel module keeps it as received."""
+    FAILED = "failed"
+    """Every codec failed; the original is kept."""
+    DERIVED = "derived"
+    """A lossy derivative was stored as a new instance."""
+
+
+CHANGED = (CompressionState.COMPRESSED, CompressionState.DERIVED)
 """States of instances whose stored object is not the one received (or has a derivative)."""
 
 _NOT_SMALLER = "bytes, not smaller"  # the end of "<codec> gave N bytes, not smaller"
@@ -49,6 +64,8 @@ def reason_of(state: str | None, note: str | None) -> str:
     if note.startswith(_NOT_COMPRESSIBLE):  # the pixel module's fact, not its details
         fact = note[len(_NOT_COMPRESSIBLE) :].split(" (")[0].split(": ")[0]
         return _NOT_COMPRESSIBLE + fact
-    if state == FAILED:  # "jpeg-ls: ValueError: ..." -> the codec or the error type
+    if (
+        state == CompressionState.FAILED
+    ):  # "jpeg-ls: ValueError: ..." -> the codec or the error type
         return f"failed: {note.split(':')[0]}"
     return note

@@ -20,9 +20,12 @@ from typing import Any
 from compacs.clock import utc_now
 from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
 from compacs.index.base import Forward, Selected
+from compacs.index.forward_state import ForwardState
 
-PENDING, SENDING, COMMITTING, DONE, FAILED = "pending", "sending", "committing", "done", "failed"
-STATES = (PENDING, SENDING, COMMITTING, DONE, FAILED)
+# the states as SQL string literals
+_PENDING, _SENDING = f"'{ForwardState.PENDING}'", f"'{ForwardState.SENDING}'"
+_COMMITTING, _DONE = f"'{ForwardState.COMMITTING}'", f"'{ForwardState.DONE}'"
+_FAILED = f"'{ForwardState.FAILED}'"
 
 _ITEM = (
     "SELECT f.pk, f.destination, f.syntaxes, f.options, f.state, f.attempts, f.not_before, "
@@ -35,13 +38,13 @@ _ITEM = (
 # a pending item is due when its time has come and, if it waits for compression, the
 # instance has no compression job left
 _DUE = (
-    "f.state = 'pending' AND f.not_before <= ? AND (f.wait_compression = 0 OR NOT EXISTS "
+    f"f.state = {_PENDING} AND f.not_before <= ? AND (f.wait_compression = 0 OR NOT EXISTS "
     "(SELECT 1 FROM jobs j WHERE j.instance_fk = f.instance_fk))"
 )
 _AFRESH = (
     "DO UPDATE SET syntaxes = excluded.syntaxes, options = excluded.options, "
     "wait_compression = excluded.wait_compression, retain_days = excluded.retain_days, "
-    "state = 'pending', not_before = excluded.not_before, attempts = 0, claimed_by = NULL, "
+    f"state = {_PENDING}, not_before = excluded.not_before, attempts = 0, claimed_by = NULL, "
     "last_error = NULL, updated_at = excluded.updated_at"
 )
 _UNDER = {
@@ -91,7 +94,7 @@ class ForwardStatements:
             self._q(
                 "INSERT INTO forwards (instance_fk, destination, syntaxes, options, "
                 "wait_compression, retain_days, state, not_before, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) "
+                f"VALUES (?, ?, ?, ?, ?, ?, {_PENDING}, ?, ?, ?) "
                 f"ON CONFLICT (instance_fk, destination) {on_conflict}"
             ),
             (
@@ -141,8 +144,8 @@ class ForwardStatements:
         for item in items:  # another node may have claimed some meanwhile (shared index)
             cur.execute(
                 self._q(
-                    "UPDATE forwards SET state = 'sending', claimed_by = ?, "
-                    "attempts = attempts + 1, updated_at = ? WHERE pk = ? AND state = 'pending'"
+                    f"UPDATE forwards SET state = {_SENDING}, claimed_by = ?, "
+                    f"attempts = attempts + 1, updated_at = ? WHERE pk = ? AND state = {_PENDING}"
                 ),
                 (worker, stamp, item["pk"]),
             )
@@ -178,7 +181,7 @@ class ForwardStatements:
         cur.execute(
             self._q(
                 "UPDATE forwards SET not_before = ? "
-                "WHERE destination = ? AND state = 'pending' AND not_before < ?"
+                f"WHERE destination = ? AND state = {_PENDING} AND not_before < ?"
             ),
             (until, destination, until),
         )
@@ -188,7 +191,7 @@ class ForwardStatements:
     ) -> int:
         rows = self._rows(
             cur,
-            f"{_ITEM} WHERE f.transaction_uid = ? AND f.state = 'committing'",
+            f"{_ITEM} WHERE f.transaction_uid = ? AND f.state = {_COMMITTING}",
             (transaction_uid,),
         )
         stamp = utc_now()
@@ -196,9 +199,9 @@ class ForwardStatements:
         for item in rows:
             uid = item["sop_instance_uid"]
             if uid in committed:
-                state, error = DONE, None
+                state, error = ForwardState.DONE, None
             elif uid in failed:
-                state, error = PENDING, "the destination did not commit it"
+                state, error = ForwardState.PENDING, "the destination did not commit it"
             else:
                 continue
             cur.execute(
@@ -228,7 +231,7 @@ class ForwardStatements:
         where, params = self._selection(pks, states)
         cur.execute(
             self._q(
-                "UPDATE forwards SET state = 'pending', attempts = 0, not_before = 0, "
+                f"UPDATE forwards SET state = {_PENDING}, attempts = 0, not_before = 0, "
                 f"claimed_by = NULL, updated_at = ? WHERE {where}"
             ),
             (utc_now(), *params),
@@ -245,8 +248,8 @@ class ForwardStatements:
         if node is not None:  # its own start-up: what it was sending when it stopped
             cur.execute(
                 self._q(
-                    "UPDATE forwards SET state = 'pending', claimed_by = NULL "
-                    "WHERE state = 'sending' AND substr(claimed_by, 1, length(?)) = ?"
+                    f"UPDATE forwards SET state = {_PENDING}, claimed_by = NULL "
+                    f"WHERE state = {_SENDING} AND substr(claimed_by, 1, length(?)) = ?"
                 ),
                 (f"{node}:", f"{node}:"),
             )
@@ -254,17 +257,17 @@ class ForwardStatements:
         cutoff = datetime.fromtimestamp(stale_before, UTC).isoformat(timespec="milliseconds")
         cur.execute(  # a node that died sending and never came back
             self._q(
-                "UPDATE forwards SET state = 'pending', claimed_by = NULL "
-                "WHERE state = 'sending' AND updated_at < ?"
+                f"UPDATE forwards SET state = {_PENDING}, claimed_by = NULL "
+                f"WHERE state = {_SENDING} AND updated_at < ?"
             ),
             (cutoff,),
         )
         released += cur.rowcount
         cur.execute(
             self._q(
-                "UPDATE forwards SET state = 'pending', not_before = 0, "
+                f"UPDATE forwards SET state = {_PENDING}, not_before = 0, "
                 "last_error = 'no Storage Commitment report in time' "
-                "WHERE state = 'committing' AND updated_at < ?"
+                f"WHERE state = {_COMMITTING} AND updated_at < ?"
             ),
             (cutoff,),
         )
@@ -276,7 +279,7 @@ class ForwardStatements:
         cur.execute(
             "SELECT i.pk, i.received_at, MAX(f.retain_days) FROM instances i "
             "JOIN forwards f ON f.instance_fk = i.pk GROUP BY i.pk, i.received_at "
-            "HAVING SUM(CASE WHEN f.state = 'done' AND f.retain_days IS NOT NULL "
+            f"HAVING SUM(CASE WHEN f.state = {_DONE} AND f.retain_days IS NOT NULL "
             "THEN 0 ELSE 1 END) = 0"
         )
         due = []
@@ -305,7 +308,7 @@ class ForwardStatements:
         "errors": [{"error", "items", "last_attempt"}, newest first]}}``."""
         cur.execute(
             "SELECT destination, last_error, COUNT(*), MAX(updated_at) FROM forwards "
-            f"WHERE last_error IS NOT NULL AND state IN ('{PENDING}', '{SENDING}', '{FAILED}') "
+            f"WHERE last_error IS NOT NULL AND state IN ({_PENDING}, {_SENDING}, {_FAILED}) "
             "GROUP BY destination, last_error ORDER BY 1, 4 DESC"
         )
         out: dict[str, Any] = {}

@@ -30,7 +30,7 @@ from compacs.index import (
     NewInstance,
     ObjectChange,
 )
-from compacs.index.compression_state import COMPRESSED, DERIVED, FAILED, KEPT, SKIPPED
+from compacs.index.compression_state import CompressionState
 from compacs.index.schema import ARCHIVE_TIER, INGEST_TIER
 from compacs.ingest import storage_key
 from compacs.jobs.pool import Encoder, InProcess, PoolClosed, replay
@@ -144,7 +144,7 @@ class Compressor:
         except Exception as exc:  # never let a codec or a file take the worker down
             log.exception("compression of %s failed", facts["sop_instance_uid"])
             result = Result(
-                FAILED,
+                CompressionState.FAILED,
                 f"{type(exc).__name__}: {exc}"[:500],
                 facts["bytes_stored"],
                 facts["bytes_stored"],
@@ -159,7 +159,7 @@ class Compressor:
             if change is None and facts.get("compression") is not None:
                 # the ingest tier's outcome stands when the archive tier changed nothing
                 state, note = facts["compression"], facts.get("compression_note")
-                if result.state == FAILED:
+                if result.state == CompressionState.FAILED:
                     log.warning("archive tier kept %s: %s", facts["sop_instance_uid"], result.note)
         finished = self.index.finish_job(
             facts["pk"], facts["storage_key"], change, state, note, tier
@@ -231,12 +231,12 @@ class Compressor:
         archive = facts.get("job_tier") == ARCHIVE_TIER
         decision = (self.policy.archive_verdict if archive else self.policy.verdict)(facts)
         if isinstance(decision, str):  # the policy keeps it as received, and says why
-            return Result(SKIPPED, decision, before, before)
+            return Result(CompressionState.SKIPPED, decision, before, before)
         reconsider = reconsider or archive
         stored = facts["transfer_syntax_stored"]
         in_target = stored in decision.targets
         if in_target and not (reconsider and len(decision.codecs) > 1):
-            return Result(KEPT, "already in a target syntax", before, before)
+            return Result(CompressionState.KEPT, "already in a target syntax", before, before)
         if in_target:  # smallest, reconsidered: the stored object is one of the candidates
             others = tuple(c for c in decision.codecs if c.transfer_syntax != stored)
             decision = replace(decision, codecs=others)
@@ -255,12 +255,18 @@ class Compressor:
         source = self._source(facts, None)
         with self._encode(source, decision.codecs, decision.options, False) as encoding:
             if encoding.outcome is not Outcome.ENCODED:
-                return Result(SKIPPED, encoding.note, before, before)
+                return Result(CompressionState.SKIPPED, encoding.note, before, before)
             if encoding.size >= before:
                 note = f"{encoding.codec} gave {encoding.size} bytes, not smaller"
-                return Result(KEPT, note, before, before, facts["transfer_syntax_stored"])
+                return Result(
+                    CompressionState.KEPT, note, before, before, facts["transfer_syntax_stored"]
+                )
             return Result(
-                COMPRESSED, encoding.codec, before, encoding.size, encoding.transfer_syntax
+                CompressionState.COMPRESSED,
+                encoding.codec,
+                before,
+                encoding.size,
+                encoding.transfer_syntax,
             )
 
     def _outcome(
@@ -269,11 +275,11 @@ class Compressor:
         """Record what the encoder made of the instance: switch, derive, keep, or fail."""
         before = int(facts["bytes_stored"])
         if encoding.outcome in (Outcome.NOT_COMPRESSIBLE, Outcome.REFUSED):
-            result = Result(SKIPPED, encoding.note, before, before)
+            result = Result(CompressionState.SKIPPED, encoding.note, before, before)
             self._finish(facts, None, result)
             return result
         if encoding.outcome is Outcome.FAILED:
-            result = Result(FAILED, encoding.note, before, before)
+            result = Result(CompressionState.FAILED, encoding.note, before, before)
             log.warning("could not compress %s: %s", facts["sop_instance_uid"], result.note)
             self._finish(facts, None, result)
             return result
@@ -284,7 +290,7 @@ class Compressor:
             if in_target:
                 tried = ", ".join(c.name for c in decision.codecs)
                 note = f"stored syntax stays the smallest (tried {tried}): {note}"
-            result = Result(KEPT, note, before, before)
+            result = Result(CompressionState.KEPT, note, before, before)
             self._finish(facts, None, result)
             return result
 
@@ -298,7 +304,9 @@ class Compressor:
             facts["study_uid"], facts["series_uid"], facts["sop_instance_uid"], digest
         )
         change = ObjectChange(key, encoded.transfer_syntax, encoded.size, digest)
-        result = Result(COMPRESSED, note, before, encoded.size, encoded.transfer_syntax)
+        result = Result(
+            CompressionState.COMPRESSED, note, before, encoded.size, encoded.transfer_syntax
+        )
         with intent(self.store, [facts["storage_key"], key]):
             self._place(key, encoded)
             crash_point("compressed-placed")
@@ -309,7 +317,12 @@ class Compressor:
                 self.store.delete(facts["storage_key"])
             else:  # replaced or deleted meanwhile: the new object belongs to nobody
                 self.store.delete(key)
-                result = Result(SKIPPED, "instance changed while it was compressed", before, before)
+                result = Result(
+                    CompressionState.SKIPPED,
+                    "instance changed while it was compressed",
+                    before,
+                    before,
+                )
         return result
 
     def reencode(self, facts: InstanceFacts, reason: str) -> Result:
@@ -322,7 +335,7 @@ class Compressor:
             with self._encode(source, (codec_for("jpeg-ls"),), {}, False) as encoding:
                 if encoding.outcome is not Outcome.ENCODED:
                     before = int(facts["bytes_stored"])
-                    result = Result(FAILED, encoding.note, before, before)
+                    result = Result(CompressionState.FAILED, encoding.note, before, before)
                     self._finish(facts, None, result)
                     return result
                 return self._switch(facts, encoding, f"jpeg-ls re-encoded: {reason}"[:500])
@@ -363,14 +376,16 @@ class Compressor:
             raise
         note = f"lossy derivative {new_uid} ({encoded.codec})"
         if decision.keep_original:
-            result = Result(DERIVED, note, before, before, facts["transfer_syntax_stored"])
+            result = Result(
+                CompressionState.DERIVED, note, before, before, facts["transfer_syntax_stored"]
+            )
             self._finish(facts, None, result)
         else:
             old_key = self.index.delete_instance(facts["pk"])
             if old_key:
                 self.store.delete(old_key)
             result = Result(
-                DERIVED,
+                CompressionState.DERIVED,
                 note + "; original deleted",
                 before,
                 encoded.size,

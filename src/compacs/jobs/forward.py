@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 
 from compacs.dicom.ae import Peer
 from compacs.index import Index
-from compacs.index.forward_sql import COMMITTING, DONE, FAILED, PENDING
+from compacs.index.forward_state import ForwardState
 from compacs.logs import IN_FORWARDING_QUEUE
 from compacs.net.forward import Link, Sent, proposal, report_outcome
 from compacs.routing import Routing
@@ -172,9 +172,14 @@ class Forwarder:
                 error,
                 extra=IN_FORWARDING_QUEUE,
             )
-            return {"pk": item["pk"], "state": FAILED, "error": error}
+            return {"pk": item["pk"], "state": ForwardState.FAILED, "error": error}
         until = self.routing.retry_at(time.time(), item["attempts"])
-        return {"pk": item["pk"], "state": PENDING, "not_before": until, "error": error}
+        return {
+            "pk": item["pk"],
+            "state": ForwardState.PENDING,
+            "not_before": until,
+            "error": error,
+        }
 
     def _deliver(self, destination: str, items: list[dict[str, Any]], worker: str) -> None:
         """Send ``items``, then whatever else becomes due for the destination while the
@@ -234,7 +239,7 @@ class Forwarder:
         try:
             for n, item in enumerate(items):
                 if self._stop.is_set():  # the node stops: the rest waits for the next start
-                    outcomes += [{"pk": i["pk"], "state": PENDING} for i in items[n:]]
+                    outcomes += [{"pk": i["pk"], "state": ForwardState.PENDING} for i in items[n:]]
                     break
                 try:
                     sent = link.send(item, self.store)
@@ -249,7 +254,7 @@ class Forwarder:
                 if sent.delivered and item["commit"]:
                     to_commit.append((item, sent))
                 elif sent.delivered:
-                    outcomes.append(self._done(item, sent, DONE))
+                    outcomes.append(self._done(item, sent, ForwardState.DONE))
                 elif sent.status is None and not link.established:
                     lost = [self._retry(i, sent.error or "lost") for i in items[n:]]
                     outcomes += lost
@@ -263,9 +268,11 @@ class Forwarder:
             handled = {o["pk"] for o in outcomes} | {i["pk"] for i, _ in to_commit}
             outcomes += [self._retry(i, "interrupted") for i in items if i["pk"] not in handled]
             self.index.finish_forwards(outcomes)
-        delivered = sum(1 for o in outcomes if o["state"] in (DONE, COMMITTING))
+        delivered = sum(
+            1 for o in outcomes if o["state"] in (ForwardState.DONE, ForwardState.COMMITTING)
+        )
         log.info("forwarded %d of %d instance(s) to %s", delivered, len(items), link.peer)
-        if any(o["state"] == DONE for o in outcomes):
+        if any(o["state"] == ForwardState.DONE for o in outcomes):
             self.apply_retention()
 
     @staticmethod
@@ -284,7 +291,10 @@ class Forwarder:
         """Record the items as waiting for the report first (it may come at once, on any
         association), then ask; on a refusal they are sent again later."""
         transaction = generate_uid()
-        waiting = [self._done(i, s, COMMITTING, transaction_uid=transaction) for i, s in delivered]
+        waiting = [
+            self._done(i, s, ForwardState.COMMITTING, transaction_uid=transaction)
+            for i, s in delivered
+        ]
         arrived = threading.Event()
         with self._lock:
             self._reports[transaction] = arrived

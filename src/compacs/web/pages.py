@@ -9,6 +9,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from compacs.index.forward_state import WAITING
 from compacs.web.charts import ratio_over_time, size, stored_vs_received
 
 THUMBNAILS_PER_SERIES = 24  # on the study page; the series page has them all
@@ -73,10 +74,7 @@ def dashboard(stats: dict[str, Any]) -> str:
     saved = stats["bytes_received"] - stats["bytes_stored"]
     forwarding = stats.get("forwarding", {})
     waiting = sum(
-        n
-        for entry in forwarding.values()
-        for state, n in entry.items()
-        if state in ("pending", "sending", "committing")
+        n for entry in forwarding.values() for state, n in entry.items() if state in WAITING
     )
     cards = [
         ("Studies", f"{stats['studies']}"),
