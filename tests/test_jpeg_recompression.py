@@ -28,7 +28,7 @@ from compacs.codecs.table import codec_for
 from compacs.codecs.transcode import VerificationFailed, recompress
 from compacs.codecs.work import Outcome, encode_best
 from compacs.dicom.status import Status
-from compacs.net.forward import preference
+from compacs.net.storage_scu import preference
 from compacs.net.retrieve import target_syntax
 from compacs.web.render import decode_frame, preview_png
 from tests.conftest import NodeProcess, require_dcmtk, write_config

@@ -26,18 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("rules", "routing"),
     ("ingest",),
     ("jobs", "net", "activity"),
-    (
-        "node",
-        "web",
-        "admin",
-        "cli",
-        "console",
-        "config",
-        "gateway",
-        "maintenance",
-        "integrity",
-        "reindex",
-    ),
+    ("node", "web", "admin", "cli", "config"),
 ]
 FORBIDDEN = {("config", "web")}
 """Pairs within one layer that must not import each other (settings do not know the web)."""
@@ -72,13 +61,13 @@ def imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("compacs")}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module.startswith("compacs"):
-                for alias in node.names:
-                    sub = f"{node.module}.{alias.name}"
-                    is_module = (SRC / Path(*sub.split("."))).with_suffix(".py").exists() or (
-                        SRC / Path(*sub.split(".")) / "__init__.py"
-                    ).exists()
-                    found.add(sub if is_module else node.module)
+            if not node.module.startswith("compacs"):
+                continue
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                where = SRC / Path(*sub.split("."))
+                is_module = where.with_suffix(".py").exists() or (where / "__init__.py").exists()
+                found.add(sub if is_module else node.module)
     return found
 
 

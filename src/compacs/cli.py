@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from compacs import __version__
+from compacs.admin.console import live
 from compacs.config import ConfigError, Settings, load, with_overrides
-from compacs.console import live
 from compacs.dicom.ae import InvalidPeer, Peer
 from compacs.index.forward_state import ForwardState
 from compacs.logs import configure
@@ -24,7 +24,7 @@ def _peer(text: str) -> Peer:
 
 
 def _verbose(parser: argparse.ArgumentParser) -> None:
-    """``-v`` for the commands that draw a progress bar (see :mod:`compacs.console`)."""
+    """``-v`` for the commands that draw a progress bar (see :mod:`compacs.admin.console`)."""
     parser.add_argument(
         "-v",
         "--verbose",
@@ -161,8 +161,8 @@ def _selection(parser: argparse.ArgumentParser) -> None:
 
 
 def _integrity_parsers(sub: argparse._SubParsersAction) -> None:
-    from compacs.integrity import ORPHAN_MIN_AGE
-    from compacs.reindex import NOT_RECOVERED
+    from compacs.admin.reindex import NOT_RECOVERED
+    from compacs.admin.verify import ORPHAN_MIN_AGE
 
     verify = sub.add_parser(
         "verify",
@@ -278,11 +278,11 @@ def _has_index(settings: Settings) -> bool:
 
 
 def cmd_compress(settings: Settings, args: argparse.Namespace) -> int:
+    from compacs.admin.compress import compress_stored
     from compacs.index import open_index
     from compacs.index.compression_state import CompressionState
     from compacs.jobs.compress import Compressor
     from compacs.jobs.pool import WorkerProcesses
-    from compacs.maintenance import compress_stored
     from compacs.storage import open_store
 
     if not _has_index(settings):
@@ -378,9 +378,9 @@ def _quiet_pydicom() -> None:
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from compacs.admin.console import Progress
+    from compacs.admin.verify import Verifier, print_report
     from compacs.index import open_index
-    from compacs.integrity import Verifier, print_report
-    from compacs.maintenance import Progress
     from compacs.storage import open_store
 
     if not _has_index(settings):
@@ -409,8 +409,8 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
-    from compacs.maintenance import Progress
-    from compacs.reindex import ReindexError, print_report, rebuild
+    from compacs.admin.console import Progress
+    from compacs.admin.reindex import ReindexError, print_report, rebuild
     from compacs.storage import open_store
 
     _quiet_pydicom()
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     """``forward``, ``queue`` and ``delete``: exit 0 done, 1 nothing matched, 2 bad usage."""
-    from compacs import gateway
+    from compacs.admin import gateway
     from compacs.config import resolver
     from compacs.index import open_index
     from compacs.rules import RuleError
@@ -540,7 +540,7 @@ def _confirmed(question: str) -> bool:
 
 
 def _queue(index, args: argparse.Namespace) -> int:
-    from compacs import gateway
+    from compacs.admin import gateway
 
     if args.queue_command == "list":
         items = index.forward_items(args.state, limit=100_000)

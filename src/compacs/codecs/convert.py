@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
-from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -47,12 +45,6 @@ class Converted:
     """The new SOP Instance UID when the conversion was lossy."""
 
 
-def _part10(ds: Dataset) -> bytes:
-    out = BytesIO()
-    dcmwrite(out, ds, enforce_file_format=True)
-    return out.getvalue()
-
-
 def convert(data: bytes, target: str, lossy_options: dict[str, Any] | None = None) -> Converted:
     """The Part 10 object ``data`` in transfer syntax ``target``.
 
@@ -65,12 +57,12 @@ def convert(data: bytes, target: str, lossy_options: dict[str, Any] | None = Non
         return Converted(ds, len(data))
     if target in restorable(stored):  # the received bitstreams, byte for byte
         restored = restore(ds, BY_SYNTAX[stored])
-        return Converted(restored, len(_part10(restored)))
+        return Converted(restored, len(part10.write(restored)))
     to_little_endian(ds)  # every other target is little endian; values kept
     if target in NATIVE_SYNTAXES:
         # Explicit VR LE; pynetdicom re-encodes it when only Implicit VR LE was accepted
         native = decompress(ds)
-        return Converted(native, len(_part10(native)))
+        return Converted(native, len(part10.write(native)))
     codec = BY_SYNTAX.get(target)
     if codec is None:
         raise NotConvertible(f"compacs cannot encode {target}")
@@ -78,15 +70,15 @@ def convert(data: bytes, target: str, lossy_options: dict[str, Any] | None = Non
         if stored != codec.recompresses:
             raise NotConvertible(f"{codec.name} recompresses {codec.recompresses} only")
         encoded = recompress(data, codec)
-        return Converted(dcmread(BytesIO(encoded.data)), len(encoded.data))
+        return Converted(part10.read(encoded.data), len(encoded.data))
     if codec.lossless:
         encoded = encode_dataset(decompress(ds), codec)
-        return Converted(dcmread(BytesIO(encoded.data)), len(encoded.data))
+        return Converted(part10.read(encoded.data), len(encoded.data))
     if lossy_options is None:
         raise NotConvertible(f"{codec.name} is lossy and the route does not allow loss")
-    native = _part10(decompress(ds)) if ds.file_meta.TransferSyntaxUID.is_compressed else data
+    native = part10.write(decompress(ds)) if ds.file_meta.TransferSyntaxUID.is_compressed else data
     encoded, uid = derive(native, codec, lossy_options)
-    return Converted(dcmread(BytesIO(encoded.data)), len(encoded.data), uid)
+    return Converted(part10.read(encoded.data), len(encoded.data), uid)
 
 
 def data_set_bytes(ds: Dataset, syntax: str) -> bytes:

@@ -10,14 +10,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
 import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.filewriter import dcmwrite
 from pydicom.pixels import convert_color_space, pack_bits
 
 from compacs.codecs.decode import source_frames, stored_frames
@@ -25,6 +22,7 @@ from compacs.codecs.geometry import check_pixel_data
 from compacs.codecs.pixels import PixelInfo, clean
 from compacs.codecs.streams import first_fragment, stream_is_lossy
 from compacs.codecs.table import BY_SYNTAX, Codec, CodecUnavailable
+from compacs.dicom import part10
 from compacs.dicom.byteorder import to_little_endian
 from compacs.dicom.part10 import (
     IMPLEMENTATION_CLASS_UID,
@@ -59,7 +57,7 @@ def read_full(data: bytes) -> Dataset:
 
 def read_dataset(data: bytes) -> Dataset:
     """The Part 10 object ``data``, every element with a VR it can be written with."""
-    ds = dcmread(BytesIO(data))
+    ds = part10.read(data)
     if any(elem.is_raw and elem.VR is None for elem in ds.elements()):
         _resolve_vrs(ds)
     return ds
@@ -185,10 +183,12 @@ def _write(
         ds.PlanarConfiguration = 0  # PS3.5 8.2: colour-by-pixel in compressed streams
     if before_write is not None:
         before_write(ds, info.frame_bytes * info.frames / sum(len(f) for f in fragments))
-    out = BytesIO()
-    dcmwrite(out, ds, enforce_file_format=True)
     return Transcoded(
-        out.getvalue(), codec.transfer_syntax, codec, len(fragments), info.frame_bytes * info.frames
+        part10.write(ds),
+        codec.transfer_syntax,
+        codec,
+        len(fragments),
+        info.frame_bytes * info.frames,
     )
 
 
@@ -302,10 +302,8 @@ def recompress(data: bytes, codec: Codec) -> Transcoded:
             f"{len(fragments)} frames in the Pixel Data, {info.frames} expected"
         )
     _encapsulated(ds, fragments, codec.transfer_syntax)
-    out = BytesIO()
-    dcmwrite(out, ds, enforce_file_format=True)
     return Transcoded(
-        out.getvalue(), codec.transfer_syntax, codec, info.frames, info.frame_bytes * info.frames
+        part10.write(ds), codec.transfer_syntax, codec, info.frames, info.frame_bytes * info.frames
     )
 
 

@@ -27,16 +27,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import partial
-from io import BytesIO
 from typing import Any
-
-from pydicom import dcmread
 
 from compacs.codecs.convert import data_set_for
 from compacs.codecs.lossy import DerivationRefused, derive
 from compacs.codecs.pixels import NotCompressible
 from compacs.codecs.table import Codec, CodecUnavailable, codec_for
 from compacs.codecs.transcode import Transcoded, transcode
+from compacs.dicom import part10
 from compacs.dicom.attributes import extract
 
 
@@ -286,5 +284,5 @@ def _lossy(data: bytes, codecs: Sequence[Codec], options: Mapping[str, Any]) -> 
     if best is None:
         return Encoding(Outcome.FAILED, "; ".join(errors)[:500])
     encoded, new_uid = best
-    header = dcmread(BytesIO(encoded.data), stop_before_pixels=True)
+    header = part10.read(encoded.data, pixels=False)
     return _encoded(encoded, new_uid, extract(header))

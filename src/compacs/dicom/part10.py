@@ -7,6 +7,9 @@ import struct
 import zlib
 from typing import Any
 
+from pydicom import dcmread, dcmwrite
+from pydicom.dataset import Dataset
+
 from compacs import __version__
 from compacs.dicom.syntaxes import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -24,6 +27,20 @@ LONG_LENGTH_VRS = frozenset(
 )
 """Explicit VRs with a reserved field and a 4-byte Value Length (PS3.5 7.1.2)."""
 _LONG_VRS = frozenset(vr.encode("ascii") for vr in LONG_LENGTH_VRS)
+
+
+def read(data: bytes, *, pixels: bool = True) -> Dataset:
+    """The Part 10 object ``data`` (PS3.10 7.1) as pydicom reads it; ``pixels=False`` stops
+    before Pixel Data (the header only, for indexing and metadata)."""
+    return dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
+
+
+def write(ds: Dataset) -> bytes:
+    """``ds`` as a Part 10 object: preamble, File Meta Information and data set
+    (PS3.10 7.1), pydicom checking the File Meta it needs."""
+    out = io.BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
 
 
 def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:

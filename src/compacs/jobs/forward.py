@@ -23,7 +23,7 @@ from compacs.dicom.ae import Peer
 from compacs.index import Index
 from compacs.index.forward_state import ForwardState
 from compacs.logs import IN_FORWARDING_QUEUE
-from compacs.net.forward import Link, Sent, proposal, report_outcome
+from compacs.net.storage_scu import Link, Sent, proposal, report_outcome
 from compacs.routing import Routing
 from compacs.storage import BlobStore
 

@@ -8,14 +8,12 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import NamedTuple, TextIO
 
-from pydicom import dcmread
-
-from compacs import console
+from compacs.admin import console
 from compacs.codecs.streams import JPEG_LS_SYNTAXES, first_fragment, jls_misread_reason
 from compacs.codecs.table import CODECS
+from compacs.dicom import part10
 from compacs.index import Index, InstanceFacts
 from compacs.index.compression_state import CompressionState
 from compacs.index.schema import ARCHIVE_TIER
@@ -206,39 +204,9 @@ def misread_reason(facts: InstanceFacts, store: BlobStore) -> str | None:
     signed = facts.get("pixel_representation") == 1
     if syntax not in JPEG_LS_SYNTAXES or not signed or not 0 < bits_stored < bits_allocated:
         return None
-    ds = dcmread(BytesIO(store.get(facts["storage_key"])))
+    ds = part10.read(store.get(facts["storage_key"]))
     fragment = first_fragment(ds.PixelData) if "PixelData" in ds else b""
     return jls_misread_reason(syntax, bits_allocated, bits_stored, signed, fragment)
-
-
-class Progress:
-    """A one-line progress bar on a terminal, plain lines otherwise. It draws through the
-    live :class:`compacs.console.Console` when a command opened one, so that log records
-    and warnings print above the bar instead of into it."""
-
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
-        self.total, self.done = total, 0
-        self.start = time.monotonic()
-        self.console = console.active() or console.Console(stream)
-        self.tty = self.console.tty
-        self._last = 0.0
-
-    def step(self, saved: int | None = None, note: str = "") -> None:
-        """One more done; ``saved`` bytes (compress) or a short ``note`` (verify, reindex)."""
-        self.done += 1
-        now = time.monotonic()
-        if not self.tty and now - self._last < 2 and self.done != self.total:
-            return
-        self._last = now
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        rate = self.done / max(now - self.start, 1e-9)
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {rate:.0f}/s"
-        if saved is not None:
-            line += f" saved {saved / 2**20:.1f} MiB"
-        if note:
-            line += f" {note}"
-        self.console.draw(line, final=self.done == self.total)
 
 
 @dataclass
@@ -300,7 +268,7 @@ def compress_stored(
         estimate_archive(compressor, plan, sample, out)
     if dry_run or not plan:
         return summary
-    progress = Progress(len(plan))
+    progress = console.Progress(len(plan))
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for result in pool.map(lambda c: _run(compressor, c, retry), plan):

@@ -23,19 +23,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from io import BytesIO
 from typing import Any, TextIO
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels import iter_pixels
 
+from compacs.admin.console import Progress, reasons
 from compacs.codecs.decode import stored_frames
 from compacs.codecs.pixels import NotCompressible, PixelInfo
-from compacs.console import reasons
+from compacs.dicom import part10
 from compacs.index import Index, InstanceLocation
 from compacs.logs import about
-from compacs.maintenance import Progress
 from compacs.storage import BlobStore
 
 MISSING = "missing"
@@ -141,7 +139,7 @@ def check_object(data: bytes, location: InstanceLocation, decode: bool) -> Probl
     if digest != location.sha256:
         return problem(DIGEST, f"SHA-256 {digest[:16]}... differs from the index's")
     try:
-        ds = dcmread(BytesIO(data), stop_before_pixels=not decode)
+        ds = part10.read(data, pixels=decode)
         found = str(ds.get("SOPInstanceUID", "") or "")
     except Exception as exc:
         return problem(UNREADABLE, f"does not parse: {type(exc).__name__}: {exc}"[:300])

@@ -33,20 +33,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from io import BytesIO
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
 
-from pydicom import dcmread
-
+from compacs.admin.console import Progress
+from compacs.admin.verify import decode_problem, parse_key
+from compacs.dicom import part10
 from compacs.dicom.attributes import extract
 from compacs.dicom.uids import InvalidUID
 from compacs.index import Duplicates, NewInstance
 from compacs.index.sql import SqlStatements
 from compacs.index.sqlite import SqliteIndex
-from compacs.integrity import decode_problem, parse_key
-from compacs.maintenance import Progress
 from compacs.storage import BlobStore
 from compacs.storage.owner import owner_of
 
@@ -199,7 +197,7 @@ class Rebuilder:
             return Scanned(key, modified, problem=f"cannot be read: {exc}")
         digest = hashlib.sha256(data).hexdigest()
         try:
-            ds = dcmread(BytesIO(data), stop_before_pixels=True)
+            ds = part10.read(data, pixels=False)
             syntax = ds.file_meta.get("TransferSyntaxUID")
         except Exception as exc:
             return Scanned(key, modified, problem=f"does not parse: {type(exc).__name__}: {exc}")
@@ -237,7 +235,7 @@ class Rebuilder:
         if kept.damaged:
             return False
         try:
-            return decode_problem(dcmread(BytesIO(self.store.get(kept.key)))) is None
+            return decode_problem(part10.read(self.store.get(kept.key))) is None
         except Exception:
             return False
 

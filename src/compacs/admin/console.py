@@ -21,6 +21,7 @@ import logging
 import re
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -206,3 +207,33 @@ def live(stream: TextIO = sys.stderr, verbose: bool = False) -> Iterator[Console
 def active() -> Console | None:
     """The console of the running command, if one is live."""
     return _ACTIVE
+
+
+class Progress:
+    """A one-line progress bar on a terminal, plain lines otherwise. It draws through the
+    live :class:`Console` when a command opened one, so that log records
+    and warnings print above the bar instead of into it."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+        self.total, self.done = total, 0
+        self.start = time.monotonic()
+        self.console = active() or Console(stream)
+        self.tty = self.console.tty
+        self._last = 0.0
+
+    def step(self, saved: int | None = None, note: str = "") -> None:
+        """One more done; ``saved`` bytes (compress) or a short ``note`` (verify, reindex)."""
+        self.done += 1
+        now = time.monotonic()
+        if not self.tty and now - self._last < 2 and self.done != self.total:
+            return
+        self._last = now
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        rate = self.done / max(now - self.start, 1e-9)
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {rate:.0f}/s"
+        if saved is not None:
+            line += f" saved {saved / 2**20:.1f} MiB"
+        if note:
+            line += f" {note}"
+        self.console.draw(line, final=self.done == self.total)
