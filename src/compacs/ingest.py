@@ -26,7 +26,7 @@ from compacs.dicom.part10 import TooLarge, file_header, joined, structure_proble
 from compacs.dicom.status import Status
 from compacs.dicom.uids import InvalidUID, require_uid
 from compacs.failpoints import crash_point
-from compacs.index import Duplicates, Index, IndexUnavailable, NewInstance
+from compacs.index import Catalogue, Duplicates, IndexUnavailable, NewInstance
 from compacs.routing import Routing
 from compacs.rules import DEFAULT_POLICY, Policy, facts_of
 from compacs.storage import BlobStore, FileStore, StorageFull
@@ -99,7 +99,7 @@ class Ingest:
     def __init__(
         self,
         store: BlobStore,
-        index: Index,
+        index: Catalogue,
         duplicates: Duplicates,
         policy: Policy = DEFAULT_POLICY,
         *,

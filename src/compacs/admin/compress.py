@@ -14,7 +14,7 @@ from compacs.admin import console
 from compacs.codecs.streams import JPEG_LS_SYNTAXES, first_fragment, jls_misread_reason
 from compacs.codecs.table import CODECS
 from compacs.dicom import part10
-from compacs.index import Index, InstanceFacts
+from compacs.index import Catalogue, InstanceFacts
 from compacs.index.compression_state import CompressionState
 from compacs.index.schema import ARCHIVE_TIER
 from compacs.jobs.compress import Compressor, Result
@@ -73,7 +73,9 @@ def why_not_planned(facts: InstanceFacts, policy: Policy, retry: bool) -> str | 
     return f"already in {_codec_name(stored)}, a candidate of smallest ({names}); --retry compares"
 
 
-def candidates(index: Index, policy: Policy, retry: bool, store: BlobStore | None = None) -> Plan:
+def candidates(
+    index: Catalogue, policy: Policy, retry: bool, store: BlobStore | None = None
+) -> Plan:
     """Instances the policy would change, each with the name of its target; with ``store``,
     also the JPEG-LS objects other decoders misread (see :func:`misread_reason`), whatever
     the policy says: they are re-encoded in JPEG-LS, values kept."""
@@ -101,7 +103,7 @@ def why_not_archived(facts: InstanceFacts, policy: Policy, retry: bool) -> str |
     return verdict if isinstance(verdict, str) else None
 
 
-def archive_candidates(index: Index, policy: Policy, retry: bool) -> Plan:
+def archive_candidates(index: Catalogue, policy: Policy, retry: bool) -> Plan:
     """Every stored instance the archive tier would re-encode, whatever its age."""
     plan = Plan()
     for facts in index.instances():
@@ -230,7 +232,7 @@ def _run(compressor: Compressor, candidate: Candidate, retry: bool) -> Result:
 
 def compress_stored(
     compressor: Compressor,
-    index: Index,
+    index: Catalogue,
     policy: Policy,
     *,
     workers: int,

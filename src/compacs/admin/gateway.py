@@ -12,7 +12,7 @@ import sys
 from typing import Any, TextIO
 
 from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
-from compacs.index import Forward, Index, Selected
+from compacs.index import Catalogue, Forward, ForwardQueue, Selected
 from compacs.index.forward_state import ForwardState
 from compacs.routing import DEFAULT_SYNTAXES, syntax_uids
 from compacs.storage import BlobStore
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 LEVEL_OPTIONS = {"patient": PATIENT, "study": STUDY, "series": SERIES, "instance": IMAGE}
 
 
-def selected(index: Index, selection: dict[str, str | None]) -> list[Selected]:
+def selected(index: Catalogue, selection: dict[str, str | None]) -> list[Selected]:
     """The instances under the UIDs given per level (``--study``, ``--series``, ...)."""
     chosen: dict[int, Selected] = {}
     for option, level in LEVEL_OPTIONS.items():
@@ -39,13 +39,13 @@ def describe(instances: list[Selected]) -> str:
     return f"{len(instances)} instance(s) of {studies} study(ies), {stored:.1f} MiB stored"
 
 
-def forward(index: Index, pks: list[int], destination: str) -> int:
+def forward(index: ForwardQueue, pks: list[int], destination: str) -> int:
     """Queue the instances for ``destination`` with the default syntaxes."""
     syntaxes = syntax_uids(list(DEFAULT_SYNTAXES), False, "compacs forward")
     return index.enqueue_forwards(pks, Forward(destination=destination, syntaxes=syntaxes))
 
 
-def delete(index: Index, store: BlobStore, instances: list[Selected]) -> int:
+def delete(index: Catalogue, store: BlobStore, instances: list[Selected]) -> int:
     """Remove instances: the row (and its queue items) first, then the object. Each one is
     logged by its UIDs (never by a patient's name or ID: the log is no place for PHI)."""
     removed = 0

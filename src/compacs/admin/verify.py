@@ -32,7 +32,7 @@ from compacs.admin.console import Progress, reasons
 from compacs.codecs.decode import stored_frames
 from compacs.codecs.pixels import NotCompressible, PixelInfo
 from compacs.dicom import part10
-from compacs.index import Index, InstanceLocation
+from compacs.index import Catalogue, InstanceLocation
 from compacs.logs import about
 from compacs.storage import BlobStore
 
@@ -151,7 +151,9 @@ def check_object(data: bytes, location: InstanceLocation, decode: bool) -> Probl
 
 
 class Verifier:
-    def __init__(self, store: BlobStore, index: Index, *, decode: bool = True, workers: int = 2):
+    def __init__(
+        self, store: BlobStore, index: Catalogue, *, decode: bool = True, workers: int = 2
+    ) -> None:
         self.store = store
         self.index = index
         self.decode = decode

@@ -10,14 +10,18 @@ from collections.abc import Callable
 from compacs.backends import open_by_scheme
 from compacs.index.base import (
     AddResult,
+    Catalogue,
+    CompressionQueue,
     Duplicates,
     Forward,
+    ForwardQueue,
     Index,
     IndexUnavailable,
     InstanceFacts,
     InstanceLocation,
     NewInstance,
     ObjectChange,
+    Reports,
     Selected,
 )
 from compacs.index.postgres import PostgresIndex
@@ -39,14 +43,18 @@ def open_index(url: str) -> Index:
 __all__ = [
     "BACKENDS",
     "AddResult",
+    "Catalogue",
+    "CompressionQueue",
     "Duplicates",
     "Forward",
+    "ForwardQueue",
     "Index",
     "IndexUnavailable",
     "InstanceFacts",
     "InstanceLocation",
     "NewInstance",
     "ObjectChange",
+    "Reports",
     "Selected",
     "open_index",
 ]

@@ -120,7 +120,10 @@ class ObjectChange:
 InstanceFacts = dict[str, Any]
 
 
-class Index(Protocol):
+class Catalogue(Protocol):
+    """What is stored and where: instances in, found, located, removed (Orthanc's index
+    primitives; the business operations live in ingest, jobs and admin)."""
+
     url: str
 
     def identity(self) -> str:
@@ -131,8 +134,27 @@ class Index(Protocol):
 
     def locate(self, sop_instance_uid: str) -> InstanceLocation | None: ...
 
-    def stats(self) -> dict[str, Any]:
-        """Counts and bytes: the document behind ``compacs stats --json``."""
+    def instances(self) -> list[InstanceFacts]:
+        """Every instance's facts (for ``compacs compress``)."""
+
+    def find(self, query: Query) -> Iterator[dict[str, Any]]:
+        """C-FIND: the matches of ``query`` at its level, as index rows."""
+
+    def matching_instances(self, query: Query) -> list[InstanceFacts]:
+        """C-MOVE / C-GET: the instances under the matches of ``query``."""
+
+    def instances_under(self, level: str, uid: str) -> list[Selected]:
+        """The instances below the patient/study/series/instance ``uid``."""
+
+    def delete_instance(self, pk: int) -> str | None:
+        """Remove the instance's row and job; return the key of the object to delete."""
+
+    def close(self) -> None: ...
+
+
+class CompressionQueue(Protocol):
+    """Compression jobs: claimed by workers, finished with the instance's new object
+    (``compacs.jobs.compress``, ``compacs.jobs.archive``)."""
 
     def claim_jobs(
         self, worker: str, limit: int, now: float, archive: bool = False
@@ -161,22 +183,13 @@ class Index(Protocol):
         new object if it still references ``old_key`` (False when it no longer does);
         with ``tier``, record the tier the instance is now stored by."""
 
-    def delete_instance(self, pk: int) -> str | None:
-        """Remove the instance's row and job; return the key of the object to delete."""
-
     def release_claims(self, node: str) -> int:
         """Make claimed jobs pending again (start-up after a crash)."""
 
-    def instances(self) -> list[InstanceFacts]:
-        """Every instance's facts (for ``compacs compress``)."""
 
-    def find(self, query: Query) -> Iterator[dict[str, Any]]:
-        """C-FIND: the matches of ``query`` at its level, as index rows."""
+class ForwardQueue(Protocol):
+    """The gateway's durable retry queue (``compacs.jobs.forward``, ``compacs queue``)."""
 
-    def matching_instances(self, query: Query) -> list[InstanceFacts]:
-        """C-MOVE / C-GET: the instances under the matches of ``query``."""
-
-    # -- forwarding queue (compacs.jobs.forward) ---------------------------------------
     def enqueue_forwards(self, instance_pks: list[int], forward: Forward) -> int:
         """Queue (or re-queue) ``forward`` for each instance; return how many."""
 
@@ -211,10 +224,13 @@ class Index(Protocol):
     def retention_due(self, now: float) -> list[int]:
         """Instances whose every delivery is done and whose retention time has passed."""
 
-    def instances_under(self, level: str, uid: str) -> list[Selected]:
-        """The instances below the patient/study/series/instance ``uid``."""
 
-    # -- the admin's window (compacs.web) -------------------------------------------------
+class Reports(Protocol):
+    """Counts and sizes for the admin: ``compacs stats``, the web pages, the metrics."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and bytes: the document behind ``compacs stats --json``."""
+
     def sizes(self, level: str, uid: str) -> dict[str, Any]:
         """Instances, bytes received/stored, ratio and stored syntaxes under ``uid``."""
 
@@ -225,4 +241,7 @@ class Index(Protocol):
     def received_per_day(self) -> list[dict[str, Any]]:
         """Per UTC day of receipt: instances, bytes received and stored, ratio."""
 
-    def close(self) -> None: ...
+
+class Index(Catalogue, CompressionQueue, ForwardQueue, Reports, Protocol):
+    """A whole index backend (SQLite, PostgreSQL): every role. Consumers are typed
+    against the roles they use."""

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from compacs.index import Index, IndexUnavailable
+from compacs.index import CompressionQueue, IndexUnavailable
 from compacs.rules import ArchiveTier
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def local_minute(now: datetime) -> int:
     return local.hour * 60 + local.minute
 
 
-def queue_due(index: Index, tier: ArchiveTier, now: datetime, batch: int = BATCH) -> int:
+def queue_due(index: CompressionQueue, tier: ArchiveTier, now: datetime, batch: int = BATCH) -> int:
     """One pass: queue archive jobs for up to ``batch`` instances old enough, when ``now``
     is inside the idle window. Returns how many were queued."""
     cutoff = stored_before(tier, now)
@@ -56,7 +56,7 @@ class ArchivePass:
 
     def __init__(
         self,
-        index: Index,
+        index: CompressionQueue,
         tier: ArchiveTier,
         queued: Callable[[], None],
         interval: float = INTERVAL,

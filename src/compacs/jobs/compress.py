@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from compacs import metrics
 from compacs.clock import utc_now
@@ -23,8 +23,9 @@ from compacs.codecs.table import Codec, codec_for
 from compacs.codecs.work import Encoding, Outcome
 from compacs.failpoints import crash_point
 from compacs.index import (
+    Catalogue,
+    CompressionQueue,
     Duplicates,
-    Index,
     IndexUnavailable,
     InstanceFacts,
     NewInstance,
@@ -42,7 +43,11 @@ from compacs.storage.filesystem import intent
 log = logging.getLogger(__name__)
 
 
-def settle_intents(store: BlobStore, index: Index) -> int:
+class CompressionIndex(Catalogue, CompressionQueue, Protocol):
+    """The roles of the index the compressor uses: the instance's row and its job."""
+
+
+def settle_intents(store: BlobStore, index: Catalogue) -> int:
     """Start-up recovery of the steps a crash interrupted: each noted object, and every
     other object of the same instance beside it, that the index does not reference is
     deleted. Run before anything writes (no store or index step in flight). Returns how
@@ -102,7 +107,11 @@ class Compressor:
     and writing the store and switching the index stay here, in the node's threads."""
 
     def __init__(
-        self, store: BlobStore, index: Index, policy: Policy, encoder: Encoder | None = None
+        self,
+        store: BlobStore,
+        index: CompressionIndex,
+        policy: Policy,
+        encoder: Encoder | None = None,
     ) -> None:
         self.store = store
         self.index = index

@@ -14,13 +14,13 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from compacs.dicom.ae import Peer
-from compacs.index import Index
+from compacs.index import Catalogue, ForwardQueue
 from compacs.index.forward_state import ForwardState
 from compacs.logs import IN_FORWARDING_QUEUE
 from compacs.net.storage_scu import Link, Sent, proposal, report_outcome
@@ -28,6 +28,11 @@ from compacs.routing import Routing
 from compacs.storage import BlobStore
 
 log = logging.getLogger(__name__)
+
+
+class ForwardingIndex(ForwardQueue, Catalogue, Protocol):
+    """The roles of the index the forwarders use: the queue, and the catalogue to remove
+    instances whose retention after delivery has passed."""
 
 REPORT_WAIT = 5.0
 """Seconds to keep the association open for a commitment report on it."""
@@ -38,7 +43,7 @@ LINGER = 1.0
 class Forwarder:
     def __init__(
         self,
-        index: Index,
+        index: ForwardingIndex,
         store: BlobStore,
         routing: Routing,
         ae_title: str,

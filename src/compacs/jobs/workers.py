@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from compacs.index import Index, InstanceFacts
+from compacs.index import CompressionQueue, InstanceFacts
 from compacs.index.schema import INGEST_TIER
 from compacs.jobs.compress import Compressor, settle_intents
 from compacs.jobs.pool import PoolClosed
@@ -37,7 +37,7 @@ class CompressionWorkers:
     def __init__(
         self,
         compressor: Compressor,
-        index: Index,
+        index: CompressionQueue,
         count: int,
         poll: float = 0.5,
         on_done: Callable[[], None] | None = None,

@@ -22,7 +22,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from compacs.dicom.ae import Peer
 from compacs.dicom.status import Status, done
-from compacs.index import Index, InstanceLocation
+from compacs.index import Catalogue, InstanceLocation
 from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.storage import BlobStore
 
@@ -39,7 +39,7 @@ CHECKS_AT_ONCE = threading.BoundedSemaphore(2)
 
 
 def check(
-    index: Index,
+    index: Catalogue,
     store: BlobStore,
     references: list[Dataset],
     visible: Callable[[InstanceLocation], bool] = lambda location: True,
@@ -67,7 +67,7 @@ def check(
 
 
 def _failure_reason(
-    index: Index,
+    index: Catalogue,
     store: BlobStore,
     uid: str,
     sop_class: str,
@@ -122,7 +122,7 @@ def _send_on_new_association(ae_title: str, peer: Peer, info: Dataset, event_typ
 
 
 def handlers(
-    index: Index,
+    index: Catalogue,
     store: BlobStore,
     peers: dict[str, Peer],
     ae_title: str,

@@ -18,7 +18,7 @@ from pynetdicom.sop_class import (
 )
 
 from compacs.dicom.status import Status, error_comment
-from compacs.index import Index
+from compacs.index import Catalogue
 from compacs.net.find_wire import PendingResponder
 from compacs.query import (
     PATIENT_ROOT,
@@ -40,7 +40,7 @@ MODELS = {
 
 
 def find(
-    index: Index,
+    index: Catalogue,
     identifier: Dataset,
     model: str,
     ae_title: str,
@@ -70,7 +70,7 @@ def find(
             yield status, identifier_dataset(elements)
 
 
-def handlers(index: Index, ae_title: str, pn_case_insensitive: bool):
+def handlers(index: Catalogue, ae_title: str, pn_case_insensitive: bool):
     def handle_find(event: Event):
         model = MODELS[str(event.request.AffectedSOPClassUID)]
         try:

@@ -39,7 +39,7 @@ from compacs.dicom import part10
 from compacs.dicom.ae import Peer
 from compacs.dicom.status import Status, error_comment
 from compacs.dicom.syntaxes import NATIVE_SYNTAXES
-from compacs.index import Index, InstanceFacts
+from compacs.index import Catalogue, InstanceFacts
 from compacs.net import sender
 from compacs.net.sender import EncodedDataSet
 from compacs.net.server import REQUESTOR_HANDLERS
@@ -229,7 +229,7 @@ def sub_operations(
         ahead.close()
 
 
-def _query(index: Index, identifier: Dataset, model: str) -> list[InstanceFacts]:
+def _query(index: Catalogue, identifier: Dataset, model: str) -> list[InstanceFacts]:
     return index.matching_instances(parse_identifier(identifier, model))
 
 
@@ -240,7 +240,7 @@ def _refusal(exc: QueryError) -> Dataset:
 
 
 def handlers(
-    index: Index,
+    index: Catalogue,
     store: BlobStore,
     peers: dict[str, Peer],
     move_allowed: Callable[[str, str], bool],
