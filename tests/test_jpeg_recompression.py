@@ -28,8 +28,8 @@ from compacs.codecs.table import codec_for
 from compacs.codecs.transcode import VerificationFailed, recompress
 from compacs.codecs.work import Outcome, encode_best
 from compacs.dicom.status import Status
-from compacs.net.storage_scu import preference
 from compacs.net.retrieve import target_syntax
+from compacs.net.storage_scu import preference
 from compacs.web.render import decode_frame, preview_png
 from tests.conftest import NodeProcess, require_dcmtk, write_config
 from tests.dicomfiles import DicomFile, by_name
