@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from compacs.codecs.table import RECOMPRESSORS, Codec, codec_for
+from compacs.codecs.table import CODECS, RECOMPRESSORS, Codec, codec_for
 from compacs.dicom.attributes import INDEXED, INTEGER_VRS
 from compacs.dicom.syntaxes import BY_UID
 
@@ -36,6 +36,7 @@ Match = Mapping[str, frozenset[Any]]
 """fact name -> the values it may take."""
 
 ACTIONS_WITHOUT_CODEC = ("keep", "smallest")
+LOSSY_CODECS = tuple(c.name for c in CODECS if not c.lossless)
 DEFAULT_CANDIDATES = ("jpeg-ls", "jpeg-2000", "htj2k")
 
 
@@ -264,21 +265,12 @@ def parse_rule(doc: Mapping[str, Any], where: str) -> Rule:
         )
     if lossy and len(lossy_codecs) != len(codecs):
         raise RuleError(
-            f"{where}: lossy = true takes lossy codecs only (jpeg-ls-near, jpeg-baseline)"
+            f"{where}: lossy = true takes lossy codecs only ({', '.join(LOSSY_CODECS)})"
         )
-    if (
-        any(c.name == "jpeg-ls-near" for c in codecs)
-        and not 1 <= int(options.get("near", 0)) <= 255
-    ):
-        raise RuleError(f"{where}: jpeg-ls-near needs near = 1..255 (maximum error)")
-    if (
-        any(c.name == "jpeg-baseline" for c in codecs)
-        and not 1 <= int(options.get("quality", 90)) <= 100
-    ):
-        raise RuleError(f"{where}: jpeg-baseline quality must be 1..100")
-    ratio_codecs = [c.name for c in codecs if c.name in ("jpeg-2000-lossy", "htj2k-lossy")]
-    if ratio_codecs and not float(options.get("ratio", 0)) > 1:
-        raise RuleError(f"{where}: {ratio_codecs[0]} needs ratio > 1 (target compression ratio)")
+    for codec in codecs:
+        problem = codec.option.problem(options) if codec.option else None
+        if problem:
+            raise RuleError(f"{where}: {codec.name} needs {problem}")
     return Rule(match, action, codecs, options, lossy, keep_original)
 
 

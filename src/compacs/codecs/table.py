@@ -21,6 +21,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import imagecodecs
@@ -48,6 +49,72 @@ class CodecUnavailable(ValueError):
 
 
 @dataclass(frozen=True)
+class Carries:
+    """What a codec's streams carry, as compacs encodes them (pydicom's encoding profiles
+    hold the same facts per syntax): Bits Allocated, signed samples, and the Photometric
+    Interpretations of colour input. Checked by :meth:`problem`, one check for every row."""
+
+    bits_allocated: tuple[int, ...] | None = None
+    """None: any the pixel module allows."""
+    signed: bool = True
+    colour: tuple[str, ...] | None = None
+    """Photometric Interpretations taken with 3 samples per pixel; None: any."""
+    why: str = ""
+    """The standard's rule or the backend's limit behind the restriction, for the message."""
+
+    def problem(self, info: PixelInfo) -> str | None:
+        """Why pixels of ``info`` cannot be carried, or None."""
+        if self.bits_allocated and info.bits_allocated not in self.bits_allocated:
+            return f"Bits Allocated {info.bits_allocated} (it takes {_either(self.bits_allocated)})"
+        if info.signed and not self.signed:
+            return "signed samples (it takes unsigned ones)"
+        if info.samples_per_pixel == 3 and self.colour and info.photometric not in self.colour:
+            return f"colour as {info.photometric} (it takes {_either(self.colour)})"
+        return None
+
+
+def _either(values: tuple[object, ...]) -> str:
+    return " or ".join(str(v) for v in values)
+
+
+ANY_PIXELS = Carries()
+
+
+class ColourTransform(StrEnum):
+    """What the stream does with 3-sample input, and so the Photometric Interpretation
+    stored with it (PS3.5 8.2)."""
+
+    NONE = "none"
+    """The input's interpretation is kept (JPEG-LS 8.2.3, RLE 8.2.2, JPEG XL 8.2.15)."""
+    J2K_MCT = "j2k-mct"
+    """A J2K/HTJ2K stream with the multiple component transform is YBR_RCT (reversible)
+    or YBR_ICT (irreversible) (8.2.4, 8.2.14); without it, the input's."""
+    JPEG_YCBCR = "jpeg-ycbcr"
+    """JPEG's JFIF YCbCr of RGB, no subsampling: YBR_FULL (8.2.1)."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """The one setting a codec takes in a rule (``near``, ``quality``, ``ratio``)."""
+
+    name: str
+    valid: Callable[[float], bool]
+    expected: str
+    """What ``valid`` accepts, for the message: "1..255 (maximum error)"."""
+    default: float | None = None
+    """The value when the rule names none; None: the rule must name it."""
+
+    def problem(self, options: dict[str, Any]) -> str | None:
+        """Why ``options`` do not give this option a valid value, or None."""
+        value = options.get(self.name, self.default)
+        try:
+            ok = value is not None and self.valid(float(value))
+        except (TypeError, ValueError):
+            ok = False
+        return None if ok else f"{self.name} = {self.expected}"
+
+
+@dataclass(frozen=True)
 class Codec:
     name: str
     transfer_syntax: str
@@ -69,6 +136,9 @@ class Codec:
     stream_rule: StreamRule | None = None
     """Why an encoded frame may not carry this row's transfer syntax (what the syntax asks
     of the stream beyond its pixels, e.g. HTJ2K Lossless RPCL's markers), or None."""
+    carries: Carries = ANY_PIXELS
+    colour_transform: ColourTransform = ColourTransform.NONE
+    option: Option | None = None
 
     @property
     def encodes_pixels(self) -> bool:
@@ -85,33 +155,21 @@ class Codec:
 
     def check(self, info: PixelInfo) -> None:
         """Raise CodecUnavailable when this codec cannot carry ``info``'s pixels."""
-        if self.name == "jpeg-baseline" and (info.bits_allocated != 8 or info.signed):
-            raise CodecUnavailable("JPEG baseline carries unsigned 8-bit samples only")
-        if (
-            self.name == "jpeg-baseline"
-            and info.samples_per_pixel == 3
-            and (info.photometric != "RGB")
-        ):
-            raise CodecUnavailable("JPEG baseline here takes RGB colour only")
-        if self.name.startswith("jpeg-xl") and info.signed:
-            raise CodecUnavailable("JPEG XL carries no signed samples")
-        # OpenJPH's 3-component path always applies the RCT: only RGB survives it
-        if (
-            self.name.startswith("htj2k")
-            and info.samples_per_pixel == 3
-            and (info.photometric != "RGB")
-        ):
-            raise CodecUnavailable(f"HTJ2K here takes RGB colour only, not {info.photometric}")
+        problem = self.carries.problem(info)
+        if problem:
+            why = f": {self.carries.why}" if self.carries.why else ""
+            raise CodecUnavailable(f"{self.name} cannot carry {problem}{why}")
 
     def output_photometric(self, info: PixelInfo, encoded: bytes) -> str:
-        """PS3.5 8.2.4: a J2K stream with the colour transform is YBR_RCT (reversible) or
-        YBR_ICT (irreversible); otherwise the decoded frames' interpretation is kept."""
-        colour = self.name.startswith(("jpeg-2000", "htj2k")) and info.samples_per_pixel == 3
-        coding = j2k_coding(encoded) if colour else None
+        """The Photometric Interpretation of ``encoded`` made from pixels of ``info``: the
+        input's, unless this codec's colour transform changed it (PS3.5 8.2)."""
+        if info.samples_per_pixel != 3 or self.colour_transform is ColourTransform.NONE:
+            return info.photometric
+        if self.colour_transform is ColourTransform.JPEG_YCBCR:
+            return "YBR_FULL"
+        coding = j2k_coding(encoded)
         if coding is not None and coding.mct:
             return "YBR_RCT" if self.lossless else "YBR_ICT"
-        if self.name == "jpeg-baseline" and info.samples_per_pixel == 3:
-            return "YBR_FULL"  # PS3.5 8.2.1: YCbCr, no subsampling
         return info.photometric
 
 
@@ -423,6 +481,12 @@ def _rle_decode(data: bytes, info: PixelInfo) -> np.ndarray:
     return np.ascontiguousarray(frame).astype(info.dtype, copy=False)
 
 
+OPENJPH = Carries(
+    colour=("RGB",), why="OpenJPH's 3-component path always applies the colour transform"
+)
+LIBJXL = Carries(signed=False, why="libjxl takes no signed samples")
+RATIO = Option("ratio", lambda v: v > 1, "a number > 1 (target compression ratio)")
+
 CODECS: tuple[Codec, ...] = (
     Codec(
         "jpeg-ls",
@@ -442,6 +506,7 @@ CODECS: tuple[Codec, ...] = (
         _jls_encode,
         _jls_decode,
         read_as_others=_jls_read_as_others,
+        option=Option("near", lambda v: 1 <= int(v) <= 255, "1..255 (maximum error)"),
     ),
     Codec(
         "jpeg-2000",
@@ -451,6 +516,7 @@ CODECS: tuple[Codec, ...] = (
         _j2k_encode,
         _j2k_decode,
         aliases=("j2k", "jpeg2000"),
+        colour_transform=ColourTransform.J2K_MCT,
     ),
     Codec(
         "jpeg-2000-lossy",
@@ -459,6 +525,8 @@ CODECS: tuple[Codec, ...] = (
         False,
         _j2k_lossy_encode,
         _j2k_decode,
+        colour_transform=ColourTransform.J2K_MCT,
+        option=RATIO,
     ),
     Codec(
         "htj2k",
@@ -467,6 +535,8 @@ CODECS: tuple[Codec, ...] = (
         True,
         _htj2k_encode,
         _htj2k_decode,
+        carries=OPENJPH,
+        colour_transform=ColourTransform.J2K_MCT,
     ),
     Codec(
         "htj2k-rpcl",
@@ -476,6 +546,8 @@ CODECS: tuple[Codec, ...] = (
         _htj2k_rpcl_encode,
         _htj2k_decode,
         stream_rule=_htj2k_rpcl_rule,
+        carries=OPENJPH,
+        colour_transform=ColourTransform.J2K_MCT,
     ),
     Codec(
         "htj2k-lossy",
@@ -484,6 +556,9 @@ CODECS: tuple[Codec, ...] = (
         False,
         _htj2k_lossy_encode,
         _htj2k_decode,
+        carries=OPENJPH,
+        colour_transform=ColourTransform.J2K_MCT,
+        option=RATIO,
     ),
     Codec(
         "jpeg-baseline",
@@ -492,6 +567,15 @@ CODECS: tuple[Codec, ...] = (
         False,
         _jpeg_encode,
         _jpeg_decode,
+        carries=Carries(
+            bits_allocated=(8,),
+            signed=False,
+            colour=("RGB",),
+            why="8-bit unsigned samples (ISO 10918-1 baseline, PS3.5 8.2.1); colour is taken "
+            "as RGB and stored as YBR_FULL",
+        ),
+        colour_transform=ColourTransform.JPEG_YCBCR,
+        option=Option("quality", lambda v: 1 <= int(v) <= 100, "1..100", 90),
     ),
     Codec("rle", "1.2.840.10008.1.2.5", "pydicom + pylibjpeg-rle", True, _rle_encode, _rle_decode),
     Codec(
@@ -503,6 +587,7 @@ CODECS: tuple[Codec, ...] = (
         _jxl_decode,
         experimental=True,
         aliases=("jxl",),
+        carries=LIBJXL,
     ),
     Codec(
         "jpeg-xl-jpeg",
@@ -516,6 +601,7 @@ CODECS: tuple[Codec, ...] = (
         recompresses=JPEG_BASELINE,
         recompress=_jxl_jpeg_recompress,
         restore=_jxl_jpeg_restore,
+        carries=LIBJXL,
     ),
 )
 

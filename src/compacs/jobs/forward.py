@@ -34,6 +34,7 @@ class ForwardingIndex(ForwardQueue, Catalogue, Protocol):
     """The roles of the index the forwarders use: the queue, and the catalogue to remove
     instances whose retention after delivery has passed."""
 
+
 REPORT_WAIT = 5.0
 """Seconds to keep the association open for a commitment report on it."""
 LINGER = 1.0
