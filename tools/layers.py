@@ -20,13 +20,14 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, ...]] = [
     ("compacs", "clock", "failpoints", "logs", "lockfile", "metrics", "security", "backends"),
+    ("libraries",),
     ("dicom",),
     ("codecs", "query", "synthetic"),
     ("storage", "index"),
     ("rules", "routing"),
     ("ingest",),
     ("jobs", "net", "activity"),
-    ("node", "web", "admin", "cli", "config"),
+    ("node", "web", "admin", "commands", "cli", "config"),
 ]
 FORBIDDEN = {("config", "web")}
 """Pairs within one layer that must not import each other (settings do not know the web)."""
