@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from compacs.codecs.table import codec_for
 from compacs.dicom.ae import InvalidPeer, Peer, valid_ae_title
@@ -465,9 +465,9 @@ def _archive(body: Any, source: str) -> ArchiveTier:
                 f"{source}: [compression.archive] {key} = {value!r}: expected {expected}"
             )
         if key == "idle":
-            value = parse_idle(value)
+            value = parse_idle(str(value))
         elif key == "candidates":
-            value = tuple(codec_for(n) for n in value)
+            value = tuple(codec_for(n) for n in cast(list[str], value))
         tier = replace(tier, **{key: value})
     return tier
 

@@ -138,8 +138,8 @@ def _time_bound(value: str, upper: bool) -> str:
 
 
 def _range(keyword: str, vr: str, value: str) -> tuple[str | None, str | None]:
-    lo, _, hi = value.partition("-")
-    lo, hi = lo.strip() or None, hi.strip() or None
+    low, _, high = value.partition("-")
+    lo, hi = low.strip() or None, high.strip() or None
     if vr == "TM":
         return (_time_bound(lo, False) if lo else None, _time_bound(hi, True) if hi else None)
     if vr == "DA":
@@ -269,7 +269,7 @@ class ResponsePlan:
 
 @functools.cache
 def _tag_and_vr(keyword: str) -> tuple[int, str]:
-    return int(tag_for_keyword(keyword)), dictionary_VR(keyword)
+    return int(tag_for_keyword(keyword) or 0), dictionary_VR(keyword)
 
 
 def response_plan(query: Query, requested: Dataset, retrieve_aet: str) -> ResponsePlan:

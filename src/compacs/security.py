@@ -32,7 +32,7 @@ class AccessRule:
 @lru_cache(maxsize=256)
 def _addresses(host: str) -> frozenset[str]:
     try:
-        return frozenset(info[4][0] for info in socket.getaddrinfo(host, None))
+        return frozenset(str(info[4][0]) for info in socket.getaddrinfo(host, None))
     except OSError:
         return frozenset()
 

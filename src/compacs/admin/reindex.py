@@ -175,7 +175,7 @@ def swap_in(new: Path, path: Path) -> Path | None:
     return backup
 
 
-def _remove_database(path: Path) -> None:
+def _remove_database(path: Path | str) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 

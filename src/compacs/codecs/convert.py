@@ -76,8 +76,8 @@ def convert(data: bytes, target: str, lossy_options: dict[str, Any] | None = Non
         return Converted(part10.read(encoded.data), len(encoded.data))
     if lossy_options is None:
         raise NotConvertible(f"{codec.name} is lossy and the route does not allow loss")
-    native = part10.write(decompress(ds)) if ds.file_meta.TransferSyntaxUID.is_compressed else data
-    encoded, uid = derive(native, codec, lossy_options)
+    pixels = part10.write(decompress(ds)) if ds.file_meta.TransferSyntaxUID.is_compressed else data
+    encoded, uid = derive(pixels, codec, lossy_options)
     return Converted(part10.read(encoded.data), len(encoded.data), uid)
 
 

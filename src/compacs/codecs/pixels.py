@@ -94,7 +94,7 @@ def clean(frame: np.ndarray, info: PixelInfo) -> np.ndarray:
     if info.bits_stored == info.bits_allocated:
         return frame
     if not info.signed:
-        return frame & np.array((1 << info.bits_stored) - 1, dtype=frame.dtype)
+        return np.asarray(frame & np.array((1 << info.bits_stored) - 1, dtype=frame.dtype))
     shift = info.bits_allocated - info.bits_stored
     return (frame << shift) >> shift  # arithmetic shift keeps the sign of Bits Stored
 
@@ -104,7 +104,7 @@ def as_unsigned(frame: np.ndarray, info: PixelInfo) -> np.ndarray:
     if not info.signed:
         return frame
     unsigned = frame.view(np.dtype(f"u{info.bits_allocated // 8}"))
-    return unsigned & np.array((1 << info.bits_stored) - 1, dtype=unsigned.dtype)
+    return np.asarray(unsigned & np.array((1 << info.bits_stored) - 1, dtype=unsigned.dtype))
 
 
 def from_unsigned(frame: np.ndarray, info: PixelInfo) -> np.ndarray:

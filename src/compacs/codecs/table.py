@@ -290,7 +290,7 @@ def _j2k_lossy_small(frame: np.ndarray, info: PixelInfo, target: float) -> bytes
         return bytes(
             imagecodecs.jpeg2k_encode(
                 frame,
-                psnr,
+                psnr,  # type: ignore[arg-type]  # its level is a PSNR in dB for lossy
                 codecformat="J2K",
                 reversible=False,
                 mct=info.samples_per_pixel == 3 and info.photometric == "RGB",

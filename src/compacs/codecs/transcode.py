@@ -16,6 +16,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import convert_color_space, pack_bits
+from pydicom.tag import Tag
+from pydicom.uid import UID
 
 from compacs.codecs.decode import source_frames, stored_frames
 from compacs.codecs.geometry import check_pixel_data
@@ -248,7 +250,7 @@ class SourceLayout:
 
     @classmethod
     def of(cls, ds: Dataset) -> SourceLayout:
-        raw = ds._dict.get(0x7FE00010)  # not converted yet: pydicom's read position
+        raw = ds._dict.get(Tag(0x7FE00010))  # not converted yet: pydicom's read position
         tell = getattr(raw, "value_tell", None)
         at = tell - 12 if isinstance(tell, int) and tell >= 12 else None  # OB/OW header
         return cls(str(ds.file_meta.TransferSyntaxUID), at)
@@ -325,8 +327,8 @@ def _encapsulated(ds: Dataset, fragments: list[bytes], syntax: str) -> None:
     elem = ds["PixelData"]
     elem.VR = "OB"
     elem.is_undefined_length = True
-    ds.file_meta.TransferSyntaxUID = syntax
-    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
 
 
@@ -377,7 +379,7 @@ def decompress(ds: Dataset) -> Dataset:
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         return ds
     if "PixelData" not in ds:  # nothing encapsulated (PS3.5 A.4): only the label changes
-        ds.file_meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
+        ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
         return ds
     recompressed = BY_SYNTAX.get(syntax)
     if recompressed is not None and recompressed.restore is not None:
@@ -395,5 +397,5 @@ def decompress(ds: Dataset) -> Dataset:
         ds.PlanarConfiguration = 0
     if stream_is_lossy(str(ds.file_meta.TransferSyntaxUID), first_fragment(encapsulated)):
         ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: never reset once lossy
-    ds.file_meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
+    ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
     return ds

@@ -81,8 +81,10 @@ UNIQUE_KEY: dict[str, str] = {
 }
 
 INTEGER_VRS = frozenset({"US"})  # the only binary VR indexed; 2 bytes
-_TAGS = {
-    attr.keyword: tag_for_keyword(attr.keyword) for attrs in INDEXED.values() for attr in attrs
+_TAGS: dict[str, int] = {
+    attr.keyword: int(tag_for_keyword(attr.keyword) or 0)  # every keyword is in the dictionary
+    for attrs in INDEXED.values()
+    for attr in attrs
 }
 
 

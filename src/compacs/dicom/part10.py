@@ -223,7 +223,8 @@ class _Walker:
                 if in_item and element == 0xE00D:
                     return pos + 8
                 raise Malformed(f"unexpected delimiter (FFFE,{element:04X}) at byte {pos}")
-            vr = buf[pos + 4 : pos + 6]
+            vr: bytes | None = buf[pos + 4 : pos + 6]
+            assert vr is not None
             if implicit or not (vr.isalpha() and vr.isupper()):
                 # implicit VR, or an explicit-VR stream that wrote this element implicitly
                 # (seen in the wild, read by pydicom): tag, then a 4-byte length

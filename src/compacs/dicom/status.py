@@ -120,6 +120,6 @@ def error_comment(text: str) -> str:
 def describe(code: int) -> str:
     """``0xB123 (warning)`` or ``0xA700 Refused: Out of Resources`` for logs and errors."""
     try:
-        return f"0x{code:04X} {Status(code).meaning}"
+        return f"0x{code:04X} {Status(code).meaning}"  # type: ignore[call-arg]  # a lookup
     except ValueError:
         return f"0x{code:04X} ({category(code)})"

@@ -13,7 +13,7 @@ One ``forwards`` row per instance and destination. States:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -71,6 +71,9 @@ def _item(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
 class ForwardStatements:
     """Mixed into :class:`compacs.index.sql.SqlStatements`, which provides ``_q`` (the
     placeholder style) and ``_one``."""
+
+    _q: Callable[[str], str]
+    _one: Callable[[Any, str, Sequence[Any]], Any]
 
     def _rows(self, cur: Any, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         cur.execute(self._q(sql), params)
@@ -221,7 +224,8 @@ class ForwardStatements:
         return self._rows(cur, f"{_ITEM} {where} ORDER BY f.pk LIMIT ?", (*params, limit))
 
     def _selection(self, pks: list[int] | None, states: tuple[str, ...]) -> tuple[str, list]:
-        clauses, params = [f"state IN ({', '.join('?' for _ in states)})"], list(states)
+        clauses = [f"state IN ({', '.join('?' for _ in states)})"]
+        params: list[Any] = list(states)
         if pks is not None:
             clauses.append(f"pk IN ({', '.join('?' for _ in pks) or 'NULL'})")
             params += pks

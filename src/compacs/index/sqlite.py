@@ -51,7 +51,7 @@ class SqliteIndex(SqlIndex):
             raise ValueError(f"index URL {url!r}: no database path")
         return cls(path)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> _AutocommitConnection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")

@@ -162,7 +162,9 @@ class Compressor:
         return result
 
     def _finish(self, facts: InstanceFacts, change: ObjectChange | None, result: Result) -> bool:
-        state, note, tier = result.state, result.note, None
+        state: str = result.state
+        note: str | None = result.note
+        tier: str | None = None
         if facts.get("job_tier") == ARCHIVE_TIER:
             tier = ARCHIVE_TIER  # the tier ran, whatever it found: not queued again
             if change is None and facts.get("compression") is not None:

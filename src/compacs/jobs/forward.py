@@ -306,7 +306,11 @@ class Forwarder:
             self._reports[transaction] = arrived
         try:
             self.index.finish_forwards(waiting)
-            refs = [(i["sop_class_uid"], s.sop_instance_uid) for i, s in delivered]
+            refs = [
+                (i["sop_class_uid"], s.sop_instance_uid)
+                for i, s in delivered
+                if s.sop_instance_uid  # every delivered one names what the destination holds
+            ]
             problem = link.request_commitment(transaction, refs)
             if problem is not None:
                 log.warning("%s: %s", link.peer, problem, extra=IN_FORWARDING_QUEUE)

@@ -150,7 +150,7 @@ def replay(messages: Sequence[Message]) -> None:
             continue
         logger = logging.getLogger(m.logger)
         if logger.isEnabledFor(m.level):
-            record = logger.makeRecord(m.logger, m.level, m.filename, m.lineno, m.text, None, None)
+            record = logger.makeRecord(m.logger, m.level, m.filename, m.lineno, m.text, (), None)
             record.exc_text = m.exc_text
             logger.handle(record)
 

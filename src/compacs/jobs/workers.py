@@ -22,9 +22,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from compacs.index import CompressionQueue, InstanceFacts
+from compacs.index import InstanceFacts
 from compacs.index.schema import INGEST_TIER
-from compacs.jobs.compress import Compressor, settle_intents
+from compacs.jobs.compress import CompressionIndex, Compressor, settle_intents
 from compacs.jobs.pool import PoolClosed
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class CompressionWorkers:
     def __init__(
         self,
         compressor: Compressor,
-        index: CompressionQueue,
+        index: CompressionIndex,
         count: int,
         poll: float = 0.5,
         on_done: Callable[[], None] | None = None,

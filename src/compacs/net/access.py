@@ -23,7 +23,8 @@ def peer(event: Event) -> tuple[str, str]:
     """(calling AE title, address) of the association's requestor (from its A-ASSOCIATE-RQ:
     at EVT_REQUESTED the association does not know the title yet)."""
     requestor = event.assoc.requestor
-    calling = requestor.ae_title or str(requestor.primitive.calling_ae_title or "")
+    primitive = requestor.primitive
+    calling = requestor.ae_title or str(primitive.calling_ae_title if primitive else "")
     return calling.strip(), str(requestor.address)
 
 

@@ -49,7 +49,8 @@ def check(
     An instance the requester may not see (``visible``) is answered as if it did not exist
     (0x0112): commitment reveals no more than C-FIND would. A UID referenced twice is read
     and hashed once."""
-    committed, failed = [], []
+    committed: list[Dataset] = []
+    failed: list[Dataset] = []
     verdicts: dict[tuple[str, str], int | None] = {}
     for ref in references:
         uid = str(ref.get("ReferencedSOPInstanceUID", ""))

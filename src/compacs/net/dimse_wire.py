@@ -240,5 +240,5 @@ def store_response(raw: bytes) -> C_STORE | None:
         comment = _error_comment(elements[_ERROR_COMMENT])
         if comment is None:
             return None
-        primitive.ErrorComment = comment
+        primitive.ErrorComment = comment  # type: ignore[assignment]  # pynetdicom 3.0 annotates None
     return primitive

@@ -194,10 +194,11 @@ def problems() -> list[str]:
         got = tuple(inspect.signature(method).parameters)
         if got != params:
             found.append(f"{cls.__name__}.{name}{got}: expected parameters {params}")
-    for (cls, name), names in _LOOP_NAMES.items():
-        code = getattr(getattr(cls, name, None), "__code__", None)
+    for (owner, name), names in _LOOP_NAMES.items():
+        code = getattr(getattr(owner, name, None), "__code__", None)
         if code is None or frozenset(code.co_names) != names:
-            found.append(f"{cls.__name__}.{name} changed (its code uses other names)")
+            where = getattr(owner, "__name__", owner)
+            found.append(f"{where}.{name} changed (its code uses other names)")
     for (cls, name), names in _SET_IN_INIT.items():
         code = getattr(getattr(cls, name, None), "__code__", None)
         missing = names - frozenset(code.co_names if code else ())
@@ -336,7 +337,7 @@ class EventDrivenDUL(DULServiceProvider):
     _activity: _Activity
     _exiting: bool
 
-    @property  # type: ignore[override]
+    @property
     def _kill_thread(self) -> bool:
         value = cast(bool, self.__dict__["_kill_thread"])
         if value and not self._exiting and threading.current_thread() is self:
@@ -430,7 +431,7 @@ class EventDrivenAssociation(Association):
     _activity: _Activity
     dul: EventDrivenDUL
 
-    @property  # type: ignore[override]
+    @property
     def _kill(self) -> bool:
         return cast(bool, self.__dict__["_kill"])
 
@@ -582,7 +583,7 @@ def make_event_driven(assoc: Association) -> Association:
     require_supported()
     if isinstance(assoc, EventDrivenAssociation):
         return assoc
-    dul = assoc.dul
+    dul: Any = assoc.dul  # attributes are attached to pynetdicom's DUL below
     activity = _Activity()
     dul._waker = _Waker()
     dul._activity = activity
@@ -594,8 +595,8 @@ def make_event_driven(assoc: Association) -> Association:
         activity.notify()
 
     machine = dul.state_machine
-    machine.do_action = _notify_on_error(machine.do_action, died)  # type: ignore[method-assign]
-    machine.transition = _notify_on_sta1(machine.transition, activity)  # type: ignore[method-assign]
+    machine.do_action = _notify_on_error(machine.do_action, died)
+    machine.transition = _notify_on_sta1(machine.transition, activity)
     _notify_on_put(dul.event_queue, dul._waker.wake)
     _notify_on_put(dul.to_provider_queue, dul._waker.wake)
     _notify_on_put(dul.to_user_queue, activity.notify)

@@ -201,7 +201,7 @@ class PendingResponder:
             return False
         self._wait_for_dul()
         pdata = P_DATA()
-        pdata.presentation_data_value_list = pdvs
+        pdata.presentation_data_value_list = pdvs  # type: ignore[assignment]  # [id, bytes] lists, as pynetdicom builds them
         assoc.dul.send_pdu(pdata)
         return True
 

@@ -163,7 +163,7 @@ def _summary(primitive: Any) -> Summary:
 
 def _primitive(context_id: int, wire: WireBytes) -> P_DATA:
     primitive = P_DATA()
-    primitive.presentation_data_value_list = [[context_id, wire]]
+    primitive.presentation_data_value_list = [[context_id, wire]]  # type: ignore[list-item]  # as pynetdicom builds them
     return primitive
 
 

@@ -19,9 +19,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
 from pynetdicom import build_context, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
@@ -41,7 +42,7 @@ from compacs.dicom.status import Status, error_comment
 from compacs.dicom.syntaxes import NATIVE_SYNTAXES
 from compacs.index import Catalogue, InstanceFacts
 from compacs.net import sender
-from compacs.net.sender import EncodedDataSet
+from compacs.net.sender import ArchiveAE, EncodedDataSet
 from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.query import PATIENT_ROOT, STUDY_ROOT, QueryError, parse_identifier
 from compacs.storage import BlobStore
@@ -187,7 +188,7 @@ def _failed_sub_operation(inst: InstanceFacts) -> Dataset:
     ds.SOPClassUID = inst["sop_class_uid"]
     ds.SOPInstanceUID = inst["sop_instance_uid"]
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = UNSENDABLE_SYNTAX
+    ds.file_meta.TransferSyntaxUID = UID(UNSENDABLE_SYNTAX)
     return ds
 
 
@@ -274,7 +275,7 @@ def handlers(
         yield peer.host, peer.port, options
         yield len(instances)
         # pynetdicom requested the sub-association(s) from this thread, through ArchiveAE
-        sub_association = event.assoc.ae.last_requested()
+        sub_association = cast(ArchiveAE, event.assoc.ae).last_requested()
         yield from sub_operations(
             store,
             instances,

@@ -67,9 +67,9 @@ class EncodedDataSet(Dataset):
         super().__init__()
         self.SOPClassUID = sop_class_uid
         self.SOPInstanceUID = sop_instance_uid
-        self.file_meta = FileMetaDataset()
-        self.file_meta.TransferSyntaxUID = transfer_syntax
         syntax = UID(transfer_syntax)
+        self.file_meta = FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = syntax
         self.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian)
         self.encoded = encoded
         self.encoding = (syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
@@ -154,7 +154,9 @@ class ArchiveAE(AE):
         super().__init__(*args, **kwargs)
         self._requested = threading.local()
 
-    def associate(self, addr: Any, port: int, contexts: Any = None, **kwargs: Any) -> Any:
+    def associate(  # type: ignore[override]  # the contexts it is given, per peer
+        self, addr: Any, port: int, contexts: Any = None, **kwargs: Any
+    ) -> Any:
         contexts = list(contexts or self.requested_contexts)
         assoc = FanOutAssociation(
             [

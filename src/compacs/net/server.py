@@ -6,9 +6,10 @@ import contextlib
 import logging
 import socket
 import ssl
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE, evt
+from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -87,6 +88,7 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
         super().server_close()
 
     def get_request(self) -> tuple[socket.socket, Any]:
+        assert self.socket is not None  # listening
         client, address = self.socket.accept()
         with contextlib.suppress(OSError):
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -145,7 +147,7 @@ def set_nodelay(event) -> None:
 
 # Every association compacs requests (C-MOVE/C-GET destinations, forwarding, commitment
 # reports) is opened with these: event driven (net/event_reactor.py) and race-guarded.
-REQUESTOR_HANDLERS = [
+REQUESTOR_HANDLERS: list[EventHandlerType] = [
     (evt.EVT_CONN_OPEN, set_nodelay),
     (evt.EVT_CONN_OPEN, keep_responses_on_open),
     (evt.EVT_CONN_OPEN, event_driven_on_open),
@@ -224,11 +226,14 @@ def make_server(
     guard: ConnectionGuard | None = None,
 ) -> NoDelayAssociationServer:
     """The listening server; with ``ssl_context`` the port speaks DICOM over TLS only."""
-    server = ae.make_server(
-        (host, port),
-        evt_handlers=handlers + (guard.handlers() if guard is not None else []),
-        server_class=NoDelayAssociationServer,
-        ssl_context=ssl_context,
+    server = cast(
+        NoDelayAssociationServer,
+        ae.make_server(
+            (host, port),
+            evt_handlers=handlers + (guard.handlers() if guard is not None else []),
+            server_class=NoDelayAssociationServer,
+            ssl_context=ssl_context,
+        ),
     )
     server.guard = guard
     return server

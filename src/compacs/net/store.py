@@ -6,8 +6,11 @@ pynetdicom's ``encoded_dataset``) and turns the ingest outcome into a response.
 
 from __future__ import annotations
 
+from typing import cast
+
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from compacs import metrics
@@ -17,7 +20,7 @@ from compacs.ingest import Ingest, Received
 
 def make_store_handler(ingest: Ingest):
     def handle_store(event: Event) -> Dataset:
-        request = event.request
+        request = cast(C_STORE, event.request)
         assoc = event.assoc
         received = Received(
             dataset=event.encoded_dataset(include_meta=False),

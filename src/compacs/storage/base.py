@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 
 class StorageFull(OSError):
@@ -36,7 +36,9 @@ def validate_key(key: str) -> str:
 
 def parts_of(data: bytes | Sequence[bytes]) -> Sequence[bytes]:
     """``data`` as a sequence of parts (one part when it is a single buffer)."""
-    return [data] if isinstance(data, bytes | bytearray | memoryview) else data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return [cast(bytes, data)]  # any buffer is one part
+    return data
 
 
 class BlobStore(Protocol):

@@ -28,7 +28,7 @@ try:
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 except ImportError:  # pragma: no cover - an optional extra
-    boto3 = None  # type: ignore[assignment]
+    boto3 = None
 
 _QUOTA_CODES = {"QuotaExceeded", "XMinioStorageFull", "InsufficientStorage", "EntityTooLarge"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
