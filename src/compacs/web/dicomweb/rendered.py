@@ -213,10 +213,6 @@ def image(data: bytes, frame: int, options: Options, media: str) -> bytes:
     return encode(apply_viewport(pixels, options.viewport), media, options.quality)
 
 
-def _frame_count(data: bytes) -> int:
-    return wado.number_of_frames(data)
-
-
 class Rendered:
     """The rendered and thumbnail endpoints: each an ``answer`` for
     :meth:`compacs.web.dicomweb.Retrieve.endpoint` (authentication, path UIDs, errors)."""
@@ -251,9 +247,14 @@ class Rendered:
         """The frames named (10.4.1.1.3): one image, or one part a frame."""
         media, options = self._request(request, accept)
         (inst,) = await self._select(*uids)
-        data = await self.run(self._get, inst)
-        numbers = wado.frame_numbers(request.path_params["frames"], _frame_count(data))
-        bodies = await self.run(lambda: [image(data, n - 1, options, media) for n in numbers])
+        text = request.path_params["frames"]
+
+        def work() -> list[bytes]:
+            data = self._get(inst)
+            numbers = wado.frame_numbers(text, wado.number_of_frames(data))
+            return [image(data, n - 1, options, media) for n in numbers]
+
+        bodies = await self.run(work)
         if len(bodies) == 1:
             return self._one(request, media, options, bodies[0])
         return self._multipart(request, media, options, [_ready(media, b) for b in bodies])
@@ -287,7 +288,7 @@ class Rendered:
         def work() -> bytes:
             if frame_text is not None:
                 data = self._get(found[0])
-                (number,) = wado.frame_numbers(frame_text, _frame_count(data))[:1]
+                (number,) = wado.frame_numbers(frame_text, wado.number_of_frames(data))[:1]
                 return image(data, number - 1, options, media)
             refusal = None
             for inst in found[:THUMBNAIL_CANDIDATES]:
