@@ -170,7 +170,7 @@ def _error_response(scope: Scope, exc: HTTPException, close: bool = False) -> St
     """A JSON error under /api/ and /dicom-web/, an HTML page elsewhere (as
     :meth:`App._error`)."""
     path = scope.get("path", "")
-    if path.startswith(("/api/", f"{dicomweb.ROOT}/")):
+    if path.startswith(("/api/", f"{dicomweb.ROOT}/", "/wado")):
         response = _to_starlette(json_response({"error": exc.detail}, exc.status_code))
     else:
         body = pages.error(exc.status_code, str(exc.detail)).encode()
@@ -253,6 +253,7 @@ def asgi_app(
         )
     routes = [
         dicomweb.mount(app, credentials, endpoint.run),  # before the catch-all
+        dicomweb.uri_service(app, credentials, endpoint.run),
         Route("/{path:path}", endpoint.serve, methods=METHODS),
     ]
     handlers: dict[Any, Any] = {HTTPException: _http_exception}

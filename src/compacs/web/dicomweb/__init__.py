@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY
 from compacs.dicom.uids import is_valid_uid
 from compacs.web.auth import CHALLENGE, Credentials
-from compacs.web.dicomweb import qido, wado
+from compacs.web.dicomweb import qido, rendered, wado, wado_uri
 from compacs.web.urls import BadUrl, query_params
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,7 @@ def mount(app: Any, credentials: Credentials, run: Runner) -> Mount:
     WADO-RS's retrieves (10.4.1, Table 10.4.1-1)."""
     web = DicomWeb(app, credentials, run)
     retrieve = Retrieve(app, credentials, run)
+    render = rendered.Rendered(app, run)
     searches = [
         ("/studies", STUDY, ()),
         ("/series", SERIES, ()),
@@ -282,9 +283,26 @@ def mount(app: Any, credentials: Credentials, run: Runner) -> Mount:
         (f"{instance}/metadata", retrieve.metadata),
         (f"{instance}/frames/{{frames}}", retrieve.frames),
         (f"{instance}/bulk/{{path:path}}", retrieve.bulk),
+        # rendered resources and thumbnails (10.4.1.1.3, Sup 203): see .rendered
+        ("/studies/{study}/rendered", render.collection),
+        ("/studies/{study}/series/{series}/rendered", render.collection),
+        (f"{instance}/rendered", render.instance),
+        (f"{instance}/frames/{{frames}}/rendered", render.frames),
+        ("/studies/{study}/thumbnail", render.thumbnail),
+        ("/studies/{study}/series/{series}/thumbnail", render.thumbnail),
+        (f"{instance}/thumbnail", render.thumbnail),
+        (f"{instance}/frames/{{frames}}/thumbnail", render.thumbnail),
+        ("/wado", wado_uri.UriService(app, run).answer),  # WADO-URI, also at /wado
     ]
     routes += [
         Route(path, retrieve.endpoint(answer), methods=["GET", "HEAD"])
         for path, answer in retrieves
     ]
     return Mount(ROOT, routes=routes)
+
+
+def uri_service(app: Any, credentials: Credentials, run: Runner) -> Route:
+    """WADO-URI (PS3.18 9) at ``/wado``, where Orthanc serves it and OHIF's
+    ``wadoUriRoot`` points (see :mod:`.wado_uri`)."""
+    answer = wado_uri.UriService(app, run).answer
+    return Route("/wado", Retrieve(app, credentials, run).endpoint(answer), methods=["GET", "HEAD"])
