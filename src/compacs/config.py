@@ -108,7 +108,11 @@ class Settings:
     http_cors_origins: tuple[str, ...] = ()
     """Origins allowed cross-origin reads (CORS); none: no Access-Control-* headers."""
     http_max_body: int = 1 << 20
-    """Largest request body in bytes (413 beyond)."""
+    """Largest request body in bytes (413 beyond); STOW-RS's have http_max_stow_body."""
+    http_max_stow_body: int = 1 << 30
+    """Largest STOW-RS request body in bytes (413 beyond; PS3.18 10.5)."""
+    http_body_timeout: float = 30.0
+    """Seconds a request body (STOW-RS) may go without a byte before the request is ended."""
     http_header_timeout: float = 10.0
     """Seconds a client has to send a complete request line and headers."""
     http_max_connections: int = 1000
@@ -206,6 +210,18 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
             'a list of origins ("https://viewer.example.org")',
         ),
         "max_body": ("http_max_body", (int,), lambda v: 0 <= v <= 2**40, "bytes, 0..2**40"),
+        "max_stow_body": (
+            "http_max_stow_body",
+            (int,),
+            lambda v: 0 <= v <= 2**40,
+            "bytes, 0..2**40",
+        ),
+        "body_timeout": (
+            "http_body_timeout",
+            (int, float),
+            lambda v: 0 < v <= 3600,
+            "seconds, > 0 and <= 3600",
+        ),
         "header_timeout": (
             "http_header_timeout",
             (int, float),

@@ -217,7 +217,7 @@ class Node:
             from compacs.web.server import build
 
             try:
-                self.web = build(settings, self.index, self.store, self.activity)
+                self.web = build(settings, self.index, self.store, self.activity, self.ingest)
             except Exception:
                 self.server.server_close()
                 self._close_backends()

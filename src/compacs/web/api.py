@@ -70,8 +70,11 @@ def _number(params: Params, name: str, kind: type = float) -> Any:
 class App:
     """Every route of the web server, over the node's index, store and activity."""
 
-    def __init__(self, settings: Settings, index: Any, store: Any, activity: Activity) -> None:
+    def __init__(
+        self, settings: Settings, index: Any, store: Any, activity: Activity, ingest: Any = None
+    ) -> None:
         self.settings, self.index, self.store, self.activity = settings, index, store, activity
+        self.ingest = ingest  # STOW-RS stores through it (compacs.web.dicomweb.stow)
         uid = r"(?P<uid>[0-9.]{1,64})"
         self.routes: list[tuple[re.Pattern[str], Callable[..., Response]]] = [
             (r"/api/openapi\.json", lambda p: json_response(openapi.document())),

@@ -43,7 +43,7 @@ SECURITY_HEADERS = {
     "form-action 'self'; frame-ancestors 'none'",
 }
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-METHODS = ["GET", "HEAD"]  # the API is read-only; anything else: 405 with Allow
+METHODS = ["GET", "HEAD"]  # read-only but for STOW-RS's POST; anything else: 405 with Allow
 MAX_HEAD_BYTES = 16 * 1024  # request line + headers; also h11's max incomplete event size
 MAX_TARGET_BYTES = 8 * 1024  # the path and query
 
@@ -53,7 +53,15 @@ class Limits:
     """What one request may cost (``[http]``)."""
 
     max_body: int = 1 << 20
+    max_stow_body: int = 1 << 30
     worker_threads: int = 8
+
+    def larger_body(self, scope: Scope) -> tuple[int, str] | None:
+        """The body limit of a request allowed more than ``max_body`` and the setting that
+        says so: a STOW-RS POST (PS3.18 10.5) up to ``max_stow_body``; else None."""
+        if scope.get("method") == "POST" and dicomweb.is_store(scope.get("path", "")):
+            return self.max_stow_body, "[http] max_stow_body"
+        return None
 
 
 def allowed_hosts(host: str, extra: Iterable[str]) -> list[str]:
@@ -94,10 +102,8 @@ class SecurityHeaders:
 
 
 class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            413, f"request body larger than the limit of {limit} bytes ([http] max_body)"
-        )
+    def __init__(self, limit: int, setting: str = "[http] max_body") -> None:
+        super().__init__(413, f"request body larger than the limit of {limit} bytes ({setting})")
 
 
 def head_problem(scope: Scope) -> HTTPException | None:
@@ -128,22 +134,29 @@ class HeadLimit:
 
 
 class BodyLimit:
-    """Refuses bodies beyond ``max_body`` bytes: by the declared Content-Length before the
+    """Refuses bodies beyond ``max_body`` bytes (or what ``larger(scope)`` allows that
+    request: the limit and the setting naming it): by the declared Content-Length before the
     app runs, and by counting while the app reads a body of unknown length, so nothing past
     the limit is ever buffered. A body the app leaves unread closes the connection after the
     answer (RFC 9112 9.6), so it is never read as a request."""
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
-        self.app, self.max_body = app, max_body
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int,
+        larger: Callable[[Scope], tuple[int, str] | None] = lambda scope: None,
+    ) -> None:
+        self.app, self.max_body, self.larger = app, max_body, larger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        limit, setting = self.larger(scope) or (self.max_body, "[http] max_body")
         declared = headers.get("content-length")
-        if declared is not None and int(declared) > self.max_body:  # h11 checked it is a number
-            await _error_response(scope, BodyTooLarge(self.max_body), close=True)(
+        if declared is not None and int(declared) > limit:  # h11 checked it is a number
+            await _error_response(scope, BodyTooLarge(limit, setting), close=True)(
                 scope, receive, send
             )
             return
@@ -153,8 +166,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 state["read"] += len(message.get("body", b""))
-                if state["read"] > self.max_body:
-                    raise BodyTooLarge(self.max_body)
+                if state["read"] > limit:
+                    raise BodyTooLarge(limit, setting)
                 state["done"] = not message.get("more_body", False)
             return message
 
@@ -220,7 +233,12 @@ class Endpoint:
 async def _http_exception(request: Request, exc: Exception) -> StarletteResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        detail = f"{request.method} is not supported: the API is read-only"
+        allow = (exc.headers or {}).get("Allow", "")
+        detail = (
+            f"{request.method} is not supported here (Allow: {allow})"
+            if "POST" in allow  # STOW-RS's resources (PS3.18 10.5)
+            else f"{request.method} is not supported: the API is read-only"
+        )
         exc = HTTPException(405, detail, headers=exc.headers)
     return _error_response(request.scope, exc)
 
@@ -239,7 +257,7 @@ def asgi_app(
         Middleware(SecurityHeaders),
         Middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False),
         Middleware(HeadLimit),
-        Middleware(BodyLimit, max_body=limits.max_body),
+        Middleware(BodyLimit, max_body=limits.max_body, larger=limits.larger_body),
     ]
     origins = list(cors_origins)
     if origins:
@@ -247,8 +265,8 @@ def asgi_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=origins,
-                allow_methods=["GET", "HEAD"],
-                allow_headers=["Authorization"],
+                allow_methods=["GET", "HEAD", "POST"],  # POST: STOW-RS only
+                allow_headers=["Authorization", "Content-Type"],
             )
         )
     routes = [

@@ -117,13 +117,14 @@ class WebServer:
         self.socket.close()
 
 
-def build(settings: Any, index: Any, store: Any, activity: Any) -> WebServer:
-    """The node's web server from its settings (``[http]``); not yet started."""
+def build(settings: Any, index: Any, store: Any, activity: Any, ingest: Any = None) -> WebServer:
+    """The node's web server from its settings (``[http]``); not yet started. ``ingest``
+    (the node's :class:`compacs.ingest.Ingest`) stores what STOW-RS receives."""
     credentials = Credentials(settings.http_token, settings.http_user, settings.http_password)
-    app = App(settings, index, store, activity)
+    app = App(settings, index, store, activity, ingest)
     hosts = allowed_hosts(settings.http_host, settings.http_allowed_hosts)
     log.info("web: answering Host %s only ([http] allowed_hosts adds names)", ", ".join(hosts))
-    limits = Limits(max_body=settings.http_max_body)
+    limits = Limits(max_body=settings.http_max_body, max_stow_body=settings.http_max_stow_body)
     application = asgi_app(
         app, credentials, hosts=hosts, cors_origins=settings.http_cors_origins, limits=limits
     )

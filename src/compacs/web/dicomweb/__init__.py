@@ -1,7 +1,7 @@
 """DICOMweb (PS3.18) at ``/dicom-web``: one Starlette Mount, one module per service.
 
-QIDO-RS (:mod:`.qido`) and WADO-RS (:mod:`.wado`); STOW-RS is to be added beside them as
-more routes of :func:`mount`. Every route here shares the web server's layers (security
+QIDO-RS (:mod:`.qido`), WADO-RS (:mod:`.wado`) and STOW-RS (:mod:`.stow`, the only POST
+routes). Every route here shares the web server's layers (security
 headers, Host allow-list, head and body limits, CORS as configured: global middleware)
 and, as the REST API does, its authentication (401 with ``WWW-Authenticate``), strict URL
 decoding (each value percent-decoded once) and bounded pool of handler threads. Errors are JSON
@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY
 from compacs.dicom.uids import is_valid_uid
 from compacs.web.auth import CHALLENGE, Credentials
-from compacs.web.dicomweb import qido, rendered, wado, wado_uri
+from compacs.web.dicomweb import qido, rendered, stow, wado, wado_uri
 from compacs.web.urls import BadUrl, query_params
 
 log = logging.getLogger(__name__)
@@ -298,6 +298,8 @@ def mount(app: Any, credentials: Credentials, run: Runner) -> Mount:
         Route(path, retrieve.endpoint(answer), methods=["GET", "HEAD"])
         for path, answer in retrieves
     ]
+    store = stow.StoreRoute(app, credentials, run, _service_root)  # PS3.18 10.5
+    routes = stow.with_store(routes, store)
     return Mount(ROOT, routes=routes)
 
 
@@ -306,3 +308,8 @@ def uri_service(app: Any, credentials: Credentials, run: Runner) -> Route:
     ``wadoUriRoot`` points (see :mod:`.wado_uri`)."""
     answer = wado_uri.UriService(app, run).answer
     return Route("/wado", Retrieve(app, credentials, run).endpoint(answer), methods=["GET", "HEAD"])
+
+
+def is_store(path: str) -> bool:
+    """Whether ``path`` is a STOW-RS resource (the only ones taking POST)."""
+    return stow.is_store_path(path, ROOT)
