@@ -1,6 +1,7 @@
 # compacs: two commands on a fresh machine.
 #   make serve   set up .venv and run a node on the embedded default (./data, SQLite, port 11112)
 #   make test    set up .venv with the test extras, install DCMTK and Orthanc when missing,
+#                fetch the OHIF viewer (make ohif),
 #                run every test
 
 PYTHON ?= python3
