@@ -26,12 +26,12 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from compacs.web.viewer import DEFAULT_DIR
-from tests.conftest import ARTIFACTS, NodeProcess, free_port, write_config
+from tests.conftest import ARTIFACTS, ROOT, NodeProcess, free_port, write_config
 from tests.dicomfiles import storage_files
 from tests.scu import send_datasets
 
 CHROMIUM = "/usr/lib/chromium/chromium"
+BUILD = ROOT / ".cache" / "ohif" / "3.13.2"  # where `make ohif` puts the viewer
 SHOTS = ARTIFACTS / "ohif"
 USER, PASSWORD = "viewer", "ohif-secret-1"
 PAINT_TIMEOUT_MS = 30_000
@@ -109,10 +109,8 @@ def _start(folder: Path, extra: str = "") -> tuple[NodeProcess, int, int]:
 
 @pytest.fixture(scope="module")
 def ohif(tmp_path_factory):
-    if not (DEFAULT_DIR / "index.html").is_file():
-        pytest.fail(
-            f"no OHIF build in {DEFAULT_DIR}: run `make ohif` (a prerequisite of make test)"
-        )
+    if not (BUILD / "index.html").is_file():
+        pytest.fail(f"no OHIF build in {BUILD}: run `make ohif` (a prerequisite of make test)")
     node, http, viewer = _start(tmp_path_factory.mktemp("ohif"))
     files = {f.name: f for f in storage_files()}
     studies = {}
