@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-port", type=int, help="web API and pages port (default 8042, 0: off)"
     )
     serve.add_argument(
+        "--viewer-port",
+        type=int,
+        help="OHIF viewer port (default 8043, 0: off; served with the web server)",
+    )
+    serve.add_argument(
         "--peer",
         type=_peer,
         action="append",
@@ -216,6 +221,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         peers=getattr(args, "peer", None),
         forward=getattr(args, "forward", None),
         http_port=getattr(args, "http_port", None),
+        viewer_port=getattr(args, "viewer_port", None),
     )
 
 

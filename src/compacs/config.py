@@ -117,6 +117,10 @@ class Settings:
     """Seconds a client has to send a complete request line and headers."""
     http_max_connections: int = 1000
     """Open HTTP connections at most; requests beyond get 503."""
+    viewer_port: int = 8043
+    """The OHIF viewer's own port (on [http] host, beside the web server); 0: off."""
+    viewer_dir: str | None = None
+    """The OHIF build served; None: the one ``make ohif`` fetched (compacs.web.viewer)."""
 
     def move_allowed(self, calling: str, destination: str) -> bool:
         if self.move_allow is None:
@@ -229,6 +233,10 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
             "seconds, > 0 and <= 3600",
         ),
         "max_connections": ("http_max_connections", (int,), lambda v: 1 <= v <= 10000, "1..10000"),
+    },
+    "viewer": {
+        "port": ("viewer_port", (int,), lambda v: 0 <= v < 65536, "0 (off) or a TCP port"),
+        "dir": ("viewer_dir", (str,), lambda v: bool(v), "the folder of an OHIF build"),
     },
     "index": {"url": ("index_url", (str,), lambda v: ":" in v, "an index URL (sqlite:///...)")},
     "storage": {
@@ -568,6 +576,8 @@ def with_overrides(settings: Settings, **overrides: Any) -> Settings:
         raise ConfigError(f"--port {changes['port']}: expected a TCP port")
     if "http_port" in changes and not 0 <= changes["http_port"] < 65536:
         raise ConfigError(f"--http-port {changes['http_port']}: expected 0 (off) or a TCP port")
+    if "viewer_port" in changes and not 0 <= changes["viewer_port"] < 65536:
+        raise ConfigError(f"--viewer-port {changes['viewer_port']}: expected 0 (off) or a TCP port")
     peers = overrides.get("peers")
     if peers:
         by_aet = {p.ae_title: p for p in settings.peers}

@@ -79,11 +79,13 @@ def _to_starlette(response: Response) -> StarletteResponse:
 
 
 class SecurityHeaders:
-    """Adds :data:`SECURITY_HEADERS` and ``Cache-Control: no-store`` (unless the route set its
-    own) to every answer, including the 400s and 405s of the framework."""
+    """Adds :data:`SECURITY_HEADERS` (with ``headers`` replacing some, e.g. the viewer's
+    CSP) and ``Cache-Control: no-store`` (unless the route set its own) to every answer,
+    including the 400s and 405s of the framework."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, headers: dict[str, str] | None = None) -> None:
         self.app = app
+        self.headers = {**SECURITY_HEADERS, **(headers or {})}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,7 +96,7 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers.setdefault("Cache-Control", "no-store")
-                for name, value in SECURITY_HEADERS.items():
+                for name, value in self.headers.items():
                     headers.setdefault(name, value)
             await send(message)
 
@@ -213,7 +215,9 @@ class Endpoint:
             params = query_params(request.scope.get("query_string", b""))
         except BadUrl as exc:
             raise HTTPException(400, str(exc)) from None
-        response = await self.run(self._handle, request.method, raw_path.decode("ascii"), params)
+        host = request.headers.get("host")
+        path = raw_path.decode("ascii")
+        response = await self.run(self._handle, request.method, path, params, host)
         return _to_starlette(response)
 
     async def run(self, handler: Callable[..., T], *args: Any) -> T:
@@ -222,15 +226,17 @@ class Endpoint:
             self.limiter = anyio.CapacityLimiter(self.threads)
         return await anyio.to_thread.run_sync(handler, *args, limiter=self.limiter)
 
-    def _handle(self, method: str, path: str, params: list[tuple[str, str]]) -> Response:
+    def _handle(
+        self, method: str, path: str, params: list[tuple[str, str]], host: str | None
+    ) -> Response:
         try:
-            return self.app.handle(method, path, params)
+            return self.app.handle(method, path, params, host)
         except Exception:
             log.exception("web: %s request failed", method)  # no URL: it may carry PHI
             return json_response({"error": "internal error"}, 500)
 
 
-async def _http_exception(request: Request, exc: Exception) -> StarletteResponse:
+async def http_exception(request: Request, exc: Exception) -> StarletteResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
         allow = (exc.headers or {}).get("Allow", "")
@@ -274,5 +280,5 @@ def asgi_app(
         dicomweb.uri_service(app, credentials, endpoint.run),
         Route("/{path:path}", endpoint.serve, methods=METHODS),
     ]
-    handlers: dict[Any, Any] = {HTTPException: _http_exception}
+    handlers: dict[Any, Any] = {HTTPException: http_exception}
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
