@@ -1,6 +1,7 @@
 # compacs: two commands on a fresh machine.
 #   make serve   set up .venv and run a node on the embedded default (./data, SQLite, port 11112)
 #   make test    set up .venv with the test extras, install DCMTK and Orthanc when missing,
+#                fetch the OHIF viewer (make ohif),
 #                run every test
 
 PYTHON ?= python3
@@ -9,7 +10,14 @@ BIN    := $(VENV)/bin
 DATA   ?= ./data
 PYTEST_ARGS ?=
 
-.PHONY: serve test bench bench-storage bench-dicomweb lint format deps-system clean
+.PHONY: serve test bench bench-storage bench-dicomweb bench-ohif lint format deps-system clean ohif
+
+# The OHIF viewer (issue 17): npm's prebuilt @ohif/app, its dist/ extracted under .cache/
+# (gitignored, never committed, kept by `make clean`: 200 MB fetched once). The node serves
+# it on [viewer] port (default 8043) with an app-config.js of its own; compacs.web.viewer's
+# OHIF_VERSION names the same version.
+OHIF_VERSION := 3.13.2
+OHIF_DIR     := .cache/ohif/$(OHIF_VERSION)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +31,23 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-serve: $(VENV)/.installed
+$(OHIF_DIR)/.fetched:
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "make ohif: npm is missing: install Debian's package npm (apt-get install npm)" >&2; \
+		exit 1; }
+	rm -rf $(OHIF_DIR) $(OHIF_DIR).tmp && mkdir -p $(OHIF_DIR).tmp
+	npm pack --silent @ohif/app@$(OHIF_VERSION) --pack-destination $(OHIF_DIR).tmp >/dev/null
+	tar -xzf $(OHIF_DIR).tmp/ohif-app-$(OHIF_VERSION).tgz -C $(OHIF_DIR).tmp package/dist
+	@# the built viewer, not sources: the page, its configuration, the bundles, the codecs
+	@cd $(OHIF_DIR).tmp/package/dist && for f in index.html app-config.js; do \
+		[ -s $$f ] || { echo "make ohif: @ohif/app@$(OHIF_VERSION) has no dist/$$f" >&2; exit 1; }; \
+	done && ls app.bundle.*.js >/dev/null && ls *.wasm >/dev/null
+	mv $(OHIF_DIR).tmp/package/dist $(OHIF_DIR) && rm -rf $(OHIF_DIR).tmp
+	touch $@
+
+ohif: $(OHIF_DIR)/.fetched
+
+serve: $(VENV)/.installed ohif
 	$(BIN)/compacs serve --data-dir $(DATA)
 
 # Debian's dcmtk provides the independent DICOM clients the tests talk to the node with;
@@ -68,7 +92,7 @@ deps-system:
 		exit $$status; \
 	fi
 
-test: $(VENV)/.installed-test deps-system
+test: $(VENV)/.installed-test deps-system ohif
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -90,6 +114,11 @@ bench-storage: $(VENV)/.installed-bench deps-system
 bench-dicomweb: $(VENV)/.installed-bench deps-system
 	cd bench && PYTHONPATH=.. ../$(BIN)/python -W ignore dicomweb.py $(BENCH_ARGS)
 
+# issue 17: time to first image and to a whole 200-slice series in OHIF (headless chromium),
+# JPEG-LS- and HTJ2K-stored
+bench-ohif: $(VENV)/.installed-bench deps-system ohif
+	cd bench && PYTHONPATH=.. ../$(BIN)/python -W ignore ohif_timing.py $(BENCH_ARGS)
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 
@@ -97,5 +126,6 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
+# keeps .cache/ (the OHIF build: fetched once, 200 MB); rm -rf .cache to fetch it again
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

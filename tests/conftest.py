@@ -97,6 +97,8 @@ class NodeProcess:
             cmd += ["--config", str(self.config)]
         if "--http-port" not in self.extra_args:  # nodes run side by side: no shared 8042
             cmd += ["--http-port", "0"]
+        if "--viewer-port" not in self.extra_args:  # nor a shared 8043
+            cmd += ["--viewer-port", "0"]
         return cmd + list(self.extra_args)
 
     def start(self, timeout: float = 30) -> NodeProcess:

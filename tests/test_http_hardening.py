@@ -300,6 +300,57 @@ def test_allowed_hosts_and_cors_origins_are_configurable(tmp_path):
         node.stop()
 
 
+def test_cors_preflight_of_a_stow_needs_no_credentials_and_the_request_still_does(tmp_path):
+    """Issue 17: with CORS origins configured, a browser's preflight (OPTIONS, no credentials:
+    Fetch never sends them on a preflight) of a STOW-RS POST is answered with the methods
+    and headers allowed; the POST itself still needs the token (401 without it)."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "cors.toml",
+        '[http]\ntoken = "a-long-enough-test-token"\n'
+        'cors_origins = ["https://viewer.example.org"]\n',
+    )
+    node = NodeProcess(tmp_path / "data", config=config, extra_args=("--http-port", str(port)))
+    node.start()
+    try:
+        preflight = exchange(
+            port,
+            request(
+                port,
+                "/dicom-web/studies",
+                "Origin: https://viewer.example.org",
+                "Access-Control-Request-Method: POST",
+                "Access-Control-Request-Headers: authorization, content-type",
+                "Connection: close",
+                method="OPTIONS",
+            ),
+        )
+        head = preflight.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+        assert statuses(preflight) == [200], head
+        assert "access-control-allow-origin: https://viewer.example.org" in head
+        methods = re.search(r"access-control-allow-methods: ([^\r\n]*)", head)
+        assert methods and "post" in methods.group(1), head
+        allowed = re.search(r"access-control-allow-headers: ([^\r\n]*)", head)
+        assert allowed and {"authorization", "content-type"} <= {
+            h.strip() for h in allowed.group(1).split(",")
+        }, head
+        answer = exchange(
+            port,
+            request(
+                port,
+                "/dicom-web/studies",
+                "Origin: https://viewer.example.org",
+                'Content-Type: multipart/related; type="application/dicom"; boundary=b',
+                "Connection: close",
+                method="POST",
+                body=b"--b--\r\n",
+            ),
+        )
+        assert statuses(answer) == [401]
+    finally:
+        node.stop()
+
+
 # -- no 500 on any input ------------------------------------------------------------------------
 BAD_INPUT = [
     "/api/studies?offset=9223372036854775806",

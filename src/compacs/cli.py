@@ -71,6 +71,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         peers=getattr(args, "peer", None),
         forward=getattr(args, "forward", None),
         http_port=getattr(args, "http_port", None),
+        viewer_port=getattr(args, "viewer_port", None),
     )
 
 

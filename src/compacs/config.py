@@ -78,11 +78,19 @@ class Settings:
     http_cors_origins: tuple[str, ...] = ()
     """Origins allowed cross-origin reads (CORS); none: no Access-Control-* headers."""
     http_max_body: int = 1 << 20
-    """Largest request body in bytes (413 beyond)."""
+    """Largest request body in bytes (413 beyond); STOW-RS's have http_max_stow_body."""
+    http_max_stow_body: int = 1 << 30
+    """Largest STOW-RS request body in bytes (413 beyond; PS3.18 10.5)."""
+    http_body_timeout: float = 30.0
+    """Seconds a request body (STOW-RS) may go without a byte before the request is ended."""
     http_header_timeout: float = 10.0
     """Seconds a client has to send a complete request line and headers."""
     http_max_connections: int = 1000
     """Open HTTP connections at most; requests beyond get 503."""
+    viewer_port: int = 8043
+    """The OHIF viewer's own port (on [http] host, beside the web server); 0: off."""
+    viewer_dir: str | None = None
+    """The OHIF build served; None: the one ``make ohif`` fetched (compacs.web.viewer)."""
 
     def move_allowed(self, calling: str, destination: str) -> bool:
         if self.move_allow is None:
@@ -176,6 +184,18 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
             'a list of origins ("https://viewer.example.org")',
         ),
         "max_body": ("http_max_body", (int,), lambda v: 0 <= v <= 2**40, "bytes, 0..2**40"),
+        "max_stow_body": (
+            "http_max_stow_body",
+            (int,),
+            lambda v: 0 <= v <= 2**40,
+            "bytes, 0..2**40",
+        ),
+        "body_timeout": (
+            "http_body_timeout",
+            (int, float),
+            lambda v: 0 < v <= 3600,
+            "seconds, > 0 and <= 3600",
+        ),
         "header_timeout": (
             "http_header_timeout",
             (int, float),
@@ -183,6 +203,10 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
             "seconds, > 0 and <= 3600",
         ),
         "max_connections": ("http_max_connections", (int,), lambda v: 1 <= v <= 10000, "1..10000"),
+    },
+    "viewer": {
+        "port": ("viewer_port", (int,), lambda v: 0 <= v < 65536, "0 (off) or a TCP port"),
+        "dir": ("viewer_dir", (str,), lambda v: bool(v), "the folder of an OHIF build"),
     },
     "index": {"url": ("index_url", (str,), lambda v: ":" in v, "an index URL (sqlite:///...)")},
     "storage": {
@@ -522,6 +546,8 @@ def with_overrides(settings: Settings, **overrides: Any) -> Settings:
         raise ConfigError(f"--port {changes['port']}: expected a TCP port")
     if "http_port" in changes and not 0 <= changes["http_port"] < 65536:
         raise ConfigError(f"--http-port {changes['http_port']}: expected 0 (off) or a TCP port")
+    if "viewer_port" in changes and not 0 <= changes["viewer_port"] < 65536:
+        raise ConfigError(f"--viewer-port {changes['viewer_port']}: expected 0 (off) or a TCP port")
     peers = overrides.get("peers")
     if peers:
         by_aet = {p.ae_title: p for p in settings.peers}

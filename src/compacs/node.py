@@ -198,12 +198,14 @@ class Node:
                     f"[metrics] cannot listen on {settings.metrics_host}:"
                     f"{settings.metrics_port}: {exc.strerror or exc}"
                 ) from None
-        self.web = None
+        self.web = self.viewer = None
         if settings.http_port:
             from compacs.web.server import build
 
             try:
-                self.web = build(settings, self.index, self.store, self.activity)
+                self.web, self.viewer = build(
+                    settings, self.index, self.store, self.activity, self.ingest
+                )
             except Exception:
                 self.server.server_close()
                 self._close_backends()
@@ -252,6 +254,9 @@ class Node:
         if self.web is not None:
             self.web.start()
             log.info("web pages and API on http://%s:%d/", *self.web.address)
+        if self.viewer is not None:
+            self.viewer.start()
+            log.info("OHIF viewer on http://%s:%d/", *self.viewer.address)
         settle_heap()
         try:
             self.server.serve_forever(poll_interval=0.2)
@@ -293,6 +298,8 @@ class Node:
             self.metrics.stop()
         if self.web is not None:
             self.web.stop()
+        if self.viewer is not None:
+            self.viewer.stop()
         logging.getLogger("compacs").removeHandler(self._activity_log)
         self.index.close()
         self.store.close()

@@ -21,6 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--http-port", type=int, help="web API and pages port (default 8042, 0: off)"
     )
     parser.add_argument(
+        "--viewer-port",
+        type=int,
+        help="OHIF viewer port (default 8043, 0: off; served with the web server)",
+    )
+    parser.add_argument(
         "--peer",
         type=options.peer,
         action="append",

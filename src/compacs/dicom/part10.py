@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom import dcmread, dcmwrite
@@ -145,14 +146,30 @@ def deflate(data_set: bytes) -> bytes:
     return out + b"\0" if len(out) % 2 else out
 
 
-def split(data: bytes) -> tuple[str, int]:
-    """The Transfer Syntax UID of the Part 10 file ``data`` and the offset of its data set:
-    the File Meta Information (PS3.10 7.1) is read element by element, Explicit VR Little
-    Endian (PS3.5 7.1.2), up to the first element outside group 0002. ValueError when
-    ``data`` is no Part 10 file or has no Transfer Syntax UID."""
+@dataclass(frozen=True)
+class FileMeta:
+    """What a Part 10 file's File Meta Information (PS3.10 7.1) says about its data set."""
+
+    transfer_syntax: str
+    """Transfer Syntax UID (0002,0010)."""
+    sop_class_uid: str
+    """Media Storage SOP Class UID (0002,0002); empty when absent."""
+    sop_instance_uid: str
+    """Media Storage SOP Instance UID (0002,0003); empty when absent."""
+    offset: int
+    """Where the data set starts."""
+
+
+_META_UIDS = {0x0002: "sop_class_uid", 0x0003: "sop_instance_uid", 0x0010: "transfer_syntax"}
+
+
+def file_meta(data: bytes) -> FileMeta:
+    """The File Meta Information of the Part 10 file ``data``, read element by element,
+    Explicit VR Little Endian (PS3.5 7.1.2), up to the first element outside group 0002.
+    ValueError when ``data`` is no Part 10 file or has no Transfer Syntax UID."""
     if data[128:132] != PREAMBLE[128:]:
         raise ValueError("not a DICOM Part 10 file (no DICM prefix)")
-    at, syntax = len(PREAMBLE), None
+    at, uids = len(PREAMBLE), {}
     while at + 8 <= len(data):
         group, element = struct.unpack_from("<HH", data, at)
         if group != 0x0002:
@@ -164,12 +181,25 @@ def split(data: bytes) -> tuple[str, int]:
         else:
             (length,) = struct.unpack_from("<H", data, at + 6)
             value_at = at + 8
-        if element == 0x0010:
-            syntax = data[value_at : value_at + length].rstrip(b"\0 ").decode("ascii")
+        if element in _META_UIDS:
+            value = data[value_at : value_at + length].rstrip(b"\0 ")
+            uids[_META_UIDS[element]] = value.decode("ascii", "replace")
         at = value_at + length
-    if syntax is None:
+    if not uids.get("transfer_syntax"):
         raise ValueError("the File Meta Information has no Transfer Syntax UID (0002,0010)")
-    return syntax, min(at, len(data))
+    return FileMeta(
+        uids["transfer_syntax"],
+        uids.get("sop_class_uid", ""),
+        uids.get("sop_instance_uid", ""),
+        min(at, len(data)),
+    )
+
+
+def split(data: bytes) -> tuple[str, int]:
+    """The Transfer Syntax UID of the Part 10 file ``data`` and the offset of its data set
+    (:func:`file_meta`)."""
+    meta = file_meta(data)
+    return meta.transfer_syntax, meta.offset
 
 
 def structure_problem(

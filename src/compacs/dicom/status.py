@@ -74,6 +74,12 @@ class Status(IntEnum):
     DATASET_MISMATCH = 0xA900, "Identifier / Data Set does not match SOP Class", "PS3.4 B.2.3"
     CANNOT_UNDERSTAND = 0xC000, "Cannot understand / Unable to process", "PS3.4 B.2.3, C.4.1.1.4"
     INVALID_UID = 0xC001, "Cannot understand: a required UID is missing or invalid", "PS3.4 B.2.3"
+    STUDY_UID_MISMATCH = (
+        0xC409,
+        "Cannot understand: Study Instance UID differs from the Store request's (STOW-RS; "
+        "dcm4chee-arc's DIFF_STUDY_INSTANCE_UID)",
+        "PS3.18 I.2.2 (Cxxx, implementation specific)",
+    )
     # Cancel and pending (PS3.7 C.1.2)
     CANCEL = 0xFE00, "Cancel: matching or sub-operations terminated", "PS3.4 C.4.1.1.4"
     PENDING = 0xFF00, "Pending: matches or sub-operations are continuing", "PS3.4 C.4.1.1.4"

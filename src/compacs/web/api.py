@@ -70,8 +70,14 @@ def _number(params: Params, name: str, kind: type = float) -> Any:
 class App:
     """Every route of the web server, over the node's index, store and activity."""
 
-    def __init__(self, settings: Settings, index: Any, store: Any, activity: Activity) -> None:
+    def __init__(
+        self, settings: Settings, index: Any, store: Any, activity: Activity, ingest: Any = None
+    ) -> None:
         self.settings, self.index, self.store, self.activity = settings, index, store, activity
+        self.ingest = ingest  # STOW-RS stores through it (compacs.web.dicomweb.stow)
+        self.viewer_link: Callable[[str, str], str] | None = None
+        """(host name, study UID) -> the OHIF viewer's page of the study, when the viewer
+        is served (set by compacs.web.server.build); else None."""
         uid = r"(?P<uid>[0-9.]{1,64})"
         self.routes: list[tuple[re.Pattern[str], Callable[..., Response]]] = [
             (r"/api/openapi\.json", lambda p: json_response(openapi.document())),
@@ -79,7 +85,7 @@ class App:
             (r"/api/patients", lambda p: json_response(self.search(PATIENT, p))),
             (r"/api/patients/(?P<pid>[^/]*)", lambda p, pid: json_response(self.patient(pid))),
             (r"/api/studies", lambda p: json_response(self.search(STUDY, p))),
-            (rf"/api/studies/{uid}", lambda p, uid: json_response(self.study(uid))),
+            (rf"/api/studies/{uid}", self.study_document),
             (r"/api/series", lambda p: json_response(self.search(SERIES, p))),
             (rf"/api/series/{uid}", lambda p, uid: json_response(self.series(uid))),
             (r"/api/instances", lambda p: json_response(self.search(IMAGE, p))),
@@ -88,7 +94,7 @@ class App:
             (rf"/api/instances/{uid}/file", self.file),
             (r"/", lambda p: html_response(pages.dashboard(self.stats()))),
             (r"/studies", self.studies_page),
-            (rf"/studies/{uid}", lambda p, uid: html_response(pages.study(self.study(uid)))),
+            (rf"/studies/{uid}", self.study_page),
             (rf"/series/{uid}", self.series_page),
             (
                 rf"/instances/{uid}",
@@ -96,14 +102,19 @@ class App:
             ),
         ]
         self.routes = [(re.compile(pattern), handler) for pattern, handler in self.routes]
+        self._wants_host = {self.study_document, self.study_page}
 
-    def handle(self, method: str, path: str, params: Params) -> Response:
+    def handle(self, method: str, path: str, params: Params, host: str | None = None) -> Response:
+        """The answer to ``method path?params``; ``host``: the request's Host header (for
+        links to the viewer's port)."""
         if method not in ("GET", "HEAD"):
             return json_response({"error": f"{method} is not supported: the API is read-only"}, 405)
         for pattern, handler in self.routes:
             match = pattern.fullmatch(path)
             if match:
                 groups = {k: unquote(v) for k, v in match.groupdict().items()}
+                if handler in self._wants_host:
+                    groups["host"] = host
                 try:
                     return handler(params, **groups)
                 except HttpError as exc:
@@ -133,8 +144,12 @@ class App:
         doc["sizes"] = self.index.sizes(PATIENT, patient_id)
         return doc
 
-    def study(self, uid: str) -> dict[str, Any]:
+    def study(self, uid: str, host: str | None = None) -> dict[str, Any]:
+        """The study, its series and instances; ``viewer_url`` (OHIF's page of the study)
+        when the viewer is served, on the host the client named."""
         doc = self._one(STUDY, "StudyInstanceUID", uid)
+        if self.viewer_link is not None:
+            doc["viewer_url"] = self.viewer_link(self._host_name(host), uid)
         doc["series"] = self._children(SERIES, "StudyInstanceUID", uid)
         doc["sizes"] = self.index.sizes(STUDY, uid)
         for series in doc["series"]:
@@ -142,6 +157,20 @@ class App:
                 IMAGE, "SeriesInstanceUID", series["SeriesInstanceUID"]
             )
         return doc
+
+    def study_document(self, params: Params, uid: str, host: str | None = None) -> Response:
+        return json_response(self.study(uid, host))
+
+    def study_page(self, params: Params, uid: str, host: str | None = None) -> Response:
+        return html_response(pages.study(self.study(uid, host)))
+
+    def _host_name(self, host: str | None) -> str:
+        """The name in a Host header (RFC 9110 7.2) without its port; without one, the
+        listening address (loopback when listening on every address)."""
+        if host:
+            return host[: host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
+        listening = self.settings.http_host
+        return "127.0.0.1" if listening in ("0.0.0.0", "::", "[::]") else listening
 
     def series(self, uid: str) -> dict[str, Any]:
         doc = self._one(SERIES, "SeriesInstanceUID", uid)

@@ -43,7 +43,7 @@ SECURITY_HEADERS = {
     "form-action 'self'; frame-ancestors 'none'",
 }
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-METHODS = ["GET", "HEAD"]  # the API is read-only; anything else: 405 with Allow
+METHODS = ["GET", "HEAD"]  # read-only but for STOW-RS's POST; anything else: 405 with Allow
 MAX_HEAD_BYTES = 16 * 1024  # request line + headers; also h11's max incomplete event size
 MAX_TARGET_BYTES = 8 * 1024  # the path and query
 
@@ -53,7 +53,15 @@ class Limits:
     """What one request may cost (``[http]``)."""
 
     max_body: int = 1 << 20
+    max_stow_body: int = 1 << 30
     worker_threads: int = 8
+
+    def larger_body(self, scope: Scope) -> tuple[int, str] | None:
+        """The body limit of a request allowed more than ``max_body`` and the setting that
+        says so: a STOW-RS POST (PS3.18 10.5) up to ``max_stow_body``; else None."""
+        if scope.get("method") == "POST" and dicomweb.is_store(scope.get("path", "")):
+            return self.max_stow_body, "[http] max_stow_body"
+        return None
 
 
 def allowed_hosts(host: str, extra: Iterable[str]) -> list[str]:
@@ -71,11 +79,13 @@ def _to_starlette(response: Response) -> StarletteResponse:
 
 
 class SecurityHeaders:
-    """Adds :data:`SECURITY_HEADERS` and ``Cache-Control: no-store`` (unless the route set its
-    own) to every answer, including the 400s and 405s of the framework."""
+    """Adds :data:`SECURITY_HEADERS` (with ``headers`` replacing some, e.g. the viewer's
+    CSP) and ``Cache-Control: no-store`` (unless the route set its own) to every answer,
+    including the 400s and 405s of the framework."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, headers: dict[str, str] | None = None) -> None:
         self.app = app
+        self.headers = {**SECURITY_HEADERS, **(headers or {})}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,7 +96,7 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers.setdefault("Cache-Control", "no-store")
-                for name, value in SECURITY_HEADERS.items():
+                for name, value in self.headers.items():
                     headers.setdefault(name, value)
             await send(message)
 
@@ -94,10 +104,8 @@ class SecurityHeaders:
 
 
 class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            413, f"request body larger than the limit of {limit} bytes ([http] max_body)"
-        )
+    def __init__(self, limit: int, setting: str = "[http] max_body") -> None:
+        super().__init__(413, f"request body larger than the limit of {limit} bytes ({setting})")
 
 
 def head_problem(scope: Scope) -> HTTPException | None:
@@ -128,22 +136,29 @@ class HeadLimit:
 
 
 class BodyLimit:
-    """Refuses bodies beyond ``max_body`` bytes: by the declared Content-Length before the
+    """Refuses bodies beyond ``max_body`` bytes (or what ``larger(scope)`` allows that
+    request: the limit and the setting naming it): by the declared Content-Length before the
     app runs, and by counting while the app reads a body of unknown length, so nothing past
     the limit is ever buffered. A body the app leaves unread closes the connection after the
     answer (RFC 9112 9.6), so it is never read as a request."""
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
-        self.app, self.max_body = app, max_body
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int,
+        larger: Callable[[Scope], tuple[int, str] | None] = lambda scope: None,
+    ) -> None:
+        self.app, self.max_body, self.larger = app, max_body, larger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        limit, setting = self.larger(scope) or (self.max_body, "[http] max_body")
         declared = headers.get("content-length")
-        if declared is not None and int(declared) > self.max_body:  # h11 checked it is a number
-            await _error_response(scope, BodyTooLarge(self.max_body), close=True)(
+        if declared is not None and int(declared) > limit:  # h11 checked it is a number
+            await _error_response(scope, BodyTooLarge(limit, setting), close=True)(
                 scope, receive, send
             )
             return
@@ -153,8 +168,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 state["read"] += len(message.get("body", b""))
-                if state["read"] > self.max_body:
-                    raise BodyTooLarge(self.max_body)
+                if state["read"] > limit:
+                    raise BodyTooLarge(limit, setting)
                 state["done"] = not message.get("more_body", False)
             return message
 
@@ -170,7 +185,7 @@ def _error_response(scope: Scope, exc: HTTPException, close: bool = False) -> St
     """A JSON error under /api/ and /dicom-web/, an HTML page elsewhere (as
     :meth:`App._error`)."""
     path = scope.get("path", "")
-    if path.startswith(("/api/", f"{dicomweb.ROOT}/")):
+    if path.startswith(("/api/", f"{dicomweb.ROOT}/", "/wado")):
         response = _to_starlette(json_response({"error": exc.detail}, exc.status_code))
     else:
         body = pages.error(exc.status_code, str(exc.detail)).encode()
@@ -200,7 +215,9 @@ class Endpoint:
             params = query_params(request.scope.get("query_string", b""))
         except BadUrl as exc:
             raise HTTPException(400, str(exc)) from None
-        response = await self.run(self._handle, request.method, raw_path.decode("ascii"), params)
+        host = request.headers.get("host")
+        path = raw_path.decode("ascii")
+        response = await self.run(self._handle, request.method, path, params, host)
         return _to_starlette(response)
 
     async def run(self, handler: Callable[..., T], *args: Any) -> T:
@@ -209,18 +226,25 @@ class Endpoint:
             self.limiter = anyio.CapacityLimiter(self.threads)
         return await anyio.to_thread.run_sync(handler, *args, limiter=self.limiter)
 
-    def _handle(self, method: str, path: str, params: list[tuple[str, str]]) -> Response:
+    def _handle(
+        self, method: str, path: str, params: list[tuple[str, str]], host: str | None
+    ) -> Response:
         try:
-            return self.app.handle(method, path, params)
+            return self.app.handle(method, path, params, host)
         except Exception:
             log.exception("web: %s request failed", method)  # no URL: it may carry PHI
             return json_response({"error": "internal error"}, 500)
 
 
-async def _http_exception(request: Request, exc: Exception) -> StarletteResponse:
+async def http_exception(request: Request, exc: Exception) -> StarletteResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        detail = f"{request.method} is not supported: the API is read-only"
+        allow = (exc.headers or {}).get("Allow", "")
+        detail = (
+            f"{request.method} is not supported here (Allow: {allow})"
+            if "POST" in allow  # STOW-RS's resources (PS3.18 10.5)
+            else f"{request.method} is not supported: the API is read-only"
+        )
         exc = HTTPException(405, detail, headers=exc.headers)
     return _error_response(request.scope, exc)
 
@@ -239,7 +263,7 @@ def asgi_app(
         Middleware(SecurityHeaders),
         Middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False),
         Middleware(HeadLimit),
-        Middleware(BodyLimit, max_body=limits.max_body),
+        Middleware(BodyLimit, max_body=limits.max_body, larger=limits.larger_body),
     ]
     origins = list(cors_origins)
     if origins:
@@ -247,13 +271,14 @@ def asgi_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=origins,
-                allow_methods=["GET", "HEAD"],
-                allow_headers=["Authorization"],
+                allow_methods=["GET", "HEAD", "POST"],  # POST: STOW-RS only
+                allow_headers=["Authorization", "Content-Type"],
             )
         )
     routes = [
         dicomweb.mount(app, credentials, endpoint.run),  # before the catch-all
+        dicomweb.uri_service(app, credentials, endpoint.run),
         Route("/{path:path}", endpoint.serve, methods=METHODS),
     ]
-    handlers: dict[Any, Any] = {HTTPException: _http_exception}
+    handlers: dict[Any, Any] = {HTTPException: http_exception}
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)

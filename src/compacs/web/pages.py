@@ -292,6 +292,10 @@ def study(doc: dict[str, Any]) -> str:
         facts,
         _sizes(doc["sizes"]),
     ]
+    if doc.get("viewer_url"):
+        parts.insert(
+            1, f'<p><a class="viewer" href="{_v(doc["viewer_url"])}">open in viewer</a></p>'
+        )
     for series in doc["series"]:
         instances = series["instances"]
         more = len(instances) - THUMBNAILS_PER_SERIES

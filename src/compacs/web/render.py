@@ -1,6 +1,8 @@
 """Stored pixels -> an 8-bit image for a screen: frame decoding, modality and VOI LUT
-(window centre/width, PS3.3 C.11.2), MONOCHROME1 inversion, colour (RGB, YBR, palette),
-thumbnails and PNG encoding. Plain functions on arrays, testable without a node.
+(window centre/width and VOI LUT Function, PS3.3 C.11.2), MONOCHROME1 inversion, colour
+(RGB, YBR, palette), regions and scaling, PNG and JPEG encoding. Plain functions on
+arrays, testable without a node; the web preview and DICOMweb's rendered resources
+(PS3.18 10.4.1.1.3) and WADO-URI (PS3.18 9) share them.
 """
 
 from __future__ import annotations
@@ -27,10 +29,17 @@ class RenderError(ValueError):
     """The object cannot be shown (no pixel data, frame out of range, ...)."""
 
 
+VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+"""VOI LUT Function (0028,1056) Defined Terms (PS3.3 C.11.2.1.3)."""
+
+
 @dataclass(frozen=True)
 class Window:
+    """A VOI window: centre, width and the function mapping it (PS3.3 C.11.2.1.2)."""
+
     center: float
     width: float
+    function: str = "LINEAR"
 
 
 def _pydicom_decodes(uid: str) -> bool:
@@ -93,10 +102,10 @@ def _first(value: object) -> float | None:
 
 
 def modality_lut(frame: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Rescale Slope/Intercept applied (PS3.3 C.11.1), as float32."""
+    """Rescale Slope/Intercept applied (PS3.3 C.11.1), as float64."""
     slope = _first(ds.get("RescaleSlope")) or 1.0
     intercept = _first(ds.get("RescaleIntercept")) or 0.0
-    out = frame.astype(np.float32)
+    out = frame.astype(np.float64)
     if slope != 1.0:
         out *= slope
     if intercept:
@@ -105,23 +114,42 @@ def modality_lut(frame: np.ndarray, ds: Dataset) -> np.ndarray:
 
 
 def dataset_window(ds: Dataset) -> Window | None:
+    """The data set's first VOI window (PS3.3 C.11.2.1.2) with its VOI LUT Function
+    (LINEAR when absent or not a Defined Term); None when there is no usable one."""
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is None or width is None or width <= 0:
         return None
-    return Window(center, width)
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    if function not in VOI_FUNCTIONS or (function == "LINEAR" and width < 1):
+        function = "LINEAR" if width >= 1 else "LINEAR_EXACT"
+    return Window(center, width, function)
+
+
+def frame_window(values: np.ndarray) -> Window:
+    """The window spanning the frame's own minimum..maximum (LINEAR)."""
+    lo, hi = float(values.min()), float(values.max())
+    return Window((lo + hi + 1) / 2, max(hi - lo + 1, 1.0))
 
 
 def apply_window(values: np.ndarray, window: Window | None) -> np.ndarray:
-    """The linear VOI function of PS3.3 C.11.2.1.2.1 to 0..255; without a window the
-    frame's own minimum..maximum."""
-    if window is None:
-        lo, hi = float(values.min()), float(values.max())
-        window = Window((lo + hi + 1) / 2, max(hi - lo + 1, 1.0))
-    c, w = window.center, max(window.width, 1.0)
-    if w == 1.0:  # C.11.2.1.2.1: a step at the centre
-        return np.where(values < c - 0.5, 0, 255).astype(np.uint8)
-    scaled = ((values - (c - 0.5)) / (w - 1) + 0.5) * 255.0
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    """``window`` applied to 0..255 (PS3.3 C.11.2.1.2.1 LINEAR, C.11.2.1.3.2 LINEAR_EXACT,
+    C.11.2.1.3.1 SIGMOID), in float64 so that rounding never depends on the precision;
+    without a window the frame's own minimum..maximum."""
+    window = window or frame_window(values)
+    x = values.astype(np.float64, copy=False)
+    c, w = window.center, window.width
+    if window.function == "SIGMOID":
+        out = 255.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if window.function == "LINEAR":  # C.11.2.1.2.1: centre and width less a half / one
+        c, w = c - 0.5, w - 1.0
+    out = np.empty(x.shape, np.float64)
+    below, above = x <= c - w / 2, x > c + w / 2
+    between = ~(below | above)
+    out[below], out[above] = 0.0, 255.0
+    if w > 0:
+        out[between] = ((x[between] - c) / w + 0.5) * 255.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def _to_8bit(frame: np.ndarray, bits_stored: int) -> np.ndarray:
@@ -152,27 +180,70 @@ def display(
     return grey
 
 
-def thumbnail(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` fitted within ``size`` x ``size`` (aspect kept): box-filtered by the
-    largest whole factor, then nearest-neighbour to the exact size. Never enlarged."""
-    rows, cols = image.shape[:2]
-    scale = min(size / rows, size / cols, 1.0)
-    if scale == 1.0:
+def fit(image: np.ndarray, rows: int | None, cols: int | None) -> np.ndarray:
+    """``image`` scaled to fit within ``rows`` x ``cols`` (None: unbounded), aspect kept:
+    box-filtered by the largest whole factor, then nearest-neighbour to the exact size;
+    enlarged (nearest-neighbour) when both bounds exceed it."""
+    height, width = image.shape[:2]
+    scale = min(rows / height if rows else np.inf, cols / width if cols else np.inf)
+    if not np.isfinite(scale) or scale == 1.0:
         return image
-    out_r, out_c = max(1, round(rows * scale)), max(1, round(cols * scale))
-    k = max(1, min(rows // out_r, cols // out_c))
+    out_r, out_c = max(1, round(height * scale)), max(1, round(width * scale))
+    k = max(1, min(height // out_r, width // out_c))
     if k > 1:
-        r, c = rows // k * k, cols // k * k
+        r, c = height // k * k, width // k * k
         blocks = image[:r, :c].reshape(r // k, k, c // k, k, *image.shape[2:])
         image = blocks.mean(axis=(1, 3)).round().astype(np.uint8)
-        rows, cols = image.shape[:2]
-    ri = ((np.arange(out_r) + 0.5) * rows / out_r).astype(int)
-    ci = ((np.arange(out_c) + 0.5) * cols / out_c).astype(int)
+        height, width = image.shape[:2]
+    ri = ((np.arange(out_r) + 0.5) * height / out_r).astype(int)
+    ci = ((np.arange(out_c) + 0.5) * width / out_c).astype(int)
     return np.ascontiguousarray(image[ri][:, ci])
+
+
+def thumbnail(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` fitted within ``size`` x ``size`` (aspect kept), never enlarged."""
+    rows, cols = image.shape[:2]
+    if rows <= size and cols <= size:
+        return image
+    return fit(image, size, size)
+
+
+def region(image: np.ndarray, x: int, y: int, width: int, height: int) -> np.ndarray:
+    """The ``width`` x ``height`` pixels from column ``x``, row ``y``; a negative width or
+    height takes them leftwards or upwards and flips them (PS3.18 8.3.5.1.3 viewport's
+    sw, sh). :class:`RenderError` when the region leaves the image or is empty."""
+    rows, cols = image.shape[:2]
+    x0, x1 = sorted((x, x + width))
+    y0, y1 = sorted((y, y + height))
+    if width == 0 or height == 0 or x0 < 0 or y0 < 0 or x1 > cols or y1 > rows:
+        raise RenderError(f"region {x},{y},{width},{height} is not within {cols}x{rows}")
+    out = image[y0:y1, x0:x1]
+    if width < 0:
+        out = out[:, ::-1]
+    if height < 0:
+        out = out[::-1]
+    return np.ascontiguousarray(out)
 
 
 def png(image: np.ndarray) -> bytes:
     return bytes(imagecodecs.png_encode(np.ascontiguousarray(image)))
+
+
+def jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    """Baseline JPEG (ISO 10918-1, libjpeg-turbo through imagecodecs) at ``quality``
+    (1-100): grey or RGB."""
+    return bytes(imagecodecs.jpeg8_encode(np.ascontiguousarray(image), level=quality))
+
+
+def rendered(data: bytes, frame: int = 0, window: Window | None = None) -> np.ndarray:
+    """Frame ``frame`` (0-based, the only one decoded) of the Part 10 object ``data`` as
+    8-bit grey or RGB: :func:`display` of :func:`decode_frame`."""
+    ds = dcmread(BytesIO(data))
+    try:
+        info = PixelInfo.of(ds)
+    except ValueError as exc:
+        raise RenderError(f"no image to show: {exc}") from None
+    return display(decode_frame(ds, info, frame), ds, info, window)
 
 
 def preview_png(
@@ -182,12 +253,7 @@ def preview_png(
     size: int | None = None,
 ) -> bytes:
     """The PNG of frame ``frame`` (0-based) of the Part 10 object ``data``."""
-    ds = dcmread(BytesIO(data))
-    try:
-        info = PixelInfo.of(ds)
-    except ValueError as exc:
-        raise RenderError(f"no image to show: {exc}") from None
-    image = display(decode_frame(ds, info, frame), ds, info, window)
+    image = rendered(data, frame, window)
     if size is not None:
         image = thumbnail(image, size)
     return png(image)

@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import uvicorn
@@ -22,6 +23,7 @@ from compacs.web.api import App
 from compacs.web.asgi import MAX_HEAD_BYTES, Limits, allowed_hosts, asgi_app
 from compacs.web.auth import Credentials, binding_problem
 from compacs.web.protocol import HeaderTimeoutH11Protocol
+from compacs.web.viewer import ViewerMissing, build_dir, study_url, viewer_app
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +36,19 @@ class WebRefused(RuntimeError):
     """The web server must not start (binding without credentials, port taken)."""
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` and listening; :class:`WebRefused` when it cannot."""
+def listening_socket(
+    host: str, port: int, setting: str = "[http] port or --http-port"
+) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening; :class:`WebRefused` (naming the
+    ``setting`` that chose the port) when it cannot."""
     address = host.strip("[]")
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
         return socket.create_server((address, port), family=family, backlog=BACKLOG)
     except OSError as exc:
         raise WebRefused(
-            f"[http] cannot listen on {host}:{port}: {exc.strerror or exc} "
-            "(choose another [http] port or --http-port; 0 turns the web server off)"
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+            f"(choose another {setting}; 0 turns that server off)"
         ) from None
 
 
@@ -64,11 +69,13 @@ class WebServer:
         *,
         header_timeout: float = 10.0,
         max_connections: int = 1000,
+        setting: str = "[http] port or --http-port",
+        name: str = "web",
     ) -> None:
         problem = binding_problem(host, port, credentials)
         if problem:
             raise WebRefused(problem)
-        self.socket = listening_socket(host, port)
+        self.socket = listening_socket(host, port, setting)
         config = uvicorn.Config(
             app,
             http=HeaderTimeoutH11Protocol,
@@ -85,7 +92,7 @@ class WebServer:
         )
         config.header_timeout = header_timeout  # type: ignore[attr-defined]  # read by the protocol
         self.server = _ThreadServer(config)
-        self.thread = threading.Thread(target=self._run, name="web", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.failure: BaseException | None = None
 
     @property
@@ -117,21 +124,58 @@ class WebServer:
         self.socket.close()
 
 
-def build(settings: Any, index: Any, store: Any, activity: Any) -> WebServer:
-    """The node's web server from its settings (``[http]``); not yet started."""
+def build(
+    settings: Any, index: Any, store: Any, activity: Any, ingest: Any = None
+) -> tuple[WebServer, WebServer | None]:
+    """The node's web server from its settings (``[http]``) and the OHIF viewer's
+    (``[viewer]``; None when off or when there is no build); not yet started. Both serve
+    one :class:`App`, with the same credentials, Host allow-list and limits. ``ingest``
+    (the node's :class:`compacs.ingest.Ingest`) stores what STOW-RS receives."""
     credentials = Credentials(settings.http_token, settings.http_user, settings.http_password)
-    app = App(settings, index, store, activity)
+    app = App(settings, index, store, activity, ingest)
     hosts = allowed_hosts(settings.http_host, settings.http_allowed_hosts)
     log.info("web: answering Host %s only ([http] allowed_hosts adds names)", ", ".join(hosts))
-    limits = Limits(max_body=settings.http_max_body)
+    limits = Limits(max_body=settings.http_max_body, max_stow_body=settings.http_max_stow_body)
     application = asgi_app(
         app, credentials, hosts=hosts, cors_origins=settings.http_cors_origins, limits=limits
     )
-    return WebServer(
+    web = WebServer(
         application,
         settings.http_host,
         settings.http_port,
         credentials,
         header_timeout=settings.http_header_timeout,
         max_connections=settings.http_max_connections,
+    )
+    try:
+        viewer = build_viewer(settings, app, credentials, hosts, limits)
+    except BaseException:
+        web.socket.close()
+        raise
+    if viewer is not None:
+        app.viewer_link = partial(study_url, port=viewer.address[1])
+    return web, viewer
+
+
+def build_viewer(
+    settings: Any, app: App, credentials: Credentials, hosts: list[str], limits: Limits
+) -> WebServer | None:
+    """The OHIF viewer's server on ``[viewer] port`` (:mod:`compacs.web.viewer`), or None
+    (port 0; no build: one line in the log saying how to get one)."""
+    if not settings.viewer_port:
+        return None
+    try:
+        served = viewer_app(app, build_dir(settings), credentials, hosts, limits)
+    except ViewerMissing as exc:
+        log.warning("%s", exc)
+        return None
+    return WebServer(
+        served.application,
+        settings.http_host,
+        settings.viewer_port,
+        credentials,
+        header_timeout=settings.http_header_timeout,
+        max_connections=settings.http_max_connections,
+        setting="[viewer] port or --viewer-port",
+        name="viewer",
     )

@@ -1,7 +1,7 @@
 """DICOMweb (PS3.18) at ``/dicom-web``: one Starlette Mount, one module per service.
 
-QIDO-RS (:mod:`.qido`) and WADO-RS (:mod:`.wado`); STOW-RS is to be added beside them as
-more routes of :func:`mount`. Every route here shares the web server's layers (security
+QIDO-RS (:mod:`.qido`), WADO-RS (:mod:`.wado`) and STOW-RS (:mod:`.stow`, the only POST
+routes). Every route here shares the web server's layers (security
 headers, Host allow-list, head and body limits, CORS as configured: global middleware)
 and, as the REST API does, its authentication (401 with ``WWW-Authenticate``), strict URL
 decoding (each value percent-decoded once) and bounded pool of handler threads. Errors are JSON
@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY
 from compacs.dicom.uids import is_valid_uid
 from compacs.web.auth import CHALLENGE, Credentials
-from compacs.web.dicomweb import qido, wado
+from compacs.web.dicomweb import qido, rendered, stow, wado, wado_uri
 from compacs.web.urls import BadUrl, query_params
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,7 @@ def mount(app: Any, credentials: Credentials, run: Runner) -> Mount:
     WADO-RS's retrieves (10.4.1, Table 10.4.1-1)."""
     web = DicomWeb(app, credentials, run)
     retrieve = Retrieve(app, credentials, run)
+    render = rendered.Rendered(app, run)
     searches = [
         ("/studies", STUDY, ()),
         ("/series", SERIES, ()),
@@ -282,9 +283,33 @@ def mount(app: Any, credentials: Credentials, run: Runner) -> Mount:
         (f"{instance}/metadata", retrieve.metadata),
         (f"{instance}/frames/{{frames}}", retrieve.frames),
         (f"{instance}/bulk/{{path:path}}", retrieve.bulk),
+        # rendered resources and thumbnails (10.4.1.1.3, Sup 203): see .rendered
+        ("/studies/{study}/rendered", render.collection),
+        ("/studies/{study}/series/{series}/rendered", render.collection),
+        (f"{instance}/rendered", render.instance),
+        (f"{instance}/frames/{{frames}}/rendered", render.frames),
+        ("/studies/{study}/thumbnail", render.thumbnail),
+        ("/studies/{study}/series/{series}/thumbnail", render.thumbnail),
+        (f"{instance}/thumbnail", render.thumbnail),
+        (f"{instance}/frames/{{frames}}/thumbnail", render.thumbnail),
+        ("/wado", wado_uri.UriService(app, run).answer),  # WADO-URI, also at /wado
     ]
     routes += [
         Route(path, retrieve.endpoint(answer), methods=["GET", "HEAD"])
         for path, answer in retrieves
     ]
+    store = stow.StoreRoute(app, credentials, run, _service_root)  # PS3.18 10.5
+    routes = stow.with_store(routes, store)
     return Mount(ROOT, routes=routes)
+
+
+def uri_service(app: Any, credentials: Credentials, run: Runner) -> Route:
+    """WADO-URI (PS3.18 9) at ``/wado``, where Orthanc serves it and OHIF's
+    ``wadoUriRoot`` points (see :mod:`.wado_uri`)."""
+    answer = wado_uri.UriService(app, run).answer
+    return Route("/wado", Retrieve(app, credentials, run).endpoint(answer), methods=["GET", "HEAD"])
+
+
+def is_store(path: str) -> bool:
+    """Whether ``path`` is a STOW-RS resource (the only ones taking POST)."""
+    return stow.is_store_path(path, ROOT)
