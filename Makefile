@@ -93,8 +93,9 @@ deps-system:
 	fi
 
 test: $(VENV)/.installed-test deps-system ohif
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
@@ -120,11 +121,12 @@ bench-ohif: $(VENV)/.installed-bench deps-system ohif
 	cd bench && PYTHONPATH=.. ../$(BIN)/python -W ignore ohif_timing.py $(BENCH_ARGS)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/python -m mypy
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench tools
+	$(BIN)/ruff check --fix src tests bench tools
 
 # keeps .cache/ (the OHIF build: fetched once, 200 MB); rm -rf .cache to fetch it again
 clean:

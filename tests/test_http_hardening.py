@@ -488,7 +488,7 @@ def test_port_0_serves_on_the_port_the_socket_got_and_stops():
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from compacs.web.auth import Credentials
+    from compacs.security import Credentials
     from compacs.web.server import WebServer
 
     app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("up"))])

@@ -329,7 +329,7 @@ def from_document(doc: dict[str, Any], source: str = "<config>") -> Settings:
 
 def _check_http(values: dict[str, Any], source: str) -> None:
     """[http] user and password go together; no unauthenticated non-loopback binding."""
-    from compacs.web.auth import Credentials, binding_problem
+    from compacs.security import Credentials, binding_problem
 
     if bool(values.get("http_user")) != bool(values.get("http_password")):
         raise ConfigError(f"{source}: [http] user and password go together")

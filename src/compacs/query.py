@@ -268,8 +268,12 @@ class ResponsePlan:
 
 
 @functools.cache
-def _tag_and_vr(keyword: str) -> tuple[int, str]:
-    return int(tag_for_keyword(keyword) or 0), dictionary_VR(keyword)
+def tag_and_vr(keyword: str) -> tuple[int, str]:
+    """The tag and the VR of a DICOM dictionary keyword (PS3.6); KeyError when unknown."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(f"{keyword}: not a keyword of the DICOM dictionary")
+    return int(tag), dictionary_VR(keyword)
 
 
 def response_plan(query: Query, requested: Dataset, retrieve_aet: str) -> ResponsePlan:
@@ -278,13 +282,13 @@ def response_plan(query: Query, requested: Dataset, retrieve_aet: str) -> Respon
     plan: dict[int, tuple[int, str, str | None, Any]] = {}
 
     def fixed(keyword: str, value: Any) -> None:
-        tag, vr = _tag_and_vr(keyword)
+        tag, vr = tag_and_vr(keyword)
         plan[tag] = (tag, vr, None, value)
 
     fixed("SpecificCharacterSet", RESPONSE_CHARACTER_SET)
     fixed("QueryRetrieveLevel", query.level)
     for keyword in query.return_keys:
-        tag, vr = _tag_and_vr(keyword)
+        tag, vr = tag_and_vr(keyword)
         column = INDEXED_KEYS[keyword][1] if keyword in INDEXED_KEYS else keyword
         plan[tag] = (tag, vr, None, []) if vr == "SQ" else (tag, vr, column, None)
     for keyword in query.unsupported:

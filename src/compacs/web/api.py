@@ -79,7 +79,7 @@ class App:
         """(host name, study UID) -> the OHIF viewer's page of the study, when the viewer
         is served (set by compacs.web.server.build); else None."""
         uid = r"(?P<uid>[0-9.]{1,64})"
-        self.routes: list[tuple[re.Pattern[str], Callable[..., Response]]] = [
+        routes: list[tuple[str, Callable[..., Response]]] = [
             (r"/api/openapi\.json", lambda p: json_response(openapi.document())),
             (r"/api/stats", lambda p: json_response(self.stats())),
             (r"/api/patients", lambda p: json_response(self.search(PATIENT, p))),
@@ -101,7 +101,7 @@ class App:
                 lambda p, uid: html_response(pages.instance(self.instance(uid), p)),
             ),
         ]
-        self.routes = [(re.compile(pattern), handler) for pattern, handler in self.routes]
+        self.routes = [(re.compile(pattern), handler) for pattern, handler in routes]
         self._wants_host = {self.study_document, self.study_page}
 
     def handle(self, method: str, path: str, params: Params, host: str | None = None) -> Response:
@@ -112,7 +112,9 @@ class App:
         for pattern, handler in self.routes:
             match = pattern.fullmatch(path)
             if match:
-                groups = {k: unquote(v) for k, v in match.groupdict().items()}
+                groups: dict[str, str | None] = {
+                    k: unquote(v) for k, v in match.groupdict().items()
+                }
                 if handler in self._wants_host:
                     groups["host"] = host
                 try:

@@ -27,9 +27,10 @@ from starlette.responses import Response as StarletteResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from compacs.security import Credentials
 from compacs.web import dicomweb, pages
 from compacs.web.api import App, Response, json_response
-from compacs.web.auth import CHALLENGE, Credentials
+from compacs.web.auth import CHALLENGE
 from compacs.web.urls import BadUrl, decode_component, query_params
 
 log = logging.getLogger(__name__)

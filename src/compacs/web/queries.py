@@ -13,13 +13,12 @@ from datetime import date
 from itertools import islice
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from compacs.dicom.attributes import IMAGE, INDEXED, LEVELS, PATIENT, SERIES, STUDY
-from compacs.query import INDEXED_KEYS, PATIENT_ROOT, QueryError, parse_identifier
+from compacs.query import INDEXED_KEYS, PATIENT_ROOT, QueryError, parse_identifier, tag_and_vr
 
 PAGING = ("limit", "offset")
 DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET = 100, 1000, 10**9
@@ -108,8 +107,7 @@ def check_format(keyword: str, vr: str, value: str) -> None:
 
 
 def _raw(ds: Dataset, keyword: str, value: str) -> None:
-    tag = tag_for_keyword(keyword)
-    vr = dictionary_VR(keyword)
+    tag, vr = tag_and_vr(keyword)
     check_length(keyword, vr, value)
     check_format(keyword, vr, value)
     if vr == "US":

@@ -94,7 +94,7 @@ def _first(value: object) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        value = value[0] if len(value) else None  # type: ignore[index]
+        value = value[0] if len(value) else None  # type: ignore[index, arg-type]
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

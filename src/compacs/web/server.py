@@ -19,9 +19,9 @@ from typing import Any
 
 import uvicorn
 
+from compacs.security import Credentials, binding_problem
 from compacs.web.api import App
 from compacs.web.asgi import MAX_HEAD_BYTES, Limits, allowed_hosts, asgi_app
-from compacs.web.auth import Credentials, binding_problem
 from compacs.web.protocol import HeaderTimeoutH11Protocol
 from compacs.web.viewer import ViewerMissing, build_dir, study_url, viewer_app
 
@@ -97,7 +97,7 @@ class WebServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.socket.getsockname()[:2]  # type: ignore[return-value]
+        return self.socket.getsockname()[:2]
 
     def _run(self) -> None:
         try:

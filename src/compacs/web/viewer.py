@@ -41,6 +41,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from compacs.security import Credentials
 from compacs.web import dicomweb
 from compacs.web.asgi import (
     BodyLimit,
@@ -50,7 +51,7 @@ from compacs.web.asgi import (
     SecurityHeaders,
     http_exception,
 )
-from compacs.web.auth import CHALLENGE, Credentials
+from compacs.web.auth import CHALLENGE
 
 log = logging.getLogger(__name__)
 

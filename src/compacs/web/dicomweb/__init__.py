@@ -22,7 +22,8 @@ from starlette.routing import Mount, Route
 
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY
 from compacs.dicom.uids import is_valid_uid
-from compacs.web.auth import CHALLENGE, Credentials
+from compacs.security import Credentials
+from compacs.web.auth import CHALLENGE
 from compacs.web.dicomweb import qido, rendered, stow, wado, wado_uri
 from compacs.web.urls import BadUrl, query_params
 

@@ -28,7 +28,6 @@ is QIDO's own:
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from compacs.dicom.attributes import IMAGE, LEVELS, SERIES, STUDY
-from compacs.query import DERIVED_KEYS, RESPONSE_CHARACTER_SET, identifier_dataset
+from compacs.query import DERIVED_KEYS, RESPONSE_CHARACTER_SET, identifier_dataset, tag_and_vr
 from compacs.web.queries import MAX_LIMIT, BadQuery, paging, search_keys
 from compacs.web.queries import search as search_page
 
@@ -217,11 +216,6 @@ def parse(level: str, params: list[tuple[str, str]], in_path: dict[str, str]) ->
     )
 
 
-@functools.cache
-def _tag_and_vr(keyword: str) -> tuple[int, str]:
-    return int(tag_for_keyword(keyword)), dictionary_VR(keyword)
-
-
 def retrieve_url(service: str, level: str, item: dict[str, Any]) -> str:
     """The WADO-RS URL of a match (PS3.18 10.4.1): study, series or instance."""
     url = f"{service}/studies/{item['StudyInstanceUID']}"
@@ -247,7 +241,7 @@ def dataset(search: Search, item: dict[str, Any], service: str) -> Dataset:
     """One match as a data set: every return key, valued from the index or empty."""
     elements = []
     for keyword in search.returns:
-        tag, vr = _tag_and_vr(keyword)
+        tag, vr = tag_and_vr(keyword)
         elements.append((tag, vr, _value(keyword, search.level, item, service)))
     return identifier_dataset(sorted(elements))
 

@@ -40,7 +40,8 @@ from compacs.dicom.part10 import file_meta, joined
 from compacs.dicom.status import Status
 from compacs.dicom.uids import is_valid_uid
 from compacs.ingest import Received
-from compacs.web.auth import CHALLENGE, Credentials
+from compacs.security import Credentials
+from compacs.web.auth import CHALLENGE
 from compacs.web.dicomweb import multipart
 
 log = logging.getLogger(__name__)

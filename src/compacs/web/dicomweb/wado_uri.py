@@ -171,7 +171,7 @@ def parse(params: list[tuple[str, str]]) -> UriRequest:
     syntax = given.get("transferSyntax")
     if syntax is not None and syntax != "*" and not is_valid_uid(syntax):
         raise refuse("transferSyntax", syntax, "a transfer syntax UID")
-    ignored = ()
+    ignored: tuple[str, ...] = ()
     if "annotation" in given:
         values = [v.strip().lower() for v in given["annotation"].split(",")]
         if not all(v in ("patient", "technique") for v in values):
