@@ -176,7 +176,7 @@ def test_retrieve_instance_in_an_explicit_syntax_re_encoded_and_verified(archive
 
 
 def test_recompressed_jpeg_comes_back_as_the_received_jpeg_byte_for_byte(archive):
-    client, _, _, series, _ = archive
+    client, raw, _, series, _ = archive
     original = series[JPEG_FILE][0]
     uids = (original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID)
     got = client.retrieve_instance(*uids, media_types=(("application/dicom", JPEG_BASELINE),))
@@ -187,8 +187,20 @@ def test_recompressed_jpeg_comes_back_as_the_received_jpeg_byte_for_byte(archive
     native = client.retrieve_instance(*uids, media_types=("application/dicom",))  # no syntax
     assert native.file_meta.TransferSyntaxUID == EXPLICIT_LE
     assert np.array_equal(native.pixel_array, original.pixel_array)
-    as_stored = client.retrieve_instance(*uids, media_types=(("application/dicom", "*"),))
-    assert as_stored.file_meta.TransferSyntaxUID == RECOMPRESSED
+    # `*` (dicomweb-client's default here): the received JPEG, which every client decodes;
+    # the JPEG XL stream only to a client that names its UID
+    as_stored = client.retrieve_instance(*uids)
+    assert as_stored.file_meta.TransferSyntaxUID == JPEG_BASELINE
+    assert list(generate_frames(as_stored.PixelData, number_of_frames=1)) == received
+    # (dicomweb-client refuses the JPEG XL UIDs: raw HTTP)
+    status, headers, body = raw.get(
+        "/studies/{}/series/{}/instances/{}".format(*uids),
+        f"multipart/related; type=application/dicom; transfer-syntax={RECOMPRESSED}",
+    )
+    assert status == 200
+    ((content_type, file),) = parts(headers["Content-Type"], body)
+    assert content_type == f"application/dicom; transfer-syntax={RECOMPRESSED}"
+    assert pydicom.dcmread(io.BytesIO(file)).file_meta.TransferSyntaxUID == RECOMPRESSED
     frames = client.retrieve_instance_frames(
         *uids, frame_numbers=[1], media_types=(("image/jpeg", JPEG_BASELINE),)
     )
