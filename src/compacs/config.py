@@ -113,6 +113,11 @@ class Settings:
     """Seconds a client has to send a complete request line and headers."""
     http_max_connections: int = 1000
     """Open HTTP connections at most; requests beyond get 503."""
+    http_send_timeout: float = 60.0
+    """Seconds a response may wait for a client that reads nothing before the connection
+    is aborted (compacs.web.protocol)."""
+    http_worker_threads: int = 8
+    """Threads that run web handlers (reads, conversions) at most at a time."""
 
     def move_allowed(self, calling: str, destination: str) -> bool:
         if self.move_allow is None:
@@ -213,6 +218,13 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
             "seconds, > 0 and <= 3600",
         ),
         "max_connections": ("http_max_connections", (int,), lambda v: 1 <= v <= 10000, "1..10000"),
+        "send_timeout": (
+            "http_send_timeout",
+            (int, float),
+            lambda v: 0 < v <= 3600,
+            "seconds, > 0 and <= 3600",
+        ),
+        "worker_threads": ("http_worker_threads", (int,), lambda v: 1 <= v <= 256, "1..256"),
     },
     "index": {"url": ("index_url", (str,), lambda v: ":" in v, "an index URL (sqlite:///...)")},
     "storage": {

@@ -63,6 +63,7 @@ class WebServer:
         credentials: Credentials,
         *,
         header_timeout: float = 10.0,
+        send_timeout: float = 60.0,
         max_connections: int = 1000,
     ) -> None:
         problem = binding_problem(host, port, credentials)
@@ -84,6 +85,7 @@ class WebServer:
             headers=[("Server", "compacs")],
         )
         config.header_timeout = header_timeout  # type: ignore[attr-defined]  # read by the protocol
+        config.send_timeout = send_timeout  # type: ignore[attr-defined]  # read by the protocol
         self.server = _ThreadServer(config)
         self.thread = threading.Thread(target=self._run, name="web", daemon=True)
         self.failure: BaseException | None = None
@@ -123,7 +125,7 @@ def build(settings: Any, index: Any, store: Any, activity: Any) -> WebServer:
     app = App(settings, index, store, activity)
     hosts = allowed_hosts(settings.http_host, settings.http_allowed_hosts)
     log.info("web: answering Host %s only ([http] allowed_hosts adds names)", ", ".join(hosts))
-    limits = Limits(max_body=settings.http_max_body)
+    limits = Limits(max_body=settings.http_max_body, worker_threads=settings.http_worker_threads)
     application = asgi_app(
         app, credentials, hosts=hosts, cors_origins=settings.http_cors_origins, limits=limits
     )
@@ -133,5 +135,6 @@ def build(settings: Any, index: Any, store: Any, activity: Any) -> WebServer:
         settings.http_port,
         credentials,
         header_timeout=settings.http_header_timeout,
+        send_timeout=settings.http_send_timeout,
         max_connections=settings.http_max_connections,
     )
