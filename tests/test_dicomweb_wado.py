@@ -429,7 +429,15 @@ def counted_decoder(monkeypatch, syntax: str) -> list[int]:
 
 def pydicom_frame(frame: bytes, syntax: str, like: Dataset) -> np.ndarray:
     """One frame decoded by pydicom's own decoders: the frame wrapped in a one-frame data
-    set with ``like``'s Image Pixel attributes (native: the bytes as they are)."""
+    set with ``like``'s Image Pixel attributes. Native: the samples as they are, in
+    ``like``'s shape (a JPEG's YCbCr comes decoded to RGB, as pixel_array gives it)."""
+    if not pydicom.uid.UID(syntax).is_encapsulated:
+        shape = (
+            like.pixel_array.shape[-3:]
+            if like.SamplesPerPixel == 3
+            else like.pixel_array.shape[-2:]
+        )
+        return np.frombuffer(frame, like.pixel_array.dtype).reshape(shape)
     one = Dataset()
     one.file_meta = FileMetaDataset()
     one.file_meta.TransferSyntaxUID = syntax
@@ -571,3 +579,117 @@ def test_star_sends_jpeg_xl_lossless_as_jpeg_ls(archive):
     ((content_type, file),) = parts(headers["Content-Type"], body)
     assert content_type == f"application/dicom; transfer-syntax={JXL_LOSSLESS}"
     assert pydicom.dcmread(io.BytesIO(file)).file_meta.TransferSyntaxUID == JXL_LOSSLESS
+
+
+# -- the per-stored-syntax matrix (the issue's dicomweb-client figures) -----------------------
+# stored syntax -> (the archive's series, lossless, the explicit syntax asked)
+MATRIX = {
+    "JPEG-LS lossless .80": ("SEND_JLS", True, J2K),
+    "JPEG 2000 lossless .90": ("SEND_J2K", True, JPEG_LS),
+    "HTJ2K lossless .201": ("SEND_HTJ2K", True, JPEG_LS),
+    "HTJ2K lossless RPCL .202": ("SEND_RPCL", True, JPEG_LS),
+    "JPEG XL lossless .110": ("SEND_JXL", True, JPEG_LS),
+    "JPEG XL JPEG recompression .111": (JPEG_FILE, True, JPEG_BASELINE),
+    "RLE lossless .5": ("SEND_RLE", True, JPEG_LS),
+    "native .1.2.1": ("SEND_RAW", True, JPEG_LS),
+    "lossy JPEG baseline .50 as received": (LOSSY, False, EXPLICIT_LE),
+}
+LOSSY_KEYWORDS = (
+    "LossyImageCompression",
+    "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
+)
+
+
+@pytest.fixture(scope="module")
+def figures():
+    """The matrix's rows, printed (``-s``) and kept in test-artifacts/ once every row ran."""
+    rows: dict[str, tuple[int, int, int]] = {}
+    yield rows
+    from tests.conftest import ARTIFACTS
+
+    lines = ["stored syntax | stored | found (QIDO) | retrieved bit-exact", "---|---|---|---"]
+    lines += [f"{name} | {a} | {b} | {c}" for name, (a, b, c) in rows.items()]
+    print("\n" + "\n".join(lines))
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "dicomweb_wado_matrix.md").write_text("\n".join(lines) + "\n")
+
+
+def _same(got: Dataset, original: Dataset, lossless: bool) -> bool:
+    """pydicom's decode of what came back equals the original's; a lossy object keeps
+    its lossy attributes (PS3.3 C.7.6.1.1.5)."""
+    if got.SOPInstanceUID != original.SOPInstanceUID:
+        return False
+    if not lossless and any(got.get(k) != original.get(k) for k in LOSSY_KEYWORDS):
+        return False
+    return bool(np.array_equal(got.pixel_array, original.pixel_array))
+
+
+def _frame_equal(frame: bytes, syntax: str, original: Dataset) -> bool:
+    expected = original.pixel_array
+    if syntax == JPEG_BASELINE:  # the received bitstream itself
+        return frame == next(generate_frames(original.PixelData, number_of_frames=1))
+    return bool(np.array_equal(pydicom_frame(frame, syntax, original), expected))
+
+
+@pytest.mark.parametrize("name", list(MATRIX))
+def test_every_stored_syntax_retrieved_bit_exact_by_dicomweb_client(archive, figures, name):
+    """dicomweb-client stores nothing here (C-STORE did), finds each instance (QIDO-RS) and
+    retrieves it as instance, series and study, metadata and frames, in the default, ``*``
+    and an explicit syntax: pydicom's decoders give the original pixels (lossless), or the
+    lossy object comes back with its lossy attributes and its own pixels."""
+    client, raw, sent, series, _ = archive
+    key, lossless, explicit = MATRIX[name]
+    group = series[key]
+    first = group[0]
+    study, series_uid = first.StudyInstanceUID, first.SeriesInstanceUID
+    found = {
+        doc["00080018"]["Value"][0] for doc in client.search_for_instances(study_instance_uid=study)
+    }
+    exact = 0
+    for ds in group:
+        original = sent[ds.SOPInstanceUID]
+        uids = (study, series_uid, ds.SOPInstanceUID)
+        got = [
+            client.retrieve_instance(*uids),  # transfer-syntax=*
+            client.retrieve_instance(*uids, media_types=(("application/dicom", explicit),)),
+            client.retrieve_instance(*uids, media_types=(("application/dicom", EXPLICIT_LE),)),
+        ]
+        for media_types in (
+            None,
+            (("application/dicom", "*"),),
+            (("application/dicom", explicit),),
+        ):
+            for many in (
+                client.retrieve_series(study, series_uid, media_types=media_types),
+                client.retrieve_study(study, media_types=media_types),
+            ):
+                got += [d for d in many if d.SOPInstanceUID == ds.SOPInstanceUID]
+        syntaxes = {str(d.file_meta.TransferSyntaxUID) for d in got}
+        assert not syntaxes & wado.JPEG_XL - {explicit}, syntaxes  # never JXL unasked
+        (doc,) = [
+            d
+            for d in client.retrieve_series_metadata(study, series_uid)
+            if d["00080018"]["Value"][0] == ds.SOPInstanceUID
+        ]
+        meta = Dataset.from_json({k: v for k, v in doc.items() if k != "7FE00010"})
+        ok = len(got) == 9 and all(_same(d, original, lossless) for d in got)
+        ok = ok and all(meta.get(k) == original.get(k) for k in LOSSY_KEYWORDS)
+        # frames: native by default, then OHIF's `*` and an explicit syntax (raw HTTP)
+        (native,) = client.retrieve_instance_frames(*uids, frame_numbers=[1])
+        ok = ok and _frame_equal(native, EXPLICIT_LE, original)
+        path = "/studies/{}/series/{}/instances/{}/frames/1".format(*uids)
+        frame_type = wado.frame_media_type(explicit)
+        for accept in (
+            OHIF_FRAMES,
+            f"multipart/related; type={frame_type}; transfer-syntax={explicit}",
+        ):
+            status, headers, body = raw.get(path, accept)
+            ((content_type, frame),) = parts(headers["Content-Type"], body)
+            syntax = content_type.split("transfer-syntax=")[1]
+            assert status == 200 and syntax not in wado.JPEG_XL - {explicit}
+            assert content_type.startswith(wado.frame_media_type(syntax))
+            ok = ok and _frame_equal(frame, syntax, original)
+        exact += ok
+    figures[name] = (len(group), len(found & {d.SOPInstanceUID for d in group}), exact)
+    assert figures[name] == (len(group), len(group), len(group)), figures[name]
