@@ -15,8 +15,10 @@ the transport's buffer; uvicorn then pauses the application's ``send`` until the
 drains (``FlowControl.drain``), with no deadline: the connection, its buffered part and the
 paused answer were held as long as the client kept the socket open. A second timer is armed
 whenever the transport pauses writing and cancelled when it resumes; a send stalled for
-``config.send_timeout`` seconds (``[http] send_timeout``) aborts the connection (abort, not
-close: close would wait for the unread buffer to drain), uvicorn marks the cycle
+``config.send_timeout`` seconds (``[http] send_timeout``) resets the connection: abort, not
+close (which waits for the unread buffer to drain), and with SO_LINGER 0, since the
+kernel would otherwise keep the orphaned socket, its unsent data and its FIN queued behind a
+zero window (RFC 9293 3.10.4: a reset for an abort). uvicorn then marks the cycle
 disconnected and the streaming answer is cancelled.
 """
 
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from typing import Any
 
 import h11
@@ -60,7 +64,10 @@ class HeaderTimeoutH11Protocol(H11Protocol):
 
     def _send_timed_out(self) -> None:
         self.send_timer = None
-        log.info("web: the client read nothing for %s s: connection aborted", self.send_timeout)
+        log.info("web: the client read nothing for %s s: connection reset", self.send_timeout)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

@@ -123,12 +123,22 @@ class DicomWeb:
         return qido.run(self.app.index, search, service, pn_case_insensitive=pn_ci)
 
 
+def failure(exc: BaseException) -> str:
+    """A failure as the log may show it: the exception's type and the line that raised it,
+    not its message, which can hold UIDs, names or the stored file's path (PHI)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+    return f"{type(exc).__name__}{where}"
+
+
 class PartsResponse(StreamingResponse):
     """A streamed answer whose body may fail after it began (a stored object unreadable
     halfway through a series). The status is sent by then, so the failure ends the
     answer without the closing delimiter (RFC 2046 5.1.1) nor the last chunk (RFC 9112
     7.1): the server then closes the connection and the client sees a truncated body, never
-    a complete one with parts missing. Logged by exception type only (no UIDs, no paths)."""
+    a complete one with parts missing. Logged without PHI (:func:`failure`)."""
 
     async def stream_response(self, send: Send) -> None:
         await send(
@@ -141,10 +151,10 @@ class PartsResponse(StreamingResponse):
                 sent += len(chunk)
         except Exception as exc:
             log.error(
-                "dicomweb: retrieve failed after %d bytes were sent (%s): connection closed "
+                "dicomweb: retrieve failed after %d bytes were sent: %s; connection closed "
                 "without the closing delimiter",
                 sent,
-                type(exc).__name__,
+                failure(exc),
             )
             return  # no last message: uvicorn closes the connection
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -186,8 +196,8 @@ class Retrieve:
                 return error(400, str(exc))
             except (Refused, wado.WadoError) as exc:
                 return error(exc.status, exc.message)
-            except Exception:
-                log.exception("dicomweb: retrieve failed")  # no URL: PHI
+            except Exception as exc:
+                log.error("dicomweb: retrieve failed: %s", failure(exc))
                 return error(500, "internal error")
 
         return serve
