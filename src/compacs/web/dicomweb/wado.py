@@ -5,18 +5,21 @@
   type="application/dicom"`` answer, each with its own ``Content-Type: application/dicom;
   transfer-syntax=UID`` (8.7.3.5). The ``transfer-syntax`` parameter of the Accept header:
   absent = Explicit VR Little Endian (8.7.3.4, the default for application/dicom), ``*`` =
-  as stored, a UID = that syntax when compacs can produce it from every stored object
-  (:func:`compacs.net.retrieve.target_syntax`: as received, native, or re-encoded
+  as stored (JPEG XL excepted: :func:`as_stored`), a UID = that syntax when compacs can
+  produce it from every stored object (:func:`compacs.net.retrieve.target_syntax`: as
+  received, native, or re-encoded
   losslessly and verified, as on C-MOVE), else 406 naming it.
 - Metadata (10.4.1.1.2) is the DICOM JSON model (PS3.18 F) of every attribute, bulk data
   (over :data:`BULK_THRESHOLD` bytes, and Pixel Data always) as a ``BulkDataURI`` to
   ``.../bulk/{path}`` (10.4.1.1.3), never inline Pixel Data.
 - Frames (10.4.1.1.4) are native little endian ``application/octet-stream`` by default;
-  with ``transfer-syntax=*`` the stored frames as they are, each part's Content-Type naming
-  its media type and syntax (8.7.3.3.2, Table 8.7.3-5).
+  with ``transfer-syntax=*`` the stored frames as they are (:func:`as_stored`), each part's
+  Content-Type naming its media type and syntax (8.7.3.3.2, Table 8.7.3-5). Only the frames
+  asked are read, and decoded only when a conversion needs it (:class:`StoredPixels`).
 
-The answers stream: one instance read and converted at a time, in the web server's bounded
-thread pool, so that a study never has to fit in memory.
+The answers stream: one instance (metadata document, frame) read and converted at a time,
+in the web server's bounded thread pool, the next only once the one before was sent, so
+that a study never has to fit in memory.
 """
 
 from __future__ import annotations
