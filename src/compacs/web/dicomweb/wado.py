@@ -7,8 +7,8 @@
   absent = Explicit VR Little Endian (8.7.3.4, the default for application/dicom), ``*`` =
   as stored (JPEG XL excepted: :func:`as_stored`), a UID = that syntax when compacs can
   produce it from every stored object (:func:`compacs.net.retrieve.target_syntax`: as
-  received, native, or re-encoded
-  losslessly and verified, as on C-MOVE), else 406 naming it.
+  received, native, or re-encoded losslessly and verified, as on C-MOVE), else 406
+  naming it.
 - Metadata (10.4.1.1.2) is the DICOM JSON model (PS3.18 F) of every attribute, bulk data
   (over :data:`BULK_THRESHOLD` bytes, and Pixel Data always) as a ``BulkDataURI`` to
   ``.../bulk/{path}`` (10.4.1.1.3), never inline Pixel Data.
