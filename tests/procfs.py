@@ -45,3 +45,34 @@ def pss_kib(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1])
     return 0
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` now (VmRSS in /proc/PID/status), KiB."""
+    return _status_kib(pid, "VmRSS:")
+
+
+def peak_rss_kib(pid: int) -> int:
+    """Peak resident set size of ``pid`` since start or :func:`reset_peak_rss` (VmHWM), KiB."""
+    return _status_kib(pid, "VmHWM:")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Restart ``pid``'s peak RSS count from its current RSS (proc(5): clear_refs ``5``)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def read_chars(pid: int) -> int:
+    """Bytes ``pid`` has read through read(2) and the like so far, files and sockets
+    (rchar in /proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return 0

@@ -87,6 +87,11 @@ class Settings:
     """Seconds a client has to send a complete request line and headers."""
     http_max_connections: int = 1000
     """Open HTTP connections at most; requests beyond get 503."""
+    http_send_timeout: float = 60.0
+    """Seconds a response may wait for a client that reads nothing before the connection
+    is aborted (compacs.web.protocol)."""
+    http_worker_threads: int = 8
+    """Threads that run web handlers (reads, conversions) at most at a time."""
     viewer_port: int = 8043
     """The OHIF viewer's own port (on [http] host, beside the web server); 0: off."""
     viewer_dir: str | None = None
@@ -203,6 +208,13 @@ SCHEMA: dict[str, dict[str, tuple[str, tuple[type, ...], Check, str]]] = {
             "seconds, > 0 and <= 3600",
         ),
         "max_connections": ("http_max_connections", (int,), lambda v: 1 <= v <= 10000, "1..10000"),
+        "send_timeout": (
+            "http_send_timeout",
+            (int, float),
+            lambda v: 0 < v <= 3600,
+            "seconds, > 0 and <= 3600",
+        ),
+        "worker_threads": ("http_worker_threads", (int,), lambda v: 1 <= v <= 256, "1..256"),
     },
     "viewer": {
         "port": ("viewer_port", (int,), lambda v: 0 <= v < 65536, "0 (off) or a TCP port"),

@@ -68,6 +68,7 @@ class WebServer:
         credentials: Credentials,
         *,
         header_timeout: float = 10.0,
+        send_timeout: float = 60.0,
         max_connections: int = 1000,
         setting: str = "[http] port or --http-port",
         name: str = "web",
@@ -91,6 +92,7 @@ class WebServer:
             headers=[("Server", "compacs")],
         )
         config.header_timeout = header_timeout  # type: ignore[attr-defined]  # read by the protocol
+        config.send_timeout = send_timeout  # type: ignore[attr-defined]  # read by the protocol
         self.server = _ThreadServer(config)
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.failure: BaseException | None = None
@@ -135,7 +137,11 @@ def build(
     app = App(settings, index, store, activity, ingest)
     hosts = allowed_hosts(settings.http_host, settings.http_allowed_hosts)
     log.info("web: answering Host %s only ([http] allowed_hosts adds names)", ", ".join(hosts))
-    limits = Limits(max_body=settings.http_max_body, max_stow_body=settings.http_max_stow_body)
+    limits = Limits(
+        max_body=settings.http_max_body,
+        max_stow_body=settings.http_max_stow_body,
+        worker_threads=settings.http_worker_threads,
+    )
     application = asgi_app(
         app, credentials, hosts=hosts, cors_origins=settings.http_cors_origins, limits=limits
     )
@@ -145,6 +151,7 @@ def build(
         settings.http_port,
         credentials,
         header_timeout=settings.http_header_timeout,
+        send_timeout=settings.http_send_timeout,
         max_connections=settings.http_max_connections,
     )
     try:
@@ -175,6 +182,7 @@ def build_viewer(
         settings.viewer_port,
         credentials,
         header_timeout=settings.http_header_timeout,
+        send_timeout=settings.http_send_timeout,
         max_connections=settings.http_max_connections,
         setting="[viewer] port or --viewer-port",
         name="viewer",

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route
+from starlette.types import Send
 
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY
 from compacs.dicom.uids import is_valid_uid
@@ -123,9 +124,58 @@ class DicomWeb:
         return qido.run(self.app.index, search, service, pn_case_insensitive=pn_ci)
 
 
+def failure(exc: BaseException) -> str:
+    """A failure as the log may show it: the exception's type and the line that raised it,
+    not its message, which can hold UIDs, names or the stored file's path (PHI)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+    return f"{type(exc).__name__}{where}"
+
+
+class PartsResponse(StreamingResponse):
+    """A streamed answer whose body may fail after it began (a stored object unreadable
+    halfway through a series). The status is sent by then, so the failure ends the
+    answer without the closing delimiter (RFC 2046 5.1.1) nor the last chunk (RFC 9112
+    7.1): the server then closes the connection and the client sees a truncated body, never
+    a complete one with parts missing. Logged without PHI (:func:`failure`)."""
+
+    async def stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        sent = 0
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+        except Exception as exc:
+            log.error(
+                "dicomweb: retrieve failed after %d bytes were sent: %s; connection closed "
+                "without the closing delimiter",
+                sent,
+                failure(exc),
+            )
+            return  # no last message: uvicorn closes the connection
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing: a HEAD answer's body
+
+
 class Retrieve:
     """The WADO-RS endpoints (PS3.18 10.4.1, Table 10.4.1-1): authentication, the path's
-    UIDs, the Accept header, then :mod:`.wado` in the bounded thread pool."""
+    UIDs, the Accept header, then :mod:`.wado` in the bounded thread pool.
+
+    Answers stream (:class:`PartsResponse`): the first instance (metadata document, frame)
+    is made before the answer begins, so that its failure is still a 4xx/5xx; each next
+    one only when the one before was sent. HEAD (RFC 9110 9.3.2) answers the status and
+    headers of GET from the index and the Accept header alone: nothing is read or
+    converted (Starlette runs the GET endpoint for HEAD and uvicorn drops the body, so a
+    HEAD of a series converted every instance before)."""
 
     def __init__(self, app: Any, credentials: Credentials, run: Runner) -> None:
         self.app, self.credentials, self.run = app, credentials, run
@@ -147,8 +197,8 @@ class Retrieve:
                 return error(400, str(exc))
             except (Refused, wado.WadoError) as exc:
                 return error(exc.status, exc.message)
-            except Exception:
-                log.exception("dicomweb: retrieve failed")  # no URL: PHI
+            except Exception as exc:
+                log.error("dicomweb: retrieve failed: %s", failure(exc))
                 return error(500, "internal error")
 
         return serve
@@ -161,67 +211,95 @@ class Retrieve:
         assert study is not None
         return await self.run(wado.select, self.app.index, study, series, instance)
 
-    def _stream(self, part_type: str, producers: list[wado.Produce]) -> Response:
+    async def _stream(
+        self, request: Request, part_type: str, producers: list[wado.Produce]
+    ) -> Response:
+        """The multipart/related answer of ``producers`` (see the class docstring)."""
         boundary = wado.new_boundary()
-        body = wado.multipart(boundary, producers)
-        return StreamingResponse(body, 200, media_type=wado.multipart_type(part_type, boundary))
+        media_type = wado.multipart_type(part_type, boundary)
+        if request.method == "HEAD":
+            return PartsResponse(_nothing(), 200, media_type=media_type)
+        first = await producers[0]()
+        body = wado.multipart(boundary, first, producers[1:])
+        return PartsResponse(body, 200, media_type=media_type)
 
     async def instances(self, request: Request, accept: str | None, *uids: str | None) -> Response:
         """Study, series or instance as Part 10 files (10.4.1.1.1)."""
         candidates = wado.wanted(accept, (wado.DICOM,))
         found = await self._select(*uids)
 
-        def fit(want: wado.Wanted) -> list[str]:
+        def fit(want: wado.Wanted) -> list[wado.Choice]:
             return [wado.instance_syntax(i["transfer_syntax_stored"], want.syntax) for i in found]
 
-        syntaxes = wado.first_fit(candidates, fit)
+        choices = wado.first_fit(candidates, fit)
 
-        def producer(inst: dict[str, Any], syntax: str) -> wado.Produce:
+        def producer(inst: dict[str, Any], choice: wado.Choice) -> wado.Produce:
             def work() -> list[tuple[str, bytes]]:
-                body = wado.part10_file(self._store_get(inst), inst, syntax)
+                syntax, body = wado.part10_file(self._store_get(inst), inst, choice)
                 return [(f"{wado.DICOM}; transfer-syntax={syntax}", body)]
 
             return lambda: self.run(work)
 
-        pairs = zip(found, syntaxes, strict=True)
-        return self._stream(wado.DICOM, [producer(i, s) for i, s in pairs])
+        pairs = zip(found, choices, strict=True)
+        return await self._stream(request, wado.DICOM, [producer(i, c) for i, c in pairs])
 
     async def metadata(self, request: Request, accept: str | None, *uids: str | None) -> Response:
-        """Every attribute of each instance as DICOM JSON, bulk data by URI (10.4.1.1.2)."""
+        """Every attribute of each instance as DICOM JSON, bulk data by URI (10.4.1.1.2):
+        a JSON array streamed one instance's document at a time, each file read when its
+        turn comes."""
         negotiate(accept, JSON_TYPES)
         found = await self._select(*uids)
+        if request.method == "HEAD":
+            return PartsResponse(_nothing(), 200, media_type=DICOM_JSON)
         service = _service_root(request)
 
-        def work() -> bytes:
-            docs = []
-            for inst in found:
+        def producer(inst: dict[str, Any]) -> Callable[[], Awaitable[bytes]]:
+            def work() -> bytes:
                 uri = (
                     f"{service}/studies/{inst['study_uid']}/series/{inst['series_uid']}"
                     f"/instances/{inst['sop_instance_uid']}"
                 )
-                docs.append(wado.metadata(self._store_get(inst), uri))
-            return wado.json_body(docs)
+                return wado.json_document(wado.metadata(self._store_get(inst), uri))
 
-        return Response(await self.run(work), 200, media_type=DICOM_JSON)
+            return lambda: self.run(work)
+
+        producers = [producer(inst) for inst in found]
+        first = await producers[0]()  # before the answer starts: a failure is a 4xx/5xx
+        body = wado.json_array(first, producers[1:])
+        return PartsResponse(body, 200, media_type=DICOM_JSON)
 
     async def frames(self, request: Request, accept: str | None, *uids: str | None) -> Response:
-        """Frames of one instance (10.4.1.1.4), native unless asked otherwise."""
+        """Frames of one instance (10.4.1.1.4), native unless asked otherwise; each frame
+        read (and converted, when needed) alone, when its turn comes
+        (:class:`wado.StoredPixels`)."""
         offered = (wado.OCTET, *dict.fromkeys(wado.FRAME_MEDIA_TYPES.values()))
         candidates = wado.wanted(accept, offered)
         (inst,) = await self._select(*uids)
         stored = inst["transfer_syntax_stored"]
-        syntax = wado.first_fit(candidates, lambda want: wado.frame_syntax(stored, want))
-        data = await self.run(self._store_get, inst)
-        count = await self.run(wado.number_of_frames, data)
-        numbers = wado.frame_numbers(request.path_params["frames"], count)
+        choice = wado.first_fit(candidates, lambda want: wado.frame_syntax(stored, want))
+        text, head = request.path_params["frames"], request.method == "HEAD"
+
+        def first() -> tuple[list[int], str, bytes]:
+            with self.app.store.open(inst["storage_key"]) as fp:
+                pixels = wado.StoredPixels.open(fp)
+                numbers = wado.frame_numbers(text, pixels.count)
+                if head:
+                    return numbers, choice[0], b""
+                return numbers, *wado.frame(pixels, numbers[0], choice)
+
+        numbers, syntax, data = await self.run(first)  # a failure is still a 4xx/5xx
         content_type = f"{wado.frame_media_type(syntax)}; transfer-syntax={syntax}"
 
-        def work() -> list[tuple[str, bytes]]:
-            every = wado.frames(data, syntax)
-            return [(content_type, every[n - 1]) for n in numbers]
+        def producer(number: int) -> wado.Produce:
+            def work() -> list[tuple[str, bytes]]:
+                with self.app.store.open(inst["storage_key"]) as fp:
+                    _, value = wado.frame(wado.StoredPixels.open(fp), number, (syntax,))
+                return [(content_type, value)]
 
-        parts = await self.run(work)  # before the answer starts: a failure is still a 4xx/5xx
-        return self._stream(wado.frame_media_type(syntax), [lambda: _done(parts)])
+            return lambda: self.run(work)
+
+        producers = [lambda: _done([(content_type, data)]), *map(producer, numbers[1:])]
+        return await self._stream(request, wado.frame_media_type(syntax), producers)
 
     async def bulk(self, request: Request, accept: str | None, *uids: str | None) -> Response:
         """A bulk data value named by a metadata BulkDataURI (10.4.1.1.3)."""
@@ -229,7 +307,7 @@ class Retrieve:
         (inst,) = await self._select(*uids)
         path = request.path_params["path"]
         value = await self.run(lambda: wado.bulk(self._store_get(inst), path))
-        return self._stream(wado.OCTET, [lambda: _done([(wado.OCTET, value)])])
+        return await self._stream(request, wado.OCTET, [lambda: _done([(wado.OCTET, value)])])
 
 
 def _service_root(request: Request) -> str:

@@ -5,37 +5,43 @@
   type="application/dicom"`` answer, each with its own ``Content-Type: application/dicom;
   transfer-syntax=UID`` (8.7.3.5). The ``transfer-syntax`` parameter of the Accept header:
   absent = Explicit VR Little Endian (8.7.3.4, the default for application/dicom), ``*`` =
-  as stored, a UID = that syntax when compacs can produce it from every stored object
-  (:func:`compacs.net.retrieve.target_syntax`: as received, native, or re-encoded
-  losslessly and verified, as on C-MOVE), else 406 naming it.
+  as stored (JPEG XL excepted: :func:`as_stored`), a UID = that syntax when compacs can
+  produce it from every stored object (:func:`compacs.net.retrieve.target_syntax`: as
+  received, native, or re-encoded losslessly and verified, as on C-MOVE), else 406
+  naming it.
 - Metadata (10.4.1.1.2) is the DICOM JSON model (PS3.18 F) of every attribute, bulk data
   (over :data:`BULK_THRESHOLD` bytes, and Pixel Data always) as a ``BulkDataURI`` to
   ``.../bulk/{path}`` (10.4.1.1.3), never inline Pixel Data.
 - Frames (10.4.1.1.4) are native little endian ``application/octet-stream`` by default;
-  with ``transfer-syntax=*`` the stored frames as they are, each part's Content-Type naming
-  its media type and syntax (8.7.3.3.2, Table 8.7.3-5).
+  with ``transfer-syntax=*`` the stored frames as they are (:func:`as_stored`), each part's
+  Content-Type naming its media type and syntax (8.7.3.3.2, Table 8.7.3-5). Only the frames
+  asked are read, and decoded only when a conversion needs it (:class:`StoredPixels`).
 
-The answers stream: one instance read and converted at a time, in the web server's bounded
-thread pool, so that a study never has to fit in memory.
+The answers stream: one instance (metadata document, frame) read and converted at a time,
+in the web server's bounded thread pool, the next only once the one before was sent, so
+that a study never has to fit in memory.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames, get_frame
+from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 
 from compacs.codecs.convert import convert, data_set_for
-from compacs.codecs.transcode import NATIVE_SYNTAXES
+from compacs.codecs.table import restorable
+from compacs.codecs.transcode import NATIVE_SYNTAXES, VerificationFailed
 from compacs.dicom import part10
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY
 from compacs.net.retrieve import NotAcceptable, target_syntax
@@ -139,33 +145,84 @@ def first_fit(candidates: list[Wanted], fit: Callable[[Wanted], T]) -> T:
     raise refusals[0]
 
 
-def instance_syntax(stored: str, asked: str | None) -> str:
-    """The syntax an instance stored in ``stored`` is sent in: 8.7.3.4's default, as
-    stored, or the one asked when compacs can produce it (else 406 naming it)."""
+Choice = tuple[str, ...]
+"""The transfer syntaxes an object may be sent in, in order of preference: the first that
+compacs converts it to is sent (:func:`first_conversion`), and its part names that one."""
+
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_XL = frozenset(
+    ("1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112")
+)
+"""JPEG XL Lossless, JPEG XL JPEG Recompression, JPEG XL (PS3.5 8.2.15)."""
+
+
+def as_stored(stored: str) -> Choice:
+    """What ``transfer-syntax=*`` sends an object stored in ``stored`` in.
+
+    ``*`` says the user agent accepts any transfer syntax and leaves the choice to the
+    origin server (PS3.18 8.7.3, the transfer-syntax parameter; media types by syntax in
+    Table 8.7.3-5). It is the stored syntax, except JPEG XL, which the clients that send
+    ``*`` cannot decode: OHIF fetches frames with ``type=application/octet-stream;
+    transfer-syntax=*``, dicomweb-client's instance retrieve asks ``*``, and neither they
+    nor pydicom 3.0 know the JPEG XL UIDs. So:
+
+    - JPEG XL JPEG Recompression (.4.111): the JPEG baseline bitstreams as received (.4.50,
+      ``image/jpeg``), restored byte for byte (:func:`compacs.codecs.table.restorable`),
+      no pixel decoded;
+    - JPEG XL Lossless (.4.110) and JPEG XL (.4.112): JPEG-LS Lossless (.4.80,
+      ``image/jls``), encoded and verified bit-exact as on C-MOVE; native (Explicit VR
+      Little Endian) when JPEG-LS cannot carry the pixels.
+
+    A client that names a JPEG XL UID gets that syntax (:func:`instance_syntax`)."""
+    if stored not in JPEG_XL:
+        return (stored,)
+    return (*restorable(stored), JPEG_LS_LOSSLESS, EXPLICIT_LE)
+
+
+def instance_syntax(stored: str, asked: str | None) -> Choice:
+    """The syntaxes an instance stored in ``stored`` may be sent in: 8.7.3.4's default
+    (Explicit VR Little Endian), ``*`` (:func:`as_stored`), or the one asked when compacs
+    can produce it (else 406 naming it)."""
     if asked is None:
-        return EXPLICIT_LE
+        return (EXPLICIT_LE,)
     if asked == "*":
-        return stored
+        return as_stored(stored)
     try:
-        return target_syntax(stored, {asked})
+        return (target_syntax(stored, {asked}),)
     except NotAcceptable:
         raise WadoError(
             406, f"transfer-syntax={asked}: compacs cannot produce it from {stored}"
         ) from None
 
 
-def frame_syntax(stored: str, want: Wanted) -> str:
-    """The syntax frames are sent in: octet-stream's default is native (Explicit VR Little
-    Endian), an image type's the first syntax of that type (Table 8.7.3-5)."""
+def frame_syntax(stored: str, want: Wanted) -> Choice:
+    """The syntaxes frames may be sent in: octet-stream's default is native (Explicit VR
+    Little Endian), an image type's the first syntax of that type (Table 8.7.3-5)."""
     if want.syntax is None and want.media_type != OCTET:
         asked: str | None = next(u for u, t in FRAME_MEDIA_TYPES.items() if t == want.media_type)
     else:
         asked = want.syntax
-    syntax = instance_syntax(stored, asked)
+    choice = instance_syntax(stored, asked)
     typed = asked not in (None, "*") and want.media_type != OCTET
-    if typed and FRAME_MEDIA_TYPES.get(syntax) != want.media_type:
+    if typed and FRAME_MEDIA_TYPES.get(choice[0]) != want.media_type:
         raise WadoError(406, f"transfer-syntax={asked} is not sent as {want.media_type}")
-    return syntax
+    return choice
+
+
+UNCONVERTIBLE = (ValueError, VerificationFailed)
+"""What a conversion raises when compacs cannot produce a syntax from an object (codec
+unavailable, not decodable, verification failed): the next syntax of a :data:`Choice`."""
+
+
+def first_conversion(choice: Choice, convert_to: Callable[[str], T]) -> tuple[str, T]:
+    """The first syntax of ``choice`` that ``convert_to`` succeeds for, and its result;
+    the last syntax's failure when none does."""
+    for syntax in choice[:-1]:
+        try:
+            return syntax, convert_to(syntax)
+        except UNCONVERTIBLE:
+            continue
+    return choice[-1], convert_to(choice[-1])
 
 
 def frame_media_type(syntax: str) -> str:
@@ -199,26 +256,152 @@ def select(index: Any, study: str, series: str | None, instance: str | None) -> 
 
 
 # -- parts -----------------------------------------------------------------------------------
-def part10_file(data: bytes, inst: dict, syntax: str) -> bytes:
-    """The stored object ``data`` as a Part 10 file in ``syntax`` (PS3.10 7.1)."""
-    header = part10.file_header(inst["sop_class_uid"], inst["sop_instance_uid"], syntax)
-    return header + data_set_for(data, syntax)
+def part10_file(data: bytes, inst: dict, choice: Choice) -> tuple[str, bytes]:
+    """The stored object ``data`` as a Part 10 file (PS3.10 7.1) in the first syntax of
+    ``choice`` it converts to, and that syntax."""
+
+    def file_in(syntax: str) -> bytes:
+        header = part10.file_header(inst["sop_class_uid"], inst["sop_instance_uid"], syntax)
+        return header + data_set_for(data, syntax)
+
+    return first_conversion(choice, file_in)
 
 
-def frames(data: bytes, syntax: str) -> list[bytes]:
-    """Every frame of the stored object ``data`` in ``syntax``: native frames (little
-    endian, PS3.5 8.1.1) or the encapsulated ones (PS3.5 A.4)."""
-    ds = convert(data, syntax).dataset
-    if "PixelData" not in ds:
-        raise WadoError(400, "the instance has no Pixel Data: it has no frames")
-    count = int(ds.get("NumberOfFrames") or 1)
-    if UID(syntax).is_encapsulated:
-        return list(generate_frames(ds.PixelData, number_of_frames=count))
-    bits = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated)
-    if bits % 8:
-        raise WadoError(406, "frames of bit-packed Pixel Data are not byte aligned")
-    size, value = bits // 8, ds.PixelData
-    return [value[n * size : (n + 1) * size] for n in range(count)]
+UNDEFINED_LENGTH = 0xFFFFFFFF
+IMAGE_PIXEL_GROUP = 0x0028
+SOP_TAGS = (0x00080016, 0x00080018)  # SOP Class UID, SOP Instance UID
+
+
+@dataclass(frozen=True)
+class StoredPixels:
+    """The Pixel Data of a stored object, found in its file and never read whole: each
+    frame is read when asked, from the encapsulated value through its Basic or Extended
+    Offset Table or a fragment scan (PS3.5 A.4, pydicom's ``get_frame``), or sliced from
+    native data (PS3.5 8.1.1)."""
+
+    fp: BinaryIO
+    ds: Dataset
+    """Every attribute before Pixel Data."""
+    value_at: int
+    length: int
+
+    @classmethod
+    def open(cls, fp: BinaryIO) -> StoredPixels:
+        """The Pixel Data of the Part 10 file ``fp`` (seekable); 400 when there is none."""
+        ds = dcmread(fp, stop_before_pixels=True)
+        syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+        if syntax.is_deflated:  # the data set is one deflated stream (PS3.5 A.5): inflate it
+            fp.seek(0)
+            return cls.open(_inflated(dcmread(fp)))
+        at = fp.tell()
+        endian = "<" if syntax.is_little_endian else ">"
+        head = fp.read(12)
+        if len(head) < 8 or struct.unpack(f"{endian}HH", head[:4]) != (0x7FE0, 0x0010):
+            raise WadoError(400, "the instance has no Pixel Data: it has no frames")
+        if syntax.is_implicit_VR:
+            (length,) = struct.unpack(f"{endian}L", head[4:8])
+            return cls(fp, ds, at + 8, length)
+        (length,) = struct.unpack(f"{endian}L", head[8:12])
+        return cls(fp, ds, at + 12, length)
+
+    @property
+    def syntax(self) -> str:
+        return str(self.ds.file_meta.TransferSyntaxUID)
+
+    @property
+    def count(self) -> int:
+        """Number of Frames (PS3.3 C.7.6.6), 1 when absent."""
+        return int(self.ds.get("NumberOfFrames") or 1)
+
+    @property
+    def encapsulated(self) -> bool:
+        return self.length == UNDEFINED_LENGTH
+
+    def frame_bytes(self) -> int:
+        """Bytes of one native frame (PS3.5 8.1.1; 4:2:2 shares chroma, PS3.3
+        C.7.6.3.1.2); 406 for bit-packed frames, which are not byte aligned."""
+        ds = self.ds
+        bits = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated)
+        if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+            bits = bits * 2 // 3
+        if bits % 8:
+            raise WadoError(406, "frames of bit-packed Pixel Data are not byte aligned")
+        return bits // 8
+
+    def frame(self, index: int) -> bytes:
+        """Frame ``index`` (0-based) as stored: its bitstream, or its native bytes."""
+        if self.encapsulated:
+            self.fp.seek(self.value_at)
+            eot = self.ds.get("ExtendedOffsetTable"), self.ds.get("ExtendedOffsetTableLengths")
+            return get_frame(
+                self.fp,
+                index,
+                number_of_frames=self.count,
+                extended_offsets=eot if None not in eot else None,  # type: ignore[arg-type]
+            )
+        size = self.frame_bytes()
+        self.fp.seek(self.value_at + index * size)
+        value = self.fp.read(size)
+        if len(value) != size or (index + 1) * size > self.length:
+            raise ValueError(f"frame {index + 1}: native Pixel Data too short (PS3.5 8.1.1)")
+        return value
+
+    def one_frame(self, index: int) -> bytes:
+        """A Part 10 file of frame ``index`` alone, in the stored syntax: the SOP UIDs, the
+        Image Pixel attributes (group 0028, Number of Frames 1) and that frame's Pixel Data,
+        for the converters to decode or re-encode that frame and no other."""
+        one = Dataset()
+        one.file_meta = FileMetaDataset(self.ds.file_meta)
+        for elem in self.ds:
+            if elem.tag.group == IMAGE_PIXEL_GROUP or elem.tag in SOP_TAGS:
+                one.add(elem)
+        if "NumberOfFrames" in one:
+            one.add_new(0x00280008, "IS", 1)  # a new element: the stored one stays as it is
+        value = self.frame(index)
+        if self.encapsulated:
+            one.add_new(0x7FE00010, "OB", encapsulate([value]))
+            one["PixelData"].is_undefined_length = True
+        else:
+            one.add_new(0x7FE00010, "OW" if int(self.ds.BitsAllocated) > 8 else "OB", value)
+        out = BytesIO()
+        dcmwrite(out, one, enforce_file_format=True)
+        return out.getvalue()
+
+
+def _inflated(ds: Dataset) -> BytesIO:
+    """``ds`` read from a Deflated Explicit VR Little Endian file, as an Explicit VR Little
+    Endian one (the same data set, not deflated: PS3.5 A.5)."""
+    ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
+    out = BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    out.seek(0)
+    return out
+
+
+def frame(pixels: StoredPixels, number: int, choice: Choice) -> tuple[str, bytes]:
+    """Frame ``number`` (1-based) in the first syntax of ``choice`` it converts to, and
+    that syntax. Only that frame is read, and only it is decoded when a conversion needs
+    it: as stored (encapsulated, or native little endian to native) it is the stored
+    bytes, else that frame alone goes through the converters (:meth:`StoredPixels.one_frame`,
+    :func:`compacs.codecs.convert.convert`: restored, decoded, or re-encoded and verified)."""
+    index = number - 1
+    stored = pixels.syntax
+
+    def frame_in(syntax: str) -> bytes:
+        if syntax == stored and pixels.encapsulated:
+            return pixels.frame(index)
+        if syntax in NATIVE_SYNTAXES and stored in NATIVE_SYNTAXES:
+            return pixels.frame(index)  # little endian native either way: the same bytes
+        converted = convert(pixels.one_frame(index), syntax).dataset
+        if UID(syntax).is_encapsulated:
+            return next(generate_frames(converted.PixelData, number_of_frames=1))
+        bits = int(converted.Rows) * int(converted.Columns) * int(converted.SamplesPerPixel)
+        bits *= int(converted.BitsAllocated)
+        if bits % 8:
+            raise WadoError(406, "frames of bit-packed Pixel Data are not byte aligned")
+        return converted.PixelData[: bits // 8]
+
+    return first_conversion(choice, frame_in)
 
 
 def frame_numbers(text: str, count: int) -> list[int]:
@@ -231,11 +414,6 @@ def frame_numbers(text: str, count: int) -> list[int]:
             )
         numbers.append(int(item))
     return numbers
-
-
-def number_of_frames(data: bytes) -> int:
-    ds = dcmread(BytesIO(data), stop_before_pixels=True)
-    return int(ds.get("NumberOfFrames") or 1)
 
 
 # -- metadata and bulk data -------------------------------------------------------------------
@@ -294,19 +472,46 @@ def multipart_type(part_type: str, boundary: str) -> str:
     return f'multipart/related; type="{part_type}"; boundary={boundary}'
 
 
-async def multipart(boundary: str, producers: list[Produce]) -> AsyncIterator[bytes]:
-    """The body: each producer's parts (content type, bytes), one producer at a time."""
+async def multipart(
+    boundary: str, first: list[tuple[str, bytes]], producers: list[Produce]
+) -> AsyncIterator[bytes]:
+    """The body: the ``first`` parts (made before the answer began, so that their failure
+    was still a 4xx/5xx), then each producer's parts, a producer called only once the
+    parts before were sent (the server's ``send`` waits while the client does not read:
+    one instance at a time in memory). The closing delimiter comes last (RFC 2046 5.1.1):
+    a producer that fails ends the body without it (see ``PartsResponse``)."""
+    for content_type, body in first:
+        yield _part(boundary, content_type)
+        yield body
+        yield b"\r\n"
     for produce in producers:
         for content_type, body in await produce():
-            yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+            yield _part(boundary, content_type)
             yield body
             yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
+
+
+def _part(boundary: str, content_type: str) -> bytes:
+    return f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+
+
+async def json_array(
+    first: bytes, producers: list[Callable[[], Awaitable[bytes]]]
+) -> AsyncIterator[bytes]:
+    """A JSON array streamed one document at a time (RFC 8259 5): ``first`` made before
+    the answer began, each producer called when the documents before were sent."""
+    yield b"["
+    yield first
+    for produce in producers:
+        yield b","
+        yield await produce()
+    yield b"]"
 
 
 def new_boundary() -> str:
     return uuid.uuid4().hex
 
 
-def json_body(items: list[dict[str, Any]]) -> bytes:
-    return json.dumps(items, separators=(",", ":")).encode()
+def json_document(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
