@@ -224,9 +224,12 @@ def test_ten_thousand_mutated_data_sets_on_the_store_path(tmp_path):
           + ", ".join(f"0x{s:04X}: {n}" for s, n in sorted(statuses.items())))  # fmt: skip
 
 
-def _recorded_store_session(port: int) -> list[bytes]:
-    """The PDUs a pynetdicom SCU sends for one C-STORE, recorded through a relay."""
+def _recorded_store_session(port: int) -> list[tuple[bytes, bool]]:
+    """The PDUs a pynetdicom SCU sends for one C-STORE, recorded through a relay, each with
+    whether the node answered it (the SCU waits for the A-ASSOCIATE-AC and the C-STORE
+    response before it sends on: a reply follows the PDU that ends the stream so far)."""
     recorded: list[bytes] = []
+    answered_at: set[int] = set()  # length of the SCU's stream when a reply came
     listener = socket.create_server(("127.0.0.1", 0))
     relay_port = listener.getsockname()[1]
 
@@ -237,6 +240,7 @@ def _recorded_store_session(port: int) -> list[bytes]:
         def back() -> None:
             try:
                 while data := upstream.recv(65536):
+                    answered_at.add(sum(map(len, recorded)))
                     client.sendall(data)
             except OSError:
                 pass
@@ -266,7 +270,7 @@ def _recorded_store_session(port: int) -> list[bytes]:
     pdus, at = [], 0
     while at + 6 <= len(stream):
         (length,) = struct.unpack_from(">L", stream, at + 2)
-        pdus.append(stream[at : at + 6 + length])
+        pdus.append((stream[at : at + 6 + length], at + 6 + length in answered_at))
         at += 6 + length
     return pdus
 
@@ -276,22 +280,27 @@ def test_mutated_pdus_do_not_hurt_the_node(plain_node):
     connection, keeps serving, and writes nothing outside its store."""
     node = plain_node
     pdus = _recorded_store_session(node.port)
-    assert [p[0] for p in pdus][:2] == [0x01, 0x04]  # A-ASSOCIATE-RQ, then P-DATA-TF
+    assert [p[0] for p, _ in pdus][:2] == [0x01, 0x04]  # A-ASSOCIATE-RQ, then P-DATA-TF
+    # the A-ASSOCIATE-AC and the C-STORE response: the PDUs the node answers
+    assert [answered for _, answered in pdus[:-1]].count(True) == 2, pdus
     rng = np.random.default_rng(7)
     sessions = 400
     for n in range(sessions):
-        session = [bytearray(p) for p in pdus[:-1]]  # everything but the release
-        victim = session[int(rng.integers(len(session)))]
+        session = [(bytearray(p), answered) for p, answered in pdus[:-1]]  # all but release
+        victim, _ = session[int(rng.integers(len(session)))]
         for _ in range(int(rng.integers(1, 8))):
             victim[int(rng.integers(len(victim)))] = int(rng.integers(256))
         if n % 10 == 0:  # sometimes cut the PDU short as well
             del victim[int(rng.integers(1, len(victim))) :]
         with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
             sock.settimeout(0.15)
+            # PDUs sent back to back: without TCP_NODELAY each waits ~40 ms (Nagle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
-                for pdu in session:
+                for pdu, answered in session:
                     sock.sendall(pdu)
-                    sock.recv(65536)
+                    if answered:  # a PDU the node does not answer: no reply waited out
+                        sock.recv(65536)
             except OSError:  # timeout, reset: the node decided to stop listening to us
                 pass
     assert echo(node.port) == Status.SUCCESS

@@ -22,7 +22,7 @@ from compacs.dicom.status import Status
 from compacs.index import open_index
 from compacs.storage import open_store
 from compacs.synthetic import ct_series
-from tests.conftest import NodeProcess, free_port, run_cli
+from tests.conftest import NodeProcess, free_port, run_cli, write_config
 from tests.destination import Destination
 from tests.scu import send_datasets
 from tests.test_integrity import storescu_until, write_files
@@ -32,8 +32,20 @@ def shared(postgres, s3) -> tuple[str, str]:
     return postgres.database(), s3.url()
 
 
-def node_on(tmp_path, name: str, index: str, store: str, *extra: str) -> NodeProcess:
-    return NodeProcess(tmp_path / name, extra_args=("--index", index, "--store", store, *extra))
+SPOOL_HOLD = "spool_hold_seconds = 2"
+"""Any node may claim a compression job, also for an original another node holds in its
+spool (storage/spool) until it compresses it or ``spool_hold_seconds`` (default 30) pass:
+such a job, and a C-MOVE of that instance from another node, wait for the hold. The tests
+hold 2 s: the same path, without 30 s waited out in each test."""
+
+
+def node_on(
+    tmp_path, name: str, index: str, store: str, *extra: str, storage: str = SPOOL_HOLD
+) -> NodeProcess:
+    """A node on the shared ``index`` and ``store``, with ``storage`` as its [storage]."""
+    config = write_config(tmp_path / f"{name}-{free_port()}.toml", f"[storage]\n{storage}\n")
+    extra_args = ("--index", index, "--store", store, "--config", str(config), *extra)
+    return NodeProcess(tmp_path / name, extra_args=extra_args)
 
 
 def find_study_uids(node: NodeProcess, patient_id: str) -> list[str]:
@@ -201,9 +213,8 @@ def test_one_node_killed_mid_ingest_while_the_other_carries_on(postgres, s3, tmp
         assert {files[p] for p in acknowledged} <= uids  # every Success is there
         # what A acknowledged but had not uploaded waits in its spool, on its disk, until
         # A starts again (storage/spool); then the bucket holds every instance
-        quick = tmp_path / "quick.toml"
-        quick.write_text("[storage]\nspool_hold_seconds = 0\n")
-        a = node_on(tmp_path, "a", index_url, store_url, "--config", str(quick)).start()
+        a = node_on(tmp_path, "a", index_url, store_url, storage="spool_hold_seconds = 0")
+        a.start()
         rows, objects = consistent(index_url, store_url)
         assert rows == stats["instances"] and objects >= rows
         print(
@@ -220,9 +231,7 @@ def test_a_failed_s3_write_is_a_failure_status_and_no_row(postgres, s3, tmp_path
     (retried with backoff first): 0xA700, no row."""
     index_url = postgres.database()
     store_url = f"s3://compacs/archive?endpoint=http://127.0.0.1:{free_port()}"  # nobody there
-    direct = tmp_path / "direct.toml"
-    direct.write_text("[storage]\nspool = false\n")
-    node = node_on(tmp_path, "n", index_url, store_url, "--config", str(direct)).start()
+    node = node_on(tmp_path, "n", index_url, store_url, storage="spool = false").start()
     try:
         statuses = send_datasets(node.port, list(ct_series(1, 32, 32, seed=320)))
         assert statuses == [Status.OUT_OF_RESOURCES]

@@ -306,7 +306,7 @@ class Rendered:
     ) -> Response:
         boundary = wado.new_boundary()
         headers = {"Warning": _warning(request, options)} if options.ignored else None
-        body = wado.multipart(boundary, producers)
+        body = wado.multipart(boundary, [], producers)
         return StreamingResponse(
             body, 200, headers=headers, media_type=wado.multipart_type(media, boundary)
         )

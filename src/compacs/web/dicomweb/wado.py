@@ -404,6 +404,12 @@ def frame(pixels: StoredPixels, number: int, choice: Choice) -> tuple[str, bytes
     return first_conversion(choice, frame_in)
 
 
+def number_of_frames(data: bytes) -> int:
+    """Number of Frames (0028,0008) of the Part 10 object ``data``; 1 when absent."""
+    ds = dcmread(BytesIO(data), stop_before_pixels=True)
+    return int(ds.get("NumberOfFrames") or 1)
+
+
 def frame_numbers(text: str, count: int) -> list[int]:
     """The 1-based frame list of a frames path (10.4.1.1.4); 400 naming a bad number."""
     numbers = []

@@ -234,8 +234,9 @@ class UriService:
             data = self.app.store.get(inst["storage_key"])
             if req.content_type != DICOM:
                 return rendered(data, req)
-            syntax = wado.instance_syntax(inst["transfer_syntax_stored"], req.syntax)
-            return wado.part10_file(data, inst, syntax)
+            choice = wado.instance_syntax(inst["transfer_syntax_stored"], req.syntax)
+            _, file = wado.part10_file(data, inst, choice)
+            return file
 
         body = await self.run(work)
         headers = {}
