@@ -180,7 +180,7 @@ def test_every_accepted_connection_has_tcp_nodelay():
     delayed ACK (~40 ms an answer: every QIDO-RS search, every frame a viewer fetches).
     asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, which those
     accepted from ``socket.create_server`` are not; compacs's protocol sets it."""
-    from compacs.web.auth import Credentials
+    from compacs.security import Credentials
     from compacs.web.server import WebServer
 
     async def app(scope, receive, send):

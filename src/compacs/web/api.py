@@ -11,16 +11,14 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any
 from urllib.parse import unquote
-
-from pydicom import dcmwrite
 
 from compacs.activity import Activity
 from compacs.codecs.convert import NotConvertible, convert
 from compacs.codecs.pixels import NotCompressible
 from compacs.config import Settings
+from compacs.dicom import part10
 from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
 from compacs.dicom.syntaxes import BY_UID, name_of
 from compacs.index.compression_state import CHANGED, reason_of
@@ -268,9 +266,7 @@ class App:
                 raise HttpError(400, f"transfer_syntax={target}: {exc}") from None
             except (NotCompressible, ValueError) as exc:
                 raise HttpError(422, f"instance {uid} cannot be converted: {exc}") from None
-            out = BytesIO()
-            dcmwrite(out, converted.dataset, enforce_file_format=True)
-            data = out.getvalue()
+            data = part10.write(converted.dataset)
         return Response(
             200,
             data,

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from copy import deepcopy
 from dataclasses import dataclass, replace
-from io import BytesIO
 from itertools import islice
 
 import imagecodecs
 import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder, iter_pixels
@@ -23,6 +21,7 @@ from compacs.codecs.geometry import ImplausiblePixelData, check_pixel_data
 from compacs.codecs.pixels import PixelInfo, clean
 from compacs.codecs.table import BY_SYNTAX, Codec
 from compacs.codecs.transcode import restore
+from compacs.dicom import part10
 
 
 class RenderError(ValueError):
@@ -238,7 +237,7 @@ def jpeg(image: np.ndarray, quality: int = 90) -> bytes:
 def rendered(data: bytes, frame: int = 0, window: Window | None = None) -> np.ndarray:
     """Frame ``frame`` (0-based, the only one decoded) of the Part 10 object ``data`` as
     8-bit grey or RGB: :func:`display` of :func:`decode_frame`."""
-    ds = dcmread(BytesIO(data))
+    ds = part10.read(data)
     try:
         info = PixelInfo.of(ds)
     except ValueError as exc:

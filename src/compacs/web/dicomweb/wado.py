@@ -36,14 +36,14 @@ from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames, get_frame
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 
 from compacs.codecs.convert import convert, data_set_for
 from compacs.codecs.table import restorable
-from compacs.codecs.transcode import NATIVE_SYNTAXES, VerificationFailed
+from compacs.codecs.transcode import VerificationFailed
 from compacs.dicom import part10
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY
+from compacs.dicom.syntaxes import NATIVE_SYNTAXES
 from compacs.net.retrieve import NotAcceptable, target_syntax
 from compacs.query import STUDY_ROOT, parse_identifier
 
@@ -337,7 +337,7 @@ class StoredPixels:
                 self.fp,
                 index,
                 number_of_frames=self.count,
-                extended_offsets=eot if None not in eot else None,  # type: ignore[arg-type]
+                extended_offsets=eot if None not in eot else None,
             )
         size = self.frame_bytes()
         self.fp.seek(self.value_at + index * size)
@@ -363,17 +363,14 @@ class StoredPixels:
             one["PixelData"].is_undefined_length = True
         else:
             one.add_new(0x7FE00010, "OW" if int(self.ds.BitsAllocated) > 8 else "OB", value)
-        out = BytesIO()
-        dcmwrite(out, one, enforce_file_format=True)
-        return out.getvalue()
+        return part10.write(one)
 
 
 def _inflated(ds: Dataset) -> BytesIO:
     """``ds`` read from a Deflated Explicit VR Little Endian file, as an Explicit VR Little
     Endian one (the same data set, not deflated: PS3.5 A.5)."""
-    ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
-    out = BytesIO()
-    dcmwrite(out, ds, enforce_file_format=True)
+    ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_LE)
+    out = BytesIO(part10.write(ds))
     out.seek(0)
     return out
 
@@ -406,7 +403,7 @@ def frame(pixels: StoredPixels, number: int, choice: Choice) -> tuple[str, bytes
 
 def number_of_frames(data: bytes) -> int:
     """Number of Frames (0028,0008) of the Part 10 object ``data``; 1 when absent."""
-    ds = dcmread(BytesIO(data), stop_before_pixels=True)
+    ds = part10.read(data, pixels=False)
     return int(ds.get("NumberOfFrames") or 1)
 
 
@@ -436,7 +433,7 @@ def _paths(ds: Dataset, prefix: str, out: dict[int, str]) -> None:
 def metadata(data: bytes, instance_uri: str) -> dict[str, Any]:
     """The DICOM JSON of a stored object (PS3.18 F.2), binary values over
     :data:`BULK_THRESHOLD` and the pixel data as BulkDataURI (F.2.6)."""
-    ds = dcmread(BytesIO(data))
+    ds = part10.read(data)
     paths: dict[int, str] = {}
     _paths(ds, "", paths)
 
@@ -457,7 +454,7 @@ def bulk(data: bytes, path: str) -> bytes:
     if len(steps) == 1 and steps[0].upper() in {f"{t:08X}" for t in PIXEL_TAGS}:
         ds = convert(data, EXPLICIT_LE).dataset
     else:
-        ds = dcmread(BytesIO(data))
+        ds = part10.read(data)
     try:
         while len(steps) > 1:
             ds = ds[int(steps[0], 16)].value[int(steps[1])]
