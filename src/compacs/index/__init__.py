@@ -23,6 +23,7 @@ from compacs.index.base import (
     ObjectChange,
     Reports,
     Selected,
+    StoredInstance,
 )
 from compacs.index.postgres import PostgresIndex
 from compacs.index.sqlite import SqliteIndex
@@ -56,5 +57,6 @@ __all__ = [
     "ObjectChange",
     "Reports",
     "Selected",
+    "StoredInstance",
     "open_index",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 
 if TYPE_CHECKING:
     from compacs.query import Query
@@ -114,10 +114,78 @@ class ObjectChange:
     sha256: str
 
 
-# A work item / candidate: the instance's facts as a dict (see compacs.rules.MATCH_KEYS),
-# with pk, sop_instance_uid, storage_key, transfer_syntax_stored, bytes_stored,
-# study_uid, series_uid.
-InstanceFacts = dict[str, Any]
+class StoredInstance(TypedDict):
+    """An instance to send (``Catalogue.matching_instances``: C-MOVE, C-GET, WADO-RS)."""
+
+    pk: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    storage_key: str
+    transfer_syntax_stored: str
+    bytes_stored: int
+    sha256: str
+    series_uid: str
+    study_uid: str
+
+
+class InstanceFacts(TypedDict):
+    """One stored instance as the compressor, the admin commands and retrieve see it: its
+    row's columns (and its series' and study's UIDs, its series' modality); the facts the
+    policy's rules match on are among them (``compacs.rules.MATCH_KEYS``)."""
+
+    pk: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    storage_key: str
+    transfer_syntax_received: str
+    transfer_syntax_stored: str
+    bytes_stored: int
+    calling_ae: str
+    called_ae: str
+    photometric_interpretation: str | None
+    bits_stored: int | None
+    bits_allocated: int | None
+    pixel_representation: int | None
+    compression: str | None
+    """The compression state (``compacs.index.compression_state.CompressionState``)."""
+    compression_note: str | None
+    tier: str | None
+    stored_at: str
+    modality: str | None
+    series_uid: str
+    study_uid: str
+    job_tier: NotRequired[str]
+    """The tier whose job this is, on instances claimed as jobs."""
+
+
+class ForwardItem(TypedDict):
+    """One forwarding queue item with its instance (``ForwardQueue.claim_forwards``,
+    ``forward_items``)."""
+
+    pk: int
+    destination: str
+    syntaxes: tuple[str, ...]
+    state: str
+    """A ``compacs.index.forward_state.ForwardState``."""
+    attempts: int
+    not_before: float
+    transaction_uid: str | None
+    transfer_syntax_sent: str | None
+    bytes_sent: int | None
+    last_error: str | None
+    updated_at: str | None
+    instance_pk: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    storage_key: str
+    transfer_syntax_stored: str
+    bytes_stored: int
+    series_uid: str
+    study_uid: str
+    commit: bool
+    lossy: bool
+    codec_options: dict[str, Any]
+    """The options of the forward (``Forward``), from its JSON column."""
 
 
 class Catalogue(Protocol):
@@ -140,7 +208,7 @@ class Catalogue(Protocol):
     def find(self, query: Query) -> Iterator[dict[str, Any]]:
         """C-FIND: the matches of ``query`` at its level, as index rows."""
 
-    def matching_instances(self, query: Query) -> list[InstanceFacts]:
+    def matching_instances(self, query: Query) -> list[StoredInstance]:
         """C-MOVE / C-GET: the instances under the matches of ``query``."""
 
     def instances_under(self, level: str, uid: str) -> list[Selected]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from compacs.clock import utc_now
 from compacs.dicom.attributes import IMAGE, INDEXED, LEVELS, PATIENT, SERIES, STUDY
@@ -20,6 +20,7 @@ from compacs.index.base import (
     InstanceLocation,
     NewInstance,
     ObjectChange,
+    StoredInstance,
 )
 from compacs.index.compression_state import CHANGED, note_kind_sql, reason_of
 from compacs.index.forward_sql import ForwardStatements
@@ -353,7 +354,7 @@ class SqlStatements(ForwardStatements):
                         found[keyword] = "\\".join(sorted(set(found[keyword].split(","))))
                 yield found
 
-    def matching_instances(self, cur: Any, query: Query) -> list[InstanceFacts]:
+    def matching_instances(self, cur: Any, query: Query) -> list[StoredInstance]:
         """The instances below the matches of ``query`` (what C-MOVE / C-GET send)."""
         where, params = self._where(query)
         cur.execute(
@@ -365,7 +366,7 @@ class SqlStatements(ForwardStatements):
             params,
         )
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return [cast(StoredInstance, dict(zip(names, row, strict=True))) for row in cur.fetchall()]
 
     # -- compression jobs ------------------------------------------------------------------
     _FACTS = (
@@ -381,7 +382,7 @@ class SqlStatements(ForwardStatements):
     def _facts(self, cur: Any, where: str, params: Sequence[Any]) -> list[InstanceFacts]:
         cur.execute(self._q(f"{self._FACTS} {where}"), params)
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return [cast(InstanceFacts, dict(zip(names, row, strict=True))) for row in cur.fetchall()]
 
     def claim_jobs(
         self, cur: Any, worker: str, limit: int, now: float, archive: bool = False

@@ -24,6 +24,7 @@ from compacs.index.base import (
     NewInstance,
     ObjectChange,
     Selected,
+    StoredInstance,
 )
 from compacs.index.group_commit import GroupCommitter
 from compacs.index.sql import SqlStatements
@@ -170,7 +171,7 @@ class SqlIndex:
         except self._errors as exc:
             raise IndexUnavailable(f"index read failed: {exc}") from exc
 
-    def matching_instances(self, query: Query) -> list[InstanceFacts]:
+    def matching_instances(self, query: Query) -> list[StoredInstance]:
         return self._read(lambda cur: self._sql.matching_instances(cur, query))
 
     def instances(self) -> list[InstanceFacts]:

@@ -167,9 +167,10 @@ class Compressor:
         tier: str | None = None
         if facts.get("job_tier") == ARCHIVE_TIER:
             tier = ARCHIVE_TIER  # the tier ran, whatever it found: not queued again
-            if change is None and facts.get("compression") is not None:
+            previous = facts.get("compression")
+            if change is None and previous is not None:
                 # the ingest tier's outcome stands when the archive tier changed nothing
-                state, note = facts["compression"], facts.get("compression_note")
+                state, note = previous, facts.get("compression_note")
                 if result.state == CompressionState.FAILED:
                     log.warning("archive tier kept %s: %s", facts["sop_instance_uid"], result.note)
         finished = self.index.finish_job(

@@ -40,7 +40,7 @@ from compacs.dicom import part10
 from compacs.dicom.ae import Peer
 from compacs.dicom.status import Status, error_comment
 from compacs.dicom.syntaxes import NATIVE_SYNTAXES
-from compacs.index import Catalogue, InstanceFacts
+from compacs.index import Catalogue, StoredInstance
 from compacs.net import sender
 from compacs.net.sender import ArchiveAE, EncodedDataSet
 from compacs.net.server import REQUESTOR_HANDLERS
@@ -64,7 +64,7 @@ class NotAcceptable(ValueError):
     """No accepted transfer syntax can carry this object."""
 
 
-def proposal(instances: list[InstanceFacts]) -> list[PresentationContext]:
+def proposal(instances: list[StoredInstance]) -> list[PresentationContext]:
     """Contexts to propose to a C-MOVE destination (PS3.4 C.4.2.3.1): per SOP class, each
     stored syntax and the syntax it restores without decoding (:func:`restorable`: the
     received JPEG baseline of a JPEG XL recompression), then Explicit and Implicit VR
@@ -120,7 +120,7 @@ Decode = Callable[[bytes, str], Decoded]
 
 
 def prepare(
-    store: BlobStore, inst: InstanceFacts, accepted: set[str], decode: Decode
+    store: BlobStore, inst: StoredInstance, accepted: set[str], decode: Decode
 ) -> EncodedDataSet:
     """One sub-operation's data set, encoded for the wire: the stored file's data set as
     it is when the peer accepted its syntax, else decoded (or re-encoded) by ``decode``."""
@@ -147,15 +147,15 @@ class ReadAhead:
 
     def __init__(
         self,
-        work: Callable[[InstanceFacts], EncodedDataSet],
-        needs_decode: Callable[[InstanceFacts], bool],
-        instances: list[InstanceFacts],
+        work: Callable[[StoredInstance], EncodedDataSet],
+        needs_decode: Callable[[StoredInstance], bool],
+        instances: list[StoredInstance],
         depth: int,
     ) -> None:
         self._work = work
         self._needs_decode = needs_decode
         self._instances = iter(instances)
-        self._pending: deque[tuple[InstanceFacts, Future[EncodedDataSet] | None]] = deque()
+        self._pending: deque[tuple[StoredInstance, Future[EncodedDataSet] | None]] = deque()
         self._executor = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="read-ahead")
         for _ in range(depth):
             self._submit_next()
@@ -167,7 +167,7 @@ class ReadAhead:
             future = self._executor.submit(self._work, inst) if ahead else None
             self._pending.append((inst, future))
 
-    def __iter__(self) -> Iterator[tuple[InstanceFacts, Callable[[], EncodedDataSet]]]:
+    def __iter__(self) -> Iterator[tuple[StoredInstance, Callable[[], EncodedDataSet]]]:
         while self._pending:
             inst, future = self._pending.popleft()
             self._submit_next()
@@ -181,7 +181,7 @@ class ReadAhead:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _failed_sub_operation(inst: InstanceFacts) -> Dataset:
+def _failed_sub_operation(inst: StoredInstance) -> Dataset:
     """A data set pynetdicom cannot send (no context for its syntax): it counts the
     sub-operation as failed and lists the SOP Instance UID (PS3.4 C.4.2.1.4.2)."""
     ds = Dataset()
@@ -194,7 +194,7 @@ def _failed_sub_operation(inst: InstanceFacts) -> Dataset:
 
 def sub_operations(
     store: BlobStore,
-    instances: list[InstanceFacts],
+    instances: list[StoredInstance],
     accepted: Callable[[], dict[str, set[str]]],
     is_cancelled: Callable[[], bool],
     decode: Decode,
@@ -206,10 +206,10 @@ def sub_operations(
     read or decoded is one failed sub-operation."""
     syntaxes = accepted()  # the destination's association is established by now
 
-    def work(inst: InstanceFacts) -> EncodedDataSet:
+    def work(inst: StoredInstance) -> EncodedDataSet:
         return prepare(store, inst, syntaxes.get(inst["sop_class_uid"], set()), decode)
 
-    def needs_decode(inst: InstanceFacts) -> bool:
+    def needs_decode(inst: StoredInstance) -> bool:
         accepted = syntaxes.get(inst["sop_class_uid"], set())
         return inst["transfer_syntax_stored"] not in accepted
 
@@ -230,7 +230,7 @@ def sub_operations(
         ahead.close()
 
 
-def _query(index: Catalogue, identifier: Dataset, model: str) -> list[InstanceFacts]:
+def _query(index: Catalogue, identifier: Dataset, model: str) -> list[StoredInstance]:
     return index.matching_instances(parse_identifier(identifier, model))
 
 
