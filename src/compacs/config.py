@@ -17,7 +17,15 @@ from compacs.codecs.table import codec_for
 from compacs.dicom.ae import InvalidPeer, Peer, valid_ae_title
 from compacs.index.base import Duplicates
 from compacs.routing import Routing, forward_everything, parse_route
-from compacs.rules import DEFAULT_POLICY, ArchiveTier, Policy, RuleError, parse_idle, parse_rule
+from compacs.rules import (
+    DEFAULT_POLICY,
+    ArchiveTier,
+    Policy,
+    RuleError,
+    When,
+    parse_idle,
+    parse_rule,
+)
 from compacs.security import OPERATIONS, AccessControl, AccessRule
 
 
@@ -437,7 +445,7 @@ def _peers(body: Any, source: str) -> list[Peer]:
 
 
 _POLICY_KEYS: dict[str, tuple[tuple[type, ...], Check, str]] = {
-    "when": ((str,), lambda v: v in {"ingest", "deferred", "off"}, "'ingest', 'deferred' or 'off'"),
+    "when": ((str,), lambda v: v in set(When), " or ".join(f"'{w}'" for w in When)),
     "delay": ((int, float), lambda v: v >= 0, "seconds >= 0"),
     "workers": ((int,), lambda v: 0 <= v <= 64, "0..64 compression threads"),
     "require_smaller": ((bool,), _ANY, "true or false"),
@@ -452,6 +460,8 @@ def _policy(body: Any, source: str) -> Policy:
         body = dict(body)
         archive = _archive(body.pop("archive"), source)
     values = _section_with_rules(body, source, "compression", _POLICY_KEYS, parse_rule)
+    if "when" in values:
+        values["when"] = When(values["when"])
     if archive is not None:
         values["archive"] = archive
     return replace(DEFAULT_POLICY, **values)

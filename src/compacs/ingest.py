@@ -28,7 +28,7 @@ from compacs.dicom.uids import InvalidUID, require_uid
 from compacs.failpoints import crash_point
 from compacs.index import Catalogue, Duplicates, IndexUnavailable, NewInstance
 from compacs.routing import Routing
-from compacs.rules import DEFAULT_POLICY, Policy, facts_of
+from compacs.rules import DEFAULT_POLICY, Policy, When, facts_of
 from compacs.storage import BlobStore, FileStore, StorageFull
 from compacs.storage.filesystem import intent
 
@@ -345,14 +345,14 @@ class Ingest:
             return None, verdict
         # at ingest the handler compresses at once; the queued job is only the safety net
         # for a crash in between, so the workers leave it alone for a while
-        return time.time() + (self.policy.delay if self.policy.when == "deferred" else 60), None
+        return time.time() + (self.policy.delay if self.policy.when is When.DEFERRED else 60), None
 
     def _compress(self, sop_instance: str, key: str, parts: tuple[bytes, bytes]) -> None:
         """Compress now (policy 'ingest') or wake the workers; never fails the store:
         the original is durable and indexed, and its job stays queued on any error. The
         encoder gets the object's bytes from memory (one buffer: it goes to a worker
         process), not read back from the store."""
-        if self.policy.when == "ingest" and self.compress_now is not None:
+        if self.policy.when is When.INGEST and self.compress_now is not None:
             try:
                 self.compress_now(sop_instance, key, b"".join(parts))
             except Exception:

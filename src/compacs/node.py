@@ -27,6 +27,7 @@ from compacs.metrics import MetricsServer
 from compacs.net import access, commitment, echo, find, instrument, retrieve, store
 from compacs.net.guard import ConnectionGuard, Limits
 from compacs.net.server import ACCEPTOR_HANDLERS, build_ae, make_server
+from compacs.rules import When
 from compacs.security import server_tls_context
 from compacs.storage import open_store
 from compacs.storage.owner import StoreOwned, claim
@@ -245,7 +246,7 @@ class Node:
         self.encoder.start()
         self.workers.start()
         policy = self.settings.policy
-        if policy.when != "off" and policy.workers:  # archive jobs need the workers
+        if policy.when is not When.OFF and policy.workers:  # archive jobs need the workers
             self.archive.start()
         self.forwarder.start()
         if self.metrics is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -62,13 +63,31 @@ class QueryError(ValueError):
         self.comment = comment
 
 
+class Kind(StrEnum):
+    """How a key's value matches (PS3.4 C.2.2.2), as the index's SQL applies it."""
+
+    EQUAL = "equal"
+    """Single value matching (C.2.2.2.1)."""
+    LIKE = "like"
+    """Wild card matching (C.2.2.2.4): ``*`` and ``?`` as SQL LIKE patterns."""
+    IN = "in"
+    """List of UID matching (C.2.2.2.2)."""
+    EMPTY = "empty"
+    """Empty value matching: ``""`` matches an empty or absent value (C.2.2.2.1)."""
+    RANGE = "range"
+    """Range matching of a date or a time (C.2.2.2.5)."""
+    DATETIME_RANGE = "datetime_range"
+    """A date range and a time range combined into one (C.2.2.2.5.1)."""
+    MODALITIES = "modalities"
+    """Modalities in Study: any series of the study has one of the values (C.6.2.1.2)."""
+
+
 @dataclass(frozen=True)
 class Condition:
     keyword: str
     level: str
     column: str
-    kind: str
-    """equal, like, in, range, empty, datetime_range, modalities"""
+    kind: Kind
     values: tuple[Any, ...]
     case_insensitive: bool = False
 
@@ -194,28 +213,28 @@ def parse_identifier(identifier: Dataset, model: str, *, pn_case_insensitive: bo
             if keyword == "ModalitiesInStudy":
                 modalities = tuple(v for v in value.split("\\") if v)
                 if modalities:  # a list of empty values matches universally (C.2.2.2.3)
-                    conditions.append(Condition(keyword, STUDY, "", "modalities", modalities))
+                    conditions.append(Condition(keyword, STUDY, "", Kind.MODALITIES, modalities))
             else:
                 unsupported.append(keyword)  # counts are answered, not matched on
             continue
         attr_level, column, vr = INDEXED_KEYS[keyword]
         if value == '""':  # empty value matching (C.2.2.2.1)
-            conditions.append(Condition(keyword, attr_level, column, "empty", ()))
+            conditions.append(Condition(keyword, attr_level, column, Kind.EMPTY, ()))
             continue
         ci = pn_case_insensitive and vr == "PN"
         if vr == "UI":
             uids = tuple(v.strip() for v in value.split("\\") if v.strip())
-            kind = "in" if len(uids) > 1 else "equal"
+            kind = Kind.IN if len(uids) > 1 else Kind.EQUAL
             conditions.append(Condition(keyword, attr_level, column, kind, uids))
         elif vr in RANGE_VRS and "-" in value:
             ranges[keyword] = _range(keyword, vr, value)
-            conditions.append(Condition(keyword, attr_level, column, "range", ranges[keyword]))
+            conditions.append(Condition(keyword, attr_level, column, Kind.RANGE, ranges[keyword]))
         elif vr in WILDCARD_VRS and ("*" in value or "?" in value):
             conditions.append(
-                Condition(keyword, attr_level, column, "like", (like_pattern(value),), ci)
+                Condition(keyword, attr_level, column, Kind.LIKE, (like_pattern(value),), ci)
             )
         else:
-            conditions.append(Condition(keyword, attr_level, column, "equal", (value,), ci))
+            conditions.append(Condition(keyword, attr_level, column, Kind.EQUAL, (value,), ci))
 
     # C.2.2.2.5.2: a date range and a time range of the same entity match as one datetime
     for date_kw, time_kw in DATE_TIME_PAIRS.items():
@@ -232,7 +251,7 @@ def parse_identifier(identifier: Dataset, model: str, *, pn_case_insensitive: bo
                     date_kw,
                     date_c.level,
                     f"{date_c.column}|{time_c.column}",
-                    "datetime_range",
+                    Kind.DATETIME_RANGE,
                     (lo, hi),
                 )
             )

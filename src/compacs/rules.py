@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from compacs.codecs.table import CODECS, RECOMPRESSORS, Codec, codec_for
@@ -144,10 +145,21 @@ def parse_idle(text: str) -> tuple[int, int]:
     return minutes[0], minutes[1]
 
 
+class When(StrEnum):
+    """When the policy compresses what arrives (``[compression] when``)."""
+
+    INGEST = "ingest"
+    """Before the C-STORE response, from the bytes still in memory."""
+    DEFERRED = "deferred"
+    """By the background workers, ``delay`` seconds after the instance is stored."""
+    OFF = "off"
+    """Not at all (``compacs compress`` still can)."""
+
+
 @dataclass(frozen=True)
 class Policy:
     rules: tuple[Rule, ...]
-    when: str = "deferred"
+    when: When = When.DEFERRED
     delay: float = 0.0
     workers: int = 2
     require_smaller: bool = True
@@ -182,7 +194,7 @@ class Policy:
     def verdict(self, facts: Mapping[str, Any]) -> Decision | str:
         """What to do with an instance, or why it is kept as it is (a reason without
         numbers of this instance, so that reasons can be counted)."""
-        if self.when == "off":
+        if self.when is When.OFF:
             return "compression off"
         if facts.get("photometric_interpretation") is None:
             return "not compressible: no image pixels"  # SR, PDF, waveforms

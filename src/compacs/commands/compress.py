@@ -9,6 +9,7 @@ from dataclasses import replace
 from compacs.admin.console import live
 from compacs.commands import options
 from compacs.config import Settings
+from compacs.rules import When
 
 NAME = "compress"
 HELP = "apply the compression policy to everything already stored"
@@ -58,8 +59,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     encoder = None
     try:
         policy = settings.policy
-        if policy.when == "off":
-            policy = replace(policy, when="deferred")  # an explicit command overrides 'off'
+        if policy.when is When.OFF:
+            policy = replace(policy, when=When.DEFERRED)  # an explicit command overrides 'off'
         workers = max(1, args.workers or policy.workers)
         # the node's mechanism: the CPU part in worker processes, so that GIL-holding
         # codecs (pyjpegls, RLE) and the Python parts of each job use every core
