@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
@@ -205,7 +205,7 @@ class Catalogue(Protocol):
     def instances(self) -> list[InstanceFacts]:
         """Every instance's facts (for ``compacs compress``)."""
 
-    def find(self, query: Query) -> Iterator[dict[str, Any]]:
+    def find(self, query: Query) -> Generator[dict[str, Any], None, None]:
         """C-FIND: the matches of ``query`` at its level, as index rows."""
 
     def matching_instances(self, query: Query) -> list[StoredInstance]:

@@ -21,7 +21,7 @@ failed until the node was restarted.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from compacs.index.base import IndexUnavailable
@@ -116,7 +116,7 @@ class PostgresIndex(SqlIndex):
                         conn.execute(statement)
                     conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
 
-    def find(self, query: Query) -> Iterator[dict[str, Any]]:
+    def find(self, query: Query) -> Generator[dict[str, Any], None, None]:
         """Rows for C-FIND, on a pooled connection held until the generator ends."""
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:

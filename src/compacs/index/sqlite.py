@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -103,7 +103,7 @@ class SqliteIndex(SqlIndex):
         finally:
             conn.close()
 
-    def find(self, query: Query) -> Iterator[dict[str, Any]]:
+    def find(self, query: Query) -> Generator[dict[str, Any], None, None]:
         try:
             conn = sqlite3.connect(self.path, timeout=30)  # a generator may outlive a turn
             conn.execute("PRAGMA case_sensitive_like=ON")

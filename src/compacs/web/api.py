@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 from compacs.activity import Activity
@@ -21,12 +21,20 @@ from compacs.config import Settings
 from compacs.dicom import part10
 from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
 from compacs.dicom.syntaxes import BY_UID, name_of
+from compacs.index import Catalogue, Reports
 from compacs.index.compression_state import CHANGED, reason_of
+from compacs.ingest import Ingest
+from compacs.storage import BlobStore
 from compacs.web import openapi, pages
 from compacs.web.queries import MAX_LIMIT, BadQuery, one, paging, search
 from compacs.web.render import RenderError, Window, preview_png
 
 Params = list[tuple[str, str]]
+
+
+class WebIndex(Catalogue, Reports, Protocol):
+    """The roles of the index the web pages, the REST API and DICOMweb use: what is
+    stored (searches, retrieves) and the reports (stats, sizes, charts)."""
 
 
 @dataclass
@@ -69,7 +77,12 @@ class App:
     """Every route of the web server, over the node's index, store and activity."""
 
     def __init__(
-        self, settings: Settings, index: Any, store: Any, activity: Activity, ingest: Any = None
+        self,
+        settings: Settings,
+        index: WebIndex,
+        store: BlobStore,
+        activity: Activity,
+        ingest: Ingest | None = None,
     ) -> None:
         self.settings, self.index, self.store, self.activity = settings, index, store, activity
         self.ingest = ingest  # STOW-RS stores through it (compacs.web.dicomweb.stow)

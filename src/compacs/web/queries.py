@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from compacs.dicom.attributes import IMAGE, INDEXED, LEVELS, PATIENT, SERIES, STUDY
+from compacs.index import Catalogue
 from compacs.query import INDEXED_KEYS, PATIENT_ROOT, QueryError, parse_identifier, tag_and_vr
 
 PAGING = ("limit", "offset")
@@ -176,7 +177,7 @@ def item(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def search(
-    index: Any,
+    index: Catalogue,
     level: str,
     params: list[tuple[str, str]],
     pn_case_insensitive: bool = True,
@@ -206,7 +207,7 @@ def search(
     }
 
 
-def one(index: Any, level: str, keyword: str, value: str) -> dict[str, Any] | None:
+def one(index: Catalogue, level: str, keyword: str, value: str) -> dict[str, Any] | None:
     """The entity whose unique key ``keyword`` is exactly ``value`` (no wildcards)."""
     if any(ch in value for ch in "*?\\"):
         return None

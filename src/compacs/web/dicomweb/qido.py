@@ -37,6 +37,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from compacs.dicom.attributes import IMAGE, LEVELS, SERIES, STUDY
+from compacs.index import Catalogue
 from compacs.query import DERIVED_KEYS, RESPONSE_CHARACTER_SET, identifier_dataset, tag_and_vr
 from compacs.web.queries import MAX_LIMIT, BadQuery, paging, search_keys
 from compacs.web.queries import search as search_page
@@ -246,7 +247,9 @@ def dataset(search: Search, item: dict[str, Any], service: str) -> Dataset:
     return identifier_dataset(sorted(elements))
 
 
-def run(index: Any, search: Search, service: str, *, pn_case_insensitive: bool = True) -> Found:
+def run(
+    index: Catalogue, search: Search, service: str, *, pn_case_insensitive: bool = True
+) -> Found:
     """The page of matches of ``search`` as DICOM JSON (PS3.18 F.2, through pydicom's
     ``to_json_dict``: PN as Alphabetic/Ideographic/Phonetic objects, IS/DS/US as numbers),
     and the Warning values to send with it. ``service``: the base URL of ``/dicom-web``."""

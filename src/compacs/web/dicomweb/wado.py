@@ -44,6 +44,7 @@ from compacs.codecs.transcode import VerificationFailed
 from compacs.dicom import part10
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY
 from compacs.dicom.syntaxes import NATIVE_SYNTAXES
+from compacs.index import Catalogue, StoredInstance
 from compacs.net.retrieve import NotAcceptable, target_syntax
 from compacs.query import STUDY_ROOT, parse_identifier
 
@@ -230,7 +231,9 @@ def frame_media_type(syntax: str) -> str:
 
 
 # -- the instances a path names ------------------------------------------------------------
-def select(index: Any, study: str, series: str | None, instance: str | None) -> list[dict]:
+def select(
+    index: Catalogue, study: str, series: str | None, instance: str | None
+) -> list[StoredInstance]:
     """The instances under the study/series/instance of a WADO-RS path, in the index's
     order; 404 when there are none (10.4.1.2)."""
     ds = Dataset()
