@@ -61,6 +61,8 @@ def one_run(browser, url: str) -> tuple[float, float, int]:
         viewport={"width": 1280, "height": 900},
         http_credentials={"username": "bench", "password": "bench-password"},
     )
+    # the user has confirmed OHIF's investigational-use notice for this session
+    context.add_init_script("sessionStorage.setItem('investigationalUseDialog', 'hidden')")
     page = context.new_page()
     frames: set[str] = set()
     done: dict[str, float] = {}

@@ -158,14 +158,22 @@ def browser():
         chromium.close()
 
 
-class Watched:
-    """A page with its console errors, uncaught exceptions and DICOMweb answers recorded."""
+# What OHIF's "investigational use" notice stores once the user has confirmed it for the
+# session (its InvestigationalUseDialog, option "always", OHIF's default, which compacs keeps)
+NOTICE_CONFIRMED = "sessionStorage.setItem('investigationalUseDialog', 'hidden')"
 
-    def __init__(self, browser, viewport=(1400, 900)) -> None:
+
+class Watched:
+    """A page with its console errors, uncaught exceptions and DICOMweb answers recorded;
+    unless ``fresh``, its session has confirmed OHIF's investigational-use notice."""
+
+    def __init__(self, browser, viewport=(1400, 900), fresh: bool = False) -> None:
         self.context = browser.new_context(
             viewport={"width": viewport[0], "height": viewport[1]},
             http_credentials={"username": USER, "password": PASSWORD},
         )
+        if not fresh:
+            self.context.add_init_script(NOTICE_CONFIRMED)
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.dicomweb: list[tuple[int, str, str]] = []
@@ -226,6 +234,18 @@ def _dismiss_tour(page) -> None:
     skip = page.get_by_text("Skip all")
     if skip.count():
         skip.first.click()
+
+
+def test_a_new_session_sees_ohifs_investigational_use_notice(ohif, browser):
+    """OHIF warns that it is not a cleared medical device; compacs does not hide that."""
+    watched = Watched(browser, fresh=True)
+    try:
+        watched.page.goto(ohif.base + "/")
+        notice = watched.page.get_by_text("investigational", exact=False)
+        notice.first.wait_for(timeout=PAINT_TIMEOUT_MS)
+        assert notice.count() >= 1
+    finally:
+        watched.close()
 
 
 def test_study_list_shows_the_studies_stored_in_compacs(ohif, browser):

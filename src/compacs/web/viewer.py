@@ -127,7 +127,6 @@ def app_config(name: str = "compacs") -> str:
         "showWarningMessageForCrossOrigin": False,  # same origin
         "showCPUFallbackMessage": True,
         "strictZSpacingForVolumeViewport": True,
-        "investigationalUseDialog": {"option": "never"},
         "maxNumRequests": {"interaction": 100, "thumbnail": 5, "prefetch": 25},
         "defaultDataSourceName": "dicomweb",
         "dataSources": [source],
