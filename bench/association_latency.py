@@ -31,7 +31,7 @@ from tests.conftest import (
     dcmtk_env,
     write_config,
 )
-from tests.latency import echo_ms, find_ms, idle_cpu
+from tests.support.latency import echo_ms, find_ms, idle_cpu
 
 from compacs.synthetic import ct_series
 from peers import StoreSCP  # bench/ is the working directory (see bench/README.md)

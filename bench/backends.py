@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.servers import S3_CREDENTIALS, PostgresServer, S3Server  # PYTHONPATH=..
+from tests.support.servers import S3_CREDENTIALS, PostgresServer, S3Server  # PYTHONPATH=..
 
 from compacs.synthetic import ct_series
 from peers import Compacs, cpu_seconds, send_folder

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.procfs import descendants, pss_kib
+from tests.support.procfs import descendants, pss_kib
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 

@@ -62,10 +62,10 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
-from tests.dcmtk import StoreOutcome, own_syntax_pairs, storescu, storescu_profile
-from tests.destination import Destination
-from tests.dicomfiles import FOLDERS, storage_files
-from tests.orthanc import OrthancPeer
+from tests.support.dcmtk import StoreOutcome, own_syntax_pairs, storescu, storescu_profile
+from tests.support.destination import Destination
+from tests.support.dicomfiles import FOLDERS, storage_files
+from tests.support.orthanc import OrthancPeer
 
 from compacs.codecs.work import Outcome, encode_best, to_peer_syntax
 from compacs.dicom import part10

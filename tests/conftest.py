@@ -237,7 +237,7 @@ def write_config(path: Path, text: str) -> Path:
 @pytest.fixture(scope="session")
 def postgres():
     """A real PostgreSQL server for the session; ``postgres.database()`` -> a fresh URL."""
-    from tests.servers import PostgresServer
+    from tests.support.servers import PostgresServer
 
     server = PostgresServer().start()
     yield server
@@ -247,7 +247,7 @@ def postgres():
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """A real S3 endpoint (SeaweedFS) for the session; ``s3.url()``."""
-    from tests.servers import S3_CREDENTIALS, S3Server
+    from tests.support.servers import S3_CREDENTIALS, S3Server
 
     os.environ.update(S3_CREDENTIALS)  # the nodes started by the tests inherit them
     server = S3Server(tmp_path_factory.mktemp("s3")).start()

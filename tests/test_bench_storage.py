@@ -10,7 +10,7 @@ from pydicom import dcmread
 from pydicom.uid import JPEGBaseline8Bit
 
 from tests.conftest import ROOT, require_dcmtk
-from tests.dicomfiles import by_name
+from tests.support.dicomfiles import by_name
 
 sys.path.insert(0, str(ROOT / "bench"))
 import storage_corpus as bench

@@ -28,7 +28,7 @@ from tests.conftest import (
     run_cli,
     write_config,
 )
-from tests.scu import association, send_datasets, status_of
+from tests.support.scu import association, send_datasets, status_of
 
 STATS_KEYS = {
     "patients",

@@ -34,9 +34,9 @@ from compacs.rules import DEFAULT_POLICY, RuleError, parse_rule
 from compacs.storage import FileStore
 from compacs.synthetic import ct_series
 from tests.conftest import NO_COMPRESSION, free_port, require_dcmtk, write_config
-from tests.dicomfiles import by_name, storage_files
-from tests.procfs import children, cpu_seconds
-from tests.scu import send_datasets, send_files
+from tests.support.dicomfiles import by_name, storage_files
+from tests.support.procfs import children, cpu_seconds
+from tests.support.scu import send_datasets, send_files
 
 LOSSLESS = [c for c in CODECS if c.lossless and c.encodes_pixels]
 

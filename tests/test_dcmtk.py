@@ -15,8 +15,8 @@ from pydicom import dcmread
 
 from compacs.dicom.status import Status
 from tests.conftest import ARTIFACTS, ROOT, dcmtk_env, echo, require_dcmtk
-from tests.dcmtk import own_syntax_pairs, storescu, storescu_profile
-from tests.dicomfiles import all_files, by_name, storage_files
+from tests.support.dcmtk import own_syntax_pairs, storescu, storescu_profile
+from tests.support.dicomfiles import all_files, by_name, storage_files
 from tests.test_store import EXPECTED_REFUSALS
 
 

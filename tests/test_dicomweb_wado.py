@@ -29,8 +29,8 @@ from compacs.codecs.transcode import transcode
 from compacs.synthetic import ct_series
 from compacs.web.dicomweb import wado
 from tests.conftest import dcmtk_env, require_dcmtk, web_node
-from tests.dicomfiles import DicomFile, by_name
-from tests.scu import send_datasets, send_files
+from tests.support.dicomfiles import DicomFile, by_name
+from tests.support.scu import send_datasets, send_files
 from tests.test_compression import stored_syntaxes, wait_for_pending_zero
 
 TOKEN = "wado-token-0123456789"

@@ -29,8 +29,8 @@ from compacs.codecs.convert import convert
 from compacs.dicom.status import Status
 from compacs.net.reactor_guard import keep_responses
 from tests.conftest import NodeProcess, require_dcmtk, write_config
-from tests.dicomfiles import DicomFile, by_name, storage_files
-from tests.scu import send_files
+from tests.support.dicomfiles import DicomFile, by_name, storage_files
+from tests.support.scu import send_files
 from tests.test_store import EXPECTED_REFUSALS, stored_path
 
 # the big endian files the node accepts (rtdose_expb*: their SOP Instance UIDs disagree)

@@ -32,8 +32,8 @@ from compacs.dicom.status import Status
 from compacs.rules import DEFAULT_POLICY, parse_rule
 from compacs.synthetic import ct_series
 from tests.conftest import NO_COMPRESSION, require_dcmtk, write_config
-from tests.dicomfiles import DicomFile, by_name
-from tests.scu import c_get, saved, send_files
+from tests.support.dicomfiles import DicomFile, by_name
+from tests.support.scu import c_get, saved, send_files
 from tests.test_compression import archive, ingest_file, run_jobs  # noqa: F401 (fixture)
 
 SIGNED_CT = ["693_UNCI.dcm", "693_UNCR.dcm", "mlut_18.dcm", "J2K_pixelrep_mismatch.dcm"]

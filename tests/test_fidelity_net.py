@@ -41,9 +41,9 @@ from tests.conftest import (
     require_dcmtk,
     write_config,
 )
-from tests.destination import Destination
-from tests.dicomfiles import by_name
-from tests.scu import send_datasets
+from tests.support.destination import Destination
+from tests.support.dicomfiles import by_name
+from tests.support.scu import send_datasets
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 SC_IMAGE = SecondaryCaptureImageStorage  # JPEG2000_UNC.dcm

@@ -25,8 +25,8 @@ from compacs.query import PATIENT_ROOT, parse_identifier
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
 from tests.conftest import NO_COMPRESSION, NodeProcess, require_dcmtk, write_config
-from tests.dcmtk import findscu_run
-from tests.scu import send_datasets
+from tests.support.dcmtk import findscu_run
+from tests.support.scu import send_datasets
 from tests.test_query import _new_instance
 
 ABSENT = None  # the instance has no Patient ID element at all

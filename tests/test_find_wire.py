@@ -44,7 +44,7 @@ from compacs.query import (
 )
 from compacs.synthetic import UID_ROOT, ct_series
 from tests.conftest import NO_COMPRESSION, dcmtk_env, require_dcmtk, write_config
-from tests.latency import associate, client
+from tests.support.latency import associate, client
 
 # -- the identifier encoder against pydicom's writer --------------------------------------
 

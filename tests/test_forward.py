@@ -20,9 +20,9 @@ from compacs.codecs.transcode import decompress
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
 from tests.conftest import NodeProcess, dcmtk_env, free_port, run_cli, write_config
-from tests.destination import UNCOMPRESSED, Destination
-from tests.proxy import CountingProxy
-from tests.scu import send_datasets
+from tests.support.destination import UNCOMPRESSED, Destination
+from tests.support.proxy import CountingProxy
+from tests.support.scu import send_datasets
 
 JLS = "1.2.840.10008.1.2.4.80"
 J2K = "1.2.840.10008.1.2.4.90"

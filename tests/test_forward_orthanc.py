@@ -17,8 +17,8 @@ from compacs.codecs.transcode import decompress
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
 from tests.conftest import NodeProcess, free_port, write_config
-from tests.orthanc import OrthancPeer
-from tests.scu import send_datasets
+from tests.support.orthanc import OrthancPeer
+from tests.support.scu import send_datasets
 from tests.test_forward import JLS, queue, wait_for
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from compacs.synthetic import ct_series
 from compacs.web.queries import search_keys
 from tests.conftest import NodeProcess, free_port, write_config
-from tests.scu import send_datasets
+from tests.support.scu import send_datasets
 
 TOKEN = "hardening-token-0123456789"
 SERIES_SIZE = 50

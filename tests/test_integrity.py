@@ -33,9 +33,9 @@ from tests.conftest import (
     run_cli,
     write_config,
 )
-from tests.dcmtk import own_syntax_pairs, storescu, storescu_profile
-from tests.dicomfiles import storage_files
-from tests.scu import association, dataset_bytes, send_datasets
+from tests.support.dcmtk import own_syntax_pairs, storescu, storescu_profile
+from tests.support.dicomfiles import storage_files
+from tests.support.scu import association, dataset_bytes, send_datasets
 from tests.test_store import EXPECTED_REFUSALS
 
 INGEST_JPEG_LS = '[compression]\nwhen = "ingest"\n'  # the default rule: JPEG-LS lossless

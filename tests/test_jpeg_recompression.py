@@ -32,8 +32,8 @@ from compacs.net.retrieve import target_syntax
 from compacs.net.storage_scu import preference
 from compacs.web.render import decode_frame, preview_png
 from tests.conftest import NodeProcess, require_dcmtk, write_config
-from tests.dicomfiles import DicomFile, by_name
-from tests.scu import send_files
+from tests.support.dicomfiles import DicomFile, by_name
+from tests.support.scu import send_files
 from tests.test_compression import stored_syntaxes, wait_for_pending_zero
 from tests.test_retrieve import StoreSCP, movescu
 

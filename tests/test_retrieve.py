@@ -24,8 +24,8 @@ from compacs.codecs.transcode import decompress
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
 from tests.conftest import dcmtk_env, echo, free_port, require_dcmtk, write_config
-from tests.dcmtk import findscu_run
-from tests.scu import send_datasets
+from tests.support.dcmtk import findscu_run
+from tests.support.scu import send_datasets
 
 # Each calling AE's images are stored in another syntax (see CONFIG): retrieval is
 # checked for every stored syntax.

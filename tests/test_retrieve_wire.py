@@ -39,7 +39,7 @@ from compacs.net.sender import EncodedDataSet, install
 from compacs.node import Node
 from compacs.synthetic import ct_series
 from tests.conftest import free_port
-from tests.scu import dataset_bytes, send_datasets, send_raw
+from tests.support.scu import dataset_bytes, send_datasets, send_raw
 from tests.test_retrieve import StoreSCP, archive, retrieve, study_of  # noqa: F401
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

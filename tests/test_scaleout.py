@@ -23,8 +23,8 @@ from compacs.index import open_index
 from compacs.storage import open_store
 from compacs.synthetic import ct_series
 from tests.conftest import NodeProcess, free_port, run_cli, write_config
-from tests.destination import Destination
-from tests.scu import send_datasets
+from tests.support.destination import Destination
+from tests.support.scu import send_datasets
 from tests.test_integrity import storescu_until, write_files
 
 
@@ -338,7 +338,7 @@ def test_500_associations_keep_postgresql_connections_bounded(postgres, tmp_path
 def test_the_node_recovers_by_itself_when_postgresql_restarts(tmp_path):
     """While the database is away stores are refused with 0xA700 (Out of Resources, as the
     README says), and once it is back the node stores and compresses again, no restart."""
-    from tests.servers import PostgresServer
+    from tests.support.servers import PostgresServer
 
     server = PostgresServer()
     if server.external:  # this test stops and starts the server: it needs its own

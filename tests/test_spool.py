@@ -16,8 +16,8 @@ import pydicom
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
 from tests.conftest import write_config
-from tests.proxy import HttpRequestCounter
-from tests.scu import send_datasets
+from tests.support.proxy import HttpRequestCounter
+from tests.support.scu import send_datasets
 from tests.test_scaleout import node_on, wait_settled
 
 

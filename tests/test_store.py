@@ -15,10 +15,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
 from tests.conftest import NO_COMPRESSION, dcmtk_env, echo, write_config
-from tests.dicomfiles import storage_files
-from tests.procfs import descendants
-from tests.scu import send_datasets, send_files
-from tests.strace import calls, traced
+from tests.support.dicomfiles import storage_files
+from tests.support.procfs import descendants
+from tests.support.scu import send_datasets, send_files
+from tests.support.strace import calls, traced
 
 # Files among the public test data that a careful archive must refuse, and why.
 # Each of these is a deliberately damaged fixture of pydicom's test suite.
