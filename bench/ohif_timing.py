@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import NodeProcess, free_port, write_config
+from tests.support.node import NodeProcess, free_port, write_config
 from tests.support.scu import send_datasets
 
 from compacs.synthetic import ct_series

@@ -10,7 +10,7 @@ share a SOP Instance UID (the same image in several encodings) get a fresh one, 
 server overwrites one with another.
 
 DCMTK storescu (TCP_NODELAY=1) sends each file in its own transfer syntax (one
-presentation context per SOP class and syntax, ``tests/dcmtk.storescu_profile``) to
+presentation context per SOP class and syntax, ``tests/support/dcmtk.storescu_profile``) to
 Orthanc with JPEG-LS ingest transcoding (``run.py``'s "orthanc-jls") and to compacs with
 its default policy; then ``compacs compress --archive`` applies the archive tier to what
 compacs stored (column "n/a" while the option does not exist). A file a server refuses,

@@ -30,7 +30,8 @@ from compacs.config import from_document
 from compacs.net.negotiation import ordered_contexts
 from compacs.net.server import build_ae, make_server
 from compacs.node import Node
-from tests.conftest import dcmtk_env, free_port, require_dcmtk
+from tests.support.dcmtk import dcmtk_env, require_dcmtk
+from tests.support.node import free_port
 from tests.support.strace import traced
 
 ASSOCIATIONS = 5

@@ -19,7 +19,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 from compacs.dicom.status import Status
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, echo, free_port, write_config
+from tests.support.node import NO_COMPRESSION, echo, free_port, write_config
 from tests.support.scu import association, dataset_bytes, send_datasets, send_raw, status_of
 
 

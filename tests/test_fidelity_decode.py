@@ -29,8 +29,9 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, NodeProcess, require_dcmtk, run_cli, write_config
+from tests.support.dcmtk import require_dcmtk
 from tests.support.dicomfiles import DicomFile, storage_files
+from tests.support.node import NO_COMPRESSION, NodeProcess, run_cli, write_config
 from tests.support.scu import send_datasets, send_files
 
 NATIVE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)

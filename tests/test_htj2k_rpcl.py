@@ -30,8 +30,8 @@ from compacs.codecs.transcode import VerificationFailed, transcode
 from compacs.dicom.status import Status
 from compacs.rules import parse_rule
 from compacs.synthetic import ct_series
-from tests.conftest import NodeProcess, write_config
 from tests.support.dicomfiles import by_name
+from tests.support.node import NodeProcess, write_config
 from tests.support.scu import c_get, send_datasets
 
 RPCL = "1.2.840.10008.1.2.4.202"

@@ -17,7 +17,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from compacs import __version__
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import ROOT, NodeProcess, echo, free_port, run_cli, write_config
+from tests.support.node import ROOT, NodeProcess, echo, free_port, run_cli, write_config
 from tests.support.scu import send_datasets
 
 

@@ -30,8 +30,8 @@ from compacs.net.guard import recv_whole
 from compacs.storage import FileStore, StorageFull, validate_key
 from compacs.storage.filesystem import IntentLog, unsettled
 from compacs.synthetic import ct_series
-from tests.conftest import ROOT
 from tests.support.dicomfiles import by_name, storage_files
+from tests.support.node import ROOT
 from tests.support.scu import dataset_bytes
 
 EXPLICIT = "1.2.840.10008.1.2.1"

@@ -32,9 +32,9 @@ from pynetdicom import evt
 
 from compacs.activity import Activity
 from compacs.synthetic import UID_ROOT, ct_series
-from tests.conftest import ARTIFACTS, NodeProcess, free_port, run_cli, write_config
 from tests.support.dcmtk import own_syntax_pairs, storescu, storescu_profile
 from tests.support.dicomfiles import by_name, storage_files
+from tests.support.node import ARTIFACTS, NodeProcess, free_port, run_cli, write_config
 from tests.support.scu import send_datasets, send_files
 
 CHROMIUM = "/usr/lib/chromium/chromium"
