@@ -24,14 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import (
-    NO_COMPRESSION,
-    NodeProcess,
-    PollingNode,
-    dcmtk_env,
-    write_config,
-)
-from tests.latency import echo_ms, find_ms, idle_cpu
+from tests.support.dcmtk import dcmtk_env
+from tests.support.latency import echo_ms, find_ms, idle_cpu
+from tests.support.node import NO_COMPRESSION, NodeProcess, PollingNode, write_config
 
 from compacs.synthetic import ct_series
 from peers import StoreSCP  # bench/ is the working directory (see bench/README.md)

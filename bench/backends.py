@@ -4,7 +4,7 @@ The same generated 200-slice CT series goes to a fresh compacs node with DCMTK s
 once per backend pair, ``--runs`` times; the medians of the acknowledgement rate and of
 the time until everything is stored compressed (``pending`` = 0) are printed as a
 markdown table with the ratio against the embedded default. PostgreSQL and the S3 server
-(SeaweedFS) are the real servers the test suite uses (tests/servers.py), on 127.0.0.1.
+(SeaweedFS) are the real servers the test suite uses (tests/support/servers.py), on 127.0.0.1.
 
     cd bench && PYTHONPATH=.. ../.venv/bin/python backends.py [--slices 200] [--runs 3]
 """
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.servers import S3_CREDENTIALS, PostgresServer, S3Server  # PYTHONPATH=..
+from tests.support.servers import S3_CREDENTIALS, PostgresServer, S3Server  # PYTHONPATH=..
 
 from compacs.synthetic import ct_series
 from peers import Compacs, cpu_seconds, send_folder

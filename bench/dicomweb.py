@@ -36,7 +36,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from tests.orthanc import OrthancPeer
+from tests.support.orthanc import OrthancPeer
 
 from compacs.synthetic import ct_series
 from peers import Compacs, free_port

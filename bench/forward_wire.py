@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from tests.proxy import CountingProxy  # the repository root is on PYTHONPATH (Makefile)
-from tests.scu import send_datasets
+from tests.support.proxy import CountingProxy  # the repository root is on PYTHONPATH (Makefile)
+from tests.support.scu import send_datasets
 
 from compacs.codecs.transcode import decompress
 from compacs.synthetic import ct_series

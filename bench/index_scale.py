@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.orthanc import OrthancPeer  # the repository root is on PYTHONPATH (Makefile)
+from tests.support.orthanc import OrthancPeer  # the repository root is on PYTHONPATH (Makefile)
 
 from compacs.index.sqlite import SqliteIndex
 from compacs.synthetic import UID_ROOT, ct_series

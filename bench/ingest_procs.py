@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.procfs import cpu_seconds, descendants, pss_kib
+from tests.support.procfs import cpu_seconds, descendants, pss_kib
 
 from compacs.synthetic import ct_series
 from ingest_series import free_port, wait_for_echo

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import NodeProcess, free_port, write_config
-from tests.scu import send_datasets
+from tests.support.node import NodeProcess, free_port, write_config
+from tests.support.scu import send_datasets
 
 from compacs.synthetic import ct_series
 from compacs.web.viewer import DEFAULT_DIR

@@ -1,5 +1,5 @@
 """The servers the benchmark compares, run on 127.0.0.1: compacs and DCMTK storescp.
-(Orthanc is driven by tests/orthanc.py.) Every DCMTK process gets TCP_NODELAY=1."""
+(Orthanc is driven by tests/support/orthanc.py.) Every DCMTK process gets TCP_NODELAY=1."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.procfs import descendants, pss_kib
+from tests.support.procfs import descendants, pss_kib
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 

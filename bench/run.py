@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from tests.orthanc import OrthancPeer  # the repository root is on PYTHONPATH (Makefile)
+from tests.support.orthanc import OrthancPeer  # the repository root is on PYTHONPATH (Makefile)
 
 from compacs.synthetic import ct_series
 from index_scale import index_scale

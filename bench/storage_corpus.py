@@ -10,7 +10,7 @@ share a SOP Instance UID (the same image in several encodings) get a fresh one, 
 server overwrites one with another.
 
 DCMTK storescu (TCP_NODELAY=1) sends each file in its own transfer syntax (one
-presentation context per SOP class and syntax, ``tests/dcmtk.storescu_profile``) to
+presentation context per SOP class and syntax, ``tests/support/dcmtk.storescu_profile``) to
 Orthanc with JPEG-LS ingest transcoding (``run.py``'s "orthanc-jls") and to compacs with
 its default policy; then ``compacs compress --archive`` applies the archive tier to what
 compacs stored (column "n/a" while the option does not exist). A file a server refuses,
@@ -62,10 +62,10 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
-from tests.dcmtk import StoreOutcome, own_syntax_pairs, storescu, storescu_profile
-from tests.destination import Destination
-from tests.dicomfiles import FOLDERS, storage_files
-from tests.orthanc import OrthancPeer
+from tests.support.dcmtk import StoreOutcome, own_syntax_pairs, storescu, storescu_profile
+from tests.support.destination import Destination
+from tests.support.dicomfiles import FOLDERS, storage_files
+from tests.support.orthanc import OrthancPeer
 
 from compacs.codecs.work import Outcome, encode_best, to_peer_syntax
 from compacs.dicom import part10

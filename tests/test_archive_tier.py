@@ -24,9 +24,10 @@ from compacs.dicom.status import Status
 from compacs.dicom.syntaxes import name_of
 from compacs.index import open_index
 from compacs.synthetic import ct_series
-from tests.conftest import NodeProcess, require_dcmtk, run_cli, write_config
-from tests.dicomfiles import DicomFile, by_name
-from tests.scu import c_get, saved, send_datasets, send_files
+from tests.support.dcmtk import require_dcmtk
+from tests.support.dicomfiles import DicomFile, by_name
+from tests.support.node import NodeProcess, run_cli, write_config
+from tests.support.scu import c_get, saved, send_datasets, send_files
 
 FILES = ["CT_small.dcm", "MR_small.dcm", "6154", "US1_UNCR.dcm"]  # 6154: a small CR
 SERIES = 8

@@ -30,8 +30,9 @@ from compacs.config import from_document
 from compacs.net.negotiation import ordered_contexts
 from compacs.net.server import build_ae, make_server
 from compacs.node import Node
-from tests.conftest import dcmtk_env, free_port, require_dcmtk
-from tests.strace import traced
+from tests.support.dcmtk import dcmtk_env, require_dcmtk
+from tests.support.node import free_port
+from tests.support.strace import traced
 
 ASSOCIATIONS = 5
 JPEG_LS, EXPLICIT = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.1"

@@ -19,8 +19,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 from compacs.dicom.status import Status
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, echo, free_port, write_config
-from tests.scu import association, dataset_bytes, send_datasets, send_raw, status_of
+from tests.support.node import NO_COMPRESSION, echo, free_port, write_config
+from tests.support.scu import association, dataset_bytes, send_datasets, send_raw, status_of
 
 
 def good_slice(seed: int = 1, size: int = 64):

@@ -9,8 +9,9 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.uid import JPEGBaseline8Bit
 
-from tests.conftest import ROOT, require_dcmtk
-from tests.dicomfiles import by_name
+from tests.support.dcmtk import require_dcmtk
+from tests.support.dicomfiles import by_name
+from tests.support.node import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import storage_corpus as bench

@@ -20,15 +20,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import (
-    NO_COMPRESSION,
-    ROOT,
-    echo,
-    require_dcmtk,
-    run_cli,
-    write_config,
-)
-from tests.scu import association, send_datasets, status_of
+from tests.support.dcmtk import require_dcmtk
+from tests.support.node import NO_COMPRESSION, ROOT, echo, run_cli, write_config
+from tests.support.scu import association, send_datasets, status_of
 
 STATS_KEYS = {
     "patients",

@@ -11,8 +11,8 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, StorageCommitme
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, free_port, write_config
-from tests.scu import send_datasets
+from tests.support.node import NO_COMPRESSION, free_port, write_config
+from tests.support.scu import send_datasets
 
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
 

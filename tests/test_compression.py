@@ -23,20 +23,25 @@ from compacs.codecs.table import CODECS, CodecUnavailable, codec_for
 from compacs.codecs.transcode import VerificationFailed, transcode
 from compacs.config import from_document
 from compacs.dicom.status import Status
-from compacs.index import Duplicates, IndexUnavailable
-from compacs.index.sqlite import SqliteIndex
-from compacs.ingest import Ingest, Received
+from compacs.index import IndexUnavailable
+from compacs.ingest import Received
 from compacs.jobs.compress import Compressor
 from compacs.jobs.pool import WorkerProcesses
 from compacs.jobs.workers import CompressionWorkers
 from compacs.node import Node
 from compacs.rules import DEFAULT_POLICY, RuleError, parse_rule
-from compacs.storage import FileStore
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, free_port, require_dcmtk, write_config
-from tests.dicomfiles import by_name, storage_files
-from tests.procfs import children, cpu_seconds
-from tests.scu import send_datasets, send_files
+from tests.support.dcmtk import require_dcmtk
+from tests.support.dicomfiles import by_name, storage_files
+from tests.support.in_process import (
+    fixture_archive,  # noqa: F401 (the archive fixture)
+    ingest_file,
+    run_jobs,
+)
+from tests.support.node import NO_COMPRESSION, free_port, write_config
+from tests.support.procfs import children, cpu_seconds
+from tests.support.scu import send_datasets, send_files
+from tests.support.stored import stored_syntaxes, wait_for_pending_zero
 
 LOSSLESS = [c for c in CODECS if c.lossless and c.encodes_pixels]
 
@@ -176,37 +181,6 @@ def test_rules_first_match_wins_and_lossy_needs_consent():
 
 
 # -- the compressor, in process (real files, real SQLite) -------------------------------
-@pytest.fixture
-def archive(tmp_path):
-    store = FileStore(tmp_path / "store")
-    index = SqliteIndex(tmp_path / "index.sqlite")
-    yield store, index
-    index.close()
-
-
-def ingest_file(store, index, data: bytes, policy=DEFAULT_POLICY) -> str:
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    raw = data[132 + 12 + int.from_bytes(data[140:144], "little") :]
-    outcome = Ingest(store, index, Duplicates.KEEP_FIRST, policy).receive(
-        Received(
-            raw,
-            str(ds.file_meta.TransferSyntaxUID),
-            str(ds.SOPClassUID),
-            str(ds.SOPInstanceUID),
-            "TEST",
-            "COMPACS",
-        )
-    )
-    assert outcome.ok, outcome
-    return str(ds.SOPInstanceUID)
-
-
-def run_jobs(store, index, policy=DEFAULT_POLICY):
-    compressor = Compressor(store, index, policy)
-    results = []
-    while jobs := index.claim_jobs("test", 10, time.time() + 1e6):
-        results += [compressor.process(j) for j in jobs]
-    return results
 
 
 def test_smallest_keeps_the_smallest_verified_encoding(archive):
@@ -357,19 +331,6 @@ def test_objects_without_compressible_pixels_get_no_job(archive):
 
 
 # -- end to end ----------------------------------------------------------------------------
-def stored_syntaxes(data_dir: Path) -> dict[str, str]:
-    with sqlite3.connect(data_dir / "index.sqlite") as conn:
-        return dict(conn.execute("SELECT sop_instance_uid, transfer_syntax_stored FROM instances"))
-
-
-def wait_for_pending_zero(node, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stats = node.stats()
-        if stats["pending"] == 0:
-            return stats
-        time.sleep(0.2)
-    raise AssertionError(f"pending did not reach 0: {stats}")
 
 
 def test_default_policy_compresses_in_the_background_bit_exact(node):

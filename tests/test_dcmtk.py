@@ -14,10 +14,15 @@ import numpy as np
 from pydicom import dcmread
 
 from compacs.dicom.status import Status
-from tests.conftest import ARTIFACTS, ROOT, dcmtk_env, echo, require_dcmtk
-from tests.dcmtk import own_syntax_pairs, storescu, storescu_profile
-from tests.dicomfiles import all_files, by_name, storage_files
-from tests.test_store import EXPECTED_REFUSALS
+from tests.support.dcmtk import (
+    dcmtk_env,
+    own_syntax_pairs,
+    require_dcmtk,
+    storescu,
+    storescu_profile,
+)
+from tests.support.dicomfiles import EXPECTED_REFUSALS, all_files, by_name, storage_files
+from tests.support.node import ARTIFACTS, ROOT, echo
 
 
 def test_echoscu(node):

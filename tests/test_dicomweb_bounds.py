@@ -19,9 +19,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
-from tests.conftest import web_node
-from tests.procfs import peak_rss_kib, read_chars, reset_peak_rss, rss_kib
-from tests.scu import send_datasets
+from tests.support.node import web_node
+from tests.support.procfs import peak_rss_kib, read_chars, reset_peak_rss, rss_kib
+from tests.support.scu import send_datasets
 
 TOKEN = "bounds-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -18,10 +18,10 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, free_port, web_node
-from tests.dicomfiles import by_name, storage_files
-from tests.orthanc import DICOMWEB_PLUGIN, OrthancPeer
-from tests.scu import send_datasets, send_files
+from tests.support.dicomfiles import by_name, storage_files
+from tests.support.node import NO_COMPRESSION, free_port, web_node
+from tests.support.orthanc import DICOMWEB_PLUGIN, OrthancPeer
+from tests.support.scu import send_datasets, send_files
 
 TOKEN = "qido-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -21,11 +21,12 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_windowing
 
-from tests.conftest import ARTIFACTS, dcmtk_env, free_port, require_dcmtk, web_node
-from tests.dicomfiles import DicomFile, by_name
-from tests.orthanc import DICOMWEB_PLUGIN, OrthancPeer
-from tests.scu import send_files
-from tests.test_compression import stored_syntaxes, wait_for_pending_zero
+from tests.support.dcmtk import dcmtk_env, require_dcmtk
+from tests.support.dicomfiles import DicomFile, by_name
+from tests.support.node import ARTIFACTS, free_port, web_node
+from tests.support.orthanc import DICOMWEB_PLUGIN, OrthancPeer
+from tests.support.scu import send_files
+from tests.support.stored import stored_syntaxes, wait_for_pending_zero
 
 TOKEN = "render-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -23,11 +23,11 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from compacs.synthetic import ct_series
-from tests.conftest import web_node
-from tests.dicomfiles import by_name
-from tests.scu import send_datasets
-from tests.test_compression import wait_for_pending_zero
-from tests.test_dicomweb_wado import dcmdjpls_pixels
+from tests.support.dcmtk import dcmdjpls_pixels
+from tests.support.dicomfiles import by_name
+from tests.support.node import web_node
+from tests.support.scu import send_datasets
+from tests.support.stored import wait_for_pending_zero
 
 TOKEN = "stow-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -28,10 +28,11 @@ from compacs.codecs.table import codec_for
 from compacs.codecs.transcode import transcode
 from compacs.synthetic import ct_series
 from compacs.web.dicomweb import wado
-from tests.conftest import dcmtk_env, require_dcmtk, web_node
-from tests.dicomfiles import DicomFile, by_name
-from tests.scu import send_datasets, send_files
-from tests.test_compression import stored_syntaxes, wait_for_pending_zero
+from tests.support.dcmtk import dcmdjpls_pixels, dcmtk_env, require_dcmtk
+from tests.support.dicomfiles import DicomFile, by_name
+from tests.support.node import web_node
+from tests.support.scu import send_datasets, send_files
+from tests.support.stored import stored_syntaxes, wait_for_pending_zero
 
 TOKEN = "wado-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -191,15 +192,6 @@ def same_pixels(received: Dataset, original: Dataset) -> None:
     """pydicom's own decoders on what came back, against the original's pixels."""
     assert received.SOPInstanceUID == original.SOPInstanceUID
     assert np.array_equal(received.pixel_array, original.pixel_array)
-
-
-def dcmdjpls_pixels(ds: Dataset, folder: Path) -> np.ndarray:
-    """DCMTK's dcmdjpls decodes a JPEG-LS Part 10 file; pydicom reads its native output."""
-    require_dcmtk()
-    src, out = folder / f"{ds.SOPInstanceUID}.jls.dcm", folder / f"{ds.SOPInstanceUID}.raw.dcm"
-    ds.save_as(src, enforce_file_format=True)
-    subprocess.run(["dcmdjpls", str(src), str(out)], check=True, env=dcmtk_env())
-    return pydicom.dcmread(out).pixel_array
 
 
 # -- retrieve: Part 10 files in multipart/related --------------------------------------------
@@ -606,7 +598,7 @@ def figures():
     """The matrix's rows, printed (``-s``) and kept in test-artifacts/ once every row ran."""
     rows: dict[str, tuple[int, int, int]] = {}
     yield rows
-    from tests.conftest import ARTIFACTS
+    from tests.support.node import ARTIFACTS
 
     lines = ["stored syntax | stored | found (QIDO) | retrieved bit-exact", "---|---|---|---"]
     lines += [f"{name} | {a} | {b} | {c}" for name, (a, b, c) in rows.items()]

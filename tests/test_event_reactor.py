@@ -24,9 +24,9 @@ from compacs.net import event_reactor
 from compacs.net.event_reactor import UnsupportedPynetdicom
 from compacs.net.server import build_ae
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, NodeProcess, PollingNode, write_config
-from tests.latency import associate, client, echo_ms, find_ms, idle_cpu
-from tests.scu import send_datasets
+from tests.support.latency import associate, client, echo_ms, find_ms, idle_cpu
+from tests.support.node import NO_COMPRESSION, NodeProcess, PollingNode, write_config
+from tests.support.scu import send_datasets
 
 TIMEOUTS = {"acse": 30, "dimse": 30, "network": 60}
 

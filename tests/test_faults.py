@@ -30,9 +30,10 @@ from compacs.ingest import Ingest, Received
 from compacs.storage import FileStore
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, echo, require_dcmtk, write_config
-from tests.procfs import children, cpu_seconds, descendants
-from tests.scu import association, dataset_bytes, send_datasets, status_of
+from tests.support.dcmtk import require_dcmtk
+from tests.support.node import NO_COMPRESSION, echo, write_config
+from tests.support.procfs import children, cpu_seconds, descendants
+from tests.support.scu import association, dataset_bytes, send_datasets, status_of
 
 
 def rows(data_dir: Path) -> dict[str, tuple[str, str]]:

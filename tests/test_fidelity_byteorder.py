@@ -28,10 +28,11 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 from compacs.codecs.convert import convert
 from compacs.dicom.status import Status
 from compacs.net.reactor_guard import keep_responses
-from tests.conftest import NodeProcess, require_dcmtk, write_config
-from tests.dicomfiles import DicomFile, by_name, storage_files
-from tests.scu import send_files
-from tests.test_store import EXPECTED_REFUSALS, stored_path
+from tests.support.dcmtk import require_dcmtk
+from tests.support.dicomfiles import EXPECTED_REFUSALS, DicomFile, by_name, storage_files
+from tests.support.node import NodeProcess, write_config
+from tests.support.scu import send_files
+from tests.support.stored import stored_path
 
 # the big endian files the node accepts (rtdose_expb*: their SOP Instance UIDs disagree)
 BIG_ENDIAN = [

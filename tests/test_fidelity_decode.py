@@ -29,9 +29,10 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, NodeProcess, require_dcmtk, run_cli, write_config
-from tests.dicomfiles import DicomFile, storage_files
-from tests.scu import send_datasets, send_files
+from tests.support.dcmtk import require_dcmtk
+from tests.support.dicomfiles import DicomFile, storage_files
+from tests.support.node import NO_COMPRESSION, NodeProcess, run_cli, write_config
+from tests.support.scu import send_datasets, send_files
 
 NATIVE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 JPEG_LS, JPEG_XL = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.110"

@@ -31,10 +31,15 @@ from compacs.codecs.transcode import VerificationFailed, _verify, decompress, tr
 from compacs.dicom.status import Status
 from compacs.rules import DEFAULT_POLICY, parse_rule
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, require_dcmtk, write_config
-from tests.dicomfiles import DicomFile, by_name
-from tests.scu import c_get, saved, send_files
-from tests.test_compression import archive, ingest_file, run_jobs  # noqa: F401 (fixture)
+from tests.support.dcmtk import require_dcmtk
+from tests.support.dicomfiles import DicomFile, by_name
+from tests.support.in_process import (
+    fixture_archive,  # noqa: F401 (the archive fixture)
+    ingest_file,
+    run_jobs,
+)
+from tests.support.node import NO_COMPRESSION, write_config
+from tests.support.scu import c_get, saved, send_files
 
 SIGNED_CT = ["693_UNCI.dcm", "693_UNCR.dcm", "mlut_18.dcm", "J2K_pixelrep_mismatch.dcm"]
 JPEG_LS = "1.2.840.10008.1.2.4.80"
@@ -208,7 +213,7 @@ def test_lossy_ratio_is_counted_on_the_stored_bytes(name, codec):
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (1, 1), (7, 5), (31, 33)])
-def test_jpeg_2000_lossy_encodes_small_images(archive, shape):  # noqa: F811
+def test_jpeg_2000_lossy_encodes_small_images(archive, shape):
     store, index = archive
     ds = next(ct_series(1, *shape, seed=3))
     buf = io.BytesIO()
@@ -237,7 +242,7 @@ def dciodvfy_errors(path: Path) -> list[str]:
     ]
 
 
-def test_enhanced_mr_derivation_is_refused_with_a_reason(archive, tmp_path):  # noqa: F811
+def test_enhanced_mr_derivation_is_refused_with_a_reason(archive, tmp_path):
     store, index = archive
     policy = lossy_policy(action="jpeg-2000-lossy", ratio=10)
     uid = ingest_file(store, index, by_name("emri_small.dcm").read_bytes(), policy)

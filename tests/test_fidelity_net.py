@@ -32,18 +32,11 @@ from compacs.dicom.syntaxes import (
     accepted_for_storage,
 )
 from compacs.synthetic import ct_series
-from tests.conftest import (
-    NO_COMPRESSION,
-    NodeProcess,
-    dcmtk_env,
-    echo,
-    free_port,
-    require_dcmtk,
-    write_config,
-)
-from tests.destination import Destination
-from tests.dicomfiles import by_name
-from tests.scu import send_datasets
+from tests.support.dcmtk import dcmtk_env, require_dcmtk
+from tests.support.destination import Destination
+from tests.support.dicomfiles import by_name
+from tests.support.node import NO_COMPRESSION, NodeProcess, echo, free_port, write_config
+from tests.support.scu import send_datasets
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 SC_IMAGE = SecondaryCaptureImageStorage  # JPEG2000_UNC.dcm

@@ -24,10 +24,10 @@ from compacs.index.sqlite import SqliteIndex
 from compacs.query import PATIENT_ROOT, parse_identifier
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, NodeProcess, require_dcmtk, write_config
-from tests.dcmtk import findscu_run
-from tests.scu import send_datasets
-from tests.test_query import _new_instance
+from tests.support.dcmtk import findscu_run, require_dcmtk
+from tests.support.node import NO_COMPRESSION, NodeProcess, write_config
+from tests.support.records import new_instance
+from tests.support.scu import send_datasets
 
 ABSENT = None  # the instance has no Patient ID element at all
 
@@ -253,7 +253,7 @@ def test_schema_3_is_migrated_to_one_patient_per_study_without_patient_id(
         more[0].StudyInstanceUID = "1.2.826.0.1.3680043.10.1010.13.1"
         more[1].StudyInstanceUID = "1.2.826.0.1.3680043.10.1010.13.2"
         for ds in more:
-            assert index.add_instance(_new_instance(ds), Duplicates.KEEP_FIRST).added
+            assert index.add_instance(new_instance(ds), Duplicates.KEEP_FIRST).added
         assert len([r for r in _patients(index) if not r["patient_id"]]) == len(EMPTY_ID) + 1
         assert [r["patient_name"] for r in _patients(index, PatientName="New^Person")] == [
             "New^Person"

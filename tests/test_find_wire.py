@@ -43,8 +43,9 @@ from compacs.query import (
     response_plan,
 )
 from compacs.synthetic import UID_ROOT, ct_series
-from tests.conftest import NO_COMPRESSION, dcmtk_env, require_dcmtk, write_config
-from tests.latency import associate, client
+from tests.support.dcmtk import dcmtk_env, require_dcmtk
+from tests.support.latency import associate, client
+from tests.support.node import NO_COMPRESSION, write_config
 
 # -- the identifier encoder against pydicom's writer --------------------------------------
 
@@ -250,7 +251,7 @@ def series(tmp_path_factory) -> tuple[Path, dict[str, Dataset]]:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory, series):
     """A node holding the series (compression off)."""
-    from tests.conftest import NodeProcess
+    from tests.support.node import NodeProcess
 
     require_dcmtk()
     work = tmp_path_factory.mktemp("node")

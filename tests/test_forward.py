@@ -1,17 +1,15 @@
 """The transcoding gateway: forward by rule through the durable queue (issue 6).
 
 Destinations are real SCPs on 127.0.0.1: DCMTK storescp, and a pynetdicom SCP that
-records every C-STORE (tests/destination.py), so that duplicates and order show.
+records every C-STORE (tests/support/destination.py), so that duplicates and order show.
 """
 
 from __future__ import annotations
 
 import json
 import signal
-import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 
 import numpy as np
 import pydicom
@@ -19,27 +17,15 @@ import pydicom
 from compacs.codecs.transcode import decompress
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import NodeProcess, dcmtk_env, free_port, run_cli, write_config
-from tests.destination import UNCOMPRESSED, Destination
-from tests.proxy import CountingProxy
-from tests.scu import send_datasets
+from tests.support.dcmtk import dcmtk_env
+from tests.support.destination import UNCOMPRESSED, Destination
+from tests.support.forwarding import JLS, queue, wait_for
+from tests.support.node import free_port, run_cli, write_config
+from tests.support.proxy import CountingProxy
+from tests.support.scu import send_datasets
 
-JLS = "1.2.840.10008.1.2.4.80"
 J2K = "1.2.840.10008.1.2.4.90"
 FAST_RETRIES = "[forwarding]\nretry_delay = 0.2\nretry_max_delay = 1.0\n"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.1)
-
-
-def queue(node: NodeProcess, *args: str) -> list[dict]:
-    result = node.cli("queue", "list", "--json", *args)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def pixels(ds: pydicom.Dataset) -> np.ndarray:

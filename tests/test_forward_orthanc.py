@@ -16,10 +16,10 @@ import pydicom
 from compacs.codecs.transcode import decompress
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import NodeProcess, free_port, write_config
-from tests.orthanc import OrthancPeer
-from tests.scu import send_datasets
-from tests.test_forward import JLS, queue, wait_for
+from tests.support.forwarding import JLS, queue, wait_for
+from tests.support.node import NodeProcess, free_port, write_config
+from tests.support.orthanc import OrthancPeer
+from tests.support.scu import send_datasets
 
 
 def test_forward_to_orthanc_with_storage_commitment_and_retention(tmp_path):

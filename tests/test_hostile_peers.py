@@ -34,10 +34,10 @@ from compacs.codecs.pixels import PixelInfo
 from compacs.codecs.streams import jxl_geometry
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, echo, free_port, write_config
-from tests.dicomfiles import all_files
-from tests.procfs import descendants
-from tests.scu import dataset_bytes, send_datasets, send_raw
+from tests.support.dicomfiles import all_files
+from tests.support.node import NO_COMPRESSION, echo, free_port, write_config
+from tests.support.procfs import descendants
+from tests.support.scu import dataset_bytes, send_datasets, send_raw
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 

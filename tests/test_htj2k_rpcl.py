@@ -30,9 +30,9 @@ from compacs.codecs.transcode import VerificationFailed, transcode
 from compacs.dicom.status import Status
 from compacs.rules import parse_rule
 from compacs.synthetic import ct_series
-from tests.conftest import NodeProcess, write_config
-from tests.dicomfiles import by_name
-from tests.scu import c_get, send_datasets
+from tests.support.dicomfiles import by_name
+from tests.support.node import NodeProcess, write_config
+from tests.support.scu import c_get, send_datasets
 
 RPCL = "1.2.840.10008.1.2.4.202"
 # signed 16 (CT_small, MR_small), RGB (US1), signed Bits Stored 14 (693), 10 frames (emri)

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from compacs.synthetic import ct_series
 from compacs.web.queries import search_keys
-from tests.conftest import NodeProcess, free_port, write_config
-from tests.scu import send_datasets
+from tests.support.node import NodeProcess, free_port, write_config
+from tests.support.scu import send_datasets
 
 TOKEN = "hardening-token-0123456789"
 SERIES_SIZE = 50
@@ -532,7 +532,7 @@ def test_port_0_serves_on_the_port_the_socket_got_and_stops():
 
 
 def test_a_taken_http_port_is_a_clear_refusal(tmp_path):
-    from tests.conftest import run_cli
+    from tests.support.node import run_cli
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]

@@ -25,18 +25,15 @@ from compacs.dicom.status import Status
 from compacs.ingest import storage_key
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
-from tests.conftest import (
-    NO_COMPRESSION,
-    NodeProcess,
-    dcmtk_env,
-    require_dcmtk,
-    run_cli,
-    write_config,
+from tests.support.dcmtk import (
+    own_syntax_pairs,
+    storescu,
+    storescu_profile,
+    storescu_until,
 )
-from tests.dcmtk import own_syntax_pairs, storescu, storescu_profile
-from tests.dicomfiles import storage_files
-from tests.scu import association, dataset_bytes, send_datasets
-from tests.test_store import EXPECTED_REFUSALS
+from tests.support.dicomfiles import EXPECTED_REFUSALS, storage_files, write_files
+from tests.support.node import NO_COMPRESSION, NodeProcess, run_cli, write_config
+from tests.support.scu import association, dataset_bytes, send_datasets
 
 INGEST_JPEG_LS = '[compression]\nwhen = "ingest"\n'  # the default rule: JPEG-LS lossless
 
@@ -163,39 +160,6 @@ def test_verify_without_an_index_is_a_usage_error(tmp_path):
 
 
 # -- crash recovery --------------------------------------------------------------------------
-def write_files(folder: Path, datasets: list[Dataset]) -> dict[Path, str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for n, ds in enumerate(datasets):
-        path = folder / f"{n:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        out[path] = str(ds.SOPInstanceUID)
-    return out
-
-
-def storescu_until(port: int, paths: list[Path], successes: int, then) -> list[Path]:
-    """Send ``paths`` with DCMTK storescu; call ``then()`` once ``successes`` files were
-    acknowledged; the files that got a Success response."""
-    require_dcmtk()
-    proc = subprocess.Popen(
-        ["storescu", "-v", "-nh", "-aec", "COMPACS", "127.0.0.1", str(port), *map(str, paths)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dcmtk_env(),
-    )
-    acknowledged: list[Path] = []
-    sending = None
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("I: Sending file: "):
-            sending = Path(line.removeprefix("I: Sending file: ").strip())
-        elif line.startswith("I: Received Store Response (Success") and sending:
-            acknowledged.append(sending)
-            if len(acknowledged) == successes:
-                then()
-    proc.wait(60)
-    return acknowledged
 
 
 def test_sigkill_during_ingest_loses_nothing_acknowledged(node_factory, tmp_path):

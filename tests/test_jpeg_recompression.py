@@ -31,11 +31,12 @@ from compacs.dicom.status import Status
 from compacs.net.retrieve import target_syntax
 from compacs.net.storage_scu import preference
 from compacs.web.render import decode_frame, preview_png
-from tests.conftest import NodeProcess, require_dcmtk, write_config
-from tests.dicomfiles import DicomFile, by_name
-from tests.scu import send_files
-from tests.test_compression import stored_syntaxes, wait_for_pending_zero
-from tests.test_retrieve import StoreSCP, movescu
+from tests.support.dcmtk import require_dcmtk
+from tests.support.dicomfiles import DicomFile, by_name
+from tests.support.node import NodeProcess, write_config
+from tests.support.retrieve import StoreSCP, movescu
+from tests.support.scu import send_files
+from tests.support.stored import stored_syntaxes, wait_for_pending_zero
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 RECOMPRESSED = "1.2.840.10008.1.2.4.111"

@@ -26,9 +26,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from tests.conftest import ARTIFACTS, ROOT, NodeProcess, free_port, write_config
-from tests.dicomfiles import storage_files
-from tests.scu import send_datasets
+from tests.support.dicomfiles import storage_files
+from tests.support.node import ARTIFACTS, ROOT, NodeProcess, free_port, write_config
+from tests.support.scu import send_datasets
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 BUILD = ROOT / ".cache" / "ohif" / "3.13.2"  # where `make ohif` puts the viewer

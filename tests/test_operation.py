@@ -17,8 +17,8 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from compacs import __version__
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import ROOT, NodeProcess, echo, free_port, run_cli, write_config
-from tests.scu import send_datasets
+from tests.support.node import ROOT, NodeProcess, echo, free_port, run_cli, write_config
+from tests.support.scu import send_datasets
 
 
 def test_check_config_accepts_the_example_and_names_what_is_wrong(tmp_path):

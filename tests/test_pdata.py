@@ -17,10 +17,10 @@ from pynetdicom.pdu import P_DATA_TF
 from compacs.dicom.status import Status
 from compacs.net.pdata import WireBytes, wire_batches
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, NodeProcess, write_config
-from tests.scu import send_datasets
-from tests.strace import traced
-from tests.test_retrieve import StoreSCP, movescu
+from tests.support.node import NO_COMPRESSION, NodeProcess, write_config
+from tests.support.retrieve import StoreSCP, movescu
+from tests.support.scu import send_datasets
+from tests.support.strace import traced
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 
-from compacs.dicom.attributes import extract
 from compacs.dicom.status import Status
-from compacs.index import Duplicates, NewInstance, open_index
+from compacs.index import Duplicates, open_index
 from compacs.index.sqlite import SqliteIndex
 from compacs.query import (
     PATIENT_ROOT,
@@ -30,8 +29,8 @@ from compacs.query import (
     response_identifier,
 )
 from compacs.synthetic import ct_series
+from tests.support.records import new_instance
 
-EXPLICIT = "1.2.840.10008.1.2.1"
 ROOT = "1.2.826.0.1.3680043.10.1010.77."
 ALL_STUDIES = frozenset(f"S{n}" for n in range(1, 10))
 
@@ -117,20 +116,6 @@ SOP_LABEL = {
 }
 
 
-def _new_instance(ds: Dataset) -> NewInstance:
-    return NewInstance(
-        attributes=extract(ds),
-        storage_key=f"k/{ds.SOPInstanceUID}.dcm",
-        transfer_syntax=EXPLICIT,
-        bytes_received=100,
-        bytes_stored=100,
-        sha256="0" * 64,
-        calling_ae="A",
-        called_ae="COMPACS",
-        received_at="2026-01-01T00:00:00+00:00",
-    )
-
-
 def _datasets() -> Iterator[Dataset]:
     seed = 0
     for study, spec in STUDIES.items():
@@ -171,7 +156,7 @@ def index(request, tmp_path_factory) -> Iterator[SqliteIndex]:
         idx = open_index(request.getfixturevalue("postgres").database())
     try:
         for ds in _datasets():
-            assert idx.add_instance(_new_instance(ds), Duplicates.KEEP_FIRST).added
+            assert idx.add_instance(new_instance(ds), Duplicates.KEEP_FIRST).added
         yield idx
     finally:
         idx.close()

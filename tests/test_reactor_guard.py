@@ -20,7 +20,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from compacs.net.reactor_guard import keep_responses
 from compacs.synthetic import ct_series
-from tests.scu import status_of
+from tests.support.scu import status_of
 
 
 class SlowCheckpoint(threading.Event):

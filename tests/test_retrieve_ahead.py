@@ -35,11 +35,12 @@ from compacs.dicom.status import Status
 from compacs.net import sender
 from compacs.net.sender import EncodedDataSet
 from compacs.synthetic import ct_series
-from tests.conftest import NodeProcess, dcmtk_env, require_dcmtk, write_config
-from tests.dicomfiles import by_name
-from tests.procfs import cpu_seconds, descendants
-from tests.scu import send_datasets
-from tests.test_retrieve import StoreSCP, c_move, c_move_cancelled, movescu, retrieve
+from tests.support.dcmtk import dcmtk_env, require_dcmtk
+from tests.support.dicomfiles import by_name
+from tests.support.node import NodeProcess, write_config
+from tests.support.procfs import cpu_seconds, descendants
+from tests.support.retrieve import StoreSCP, c_move, c_move_cancelled, movescu, retrieve
+from tests.support.scu import send_datasets
 
 JLS = "1.2.840.10008.1.2.4.80"
 EXPLICIT = "1.2.840.10008.1.2.1"

@@ -38,9 +38,14 @@ from compacs.net.pdata import message_batches
 from compacs.net.sender import EncodedDataSet, install
 from compacs.node import Node
 from compacs.synthetic import ct_series
-from tests.conftest import free_port
-from tests.scu import dataset_bytes, send_datasets, send_raw
-from tests.test_retrieve import StoreSCP, archive, retrieve, study_of  # noqa: F401
+from tests.support.node import free_port
+from tests.support.retrieve import (
+    StoreSCP,
+    fixture_archive,  # noqa: F401 (the archive fixture)
+    retrieve,
+    study_of,
+)
+from tests.support.scu import dataset_bytes, send_datasets, send_raw
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -303,7 +308,7 @@ def _counts(output: str) -> list[tuple[str, ...]]:
     return out
 
 
-def test_movescu_reads_every_pending_count_and_the_final_response(archive):  # noqa: F811
+def test_movescu_reads_every_pending_count_and_the_final_response(archive):
     """Pending responses written by hand: DCMTK movescu reads remaining/completed/failed/
     warning counts that step by one per sub-operation (PS3.4 C.4.2.1.3), then the final
     Success with the completed count (C.4.2.3.1), and storescp holds the stored bytes."""

@@ -1,5 +1,5 @@
 """Scale-out (issue 8): nodes sharing a real PostgreSQL index and a real S3 bucket
-(SeaweedFS), started by the test setup (tests/servers.py)."""
+(SeaweedFS), started by the test setup (tests/support/servers.py)."""
 
 from __future__ import annotations
 
@@ -22,30 +22,16 @@ from compacs.dicom.status import Status
 from compacs.index import open_index
 from compacs.storage import open_store
 from compacs.synthetic import ct_series
-from tests.conftest import NodeProcess, free_port, run_cli, write_config
-from tests.destination import Destination
-from tests.scu import send_datasets
-from tests.test_integrity import storescu_until, write_files
+from tests.support.dcmtk import storescu_until
+from tests.support.destination import Destination
+from tests.support.dicomfiles import write_files
+from tests.support.node import NodeProcess, free_port, run_cli
+from tests.support.scaleout import node_on, wait_settled
+from tests.support.scu import send_datasets
 
 
 def shared(postgres, s3) -> tuple[str, str]:
     return postgres.database(), s3.url()
-
-
-SPOOL_HOLD = "spool_hold_seconds = 2"
-"""Any node may claim a compression job, also for an original another node holds in its
-spool (storage/spool) until it compresses it or ``spool_hold_seconds`` (default 30) pass:
-such a job, and a C-MOVE of that instance from another node, wait for the hold. The tests
-hold 2 s: the same path, without 30 s waited out in each test."""
-
-
-def node_on(
-    tmp_path, name: str, index: str, store: str, *extra: str, storage: str = SPOOL_HOLD
-) -> NodeProcess:
-    """A node on the shared ``index`` and ``store``, with ``storage`` as its [storage]."""
-    config = write_config(tmp_path / f"{name}-{free_port()}.toml", f"[storage]\n{storage}\n")
-    extra_args = ("--index", index, "--store", store, "--config", str(config), *extra)
-    return NodeProcess(tmp_path / name, extra_args=extra_args)
 
 
 def find_study_uids(node: NodeProcess, patient_id: str) -> list[str]:
@@ -77,22 +63,6 @@ def move_study(node: NodeProcess, study_uid: str, destination: str) -> int:
     )
     assoc.release()
     return int(responses[-1][0].Status)
-
-
-def wait_settled(index_url: str, count: int, timeout: float = 120, compressed: bool = True) -> dict:
-    """The index's stats once ``count`` instances are in (and, with ``compressed``, none
-    is waiting for compression), or when ``timeout`` ran out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        index = open_index(index_url)
-        try:
-            stats = index.stats()
-        finally:
-            index.close()
-        done = stats["instances"] >= count and (stats["pending"] == 0 or not compressed)
-        if done or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.3)
 
 
 def consistent(index_url: str, store_url: str, timeout: float = 60) -> tuple[int, int]:
@@ -338,7 +308,7 @@ def test_500_associations_keep_postgresql_connections_bounded(postgres, tmp_path
 def test_the_node_recovers_by_itself_when_postgresql_restarts(tmp_path):
     """While the database is away stores are refused with 0xA700 (Out of Resources, as the
     README says), and once it is back the node stores and compresses again, no restart."""
-    from tests.servers import PostgresServer
+    from tests.support.servers import PostgresServer
 
     server = PostgresServer()
     if server.external:  # this test stops and starts the server: it needs its own

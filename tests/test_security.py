@@ -24,8 +24,9 @@ from pynetdicom.sop_class import (
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import NodeProcess, dcmtk_env, write_config
-from tests.scu import send_datasets
+from tests.support.dcmtk import dcmtk_env
+from tests.support.node import NodeProcess, write_config
+from tests.support.scu import send_datasets
 
 NOT_AUTHORIZED = 0x0124
 

@@ -15,10 +15,10 @@ import pydicom
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import write_config
-from tests.proxy import HttpRequestCounter
-from tests.scu import send_datasets
-from tests.test_scaleout import node_on, wait_settled
+from tests.support.node import write_config
+from tests.support.proxy import HttpRequestCounter
+from tests.support.scaleout import node_on, wait_settled
+from tests.support.scu import send_datasets
 
 
 def bucket_objects(s3, store_url: str) -> dict[str, bytes]:
@@ -108,7 +108,7 @@ def test_the_object_store_away_stores_go_on_into_the_spool(postgres, tmp_path):
     """S3 unreachable: C-STORE still answers Success, because the object is durable in
     the spool (read back by pydicom from the node's disk); the upload is retried and
     logged, and the object waits on disk for the store to come back."""
-    from tests.conftest import free_port
+    from tests.support.node import free_port
 
     index_url = postgres.database()
     store_url = f"s3://compacs/archive?endpoint=http://127.0.0.1:{free_port()}"  # nobody there

@@ -14,52 +14,13 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from compacs.dicom.status import Status
 from compacs.synthetic import ct_series
-from tests.conftest import NO_COMPRESSION, dcmtk_env, echo, write_config
-from tests.dicomfiles import storage_files
-from tests.procfs import descendants
-from tests.scu import send_datasets, send_files
-from tests.strace import calls, traced
-
-# Files among the public test data that a careful archive must refuse, and why.
-# Each of these is a deliberately damaged fixture of pydicom's test suite.
-EXPECTED_REFUSALS = {
-    # (0008,0018) in the data set differs from the file meta / request UID
-    "badVR.dcm": Status.DATASET_MISMATCH,
-    "rtdose.dcm": Status.DATASET_MISMATCH,
-    "rtdose_1frame.dcm": Status.DATASET_MISMATCH,
-    "rtdose_expb.dcm": Status.DATASET_MISMATCH,
-    "rtdose_expb_1frame.dcm": Status.DATASET_MISMATCH,
-    "rtplan.dcm": Status.DATASET_MISMATCH,
-    # no Study Instance UID: codec fixtures stripped to the pixel module
-    "JPEGLSNearLossless_08.dcm": Status.INVALID_UID,
-    "JPEGLSNearLossless_16.dcm": Status.INVALID_UID,
-    "SC_rgb_jls_lossy_line.dcm": Status.INVALID_UID,
-    "SC_rgb_jls_lossy_sample.dcm": Status.INVALID_UID,
-    # UIDs replaced by SHA-256 hex strings (anonymised upload): not UIDs (PS3.5 9.1)
-    "bad_sequence.dcm": Status.INVALID_UID,
-    # pixel data shorter than declared / encapsulation without its delimiter
-    "MR_truncated.dcm": Status.CANNOT_UNDERSTAND,
-    "emri_small_jpeg_2k_lossless_too_short.dcm": Status.CANNOT_UNDERSTAND,
-    "rtplan_truncated.dcm": Status.CANNOT_UNDERSTAND,
-    # an Implicit VR data set labelled Explicit VR Little Endian (DCMTK cannot read it
-    # either): stored under that label it would be unreadable to peers
-    "SC_rgb_jpeg.dcm": Status.CANNOT_UNDERSTAND,
-}
-
-
-def index_row(data_dir: Path, sop_instance_uid: str) -> tuple | None:
-    with sqlite3.connect(data_dir / "index.sqlite") as conn:
-        return conn.execute(
-            "SELECT storage_key, transfer_syntax_received, transfer_syntax_stored, sha256 "
-            "FROM instances WHERE sop_instance_uid = ?",
-            (sop_instance_uid,),
-        ).fetchone()
-
-
-def stored_path(data_dir: Path, sop_instance_uid: str) -> Path:
-    row = index_row(data_dir, sop_instance_uid)
-    assert row is not None, f"{sop_instance_uid} is not indexed"
-    return data_dir / "store" / row[0]
+from tests.support.dcmtk import dcmtk_env
+from tests.support.dicomfiles import EXPECTED_REFUSALS, storage_files
+from tests.support.node import NO_COMPRESSION, echo, write_config
+from tests.support.procfs import descendants
+from tests.support.scu import send_datasets, send_files
+from tests.support.stored import index_row, stored_path
+from tests.support.strace import calls, traced
 
 
 def body(path: Path) -> bytes:

@@ -32,10 +32,10 @@ from pynetdicom import evt
 
 from compacs.activity import Activity
 from compacs.synthetic import UID_ROOT, ct_series
-from tests.conftest import ARTIFACTS, NodeProcess, free_port, run_cli, write_config
-from tests.dcmtk import own_syntax_pairs, storescu, storescu_profile
-from tests.dicomfiles import by_name, storage_files
-from tests.scu import send_datasets, send_files
+from tests.support.dcmtk import own_syntax_pairs, storescu, storescu_profile
+from tests.support.dicomfiles import by_name, storage_files
+from tests.support.node import ARTIFACTS, NodeProcess, free_port, run_cli, write_config
+from tests.support.scu import send_datasets, send_files
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 PUBLIC = (
@@ -353,7 +353,7 @@ def test_stats_equal_the_command_line_and_show_activity(archive):
 
 def test_a_failed_store_is_a_recent_error(archive):
     node, http = archive
-    from tests.scu import send_raw
+    from tests.support.scu import send_raw
 
     bad = send_raw(
         node.port, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1", b"\x08"

@@ -15,7 +15,7 @@ from pynetdicom import AE, _config, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from compacs.net.reactor_guard import keep_responses
-from tests.dicomfiles import DicomFile
+from tests.support.dicomfiles import DicomFile
 
 
 def storage_ae(calling: str = "STORESCU", timeout: float = 60) -> AE:

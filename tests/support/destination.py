@@ -12,7 +12,7 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import StoragePresentationContexts
 
 from compacs.dicom.syntaxes import accepted_for_storage
-from tests.conftest import free_port
+from tests.support.node import free_port
 
 UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 

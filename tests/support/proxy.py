@@ -6,7 +6,7 @@ import contextlib
 import socket
 import threading
 
-from tests.conftest import free_port
+from tests.support.node import free_port
 
 
 def _shut(*sockets: socket.socket) -> None:

@@ -12,7 +12,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from compacs.net.event_reactor import event_driven_on_open
-from tests.conftest import NodeProcess, cpu_seconds
+from tests.support.node import NodeProcess
+from tests.support.procfs import cpu_seconds
 
 
 def client(*contexts: str, timeout: float = 30) -> AE:

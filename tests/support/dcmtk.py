@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pydicom
+import pytest
 from pydicom import dcmread
-
-from tests.conftest import dcmtk_env, require_dcmtk
+from pydicom.dataset import Dataset
 
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2")
+
+
+def dcmtk_env() -> dict[str, str]:
+    """DCMTK tools stall ~40 ms per message on Nagle's algorithm without TCP_NODELAY."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def require_dcmtk() -> None:
+    if shutil.which("storescu") is None:
+        pytest.fail("DCMTK is not installed: run the suite with `make test`, which installs it")
 
 
 def storescu_profile(path: Path, pairs: Sequence[tuple[str, str]]) -> Path:
@@ -122,3 +136,39 @@ def findscu_run(node, *options: str, keys: Sequence[str] = ()) -> subprocess.Com
     )
     assert result.returncode == 0, result.stderr[-1500:]
     return result
+
+
+def storescu_until(
+    port: int, paths: list[Path], successes: int, then: Callable[[], object]
+) -> list[Path]:
+    """Send ``paths`` with DCMTK storescu; call ``then()`` once ``successes`` files were
+    acknowledged; the files that got a Success response."""
+    require_dcmtk()
+    proc = subprocess.Popen(
+        ["storescu", "-v", "-nh", "-aec", "COMPACS", "127.0.0.1", str(port), *map(str, paths)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dcmtk_env(),
+    )
+    acknowledged: list[Path] = []
+    sending = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("I: Sending file: "):
+            sending = Path(line.removeprefix("I: Sending file: ").strip())
+        elif line.startswith("I: Received Store Response (Success") and sending:
+            acknowledged.append(sending)
+            if len(acknowledged) == successes:
+                then()
+    proc.wait(60)
+    return acknowledged
+
+
+def dcmdjpls_pixels(ds: Dataset, folder: Path) -> np.ndarray:
+    """DCMTK's dcmdjpls decodes a JPEG-LS Part 10 file; pydicom reads its native output."""
+    require_dcmtk()
+    src, out = folder / f"{ds.SOPInstanceUID}.jls.dcm", folder / f"{ds.SOPInstanceUID}.raw.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    subprocess.run(["dcmdjpls", str(src), str(out)], check=True, env=dcmtk_env())
+    return pydicom.dcmread(out).pixel_array

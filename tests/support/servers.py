@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.support.node import free_port
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "compacs-test", "AWS_SECRET_ACCESS_KEY": "compacs-test"}
 
