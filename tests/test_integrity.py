@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (
 from compacs.dicom.attributes import INDEXED
 from compacs.dicom.part10 import file_header
 from compacs.dicom.status import Status
-from compacs.ingest import storage_key
+from compacs.storage import storage_key
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
 from tests.conftest import (

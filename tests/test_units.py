@@ -25,9 +25,8 @@ from compacs.dicom.uids import InvalidUID, is_valid_uid, require_uid
 from compacs.index import Duplicates, IndexUnavailable, NewInstance
 from compacs.index.group_commit import GroupCommitter
 from compacs.index.sqlite import SqliteIndex
-from compacs.ingest import storage_key
 from compacs.net.guard import recv_whole
-from compacs.storage import FileStore, StorageFull, validate_key
+from compacs.storage import FileStore, StorageFull, storage_key, validate_key
 from compacs.storage.filesystem import IntentLog, unsettled
 from compacs.synthetic import ct_series
 from tests.conftest import ROOT
