@@ -67,10 +67,10 @@ def _tm(column: str) -> str:
 
 class CatalogueStatements(Statements):
     """Mixed into :class:`~compacs.index.sql.statements.SqlStatements`, which provides the
-    queueing of a new instance's compression job and deliveries (``_queue_job``,
+    queueing of a new instance's compression job and deliveries (``queue_job``,
     ``queue_forwards``)."""
 
-    _queue_job: Callable[[Any, NewInstance], None]
+    queue_job: Callable[[Any, NewInstance], None]
     queue_forwards: Callable[[Any, int, Sequence[Forward]], None]
 
     # -- add ---------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class CatalogueStatements(Statements):
                 [values[c] for c in columns],
             )
             if cur.rowcount == 1:
-                self._queue_job(cur, inst)
+                self.queue_job(cur, inst)
                 self._queue_forwards(cur, inst)
                 return AddResult(added=True)
             # another node indexed it since our look-up (shared index): a duplicate
@@ -208,7 +208,7 @@ class CatalogueStatements(Statements):
             [*values.values(), pk],
         )
         cur.execute(self._q("DELETE FROM jobs WHERE instance_fk = ?"), (pk,))
-        self._queue_job(cur, inst)
+        self.queue_job(cur, inst)
         self._queue_forwards(cur, inst)
         if old_series_pk != series_pk:
             self._prune_series(cur, old_series_pk)

@@ -25,9 +25,10 @@ FROM = {
 
 def alias_of(level: str, query_level: str) -> str:
     """The table alias of ``level``'s attributes in a query at ``query_level``. Below the
-    Patient level a patient attribute is the study's own (:data:`STUDY_PATIENT_COLUMNS`):
-    a study is matched on, and answered with, what its instances say (PS3.4 C.6.2.1 makes
-    them Study level keys in Study Root; Patient Root's lower levels answer the same)."""
+    Patient level a patient attribute is the study's own
+    (:data:`~compacs.index.schema.STUDY_PATIENT_COLUMNS`): a study is matched on, and
+    answered with, what its instances say (PS3.4 C.6.2.1 makes them Study level keys in
+    Study Root; Patient Root's lower levels answer the same)."""
     if level == PATIENT and query_level != PATIENT:
         return ALIAS[STUDY]
     return ALIAS[level]

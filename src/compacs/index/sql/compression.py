@@ -17,7 +17,11 @@ never restarted) may be taken by another node."""
 
 
 class CompressionStatements(Statements):
-    def _queue_job(self, cur: Any, inst: NewInstance) -> None:
+    """The ``jobs`` rows: one per instance waiting for its compression (or archive tier)."""
+
+    def queue_job(self, cur: Any, inst: NewInstance) -> None:
+        """Queue a just-indexed instance's compression job, when its policy asks for one
+        (same transaction as its row)."""
         if inst.compress_after is None:
             return
         cur.execute(
