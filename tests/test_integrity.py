@@ -19,10 +19,12 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from compacs.dicom.attributes import INDEXED
+from compacs.dicom.attributes import INDEXED, extract
 from compacs.dicom.part10 import file_header
 from compacs.dicom.status import Status
-from compacs.ingest import storage_key
+from compacs.index import Duplicates, NewInstance, open_index
+from compacs.index.sqlite import sqlite_url
+from compacs.storage import storage_key
 from compacs.storage.base import OWNER_KEY
 from compacs.synthetic import ct_series
 from tests.support.dcmtk import (
@@ -372,6 +374,49 @@ def test_reindex_gives_back_the_index_compression_off(node_factory, tmp_path):
 
 def test_reindex_gives_back_the_index_compression_jpeg_ls(node_factory, tmp_path):
     check_reindex(node_factory, tmp_path, "ingest")
+
+
+def test_the_index_bulk_loader_leaves_the_whole_index_in_its_file(tmp_path):
+    """reindex loads through the index's own entry point (``Catalogue.loader``, issue 18),
+    not the backend's statements on a driver connection of its own: what it loaded is in
+    the file itself when the load ends (read by SQLite alone, ignoring any WAL), with the
+    second copy of an instance replacing the first and the store's identity adopted."""
+    path = tmp_path / "loaded.sqlite"
+    series = list(ct_series(3, 8, 8, seed=181))
+
+    def new(ds: Dataset, key: str) -> NewInstance:
+        return NewInstance(
+            attributes=extract(ds),
+            storage_key=key,
+            transfer_syntax=ExplicitVRLittleEndian,
+            bytes_received=10,
+            bytes_stored=10,
+            sha256="0" * 64,
+            calling_ae="A",
+            called_ae="COMPACS",
+            received_at="2026-01-01T00:00:00+00:00",
+        )
+
+    index = open_index(sqlite_url(path))
+    try:
+        with index.loader() as load:
+            load.adopt_identity("the-store-owner")
+            first = [(new(ds, f"k/{n}.dcm"), Duplicates.KEEP_FIRST) for n, ds in enumerate(series)]
+            assert [r.added for r in load.add(first)] == [True] * 3
+            again = load.add([(new(series[0], "k/again.dcm"), Duplicates.REPLACE)])
+            assert again[0].obsolete_key == "k/0.dcm"
+    finally:
+        index.close()
+    assert not Path(f"{path}-wal").exists()
+    with closing(sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True)) as conn:
+        keys = dict(conn.execute("SELECT sop_instance_uid, storage_key FROM instances"))
+        owner = conn.execute("SELECT index_id FROM index_identity").fetchall()
+    assert keys == {
+        str(series[0].SOPInstanceUID): "k/again.dcm",
+        str(series[1].SOPInstanceUID): "k/1.dcm",
+        str(series[2].SOPInstanceUID): "k/2.dcm",
+    }
+    assert owner == [("the-store-owner",)]
 
 
 def test_a_store_belongs_to_one_index(node_factory, tmp_path):

@@ -4,6 +4,7 @@ dicom <- codecs/query <- storage/index <- rules/routing <- ingest <- jobs/net
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 from pathlib import Path
@@ -51,3 +52,20 @@ def test_the_readme_layout_names_every_module():
     assert len(modules) > 100
     missing = [str(m) for m in modules if not re.search(rf"\b{m.stem}(\.py)?\b", block)]
     assert missing == []
+
+
+def test_reindex_uses_the_index_entry_points_only():
+    """``compacs reindex`` loads through the index (``open_index`` and its bulk loader), not
+    the SQL backends' statements, their private ``_sql`` or a driver connection of its own
+    (issue 18)."""
+    source = TOOL.parents[1] / "src" / "compacs" / "admin" / "reindex.py"
+    tree = ast.parse(source.read_text())
+    nodes = list(ast.walk(tree))
+    imported = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in nodes if isinstance(n, ast.ImportFrom)}
+    drivers = {"sqlite3", "psycopg", "psycopg_pool"}
+    assert sorted(m for m in imported if m.split(".")[0] in drivers) == []
+    statements = [m for m in imported if (m + ".").startswith("compacs.index.sql.")]
+    assert statements == []
+    private = {n.attr for n in nodes if isinstance(n, ast.Attribute)} & {"_sql"}
+    assert private == set()

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from compacs.dicom.uids import InvalidUID, is_valid_uid, require_uid
-from compacs.ingest import storage_key
-from compacs.storage import validate_key
+from compacs.storage import storage_key, validate_key
 
 
 @pytest.mark.parametrize("uid", ["1.2.840.10008.1.2", "0", "1.2.3." + "4" * 58, "1.2.0123"])

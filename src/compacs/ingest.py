@@ -29,7 +29,7 @@ from compacs.failpoints import crash_point
 from compacs.index import Catalogue, Duplicates, IndexUnavailable, NewInstance
 from compacs.routing import Routing
 from compacs.rules import DEFAULT_POLICY, Policy, When, facts_of
-from compacs.storage import BlobStore, FileStore, StorageFull
+from compacs.storage import BlobStore, FileStore, StorageFull, storage_key
 from compacs.storage.filesystem import intent
 
 RECEIVING_PAUSE = 0.25
@@ -82,17 +82,6 @@ class Rejected(Exception):
         super().__init__(comment)
         self.status = status
         self.comment = comment
-
-
-def storage_key(study_uid: str, series_uid: str, sop_instance_uid: str, sha256: str) -> str:
-    """Where an object lives: validated UIDs as path parts, a digest suffix for immutability.
-
-    A two-hex-digit fan-out keeps the top directory small. The digest makes the key
-    content-addressed per instance: a replacement or a compressed copy gets a new key,
-    so the old object is never overwritten in place.
-    """
-    fan = hashlib.sha1(study_uid.encode("ascii")).hexdigest()[:2]
-    return f"{fan}/{study_uid}/{series_uid}/{sop_instance_uid}.{sha256[:16]}.dcm"
 
 
 class Ingest:

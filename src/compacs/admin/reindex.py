@@ -2,8 +2,9 @@
 
 Every object is read, hashed and parsed; its indexed attributes are extracted by the
 code ingest uses (:func:`compacs.dicom.attributes.extract`) and it is added, under its
-own storage key, by the SQL the node uses (:class:`compacs.index.sql.SqlStatements`),
-in large transactions on a fresh SQLite file.
+own storage key, through the index's bulk loader (:meth:`compacs.index.Catalogue.loader`:
+the statements the node uses), in large transactions, into a fresh SQLite file or an empty
+PostgreSQL database opened by its URL (:func:`compacs.index.open_index`).
 
 What a file cannot tell is filled in as documented in :data:`NOT_RECOVERED`. Objects
 are added in the order they were written (modification time), so the first-received
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -34,18 +34,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 from urllib.parse import unquote, urlsplit
 
 from compacs.admin.console import Progress
-from compacs.admin.verify import decode_problem, parse_key
+from compacs.admin.verify import decode_problem
 from compacs.dicom import part10
 from compacs.dicom.attributes import extract
 from compacs.dicom.uids import InvalidUID
-from compacs.index import Duplicates, NewInstance
-from compacs.index.sql import SqlStatements
-from compacs.index.sqlite import SqliteIndex
-from compacs.storage import BlobStore
+from compacs.index import Duplicates, IndexUnavailable, Loader, NewInstance, open_index
+from compacs.index.sqlite import count_instances, sqlite_url
+from compacs.index.sqlite import quiesce as quiesce_file
+from compacs.storage import BlobStore, parse_key
 from compacs.storage.owner import owner_of
 
 NOT_RECOVERED = (
@@ -117,38 +117,19 @@ def sqlite_path(index_url: str) -> Path:
 
 def instance_count(path: Path) -> int:
     """Instances in the SQLite index at ``path`` (0 when absent or never used)."""
-    if not path.exists():
-        return 0
-    conn = sqlite3.connect(path, timeout=30)
     try:
-        return conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return 0
-        raise ReindexError(f"{path}: cannot read the index: {exc}") from None
-    finally:
-        conn.close()
+        return count_instances(path)
+    except IndexUnavailable as exc:
+        raise ReindexError(str(exc)) from None
 
 
 def quiesce(path: Path) -> None:
     """Make sure no process has the index at ``path`` open and its WAL is folded into
     the file (so the file alone is the whole index); ReindexError otherwise."""
-    if not path.exists():
-        return
-    conn = sqlite3.connect(path, isolation_level=None, timeout=0.5)
     try:
-        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-        conn.execute("BEGIN EXCLUSIVE")  # fails while any other connection is open
-        conn.execute("COMMIT")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except sqlite3.OperationalError as exc:
-        raise ReindexError(
-            f"{path} is in use ({exc}): stop the node (and any other compacs command) first"
-        ) from None
-    finally:
-        conn.close()
-    if Path(f"{path}-wal").exists():
-        raise ReindexError(f"{path}: its write-ahead log could not be folded in; try again")
+        quiesce_file(path)
+    except IndexUnavailable as exc:
+        raise ReindexError(str(exc)) from None
 
 
 def _fsync(path: Path) -> None:
@@ -185,7 +166,6 @@ class Rebuilder:
         self.store = store
         self.called_ae = called_ae
         self.workers = max(1, workers)
-        self._sql = SqlStatements("?")
 
     def scan(self, key: str, modified: float) -> Scanned | None:
         """Read one object; None when it vanished meanwhile."""
@@ -271,79 +251,69 @@ class Rebuilder:
         report = ReindexReport(target=target)
         listing = self._listing()
         report.objects = len(listing)
-        conn, self._sql, begin = _open_target(target)
         kept: dict[str, Kept] = {}
         bar = progress(len(listing)) if progress else None
+        index = open_index(sqlite_url(target) if isinstance(target, Path) else target)
         try:
-            cur = conn.cursor()
-            owner = owner_of(self.store)
-            if owner is not None:  # the rebuilt index is the one the store belongs to
-                cur.execute(begin)
-                self._sql.adopt_identity(cur, owner)
-                cur.execute("COMMIT")
-            with ThreadPoolExecutor(self.workers) as pool:
-                for chunk in _chunks(listing, _BATCH):
-                    scanned = list(pool.map(lambda item: self.scan(item[1], item[0]), chunk))
-                    cur.execute(begin)
-                    for item in scanned:
-                        if item is not None:
-                            self._add(cur, item, kept, report)
-                        if bar:
-                            bar.step(note=f"indexed {len(kept)}")
-                    cur.execute("COMMIT")
-            if isinstance(target, Path):
-                cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            with index.loader() as load:
+                owner = owner_of(self.store)
+                if owner is not None:  # the rebuilt index is the one the store belongs to
+                    load.adopt_identity(owner)
+                with ThreadPoolExecutor(self.workers) as pool:
+                    for chunk in _chunks(listing, _BATCH):
+                        scanned = list(pool.map(lambda item: self.scan(item[1], item[0]), chunk))
+                        self._load(load, scanned, kept, report, bar)
+            stats = index.stats()
             report.counts = {
-                table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-                for table in ("patients", "studies", "series", "instances")
+                table: stats[table] for table in ("patients", "studies", "series", "instances")
             }
         finally:
-            conn.close()
-        if isinstance(target, Path):
-            _fsync(target)
+            index.close()
         report.damaged = sorted((k.key, uid) for uid, k in kept.items() if k.damaged)
         report.seconds = time.monotonic() - start
         return report
 
-    def _add(self, cur, item: Scanned, kept: dict[str, Kept], report: ReindexReport) -> None:
+    def _load(
+        self,
+        load: Loader,
+        scanned: list[Scanned | None],
+        kept: dict[str, Kept],
+        report: ReindexReport,
+        bar: Progress | None,
+    ) -> None:
+        """Index one chunk of scanned objects in one transaction."""
+        items: list[tuple[NewInstance, Duplicates]] = []
+        for item in scanned:
+            if item is not None:
+                items += self._decide(item, kept, report)
+            if bar:
+                bar.step(note=f"indexed {len(kept)}")
+        load.add(items)
+
+    def _decide(
+        self, item: Scanned, kept: dict[str, Kept], report: ReindexReport
+    ) -> list[tuple[NewInstance, Duplicates]]:
+        """What to index of ``item``: nothing (unreadable, or a second copy that loses),
+        a first copy, or a second copy that replaces the one kept so far."""
         if item.instance is None:
             report.failed.append((item.key, item.problem or "cannot be indexed"))
-            return
+            return []
         uid = item.instance.sop_instance_uid
         new = Kept(item.key, item.modified, item.compressed, item.damaged)
         old = kept.get(uid)
         if old is None:
-            self._sql.add_instance(cur, item.instance, Duplicates.KEEP_FIRST)
             kept[uid] = new
-            return
+            return [(item.instance, Duplicates.KEEP_FIRST)]
+        added: list[tuple[NewInstance, Duplicates]] = []
         if self._prefer_new(new, old):
-            self._sql.add_instance(cur, item.instance, Duplicates.REPLACE)
+            added.append((item.instance, Duplicates.REPLACE))
             kept[uid], orphan, winner = new, old, new
         else:
             orphan, winner = new, old
         report.orphans.append(
             (orphan.key, uid, f"a second object of this SOP Instance UID; kept {winner.key}")
         )
-
-
-def _open_target(target: Path | str) -> tuple[Any, SqlStatements, str]:
-    """(connection in autocommit mode, the backend's statements, its BEGIN), the schema
-    made by the node's own migrations."""
-    if isinstance(target, str):
-        import psycopg
-
-        from compacs.index.postgres import PostgresIndex
-
-        index = PostgresIndex(target)
-        statements = index._sql
-        index.close()
-        return psycopg.connect(target, autocommit=True), statements, "BEGIN"
-    SqliteIndex(target).close()
-    conn = sqlite3.connect(target, isolation_level=None, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # one fsync at the end instead
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn, SqlStatements("?"), "BEGIN IMMEDIATE"
+        return added
 
 
 def _is_postgres(url: str) -> bool:
@@ -380,8 +350,6 @@ def rebuild(
     instances) into a fresh file beside the current index, then swap it in."""
     rebuilder = Rebuilder(store, called_ae, workers)
     if isinstance(into, str) and _is_postgres(into):
-        from compacs.index import open_index
-
         existing = open_index(into)
         try:
             instances = existing.stats()["instances"]

@@ -16,7 +16,6 @@ row references them.
 from __future__ import annotations
 
 import hashlib
-import re
 import sys
 import time
 from collections import Counter
@@ -34,7 +33,7 @@ from compacs.codecs.pixels import NotCompressible, PixelInfo
 from compacs.dicom import part10
 from compacs.index import Catalogue, InstanceLocation
 from compacs.logs import about
-from compacs.storage import BlobStore
+from compacs.storage import BlobStore, parse_key
 
 MISSING = "missing"
 SIZE = "size"
@@ -49,7 +48,6 @@ ORPHAN_MIN_AGE = 60.0
 """Seconds an orphan must have existed before ``--repair-orphans`` deletes it: a younger
 one may be an object whose index row a running node has not committed yet."""
 
-_KEY_NAME = re.compile(r"(?P<uid>[0-9.]+)\.(?P<digest>[0-9a-f]{16})\.dcm")
 _CHUNK = 512
 
 
@@ -90,13 +88,6 @@ class VerifyReport:
             "problems": [asdict(p) for p in self.problems],
             "repaired": self.repaired,
         }
-
-
-def parse_key(key: str) -> tuple[str, str] | None:
-    """(SOP Instance UID, SHA-256 prefix) of a key made by :func:`compacs.ingest.storage_key`,
-    or None for any other name."""
-    match = _KEY_NAME.fullmatch(key.rsplit("/", 1)[-1])
-    return (match["uid"], match["digest"]) if match else None
 
 
 def decode_problem(ds: Dataset) -> str | None:

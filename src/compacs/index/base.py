@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
@@ -188,6 +189,17 @@ class ForwardItem(TypedDict):
     """The options of the forward (``Forward``), from its JSON column."""
 
 
+class Loader(Protocol):
+    """Many instances into a new index no node uses yet, in few transactions (``compacs
+    reindex``): each :meth:`add` is one transaction, durable when the loading ends."""
+
+    def adopt_identity(self, index_id: str) -> None:
+        """Take ``index_id`` as the index's identity (a rebuilt index takes its store's)."""
+
+    def add(self, items: Sequence[tuple[NewInstance, Duplicates]]) -> list[AddResult]:
+        """Index ``items`` in their order, in one transaction."""
+
+
 class Catalogue(Protocol):
     """What is stored and where: instances in, found, located, removed (Orthanc's index
     primitives; the business operations live in ingest, jobs and admin)."""
@@ -216,6 +228,9 @@ class Catalogue(Protocol):
 
     def delete_instance(self, pk: int) -> str | None:
         """Remove the instance's row and job; return the key of the object to delete."""
+
+    def loader(self) -> AbstractContextManager[Loader]:
+        """Bulk loading for the length of a ``with`` block (:class:`Loader`)."""
 
     def close(self) -> None: ...
 

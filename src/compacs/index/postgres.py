@@ -27,8 +27,7 @@ from typing import Any
 from compacs.index.base import IndexUnavailable
 from compacs.index.group_commit import GroupCommitter
 from compacs.index.schema import POSTGRESQL, SCHEMA_VERSION, migrations
-from compacs.index.sql import SqlStatements
-from compacs.index.sql_index import SqlIndex
+from compacs.index.sql import SqlIndex, SqlStatements
 from compacs.query import Query
 
 try:

@@ -5,28 +5,32 @@ makes each commit durable before the C-STORE response (PS3.4 B.2.3: Success mean
 the SCP has stored the instance). Writes go through one :class:`GroupCommitter`; a batch
 of queue claims only (harmless to lose, see :mod:`compacs.index.group_commit`) commits
 with ``synchronous=NORMAL``: no WAL sync of its own, durable with the next FULL commit.
+So does each transaction of a bulk load (:meth:`SqliteIndex.loader`), made durable at its
+end by one checkpoint into the file. The functions at the end work on an index file as a
+whole (how many instances, no other user), for replacing it by a rebuilt one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from compacs.index.base import IndexUnavailable
 from compacs.index.group_commit import GroupCommitter
 from compacs.index.schema import SCHEMA_VERSION, SQLITE, migrations
-from compacs.index.sql import SqlStatements
-from compacs.index.sql_index import SqlIndex
+from compacs.index.sql import SqlIndex, SqlStatements
 from compacs.query import Query
 
 
 class SqliteIndex(SqlIndex):
     _errors = sqlite3.Error
+    _lazy_load = True
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path).resolve()
@@ -103,6 +107,22 @@ class SqliteIndex(SqlIndex):
         finally:
             conn.close()
 
+    def _loaded(self) -> None:
+        """The load into the file itself (its transactions skipped their WAL sync), synced:
+        the file alone is the whole index (what replacing an index file needs)."""
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise IndexUnavailable(f"index checkpoint failed: {exc}") from exc
+        finally:
+            conn.close()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def find(self, query: Query) -> Generator[dict[str, Any], None, None]:
         try:
             conn = sqlite3.connect(self.path, timeout=30)  # a generator may outlive a turn
@@ -131,6 +151,48 @@ class SqliteIndex(SqlIndex):
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def sqlite_url(path: Path) -> str:
+    """The index URL of the SQLite file at ``path`` (what :meth:`SqliteIndex.from_url` reads)."""
+    return "sqlite://" + quote(str(Path(path).resolve()))
+
+
+def count_instances(path: Path) -> int:
+    """Instances in the SQLite index at ``path`` (0 when absent or never used), without
+    opening it as an index (which would make the file, or migrate it)."""
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise IndexUnavailable(f"{path}: cannot read the index: {exc}") from None
+    finally:
+        conn.close()
+
+
+def quiesce(path: Path) -> None:
+    """Make sure no process has the index at ``path`` open and its WAL is folded into
+    the file (so the file alone is the whole index); IndexUnavailable otherwise."""
+    if not path.exists():
+        return
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0.5)
+    try:
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+        conn.execute("BEGIN EXCLUSIVE")  # fails while any other connection is open
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.OperationalError as exc:
+        raise IndexUnavailable(
+            f"{path} is in use ({exc}): stop the node (and any other compacs command) first"
+        ) from None
+    finally:
+        conn.close()
+    if Path(f"{path}-wal").exists():
+        raise IndexUnavailable(f"{path}: its write-ahead log could not be folded in; try again")
 
 
 class _AutocommitConnection:

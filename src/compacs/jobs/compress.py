@@ -33,11 +33,10 @@ from compacs.index import (
 )
 from compacs.index.compression_state import CompressionState
 from compacs.index.schema import ARCHIVE_TIER, INGEST_TIER
-from compacs.ingest import storage_key
 from compacs.jobs.pool import Encoder, InProcess, PoolClosed, replay
 from compacs.logs import about
 from compacs.rules import Decision, Policy
-from compacs.storage import BlobStore, FileStore
+from compacs.storage import BlobStore, FileStore, storage_key
 from compacs.storage.filesystem import intent
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from compacs.backends import open_by_scheme
-from compacs.storage.base import BlobStore, StorageFull, validate_key
+from compacs.storage.base import BlobStore, StorageFull
 from compacs.storage.filesystem import FileStore
+from compacs.storage.keys import parse_key, storage_key, validate_key
 from compacs.storage.s3 import S3Store
 from compacs.storage.spool import UPLOADERS, SpooledStore
 
@@ -40,5 +41,7 @@ __all__ = [
     "SpooledStore",
     "StorageFull",
     "open_store",
+    "parse_key",
+    "storage_key",
     "validate_key",
 ]

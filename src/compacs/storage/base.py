@@ -7,7 +7,6 @@ returns, so the index may reference the key and the sender may be told Success.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
@@ -17,21 +16,8 @@ class StorageFull(OSError):
     """The backend has no room for the object (answered to senders as 0xA700)."""
 
 
-# Keys are relative paths of safe components: no empty part, no '.' or '..', no
-# separators other than '/', no characters a file system or object store may treat
-# specially. compacs builds keys from validated UIDs; this is the second line of defence.
-_KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
-
-
 OWNER_KEY = "compacs-owner.json"
 """The store's marker (storage/owner); never an instance's key, never listed by keys()."""
-
-
-def validate_key(key: str) -> str:
-    parts = key.split("/")
-    if not parts or any(not _KEY_PART.fullmatch(p) or p in {".", ".."} for p in parts):
-        raise ValueError(f"unsafe storage key {key!r}")
-    return key
 
 
 def parts_of(data: bytes | Sequence[bytes]) -> Sequence[bytes]:

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from compacs.storage.base import OWNER_KEY, StorageFull, parts_of, validate_key
+from compacs.storage.base import OWNER_KEY, StorageFull, parts_of
+from compacs.storage.keys import validate_key
 
 TMP_DIR = ".tmp"
 INTENTS_DIR = ".intents"

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
-from compacs.storage.base import OWNER_KEY, StorageFull, parts_of, validate_key
+from compacs.storage.base import OWNER_KEY, StorageFull, parts_of
+from compacs.storage.keys import validate_key
 
 try:
     import boto3

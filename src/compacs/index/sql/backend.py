@@ -1,7 +1,8 @@
 """What every SQL index backend shares: the Index methods, each one statement of
-:class:`compacs.index.sql.SqlStatements` run in the backend's write path (a group commit)
-or on a reader connection. Backends supply ``_sql``, ``_writer``, ``_errors`` (the
-driver's exception base), ``_reading()`` and ``find``/``stats``/``close``.
+:class:`compacs.index.sql.statements.SqlStatements` run in the backend's write path (a group
+commit) or on a reader connection, and the bulk loader (:meth:`SqlIndex.loader`). Backends
+supply ``_sql``, ``_writer``, ``_errors`` (the driver's exception base), ``_reading()`` and
+``find``/``stats``/``close``, and may make a load durable at its end (``_loaded``).
 
 Every driver error, on a read as on a write, is :class:`IndexUnavailable`: the senders
 get 0xA700 (Refused: Out of Resources) while the database is away, and the node serves
@@ -9,8 +10,9 @@ again when it is back, without a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -21,13 +23,14 @@ from compacs.index.base import (
     IndexUnavailable,
     InstanceFacts,
     InstanceLocation,
+    Loader,
     NewInstance,
     ObjectChange,
     Selected,
     StoredInstance,
 )
 from compacs.index.group_commit import GroupCommitter
-from compacs.index.sql import SqlStatements
+from compacs.index.sql.statements import SqlStatements
 from compacs.query import Query
 
 
@@ -36,6 +39,10 @@ class SqlIndex:
     _sql: SqlStatements
     _writer: GroupCommitter
     _errors: type[Exception] | tuple[type[Exception], ...] = ()
+    _lazy_load = False
+    """Whether a load's transactions may skip their sync: the backend's ``_loaded()`` makes
+    the whole load durable at its end (SQLite: one checkpoint instead of a WAL sync per
+    transaction)."""
 
     def _reading(self) -> AbstractContextManager[Any]:  # pragma: no cover - backends provide it
         """A connection for reads, for the duration of a ``with`` block."""
@@ -105,6 +112,17 @@ class SqlIndex:
 
     def delete_instance(self, pk: int) -> str | None:
         return self._write(lambda cur: self._sql.delete_instance(cur, pk))
+
+    # -- bulk loading (compacs reindex) ---------------------------------------------------
+    @contextlib.contextmanager
+    def loader(self) -> Iterator[Loader]:
+        """A :class:`~compacs.index.base.Loader` on the group commit, for a new index no
+        node uses yet; the load is durable when the block ends without an exception."""
+        yield _SqlLoader(self)
+        self._loaded()
+
+    def _loaded(self) -> None:
+        """Make a finished load durable (its transactions were when ``_lazy_load`` is off)."""
 
     def release_claims(self, node: str) -> int:
         return self._write(lambda cur: self._sql.release_claims(cur, node))
@@ -188,3 +206,22 @@ class SqlIndex:
 
     def received_per_day(self) -> list[dict[str, Any]]:
         return self._read(self._sql.received_per_day)
+
+
+class _SqlLoader:
+    """:class:`~compacs.index.base.Loader` of a :class:`SqlIndex`: each call one work item
+    of the index's group commit (driver errors become IndexUnavailable there)."""
+
+    def __init__(self, index: SqlIndex) -> None:
+        self._index = index
+
+    def adopt_identity(self, index_id: str) -> None:
+        sql = self._index._sql
+        self._index._write(lambda cur: sql.adopt_identity(cur, index_id))
+
+    def add(self, items: Sequence[tuple[NewInstance, Duplicates]]) -> list[AddResult]:
+        sql = self._index._sql
+        return self._index._write(
+            lambda cur: [sql.add_instance(cur, item, duplicates) for item, duplicates in items],
+            durable=not self._index._lazy_load,
+        )

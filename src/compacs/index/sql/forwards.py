@@ -1,4 +1,4 @@
-"""SQL of the forwarding queue (the gateway's durable retry queue), shared by backends.
+"""The forward queue's statements (the gateway's durable retry queue), shared by backends.
 
 One ``forwards`` row per instance and destination. States:
 
@@ -13,14 +13,14 @@ One ``forwards`` row per instance and destination. States:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from compacs.clock import utc_now
-from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
-from compacs.index.base import Forward, Selected
+from compacs.index.base import Forward
 from compacs.index.forward_state import ForwardState
+from compacs.index.sql.common import Statements
 
 # the states as SQL string literals
 _PENDING, _SENDING = f"'{ForwardState.PENDING}'", f"'{ForwardState.SENDING}'"
@@ -47,12 +47,6 @@ _AFRESH = (
     f"state = {_PENDING}, not_before = excluded.not_before, attempts = 0, claimed_by = NULL, "
     "last_error = NULL, updated_at = excluded.updated_at"
 )
-_UNDER = {
-    PATIENT: "p.patient_id",
-    STUDY: "st.study_uid",
-    SERIES: "se.series_uid",
-    IMAGE: "i.sop_instance_uid",
-}
 
 
 def _options(forward: Forward) -> str:
@@ -68,12 +62,8 @@ def _item(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
     return item
 
 
-class ForwardStatements:
-    """Mixed into :class:`compacs.index.sql.SqlStatements`, which provides ``_q`` (the
-    placeholder style) and ``_one``."""
-
-    _q: Callable[[str], str]
-    _one: Callable[[Any, str, Sequence[Any]], Any]
+class ForwardStatements(Statements):
+    """The ``forwards`` rows: queued, claimed, finished, committed, listed, retried."""
 
     def _rows(self, cur: Any, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         cur.execute(self._q(sql), params)
@@ -292,18 +282,6 @@ class ForwardStatements:
             if received + timedelta(days=float(days)) <= datetime.fromtimestamp(now, UTC):
                 due.append(pk)
         return due
-
-    def instances_under(self, cur: Any, level: str, uid: str) -> list[Selected]:
-        cur.execute(
-            self._q(
-                "SELECT i.pk, i.sop_instance_uid, st.study_uid, i.bytes_stored "
-                "FROM instances i JOIN series se ON se.pk = i.series_fk "
-                "JOIN studies st ON st.pk = se.study_fk JOIN patients p ON p.pk = st.patient_fk "
-                f"WHERE {_UNDER[level]} = ? ORDER BY i.pk"
-            ),
-            (uid,),
-        )
-        return [Selected(*row) for row in cur.fetchall()]
 
     def forward_problems(self, cur: Any) -> dict[str, Any]:
         """Per destination, the items not yet delivered whose last attempt failed, grouped
