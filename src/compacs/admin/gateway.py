@@ -12,7 +12,7 @@ import sys
 from typing import Any, TextIO
 
 from compacs.dicom.attributes import IMAGE, PATIENT, SERIES, STUDY
-from compacs.index import Catalogue, Forward, ForwardQueue, Selected
+from compacs.index import Catalogue, Forward, ForwardItem, ForwardQueue, Selected
 from compacs.index.forward_state import ForwardState
 from compacs.routing import DEFAULT_SYNTAXES, syntax_uids
 from compacs.storage import BlobStore
@@ -65,7 +65,7 @@ def delete(index: Catalogue, store: BlobStore, instances: list[Selected]) -> int
 QUEUE_STATES = tuple(ForwardState)
 
 
-def print_queue(items: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+def print_queue(items: list[ForwardItem], out: TextIO = sys.stdout) -> None:
     header = f"{'id':>6}  {'state':<10} {'tries':>5}  {'destination':<32} sop instance uid"
     print(header, file=out)
     for item in items:
@@ -78,17 +78,20 @@ def print_queue(items: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
             print(f"{'':>8}last error: {item['last_error']}", file=out)
 
 
-def queue_document(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = (
-        "pk",
-        "state",
-        "attempts",
-        "destination",
-        "sop_instance_uid",
-        "study_uid",
-        "transfer_syntax_sent",
-        "bytes_sent",
-        "last_error",
-        "updated_at",
-    )
-    return [{k: item[k] for k in keys} for item in items]
+def queue_document(items: list[ForwardItem]) -> list[dict[str, Any]]:
+    """The items as ``compacs queue list --json`` prints them."""
+    return [
+        {
+            "pk": item["pk"],
+            "state": item["state"],
+            "attempts": item["attempts"],
+            "destination": item["destination"],
+            "sop_instance_uid": item["sop_instance_uid"],
+            "study_uid": item["study_uid"],
+            "transfer_syntax_sent": item["transfer_syntax_sent"],
+            "bytes_sent": item["bytes_sent"],
+            "last_error": item["last_error"],
+            "updated_at": item["updated_at"],
+        }
+        for item in items
+    ]

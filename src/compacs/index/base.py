@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 
+from compacs.index.forward_state import ForwardState
+
 if TYPE_CHECKING:
     from compacs.query import Query
 
@@ -79,7 +81,8 @@ class NewInstance:
 
     @property
     def sop_instance_uid(self) -> str:
-        return self.attributes["IMAGE"]["sop_instance_uid"]
+        uid: str = self.attributes["IMAGE"]["sop_instance_uid"]  # the attributes' values: Any
+        return uid
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,22 @@ class ForwardItem(TypedDict):
     """The options of the forward (``Forward``), from its JSON column."""
 
 
+class ForwardOutcome(TypedDict):
+    """What one attempt did to a queue item (``ForwardQueue.finish_forwards``): its new
+    state and, when known, the next attempt, the error and what was sent."""
+
+    pk: int
+    state: ForwardState
+    not_before: NotRequired[float]
+    """The next attempt, epoch seconds (absent: at once)."""
+    error: NotRequired[str | None]
+    syntax: NotRequired[str | None]
+    """The transfer syntax sent (absent or None: the recorded one stays)."""
+    bytes: NotRequired[int | None]
+    transaction_uid: NotRequired[str]
+    """The Storage Commitment transaction the item waits for (PS3.4 J.3.3)."""
+
+
 class Loader(Protocol):
     """Many instances into a new index no node uses yet, in few transactions (``compacs
     reindex``): each :meth:`add` is one transaction, durable when the loading ends."""
@@ -278,11 +297,11 @@ class ForwardQueue(Protocol):
 
     def claim_forwards(
         self, worker: str, now: float, limit: int, skip: frozenset[str], only: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[ForwardItem]:
         """The next batch: due items of one destination (not in ``skip``; ``only`` that
         one) and one study, oldest first, marked as being sent by ``worker``."""
 
-    def finish_forwards(self, outcomes: list[dict[str, Any]]) -> None:
+    def finish_forwards(self, outcomes: Sequence[ForwardOutcome]) -> None:
         """Record per item: state, not_before, error, syntax and bytes sent, transaction."""
 
     def defer_destination(self, destination: str, until: float) -> None:
@@ -291,7 +310,7 @@ class ForwardQueue(Protocol):
     def commitment_result(self, transaction_uid: str, committed: set[str], failed: set[str]) -> int:
         """Apply a Storage Commitment report to the items sent under the transaction."""
 
-    def forward_items(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    def forward_items(self, state: str | None = None, limit: int = 1000) -> list[ForwardItem]:
         """Queue items, with the instance's UIDs (``compacs queue list``)."""
 
     def requeue_forwards(self, pks: list[int] | None, states: tuple[str, ...]) -> int:

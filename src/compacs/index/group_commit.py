@@ -24,11 +24,12 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
 Work = Callable[[Any], Any]  # called with a cursor inside the open transaction
+T = TypeVar("T")
 
 _STOP = object()
 
@@ -59,12 +60,12 @@ class GroupCommitter:
         if self._startup_error is not None:
             raise self._startup_error
 
-    def submit(self, work: Work, durable: bool = True) -> Any:
+    def submit(self, work: Callable[[Any], T], durable: bool = True) -> T:
         """Run ``work(cursor)`` in the next batch; return its result once committed
         (``durable``: synced to disk; otherwise only visible, see the module docstring)."""
         if not self._thread.is_alive():
             raise RuntimeError("index writer is stopped")
-        future: Future[Any] = Future()
+        future: Future[T] = Future()
         self._queue.put((work, future, durable))
         return future.result()
 

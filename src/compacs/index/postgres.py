@@ -158,7 +158,7 @@ class _ExplicitTransactions:
     @property
     def broken(self) -> bool:
         """The server went away (restart, network): a new connection is needed."""
-        return self._conn.closed or self._conn.broken
+        return bool(self._conn.closed or self._conn.broken)
 
     def close(self) -> None:
         self._conn.close()

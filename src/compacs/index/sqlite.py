@@ -165,7 +165,7 @@ def count_instances(path: Path) -> int:
         return 0
     conn = sqlite3.connect(path, timeout=30)
     try:
-        return conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+        return int(conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
             return 0

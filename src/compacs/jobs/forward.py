@@ -14,13 +14,13 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from compacs.dicom.ae import Peer
-from compacs.index import Catalogue, ForwardQueue
+from compacs.index import Catalogue, ForwardItem, ForwardOutcome, ForwardQueue
 from compacs.index.forward_state import ForwardState
 from compacs.logs import IN_FORWARDING_QUEUE
 from compacs.net.storage_scu import Link, Sent, proposal, report_outcome
@@ -167,7 +167,7 @@ class Forwarder:
         except Exception:
             log.exception("forwarding queue sweep failed")
 
-    def _retry(self, item: dict[str, Any], error: str) -> dict[str, Any]:
+    def _retry(self, item: ForwardItem, error: str) -> ForwardOutcome:
         """The outcome of a failed attempt: pending again later, or parked."""
         if item["attempts"] >= self.routing.max_attempts:
             log.error(
@@ -187,7 +187,7 @@ class Forwarder:
             "error": error,
         }
 
-    def _deliver(self, destination: str, items: list[dict[str, Any]], worker: str) -> None:
+    def _deliver(self, destination: str, items: list[ForwardItem], worker: str) -> None:
         """Send ``items``, then whatever else becomes due for the destination while the
         association is open (a stream of instances shares one association)."""
         peer = Peer.parse(destination)
@@ -210,7 +210,7 @@ class Forwarder:
             if link is not None:
                 link.close()
 
-    def _more(self, destination: str, worker: str) -> list[dict[str, Any]]:
+    def _more(self, destination: str, worker: str) -> list[ForwardItem]:
         """Due items for the same destination, waiting a moment for them to come."""
         deadline = time.monotonic() + LINGER
         while not self._stop.is_set():
@@ -223,14 +223,14 @@ class Forwarder:
             self._more_due.clear()
         return []
 
-    def _unreachable(self, destination: str, items: list[dict[str, Any]]) -> None:
+    def _unreachable(self, destination: str, items: list[ForwardItem]) -> None:
         error = f"no association with {destination} (refused or unreachable)"
         log.warning("%s; %d item(s) wait", error, len(items), extra=IN_FORWARDING_QUEUE)
         outcomes = [self._retry(i, error) for i in items]
         self._back_off(destination, outcomes)
         self.index.finish_forwards(outcomes)
 
-    def _back_off(self, destination: Any, outcomes: list[dict[str, Any]]) -> None:
+    def _back_off(self, destination: str | Peer, outcomes: list[ForwardOutcome]) -> None:
         """The destination is gone: nothing more for it until the earliest retry, so
         that its studies stay in order."""
         until = min((o["not_before"] for o in outcomes if "not_before" in o), default=0.0)
@@ -239,9 +239,9 @@ class Forwarder:
                 self._down_until[str(destination)] = until
             self.index.defer_destination(str(destination), until)
 
-    def _send_batch(self, link: Link, items: list[dict[str, Any]]) -> None:
-        outcomes: list[dict[str, Any]] = []
-        to_commit: list[tuple[dict[str, Any], Sent]] = []
+    def _send_batch(self, link: Link, items: list[ForwardItem]) -> None:
+        outcomes: list[ForwardOutcome] = []
+        to_commit: list[tuple[ForwardItem, Sent]] = []
         try:
             for n, item in enumerate(items):
                 if self._stop.is_set():  # the node stops: the rest waits for the next start
@@ -282,23 +282,17 @@ class Forwarder:
             self.apply_retention()
 
     @staticmethod
-    def _done(item: dict[str, Any], sent: Sent, state: str, **extra: Any) -> dict[str, Any]:
-        return {
-            "pk": item["pk"],
-            "state": state,
-            "syntax": sent.syntax,
-            "bytes": sent.size,
-            **extra,
-        }
+    def _done(item: ForwardItem, sent: Sent, state: ForwardState) -> ForwardOutcome:
+        return {"pk": item["pk"], "state": state, "syntax": sent.syntax, "bytes": sent.size}
 
     def _request_commitment(
-        self, link: Link, delivered: list[tuple[dict[str, Any], Sent]]
-    ) -> list[dict[str, Any]]:
+        self, link: Link, delivered: list[tuple[ForwardItem, Sent]]
+    ) -> list[ForwardOutcome]:
         """Record the items as waiting for the report first (it may come at once, on any
         association), then ask; on a refusal they are sent again later."""
         transaction = generate_uid()
-        waiting = [
-            self._done(i, s, ForwardState.COMMITTING, transaction_uid=transaction)
+        waiting: list[ForwardOutcome] = [
+            {**self._done(i, s, ForwardState.COMMITTING), "transaction_uid": transaction}
             for i, s in delivered
         ]
         arrived = threading.Event()

@@ -23,6 +23,7 @@ from compacs.codecs.convert import convert
 from compacs.codecs.table import restorable
 from compacs.dicom.ae import Peer
 from compacs.dicom.status import Status, describe, done
+from compacs.index import ForwardItem
 from compacs.net.commitment import WELL_KNOWN_INSTANCE
 from compacs.net.sender import ArchiveAE, StoredFile
 from compacs.net.server import REQUESTOR_HANDLERS
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 Report = Callable[[Dataset, int], None]
 
 
-def preference(item: dict[str, Any]) -> list[str]:
+def preference(item: ForwardItem) -> list[str]:
     """The item's syntaxes with ``stored`` replaced by its stored syntax and the one it
     restores without decoding (:func:`compacs.codecs.table.restorable`), once each."""
     out: list[str] = []
@@ -46,7 +47,7 @@ def preference(item: dict[str, Any]) -> list[str]:
     return out
 
 
-def proposal(items: list[dict[str, Any]], commit: bool) -> list[PresentationContext]:
+def proposal(items: list[ForwardItem], commit: bool) -> list[PresentationContext]:
     seen: set[tuple[str, str]] = set()
     contexts = [build_context(StorageCommitmentPushModel)] if commit else []
     for item in items:
@@ -73,7 +74,9 @@ class Sent:
 class Link:
     """An open association to one destination."""
 
-    def __init__(self, ae_title: str, peer: Peer, contexts: list, on_report: Report) -> None:
+    def __init__(
+        self, ae_title: str, peer: Peer, contexts: list[PresentationContext], on_report: Report
+    ) -> None:
         self.peer = peer
         ae = ArchiveAE(ae_title=ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
@@ -97,7 +100,7 @@ class Link:
     def established(self) -> bool:
         return self.assoc.is_established
 
-    def carries(self, items: list[dict[str, Any]]) -> bool:
+    def carries(self, items: list[ForwardItem]) -> bool:
         """Whether this association offered everything ``items`` need (then the answer
         of a new association would be the same)."""
         if any(item["commit"] for item in items) and StorageCommitmentPushModel not in self.offered:
@@ -108,7 +111,7 @@ class Link:
             for uid in preference(item)
         )
 
-    def send(self, item: dict[str, Any], store: BlobStore) -> Sent:
+    def send(self, item: ForwardItem, store: BlobStore) -> Sent:
         accepted = self.accepted.get(item["sop_class_uid"], set())
         target = next((uid for uid in preference(item) if uid in accepted), None)
         if target is None:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from compacs.index.base import (
     AddResult,
     Duplicates,
     Forward,
+    ForwardItem,
+    ForwardOutcome,
     IndexUnavailable,
     InstanceFacts,
     InstanceLocation,
@@ -30,8 +32,11 @@ from compacs.index.base import (
     StoredInstance,
 )
 from compacs.index.group_commit import GroupCommitter
+from compacs.index.sql.common import Cursor
 from compacs.index.sql.statements import SqlStatements
 from compacs.query import Query
+
+T = TypeVar("T")
 
 
 class SqlIndex:
@@ -56,7 +61,10 @@ class SqlIndex:
             return known
         made = str(uuid.uuid4())
         self._write(lambda cur: self._sql.ensure_identity(cur, made))
-        return self._read(self._sql.identity)
+        stored = self._read(self._sql.identity)  # another node's, when it made one first
+        if stored is None:
+            raise IndexUnavailable("index identity missing after it was made")
+        return stored
 
     # -- Index ---------------------------------------------------------------------------
     def add_instance(self, instance: NewInstance, duplicates: Duplicates) -> AddResult:
@@ -67,7 +75,7 @@ class SqlIndex:
         except self._errors as exc:
             raise IndexUnavailable(f"index commit failed: {exc}") from exc
 
-    def _write(self, work, durable: bool = True):
+    def _write(self, work: Callable[[Cursor], T], durable: bool = True) -> T:
         """Run ``work(cursor)`` in the group commit; ``durable=False`` for what may be
         lost in a power failure without harm (queue claims: see ``group_commit``)."""
         try:
@@ -133,7 +141,7 @@ class SqlIndex:
 
     def claim_forwards(
         self, worker: str, now: float, limit: int, skip: frozenset[str], only: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[ForwardItem]:
         # a lost claim is an item sent again (forwarding is at-least-once: claims left at a
         # stop are released at the next start); no sync of its own, as for compression jobs
         return self._write(
@@ -141,7 +149,7 @@ class SqlIndex:
             durable=False,
         )
 
-    def finish_forwards(self, outcomes: list[dict[str, Any]]) -> None:
+    def finish_forwards(self, outcomes: Sequence[ForwardOutcome]) -> None:
         self._write(lambda cur: self._sql.finish_forwards(cur, outcomes))
 
     def defer_destination(self, destination: str, until: float) -> None:
@@ -152,7 +160,7 @@ class SqlIndex:
             lambda cur: self._sql.commitment_result(cur, transaction_uid, committed, failed)
         )
 
-    def forward_items(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    def forward_items(self, state: str | None = None, limit: int = 1000) -> list[ForwardItem]:
         return self._read(lambda cur: self._sql.forward_items(cur, state, limit))
 
     def requeue_forwards(self, pks: list[int] | None, states: tuple[str, ...]) -> int:
@@ -170,7 +178,7 @@ class SqlIndex:
     def instances_under(self, level: str, uid: str) -> list[Selected]:
         return self._read(lambda cur: self._sql.instances_under(cur, level, uid))
 
-    def _read(self, work):
+    def _read(self, work: Callable[[Cursor], T]) -> T:
         """Run ``work(cursor)`` on a reader connection."""
         try:
             with self._reading() as conn:

@@ -27,7 +27,7 @@ from compacs.index.schema import (
     TABLES,
     patient_key,
 )
-from compacs.index.sql.common import ALIAS, FROM, UNIQUE_COLUMN, Statements, alias_of
+from compacs.index.sql.common import ALIAS, FROM, UNIQUE_COLUMN, Cursor, Statements, alias_of
 from compacs.query import INDEXED_KEYS, Query, like_pattern
 
 _UNDER = {
@@ -76,13 +76,18 @@ class CatalogueStatements(Statements):
 
     # -- add ---------------------------------------------------------------------------
     def _row_pk(
-        self, cur: Any, table: str, key: str, values: dict[str, Any], parent: tuple[str, int] | None
+        self,
+        cur: Cursor,
+        table: str,
+        key: str,
+        values: dict[str, Any],
+        parent: tuple[str, int] | None,
     ) -> int:
         """pk of ``table``'s row whose ``key`` column is ``values[key]``, inserting it when
         new (first writer wins); ``parent`` is (foreign key column, pk)."""
         row = self._one(cur, f"SELECT pk FROM {table} WHERE {key} = ?", (values[key],))
         if row:
-            return row[0]
+            return int(row[0])
         columns = list(values)
         params = [values[c] for c in columns]
         if parent is not None:
@@ -97,15 +102,15 @@ class CatalogueStatements(Statements):
             params,
         )
         row = self._one(cur, f"SELECT pk FROM {table} WHERE {key} = ?", (values[key],))
-        return row[0]
+        return int(row[0])
 
-    def _level_pk(self, cur: Any, level: str, values: dict[str, Any], parent_pk: int) -> int:
+    def _level_pk(self, cur: Cursor, level: str, values: dict[str, Any], parent_pk: int) -> int:
         """pk of the series or instance row for ``values`` (keyed by the level's UID)."""
         return self._row_pk(
             cur, TABLES[level], UNIQUE_COLUMN[level], values, (PARENT_FK[level], parent_pk)
         )
 
-    def _study_pk(self, cur: Any, attrs: dict[str, dict[str, Any]]) -> int:
+    def _study_pk(self, cur: Cursor, attrs: dict[str, dict[str, Any]]) -> int:
         """pk of the instance's study, made with its patient's when new.
 
         The patient row is the one of :func:`~compacs.index.schema.patient_key` (Patient ID
@@ -120,7 +125,7 @@ class CatalogueStatements(Statements):
         )
         if row is not None:
             self._refresh_patient(cur, row[1], key, patient)
-            return row[0]
+            return int(row[0])
         patient_pk = self._row_pk(
             cur, "patients", "patient_key", {"patient_key": key, **patient}, None
         )
@@ -130,7 +135,7 @@ class CatalogueStatements(Statements):
             cur, "studies", "study_uid", {**study, **own}, (PARENT_FK[STUDY], patient_pk)
         )
 
-    def _refresh_patient(self, cur: Any, pk: int, key: str, patient: dict[str, Any]) -> None:
+    def _refresh_patient(self, cur: Cursor, pk: int, key: str, patient: dict[str, Any]) -> None:
         """Give patient row ``pk`` the attributes of its latest received instance.
 
         A patient (one Patient ID of one issuer) answers the Patient level of Patient Root
@@ -150,7 +155,7 @@ class CatalogueStatements(Statements):
             [*(patient[c] for c in columns), pk],
         )
 
-    def add_instance(self, cur: Any, inst: NewInstance, duplicates: Duplicates) -> AddResult:
+    def add_instance(self, cur: Cursor, inst: NewInstance, duplicates: Duplicates) -> AddResult:
         attrs = inst.attributes
         study_pk = self._study_pk(cur, attrs)
         series_pk = self._level_pk(cur, SERIES, attrs[SERIES], study_pk)
@@ -215,7 +220,7 @@ class CatalogueStatements(Statements):
             self._prune_series(cur, old_series_pk)
         return AddResult(added=True, obsolete_key=None if old_key == inst.storage_key else old_key)
 
-    def _queue_forwards(self, cur: Any, inst: NewInstance) -> None:
+    def _queue_forwards(self, cur: Cursor, inst: NewInstance) -> None:
         if inst.forwards:
             row = self._one(
                 cur, "SELECT pk FROM instances WHERE sop_instance_uid = ?", (inst.sop_instance_uid,)
@@ -274,7 +279,7 @@ class CatalogueStatements(Statements):
                 raise ValueError(c.kind)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def find(self, cur: Any, query: Query) -> Iterator[dict[str, Any]]:
+    def find(self, cur: Cursor, query: Query) -> Iterator[dict[str, Any]]:
         """Rows of the query level matching ``query``, with the keys it asks for."""
         depth = LEVELS.index(query.level)
         selects = [
@@ -307,7 +312,7 @@ class CatalogueStatements(Statements):
                         found[keyword] = "\\".join(sorted(set(found[keyword].split(","))))
                 yield found
 
-    def matching_instances(self, cur: Any, query: Query) -> list[StoredInstance]:
+    def matching_instances(self, cur: Cursor, query: Query) -> list[StoredInstance]:
         """The instances below the matches of ``query`` (what C-MOVE / C-GET send)."""
         where, params = self._where(query)
         cur.execute(
@@ -321,7 +326,7 @@ class CatalogueStatements(Statements):
         names = [d[0] for d in cur.description]
         return [cast(StoredInstance, dict(zip(names, row, strict=True))) for row in cur.fetchall()]
 
-    def delete_instance(self, cur: Any, pk: int) -> str | None:
+    def delete_instance(self, cur: Cursor, pk: int) -> str | None:
         """Remove an instance's row (and its job); return its storage key."""
         row = self._one(cur, "SELECT storage_key, series_fk FROM instances WHERE pk = ?", (pk,))
         if row is None:
@@ -330,12 +335,13 @@ class CatalogueStatements(Statements):
         cur.execute(self._q("DELETE FROM forwards WHERE instance_fk = ?"), (pk,))
         cur.execute(self._q("DELETE FROM instances WHERE pk = ?"), (pk,))
         self._prune_series(cur, row[1])
-        return row[0]
+        storage_key: str = row[0]
+        return storage_key
 
-    def instances(self, cur: Any) -> list[InstanceFacts]:
+    def instances(self, cur: Cursor) -> list[InstanceFacts]:
         return self._facts(cur, "ORDER BY i.pk", ())
 
-    def _prune_series(self, cur: Any, series_pk: int) -> None:
+    def _prune_series(self, cur: Cursor, series_pk: int) -> None:
         """Remove a series, and its study and patient, once nothing references them."""
         row = self._one(cur, "SELECT study_fk FROM series WHERE pk = ?", (series_pk,))
         if row is None or self._one(
@@ -352,7 +358,7 @@ class CatalogueStatements(Statements):
             cur.execute(self._q("DELETE FROM patients WHERE pk = ?"), (patient_pk,))
 
     # -- read --------------------------------------------------------------------------
-    def locate(self, cur: Any, sop_instance_uid: str) -> InstanceLocation | None:
+    def locate(self, cur: Cursor, sop_instance_uid: str) -> InstanceLocation | None:
         storage = [name for name, _ in INSTANCE_STORAGE_COLUMNS]
         row = self._one(
             cur,
@@ -380,7 +386,7 @@ class CatalogueStatements(Statements):
             extra=rest,
         )
 
-    def instances_under(self, cur: Any, level: str, uid: str) -> list[Selected]:
+    def instances_under(self, cur: Cursor, level: str, uid: str) -> list[Selected]:
         cur.execute(
             self._q(
                 "SELECT i.pk, i.sop_instance_uid, st.study_uid, i.bytes_stored "
@@ -393,7 +399,7 @@ class CatalogueStatements(Statements):
         return [Selected(*row) for row in cur.fetchall()]
 
     # -- identity (storage/owner) --------------------------------------------------------
-    def ensure_identity(self, cur: Any, made: str) -> None:
+    def ensure_identity(self, cur: Cursor, made: str) -> None:
         """Record ``made`` as the index's identity unless it has one already."""
         cur.execute(
             self._q(
@@ -403,14 +409,14 @@ class CatalogueStatements(Statements):
             (made,),
         )
 
-    def adopt_identity(self, cur: Any, index_id: str) -> None:
+    def adopt_identity(self, cur: Cursor, index_id: str) -> None:
         """Take ``index_id`` as the identity (a rebuilt index takes its store's)."""
         cur.execute("DELETE FROM index_identity")
         cur.execute(
             self._q("INSERT INTO index_identity (one, index_id) VALUES (1, ?)"), (index_id,)
         )
 
-    def identity(self, cur: Any) -> str | None:
+    def identity(self, cur: Cursor) -> str | None:
         cur.execute("SELECT index_id FROM index_identity")
         row = cur.fetchone()
         return row[0] if row else None

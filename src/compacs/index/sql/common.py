@@ -5,10 +5,33 @@ patient, study, series, instance)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from compacs.dicom.attributes import IMAGE, INDEXED, PATIENT, SERIES, STUDY
 from compacs.index.base import InstanceFacts
+
+
+class Cursor(Protocol):
+    """The part of a DB-API 2.0 cursor (PEP 249) the statements use; sqlite3's and
+    psycopg's cursors both fit. Rows stay ``Any``: their column types are the statement's."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    @property
+    def description(self) -> Any:
+        """A sequence of 7-item column descriptions (PEP 249); each driver its own type."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> object: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def fetchmany(self, size: int = ..., /) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
 
 UNIQUE_COLUMN = {level: INDEXED[level][0].column for level in INDEXED}
 
@@ -63,11 +86,11 @@ class Statements:
     def _q(self, sql: str) -> str:
         return sql.replace("?", self.ph) if self.ph != "?" else sql
 
-    def _one(self, cur: Any, sql: str, params: Sequence[Any]) -> Any:
+    def _one(self, cur: Cursor, sql: str, params: Sequence[Any]) -> Any:
         cur.execute(self._q(sql), params)
         return cur.fetchone()
 
-    def _facts(self, cur: Any, where: str, params: Sequence[Any]) -> list[InstanceFacts]:
+    def _facts(self, cur: Cursor, where: str, params: Sequence[Any]) -> list[InstanceFacts]:
         cur.execute(self._q(f"{FACTS} {where}"), params)
         names = [d[0] for d in cur.description]
         return [cast(InstanceFacts, dict(zip(names, row, strict=True))) for row in cur.fetchall()]

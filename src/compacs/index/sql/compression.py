@@ -4,12 +4,10 @@ jobs queued for old instances (issue 16), claims released at a node's stop."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from compacs.clock import utc_now
 from compacs.index.base import InstanceFacts, NewInstance, ObjectChange
 from compacs.index.schema import ARCHIVE_TIER, INGEST_TIER
-from compacs.index.sql.common import Statements
+from compacs.index.sql.common import Cursor, Statements
 
 CLAIM_LEASE = 900.0
 """Seconds after which a compression job claimed by a node that never finished it (killed,
@@ -19,7 +17,7 @@ never restarted) may be taken by another node."""
 class CompressionStatements(Statements):
     """The ``jobs`` rows: one per instance waiting for its compression (or archive tier)."""
 
-    def queue_job(self, cur: Any, inst: NewInstance) -> None:
+    def queue_job(self, cur: Cursor, inst: NewInstance) -> None:
         """Queue a just-indexed instance's compression job, when its policy asks for one
         (same transaction as its row)."""
         if inst.compress_after is None:
@@ -33,7 +31,7 @@ class CompressionStatements(Statements):
         )
 
     def claim_jobs(
-        self, cur: Any, worker: str, limit: int, now: float, archive: bool = False
+        self, cur: Cursor, worker: str, limit: int, now: float, archive: bool = False
     ) -> list[InstanceFacts]:
         """Claim up to ``limit`` due jobs: the ingest tier's first; the archive tier's only
         when ``archive`` (the caller sees no C-STORE arriving) and no ingest job is
@@ -54,7 +52,7 @@ class CompressionStatements(Statements):
             row["job_tier"] = tiers[row["pk"]]
         return facts
 
-    def _claim(self, cur: Any, worker: str, limit: int, now: float, tier: str) -> dict[int, str]:
+    def _claim(self, cur: Cursor, worker: str, limit: int, now: float, tier: str) -> dict[int, str]:
         """Claim due jobs of one tier: instance pk -> tier."""
         cur.execute(
             self._q(
@@ -77,7 +75,7 @@ class CompressionStatements(Statements):
                 claimed[pk] = tier
         return claimed
 
-    def queue_archive(self, cur: Any, stored_before: str, limit: int, now: float) -> int:
+    def queue_archive(self, cur: Cursor, stored_before: str, limit: int, now: float) -> int:
         """Queue archive-tier jobs for up to ``limit`` instances of the ingest tier stored
         before ``stored_before`` (ISO UTC) that have no job yet, oldest first."""
         cur.execute(
@@ -91,7 +89,9 @@ class CompressionStatements(Statements):
         )
         return cur.rowcount
 
-    def claim_instance(self, cur: Any, sop_instance_uid: str, worker: str) -> InstanceFacts | None:
+    def claim_instance(
+        self, cur: Cursor, sop_instance_uid: str, worker: str
+    ) -> InstanceFacts | None:
         facts = self._facts(cur, "WHERE i.sop_instance_uid = ?", (sop_instance_uid,))
         if not facts:
             return None
@@ -106,7 +106,7 @@ class CompressionStatements(Statements):
 
     def finish_job(
         self,
-        cur: Any,
+        cur: Cursor,
         pk: int,
         old_key: str,
         change: ObjectChange | None,
@@ -153,7 +153,7 @@ class CompressionStatements(Statements):
         row = self._one(cur, "SELECT storage_key FROM instances WHERE pk = ?", (pk,))
         return row is not None and row[0] == change.storage_key
 
-    def release_claims(self, cur: Any, node: str) -> int:
+    def release_claims(self, cur: Cursor, node: str) -> int:
         """Free the jobs this node's workers held when it stopped (other nodes' claims
         stay; theirs expire after :data:`CLAIM_LEASE` if they never come back)."""
         cur.execute(

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from compacs.clock import utc_now
-from compacs.index.base import Forward
+from compacs.index.base import Forward, ForwardItem, ForwardOutcome
 from compacs.index.forward_state import ForwardState
-from compacs.index.sql.common import Statements
+from compacs.index.sql.common import Cursor, Statements
 
 # the states as SQL string literals
 _PENDING, _SENDING = f"'{ForwardState.PENDING}'", f"'{ForwardState.SENDING}'"
@@ -55,33 +55,35 @@ def _options(forward: Forward) -> str:
     )
 
 
-def _item(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+def _item(names: Sequence[str], row: Sequence[Any]) -> ForwardItem:
+    """The row of :data:`_ITEM` as a :class:`ForwardItem`: its syntaxes as a tuple, its
+    options' JSON (:func:`_options`) as keys of their own."""
     item = dict(zip(names, row, strict=True))
     item["syntaxes"] = tuple(item["syntaxes"].split())
     item.update(json.loads(item.pop("options")))
-    return item
+    return cast(ForwardItem, item)  # the columns of _ITEM and the keys of _options
 
 
 class ForwardStatements(Statements):
     """The ``forwards`` rows: queued, claimed, finished, committed, listed, retried."""
 
-    def _rows(self, cur: Any, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    def _rows(self, cur: Cursor, sql: str, params: Sequence[Any]) -> list[ForwardItem]:
         cur.execute(self._q(sql), params)
         names = [d[0] for d in cur.description]
         return [_item(names, row) for row in cur.fetchall()]
 
-    def queue_forwards(self, cur: Any, instance_pk: int, forwards: Sequence[Forward]) -> None:
+    def queue_forwards(self, cur: Cursor, instance_pk: int, forwards: Sequence[Forward]) -> None:
         """Queue deliveries of a just-indexed instance (same transaction as its row)."""
         cur.execute(self._q("DELETE FROM forwards WHERE instance_fk = ?"), (instance_pk,))
         for forward in forwards:  # the first of two for one destination wins
             self._insert(cur, instance_pk, forward, "DO NOTHING")
 
-    def enqueue_forwards(self, cur: Any, instance_pks: list[int], forward: Forward) -> int:
+    def enqueue_forwards(self, cur: Cursor, instance_pks: list[int], forward: Forward) -> int:
         for pk in instance_pks:  # an existing item for the destination starts afresh
             self._insert(cur, pk, forward, _AFRESH)
         return len(instance_pks)
 
-    def _insert(self, cur: Any, instance_pk: int, forward: Forward, on_conflict: str) -> None:
+    def _insert(self, cur: Cursor, instance_pk: int, forward: Forward, on_conflict: str) -> None:
         stamp = utc_now()
         cur.execute(
             self._q(
@@ -105,13 +107,13 @@ class ForwardStatements(Statements):
 
     def claim_forwards(
         self,
-        cur: Any,
+        cur: Cursor,
         worker: str,
         now: float,
         limit: int,
         skip: frozenset[str],
         only: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[ForwardItem]:
         excluded = sorted(skip)
         not_in = f" AND f.destination NOT IN ({', '.join('?' for _ in excluded)})" if skip else ""
         if only is not None:
@@ -147,7 +149,7 @@ class ForwardStatements(Statements):
                 claimed.append(item)
         return claimed
 
-    def finish_forwards(self, cur: Any, outcomes: list[dict[str, Any]]) -> None:
+    def finish_forwards(self, cur: Cursor, outcomes: Sequence[ForwardOutcome]) -> None:
         stamp = utc_now()
         for o in outcomes:
             cur.execute(
@@ -170,7 +172,7 @@ class ForwardStatements(Statements):
                 ),
             )
 
-    def defer_destination(self, cur: Any, destination: str, until: float) -> None:
+    def defer_destination(self, cur: Cursor, destination: str, until: float) -> None:
         cur.execute(
             self._q(
                 "UPDATE forwards SET not_before = ? "
@@ -180,7 +182,7 @@ class ForwardStatements(Statements):
         )
 
     def commitment_result(
-        self, cur: Any, transaction_uid: str, committed: set[str], failed: set[str]
+        self, cur: Cursor, transaction_uid: str, committed: set[str], failed: set[str]
     ) -> int:
         rows = self._rows(
             cur,
@@ -208,12 +210,12 @@ class ForwardStatements(Statements):
         return changed
 
     def forward_items(
-        self, cur: Any, state: str | None = None, limit: int = 1000
-    ) -> list[dict[str, Any]]:
+        self, cur: Cursor, state: str | None = None, limit: int = 1000
+    ) -> list[ForwardItem]:
         where, params = ("WHERE f.state = ?", [state]) if state else ("", [])
         return self._rows(cur, f"{_ITEM} {where} ORDER BY f.pk LIMIT ?", (*params, limit))
 
-    def _selection(self, pks: list[int] | None, states: tuple[str, ...]) -> tuple[str, list]:
+    def _selection(self, pks: list[int] | None, states: tuple[str, ...]) -> tuple[str, list[Any]]:
         clauses = [f"state IN ({', '.join('?' for _ in states)})"]
         params: list[Any] = list(states)
         if pks is not None:
@@ -221,7 +223,7 @@ class ForwardStatements(Statements):
             params += pks
         return " AND ".join(clauses), params
 
-    def requeue_forwards(self, cur: Any, pks: list[int] | None, states: tuple[str, ...]) -> int:
+    def requeue_forwards(self, cur: Cursor, pks: list[int] | None, states: tuple[str, ...]) -> int:
         where, params = self._selection(pks, states)
         cur.execute(
             self._q(
@@ -232,12 +234,12 @@ class ForwardStatements(Statements):
         )
         return cur.rowcount
 
-    def drop_forwards(self, cur: Any, pks: list[int] | None, states: tuple[str, ...]) -> int:
+    def drop_forwards(self, cur: Cursor, pks: list[int] | None, states: tuple[str, ...]) -> int:
         where, params = self._selection(pks, states)
         cur.execute(self._q(f"DELETE FROM forwards WHERE {where}"), params)
         return cur.rowcount
 
-    def release_forward_claims(self, cur: Any, stale_before: float, node: str | None) -> int:
+    def release_forward_claims(self, cur: Cursor, stale_before: float, node: str | None) -> int:
         released = 0
         if node is not None:  # its own start-up: what it was sending when it stopped
             cur.execute(
@@ -267,7 +269,7 @@ class ForwardStatements(Statements):
         )
         return released + cur.rowcount
 
-    def retention_due(self, cur: Any, now: float) -> list[int]:
+    def retention_due(self, cur: Cursor, now: float) -> list[int]:
         """Instances with deliveries, all done, every one with a retention period, and
         received longer ago than the longest of them."""
         cur.execute(
@@ -283,7 +285,7 @@ class ForwardStatements(Statements):
                 due.append(pk)
         return due
 
-    def forward_problems(self, cur: Any) -> dict[str, Any]:
+    def forward_problems(self, cur: Cursor) -> dict[str, Any]:
         """Per destination, the items not yet delivered whose last attempt failed, grouped
         by that attempt's error: the queue's own state (a delivery clears ``last_error``),
         so a problem shows exactly as long as it lasts. ``{destination: {"items": n,
@@ -300,7 +302,7 @@ class ForwardStatements(Statements):
             entry["errors"].append({"error": error, "items": int(n), "last_attempt": last})
         return out
 
-    def forward_counts(self, cur: Any) -> dict[str, Any]:
+    def forward_counts(self, cur: Cursor) -> dict[str, Any]:
         cur.execute(
             "SELECT destination, state, COUNT(*), COALESCE(SUM(bytes_sent), 0) FROM forwards "
             "GROUP BY destination, state ORDER BY 1, 2"

@@ -11,7 +11,7 @@ from typing import Any
 from compacs.dicom.attributes import IMAGE
 from compacs.dicom.syntaxes import name_of
 from compacs.index.compression_state import CHANGED, note_kind_sql, reason_of
-from compacs.index.sql.common import FROM, UNIQUE_COLUMN, Statements, alias_of
+from compacs.index.sql.common import FROM, UNIQUE_COLUMN, Cursor, Statements, alias_of
 
 
 class ReportStatements(Statements):
@@ -21,7 +21,7 @@ class ReportStatements(Statements):
     forward_counts: Callable[[Any], dict[str, Any]]
     forward_problems: Callable[[Any], dict[str, Any]]
 
-    def stats(self, cur: Any) -> dict[str, Any]:
+    def stats(self, cur: Cursor) -> dict[str, Any]:
         counts = {}
         for name, table in (
             ("patients", "patients"),
@@ -62,7 +62,7 @@ class ReportStatements(Statements):
             "forwarding_problems": self.forward_problems(cur),
         }
 
-    def storage_groups(self, cur: Any) -> list[dict[str, Any]]:
+    def storage_groups(self, cur: Cursor) -> list[dict[str, Any]]:
         """Instances and bytes received, stored and saved per (tier, stored transfer
         syntax, modality): the rows ``compacs stats`` and the dashboard group by codec,
         modality and tier (issue 16)."""
@@ -77,7 +77,7 @@ class ReportStatements(Statements):
             for tier, ts, modality, n, r, s in cur.fetchall()
         ]
 
-    def _untouched_by_reason(self, cur: Any) -> dict[str, int]:
+    def _untouched_by_reason(self, cur: Cursor) -> dict[str, int]:
         """Instances stored as received and not waiting for compression, counted by reason
         (:func:`compacs.index.compression_state.reason_of`), most frequent first."""
         changed = ", ".join(f"'{state}'" for state in CHANGED)
@@ -92,7 +92,7 @@ class ReportStatements(Statements):
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     # -- the admin's window (compacs.web) ---------------------------------------------
-    def sizes(self, cur: Any, level: str, uid: str) -> dict[str, Any]:
+    def sizes(self, cur: Cursor, level: str, uid: str) -> dict[str, Any]:
         """Instances, bytes and stored syntaxes under one patient/study/series/instance."""
         where = f"{alias_of(level, IMAGE)}.{UNIQUE_COLUMN[level]} = ?"
         cur.execute(
@@ -114,7 +114,7 @@ class ReportStatements(Statements):
             },
         }
 
-    def received_per_day(self, cur: Any) -> list[dict[str, Any]]:
+    def received_per_day(self, cur: Cursor) -> list[dict[str, Any]]:
         """Bytes received and stored per UTC day of receipt (received_at), oldest first."""
         cur.execute(
             "SELECT substr(received_at, 1, 10), COUNT(*), SUM(bytes_received), "
