@@ -28,6 +28,7 @@ from pynetdicom.events import Event
 
 from compacs.clock import utc_now
 from compacs.dicom.status import Category, category
+from compacs.net import Handler
 from compacs.net.pdata import Summary
 
 _OPERATIONS = {
@@ -80,7 +81,7 @@ class Activity:
         self._held: dict[int, deque[dict[str, Any]]] = {}
 
     # -- pynetdicom notification handlers --------------------------------------------
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[Handler]:
         return [
             (evt.EVT_ESTABLISHED, self._established),
             (evt.EVT_REJECTED, lambda e: self._ended(e, "rejected")),

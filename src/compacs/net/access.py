@@ -7,10 +7,11 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventType
 
 from compacs import metrics
 from compacs.dicom.status import Status, describe
+from compacs.net import Handler
 from compacs.net.retrieve import MOVE_MODELS
 from compacs.security import AccessControl
 
@@ -58,7 +59,7 @@ def _refuse(kind: str) -> Any:
     return response
 
 
-GUARDED = {
+GUARDED: dict[EventType, str] = {
     evt.EVT_C_ECHO: "echo",
     evt.EVT_C_STORE: "store",
     evt.EVT_C_FIND: "find",
@@ -69,7 +70,7 @@ GUARDED = {
 }
 
 
-def guarded(access: AccessControl, bound: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+def guarded(access: AccessControl, bound: list[Handler]) -> list[Handler]:
     """The service handlers, each refusing (0x0124) an operation the AE may not use."""
     if not access.enabled:
         return bound
@@ -89,7 +90,7 @@ def guarded(access: AccessControl, bound: list[tuple[Any, Any]]) -> list[tuple[A
     return out
 
 
-def handlers(access: AccessControl) -> list[tuple[Any, Any]]:
+def handlers(access: AccessControl) -> list[Handler]:
     def on_requested(event: Event) -> None:
         if not access.enabled:
             return

@@ -17,12 +17,14 @@ from collections.abc import Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from compacs.dicom.ae import Peer
 from compacs.dicom.status import Status, done
 from compacs.index import Catalogue, InstanceLocation
+from compacs.net import Handler
 from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.storage import BlobStore
 
@@ -43,7 +45,7 @@ def check(
     store: BlobStore,
     references: list[Dataset],
     visible: Callable[[InstanceLocation], bool] = lambda location: True,
-) -> tuple[list, list]:
+) -> tuple[list[Dataset], list[Dataset]]:
     """(committed, failed) Referenced SOP items; failed ones carry a Failure Reason.
 
     An instance the requester may not see (``visible``) is answered as if it did not exist
@@ -90,7 +92,9 @@ def _failure_reason(
     return None
 
 
-def event_report(transaction_uid: str, committed: list, failed: list) -> tuple[Dataset, int]:
+def event_report(
+    transaction_uid: str, committed: list[Dataset], failed: list[Dataset]
+) -> tuple[Dataset, int]:
     info = Dataset()
     info.TransactionUID = transaction_uid
     if committed:
@@ -109,7 +113,7 @@ def _send_on_new_association(ae_title: str, peer: Peer, info: Dataset, event_typ
         peer.port,
         ae_title=peer.ae_title,
         ext_neg=[role],
-        evt_handlers=REQUESTOR_HANDLERS,
+        evt_handlers=[*REQUESTOR_HANDLERS],
     )
     if not assoc.is_established:
         return False
@@ -129,7 +133,7 @@ def handlers(
     ae_title: str,
     on_report: Callable[[Dataset, int], None] | None = None,
     sees_all: Callable[[str, str], bool] = lambda calling, address: True,
-):
+) -> list[Handler]:
     """N-ACTION (compacs as the commitment SCP), and N-EVENT-REPORT: the report of a
     destination compacs forwarded to, sent on an association of its own (J.3.3.1).
 
@@ -137,7 +141,7 @@ def handlers(
     (it may C-FIND); otherwise only of those it sent itself."""
 
     def check_and_report(
-        assoc, calling: str, address: str, transaction: str, references: list[Dataset]
+        assoc: Association, calling: str, address: str, transaction: str, references: list[Dataset]
     ) -> None:
         def visible(location: InstanceLocation) -> bool:
             return sees_all(calling, address) or location.extra.get("calling_ae") == calling
@@ -156,7 +160,7 @@ def handlers(
         time.sleep(max(0.0, SAME_ASSOCIATION_GRACE - (time.monotonic() - start)))
         report(assoc, calling, info, event_type)
 
-    def report(assoc, calling: str, info: Dataset, event_type: int) -> None:
+    def report(assoc: Association, calling: str, info: Dataset, event_type: int) -> None:
         if assoc.is_established:
             try:
                 assoc.send_n_event_report(
@@ -176,7 +180,7 @@ def handlers(
         if not _send_on_new_association(ae_title, peer, info, event_type):
             log.error("storage commitment report to %s failed", peer)
 
-    def handle_action(event: Event):
+    def handle_action(event: Event) -> tuple[int, None]:
         request = event.action_information
         transaction = str(request.get("TransactionUID", ""))
         if event.action_type != 1 or not transaction:
@@ -209,7 +213,7 @@ def handlers(
         ).start()
         return Status.SUCCESS, None
 
-    def handle_report(event: Event):
+    def handle_report(event: Event) -> tuple[int, None]:
         if on_report is None or event.event_type not in (1, 2):
             return Status.NO_SUCH_EVENT_TYPE, None
         on_report(event.event_information, event.event_type)

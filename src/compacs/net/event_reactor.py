@@ -285,7 +285,7 @@ class _Activity:
             self.changed.notify_all()
 
 
-class _NotifyingQueue(queue.Queue):
+class _NotifyingQueue(queue.Queue[Any]):
     """A pynetdicom queue (its class swapped on the instance) that calls ``_on_put``."""
 
     _on_put: Callable[[], None]
@@ -295,7 +295,7 @@ class _NotifyingQueue(queue.Queue):
         self._on_put()
 
 
-def _notify_on_put(q: queue.Queue, on_put: Callable[[], None]) -> None:
+def _notify_on_put(q: queue.Queue[Any], on_put: Callable[[], None]) -> None:
     if type(q) is not queue.Queue:
         raise UnsupportedPynetdicom(f"expected a queue.Queue, found {type(q).__name__}")
     q._on_put = on_put  # type: ignore[attr-defined]

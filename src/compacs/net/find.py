@@ -19,6 +19,7 @@ from pynetdicom.sop_class import (
 
 from compacs.dicom.status import Status, error_comment
 from compacs.index import Catalogue
+from compacs.net import Handler
 from compacs.net.find_wire import PendingResponder
 from compacs.query import (
     PATIENT_ROOT,
@@ -70,8 +71,8 @@ def find(
             yield status, identifier_dataset(elements)
 
 
-def handlers(index: Catalogue, ae_title: str, pn_case_insensitive: bool):
-    def handle_find(event: Event):
+def handlers(index: Catalogue, ae_title: str, pn_case_insensitive: bool) -> list[Handler]:
+    def handle_find(event: Event) -> Iterator[tuple[int, Dataset | None]]:
         model = MODELS[str(event.request.AffectedSOPClassUID)]
         try:
             identifier = event.identifier

@@ -34,12 +34,14 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import evt
 
 from compacs import metrics
+from compacs.net import Handler
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class Limits:
 
 @dataclass
 class _Connection:
-    sock: Any
+    sock: socket.socket
     host: str
     port: int
     established: bool = False
@@ -128,7 +130,7 @@ class ConnectionGuard:
             self._wake.notify()
 
     # -- association events ------------------------------------------------------------
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[Handler]:
         return [(evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_ESTABLISHED, self._on_established)]
 
     def _on_open(self, event: Any) -> None:
@@ -229,8 +231,11 @@ def recv_whole(assoc_socket: Any, n: int) -> bytearray:
 
 
 def _capped_recv(
-    recv: Any, limits: Limits, address: Any, connection: _Connection | None = None
-) -> Any:
+    recv: Callable[[int], bytearray],
+    limits: Limits,
+    address: Any,
+    connection: _Connection | None = None,
+) -> Callable[[int], bytearray]:
     """pynetdicom's ``AssociationSocket.recv`` refusing a PDU body over the limit, and a
     data set over ``max_object_size`` as its fragments arrive.
 

@@ -16,11 +16,12 @@ from typing import Any
 from pynetdicom import evt
 
 from compacs import metrics
+from compacs.net import Handler
 
 SERVICES = {evt.EVT_C_FIND: "C-FIND", evt.EVT_C_MOVE: "C-MOVE", evt.EVT_C_GET: "C-GET"}
 
 
-def timed(handlers: list[tuple[Any, Callable]]) -> list[tuple[Any, Callable]]:
+def timed(handlers: list[Handler]) -> list[Handler]:
     """``handlers`` with those of :data:`SERVICES` wrapped by :func:`_timed`."""
     return [
         (event, _timed(handler, SERVICES[event]) if event in SERVICES else handler)

@@ -28,7 +28,7 @@ from pynetdicom.presentation import PresentationContext
 from compacs.dicom.syntaxes import acceptance_order
 
 
-class SharedContexts(list):
+class SharedContexts(list[PresentationContext]):
     """The acceptor's supported contexts, shared by every association, with an index by
     abstract syntax built once.
 
@@ -48,7 +48,7 @@ class SharedContexts(list):
         super().__init__(contexts)
         self._index = index if index is not None else _by_abstract(self)
 
-    def __deepcopy__(self, memo: dict) -> SharedContexts:
+    def __deepcopy__(self, memo: dict[int, object]) -> SharedContexts:
         return SharedContexts(self, self._index)
 
     def by_abstract(self) -> dict[str, PresentationContext]:

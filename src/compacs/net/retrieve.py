@@ -41,7 +41,7 @@ from compacs.dicom.ae import Peer
 from compacs.dicom.status import Status, error_comment
 from compacs.dicom.syntaxes import NATIVE_SYNTAXES
 from compacs.index import Catalogue, StoredInstance
-from compacs.net import sender
+from compacs.net import Handler, sender
 from compacs.net.sender import ArchiveAE, EncodedDataSet
 from compacs.net.server import REQUESTOR_HANDLERS
 from compacs.query import PATIENT_ROOT, STUDY_ROOT, QueryError, parse_identifier
@@ -230,6 +230,12 @@ def sub_operations(
         ahead.close()
 
 
+MoveStep = tuple[None, None] | tuple[str, int, dict[str, Any]] | int | tuple[int, Dataset | None]
+"""What a C-MOVE handler yields to pynetdicom, in order: the destination (host, port and
+association options; ``(None, None)``: unknown, 0xA801), the number of sub-operations,
+then a status and data set per response (PS3.4 C.4.2)."""
+
+
 def _query(index: Catalogue, identifier: Dataset, model: str) -> list[StoredInstance]:
     return index.matching_instances(parse_identifier(identifier, model))
 
@@ -247,13 +253,13 @@ def handlers(
     move_allowed: Callable[[str, str], bool],
     decode: Decode = to_peer_syntax,
     read_ahead: int = 2,
-):
+) -> list[Handler]:
     """The C-MOVE and C-GET handlers. ``decode`` brings an object to another syntax (the
     node passes its worker processes'), ``read_ahead`` sub-operations are prepared ahead
     of the one being sent (the node: twice the worker processes, so both cores decode)."""
     sender.install()  # EncodedDataSet bytes go on the wire as they are
 
-    def handle_move(event: Event):
+    def handle_move(event: Event) -> Iterator[MoveStep]:
         model = MOVE_MODELS[str(event.request.AffectedSOPClassUID)]
         destination = str(event.move_destination or "").strip()
         calling = event.assoc.requestor.ae_title
@@ -285,7 +291,7 @@ def handlers(
             read_ahead,
         )
 
-    def handle_get(event: Event):
+    def handle_get(event: Event) -> Iterator[int | tuple[int, Dataset | None]]:
         model = GET_MODELS[str(event.request.AffectedSOPClassUID)]
         try:
             instances = _query(index, event.identifier, model)

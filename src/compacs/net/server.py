@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import ssl
 from typing import Any, cast
 
 from pynetdicom import AE, evt
-from pynetdicom.events import EventHandlerType
+from pynetdicom.events import Event
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -25,7 +26,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from compacs import metrics
 from compacs.dicom.sop_classes import storage_sop_classes
 from compacs.dicom.syntaxes import accepted_for_storage
-from compacs.net import command_set
+from compacs.net import Handler, command_set
 from compacs.net.event_reactor import event_driven_on_open, require_supported
 from compacs.net.guard import ConnectionGuard
 from compacs.net.negotiation import SharedContexts, prefer_on_request
@@ -136,7 +137,7 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
         return True
 
 
-def set_nodelay(event) -> None:
+def set_nodelay(event: Event) -> None:
     """EVT_CONN_OPEN handler for associations compacs requests (C-MOVE destinations,
     commitment reports): TCP_NODELAY on the outgoing socket too."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
@@ -147,7 +148,7 @@ def set_nodelay(event) -> None:
 
 # Every association compacs requests (C-MOVE/C-GET destinations, forwarding, commitment
 # reports) is opened with these: event driven (net/event_reactor.py) and race-guarded.
-REQUESTOR_HANDLERS: list[EventHandlerType] = [
+REQUESTOR_HANDLERS: list[Handler] = [
     (evt.EVT_CONN_OPEN, set_nodelay),
     (evt.EVT_CONN_OPEN, keep_responses_on_open),
     (evt.EVT_CONN_OPEN, event_driven_on_open),
@@ -158,7 +159,7 @@ def _counted(outcome: str) -> Any:
     return lambda event: metrics.ASSOCIATIONS.inc(outcome=outcome)
 
 
-def end_negotiation_on_close(event) -> None:
+def end_negotiation_on_close(event: Event) -> None:
     """EVT_CONN_CLOSE: a peer that sent an undecodable A-ASSOCIATE-RQ is aborted by
     pynetdicom's DUL, but the association thread waits on for the request until the
     ACSE timeout (30 s): thirty garbage connections would fill max_associations and lock
@@ -166,13 +167,15 @@ def end_negotiation_on_close(event) -> None:
     the timeout). Found by tests/test_faults.py's PDU fuzzing."""
     assoc = event.assoc
     if assoc.is_acceptor and not assoc.is_established and assoc.requestor.primitive is None:
-        assoc.dul.to_user_queue.put(None)
+        # pynetdicom annotates the queue with its primitives only; receive_pdu returns what
+        # it gets, and the acceptor takes None as its timeout (association.py _run_as_acceptor)
+        cast("queue.Queue[object]", assoc.dul.to_user_queue).put(None)
 
 
 # Acceptor side: the reactor guard, event-driven reactors, the transfer syntax preference
 # for what the requestor proposed, associations by outcome for the metrics endpoint, and
 # the above.
-ACCEPTOR_HANDLERS = [
+ACCEPTOR_HANDLERS: list[Handler] = [
     (evt.EVT_CONN_OPEN, keep_responses_on_open),
     (evt.EVT_CONN_OPEN, event_driven_on_open),
     (evt.EVT_REQUESTED, prefer_on_request),
@@ -221,7 +224,7 @@ def make_server(
     ae: AE,
     host: str,
     port: int,
-    handlers: list,
+    handlers: list[Handler],
     ssl_context: Any = None,
     guard: ConnectionGuard | None = None,
 ) -> NoDelayAssociationServer:
@@ -230,7 +233,7 @@ def make_server(
         NoDelayAssociationServer,
         ae.make_server(
             (host, port),
-            evt_handlers=handlers + (guard.handlers() if guard is not None else []),
+            evt_handlers=[*handlers, *(guard.handlers() if guard is not None else [])],
             server_class=NoDelayAssociationServer,
             ssl_context=ssl_context,
         ),

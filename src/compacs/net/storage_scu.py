@@ -98,7 +98,7 @@ class Link:
 
     @property
     def established(self) -> bool:
-        return self.assoc.is_established
+        return bool(self.assoc.is_established)
 
     def carries(self, items: list[ForwardItem]) -> bool:
         """Whether this association offered everything ``items`` need (then the answer

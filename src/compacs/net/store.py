@@ -6,6 +6,7 @@ pynetdicom's ``encoded_dataset``) and turns the ingest outcome into a response.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 from pydicom.dataset import Dataset
@@ -16,9 +17,10 @@ from pynetdicom.events import Event
 from compacs import metrics
 from compacs.dicom.status import category, error_comment
 from compacs.ingest import Ingest, Received
+from compacs.net import Handler
 
 
-def make_store_handler(ingest: Ingest):
+def make_store_handler(ingest: Ingest) -> Callable[[Event], Dataset]:
     def handle_store(event: Event) -> Dataset:
         request = cast(C_STORE, event.request)
         assoc = event.assoc
@@ -43,5 +45,5 @@ def make_store_handler(ingest: Ingest):
     return handle_store
 
 
-def handlers(ingest: Ingest):
+def handlers(ingest: Ingest) -> list[Handler]:
     return [(evt.EVT_C_STORE, make_store_handler(ingest))]
