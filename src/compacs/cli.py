@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from types import ModuleType
 
 from compacs import __version__, libraries
 from compacs.commands import (
+    Command,
     check_config,
     compress,
     delete,
@@ -27,7 +27,7 @@ from compacs.commands import (
 from compacs.config import ConfigError, Settings, load, with_overrides
 from compacs.logs import configure
 
-COMMANDS: tuple[ModuleType, ...] = (
+COMMANDS: tuple[Command, ...] = (
     serve,
     compress,
     check_config,

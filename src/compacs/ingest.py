@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 
@@ -215,7 +216,7 @@ class Ingest:
     def _store(
         self,
         rx: Received,
-        attributes: dict,
+        attributes: dict[str, dict[str, Any]],
         parts: tuple[bytes, bytes],
         key: str,
         digest: str,
@@ -287,7 +288,7 @@ class Ingest:
             raise Rejected(Status.CANNOT_UNDERSTAND, f"malformed data set: {problem}")
         return file_header(sop_class, sop_instance, rx.transfer_syntax, rx.calling_ae)
 
-    def _attributes(self, rx: Received, header: bytes) -> dict:
+    def _attributes(self, rx: Received, header: bytes) -> dict[str, dict[str, Any]]:
         """The indexed attributes of the data set (its one parse), agreeing with the
         request's UIDs (PS3.4 B.2.3); or Rejected."""
         try:
@@ -318,7 +319,7 @@ class Ingest:
         return attributes
 
     @staticmethod
-    def _facts(rx: Received, attributes: dict) -> dict:
+    def _facts(rx: Received, attributes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """What compression and routing rules match on: every indexed attribute, and the
         association's facts (compacs.rules.MATCH_KEYS)."""
         facts = {column: value for level in attributes.values() for column, value in level.items()}
@@ -326,7 +327,7 @@ class Ingest:
         facts["transfer_syntax_received"] = rx.transfer_syntax
         return facts
 
-    def _compression_due(self, facts: dict) -> tuple[float | None, str | None]:
+    def _compression_due(self, facts: dict[str, Any]) -> tuple[float | None, str | None]:
         """When the policy wants this instance compressed (epoch seconds) and None, or
         None and why the policy keeps it as received."""
         verdict = self.policy.verdict(facts_of(facts))

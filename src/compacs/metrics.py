@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 from prometheus_client import (
@@ -26,7 +27,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from compacs import __version__
@@ -79,11 +80,11 @@ DIMSE_SECONDS = Histogram(
 class _IndexCollector(Collector):
     """Gauges read at scrape time: the index's ``stats()`` document and the disk."""
 
-    def __init__(self, stats: Callable[[], dict], disk: Path | None) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]], disk: Path | None) -> None:
         self.stats = stats
         self.disk = disk
 
-    def describe(self) -> list:
+    def describe(self) -> list[Metric]:
         return []  # names are known only from the index; no duplicate check needed
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -120,7 +121,7 @@ class MetricsServer:
     """``GET /metrics`` on its own port (127.0.0.1 by default), in a daemon thread."""
 
     def __init__(
-        self, host: str, port: int, stats: Callable[[], dict], disk: Path | None = None
+        self, host: str, port: int, stats: Callable[[], dict[str, Any]], disk: Path | None = None
     ) -> None:
         collector = _IndexCollector(stats, disk)
         REGISTRY.register(collector)

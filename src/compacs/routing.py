@@ -130,7 +130,8 @@ class Routing:
         return any(route.wait_compression for route in self.routes)
 
     def retry_at(self, now: float, attempts: int) -> float:
-        return now + min(self.retry_delay * 2 ** max(attempts - 1, 0), self.retry_max_delay)
+        factor: int = 2 ** max(attempts - 1, 0)  # int ** int is Any to typeshed (negative: float)
+        return now + min(self.retry_delay * factor, self.retry_max_delay)
 
 
 def forward_everything(addresses: list[str]) -> Route:

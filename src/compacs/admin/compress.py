@@ -38,7 +38,7 @@ class Plan:
     of its target, and why every other instance is left as it is (reason -> count)."""
 
     planned: list[Candidate] = field(default_factory=list)
-    not_planned: Counter = field(default_factory=Counter)
+    not_planned: Counter[str] = field(default_factory=Counter)
 
 
 def _codec_name(uid: str) -> str:
@@ -154,7 +154,7 @@ def estimate_archive(
         key = (c.facts.get("modality") or "(none)", _codec_name(c.facts["transfer_syntax_stored"]))
         groups.setdefault(key, []).append(c)
     gains: dict[tuple[str, str], Gain] = {}
-    winners: Counter = Counter()
+    winners: Counter[str] = Counter()
     for key, items in sorted(groups.items()):
         gain = gains[key] = Gain(len(items), sum(int(c.facts["bytes_stored"]) for c in items))
         for c in _sample(items, sample):
@@ -214,7 +214,7 @@ def misread_reason(facts: InstanceFacts, store: BlobStore) -> str | None:
 @dataclass
 class Summary:
     planned: int = 0
-    states: Counter = field(default_factory=Counter)
+    states: Counter[str] = field(default_factory=Counter)
     bytes_before: int = 0
     bytes_after: int = 0
     seconds: float = 0.0

@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TextIO
 
 from compacs.logs import subject
@@ -61,7 +62,9 @@ def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def exception_line(exc_info: tuple) -> str:
+def exception_line(
+    exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None],
+) -> str:
     """``Type: message`` of a record's exception, without the traceback."""
     _, exc, _ = exc_info
     return f"{type(exc).__name__}: {exc}" if exc is not None else ""
@@ -183,7 +186,14 @@ def live(stream: TextIO = sys.stderr, verbose: bool = False) -> Iterator[Console
     handler = ConsoleHandler(console)
     handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         text = str(message)
         if verbose:
             console.line(warnings.formatwarning(message, category, filename, lineno, line))

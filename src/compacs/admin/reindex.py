@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from compacs.admin.console import Progress
@@ -320,7 +320,10 @@ def _is_postgres(url: str) -> bool:
     return urlsplit(url).scheme in ("postgresql", "postgres")
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
+T = TypeVar("T")
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for n in range(0, len(items), size):
         yield items[n : n + size]
 

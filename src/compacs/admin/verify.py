@@ -70,7 +70,7 @@ class VerifyReport:
     """Orphan keys deleted by ``repair_orphans``."""
 
     @property
-    def counts(self) -> Counter:
+    def counts(self) -> Counter[str]:
         return Counter(p.kind for p in self.problems)
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from compacs.commands import options
@@ -66,11 +67,12 @@ def print_stats(stats: dict[str, Any], out: TextIO = sys.stdout) -> None:
                 f"{e['last_attempt']}: {e['error']}",
                 file=out,
             )
-    for title, key, label in (
+    groups: tuple[tuple[str, str, Callable[[str, dict[str, Any]], str]], ...] = (
         ("by modality", "by_modality", lambda k, v: k),
         ("by codec (stored transfer syntax)", "by_transfer_syntax", lambda k, v: v["name"]),
         ("by tier", "by_tier", lambda k, v: k),
-    ):
+    )
+    for title, key, label in groups:
         print(f"\n{title}:", file=out)
         print(
             f"  {'':<40} {'instances':>8}  {'received':>10}    {'stored':>10}  {'saved':>10}",

@@ -38,7 +38,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, TypeVarTuple, cast
 
 import pydicom.config
 
@@ -57,6 +57,9 @@ from compacs.codecs.work import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 PRELOAD = ["__main__", "compacs.jobs.pool"]
 """What the fork server imports once before it forks workers: the codecs layer, and the
@@ -194,7 +197,7 @@ class _Lane:
             theirs.close()  # only the child holds its end: its death reads as EOF here
             self._process, self._conn, self.pid = process, ours, process.pid
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _call(self, fn: Callable[[*Args], T], *args: *Args) -> T:
         """``fn(*args)`` in the worker process, raising what it raised there; _Died when
         the process ended before it replied."""
         self.start()
@@ -212,7 +215,7 @@ class _Lane:
             self.busy = False
         if isinstance(reply, _Raised):
             raise reply.exc
-        return reply
+        return cast(T, reply)  # what fn returned, through the pipe (pickled: Any)
 
     def run(
         self,

@@ -62,4 +62,4 @@ def install() -> None:
             "pynetdicom.dimse_messages.encode is not dsutils.encode: compacs's command set "
             "encoder (net/command_set.py) was written for pynetdicom 3.0.x"
         )
-    pynetdicom.dimse_messages.encode = encode
+    pynetdicom.dimse_messages.encode = encode  # type: ignore[attr-defined]  # its own binding of dsutils.encode, replaced

@@ -103,7 +103,7 @@ def install() -> None:
             "pynetdicom.association.encode is not dsutils.encode, or send_c_store no longer "
             "calls it: compacs's retrieve sender (net/sender.py) was written for pynetdicom 3.0.x"
         )
-    pynetdicom.association.encode = encode
+    pynetdicom.association.encode = encode  # type: ignore[attr-defined]  # its own binding of dsutils.encode, replaced
 
 
 class FanOutAssociation:

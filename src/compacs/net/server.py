@@ -168,7 +168,7 @@ def end_negotiation_on_close(event: Event) -> None:
     assoc = event.assoc
     if assoc.is_acceptor and not assoc.is_established and assoc.requestor.primitive is None:
         # pynetdicom annotates the queue with its primitives only; receive_pdu returns what
-        # it gets, and the acceptor takes None as its timeout (association.py _run_as_acceptor)
+        # it gets, and the acceptor takes None as its timeout (association.py run_reactor)
         cast("queue.Queue[object]", assoc.dul.to_user_queue).put(None)
 
 

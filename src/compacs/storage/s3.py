@@ -99,14 +99,16 @@ class S3Store:
         pass  # the key may be the kept copy itself
 
     def get(self, key: str) -> bytes:
-        return self._get(key)["Body"].read()
+        data: bytes = self._get(key)["Body"].read()  # boto3 ships no annotations
+        return data
 
     def open(self, key: str) -> BinaryIO:
         return BytesIO(self.get(key))
 
     def _head(self, key: str) -> dict[str, Any]:
         try:
-            return self._s3.head_object(Bucket=self.bucket, Key=self._key(key))
+            head: dict[str, Any] = self._s3.head_object(Bucket=self.bucket, Key=self._key(key))
+            return head
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code", "") in _MISSING_CODES:
                 raise FileNotFoundError(key) from exc
@@ -132,7 +134,7 @@ class S3Store:
         return int(self._head(key)["ContentLength"])
 
     def modified(self, key: str) -> float:
-        return self._head(key)["LastModified"].timestamp()
+        return float(self._head(key)["LastModified"].timestamp())  # a datetime (boto3: Any)
 
     def keys(self) -> Iterator[str]:
         start = f"{self.prefix}/" if self.prefix else ""

@@ -5,6 +5,7 @@ Each page renders the same document the JSON API returns; every value is escaped
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -178,7 +179,7 @@ SEARCH_FIELDS = (
 )
 
 
-SAVINGS_GROUPS = (
+SAVINGS_GROUPS: tuple[tuple[str, str, Callable[[str, dict[str, Any]], str]], ...] = (
     ("codec", "by_transfer_syntax", lambda key, e: e["name"]),
     ("modality", "by_modality", lambda key, e: key),
     ("tier", "by_tier", lambda key, e: key),

@@ -155,7 +155,8 @@ def _to_8bit(frame: np.ndarray, bits_stored: int) -> np.ndarray:
     if frame.dtype == np.uint8 and bits_stored == 8:
         return frame
     shift = max(bits_stored - 8, 0)
-    return np.clip(frame.astype(np.int64) >> shift, 0, 255).astype(np.uint8)
+    clipped: np.ndarray = np.clip(frame.astype(np.int64) >> shift, 0, 255)  # numpy: Any
+    return clipped.astype(np.uint8)
 
 
 def display(

@@ -99,7 +99,8 @@ class WebServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.socket.getsockname()[:2]
+        host, port = self.socket.getsockname()[:2]  # socket's getsockname() is Any
+        return host, port
 
     def _run(self) -> None:
         try:

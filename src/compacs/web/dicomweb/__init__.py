@@ -23,6 +23,7 @@ from starlette.types import Send
 
 from compacs.dicom.attributes import IMAGE, SERIES, STUDY
 from compacs.dicom.uids import is_valid_uid
+from compacs.index import StoredInstance
 from compacs.security import Credentials
 from compacs.web.auth import CHALLENGE
 from compacs.web.dicomweb import qido, rendered, stow, wado, wado_uri
@@ -73,7 +74,7 @@ def negotiate(accept: str | None, offered: dict[str, str]) -> str:
 
 def _uid(request: Request, name: str) -> str:
     """A UID path segment; :class:`Refused` 400 naming the segment unless it is a UID."""
-    value = request.path_params[name]
+    value: str = request.path_params[name]  # Starlette's path parameters: dict[str, Any]
     if not is_valid_uid(value):
         raise Refused(400, f"the {name} path segment is not a UID (PS3.5 9.1)")
     return value
@@ -203,13 +204,17 @@ class Retrieve:
 
         return serve
 
-    def _store_get(self, inst: dict[str, Any]) -> bytes:
-        return self.app.store.get(inst["storage_key"])
+    def _store_get(self, inst: StoredInstance) -> bytes:
+        data: bytes = self.app.store.get(inst["storage_key"])  # app: the web App (Any)
+        return data
 
-    async def _select(self, *uids: str | None) -> list[dict[str, Any]]:
+    async def _select(self, *uids: str | None) -> list[StoredInstance]:
         study, series, instance = uids
         assert study is not None
-        return await self.run(wado.select, self.app.index, study, series, instance)
+        found: list[StoredInstance] = await self.run(
+            wado.select, self.app.index, study, series, instance
+        )
+        return found
 
     async def _stream(
         self, request: Request, part_type: str, producers: list[wado.Produce]
@@ -233,7 +238,7 @@ class Retrieve:
 
         choices = wado.first_fit(candidates, fit)
 
-        def producer(inst: dict[str, Any], choice: wado.Choice) -> wado.Produce:
+        def producer(inst: StoredInstance, choice: wado.Choice) -> wado.Produce:
             def work() -> list[tuple[str, bytes]]:
                 syntax, body = wado.part10_file(self._store_get(inst), inst, choice)
                 return [(f"{wado.DICOM}; transfer-syntax={syntax}", body)]
@@ -253,7 +258,7 @@ class Retrieve:
             return PartsResponse(_nothing(), 200, media_type=DICOM_JSON)
         service = _service_root(request)
 
-        def producer(inst: dict[str, Any]) -> Callable[[], Awaitable[bytes]]:
+        def producer(inst: StoredInstance) -> Callable[[], Awaitable[bytes]]:
             def work() -> bytes:
                 uri = (
                     f"{service}/studies/{inst['study_uid']}/series/{inst['series_uid']}"

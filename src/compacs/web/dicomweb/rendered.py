@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from compacs.codecs.pixels import NotCompressible
+from compacs.index import StoredInstance
 from compacs.web import render
 from compacs.web.dicomweb import wado
 from compacs.web.render import RenderError, Window
@@ -220,13 +221,17 @@ class Rendered:
     def __init__(self, app: Any, run: Runner) -> None:
         self.app, self.run = app, run
 
-    def _get(self, inst: dict[str, Any]) -> bytes:
-        return self.app.store.get(inst["storage_key"])
+    def _get(self, inst: StoredInstance) -> bytes:
+        data: bytes = self.app.store.get(inst["storage_key"])  # app: the web App (Any)
+        return data
 
-    async def _select(self, *uids: str | None) -> list[dict[str, Any]]:
+    async def _select(self, *uids: str | None) -> list[StoredInstance]:
         study, series, instance = uids
         assert study is not None
-        return await self.run(wado.select, self.app.index, study, series, instance)
+        found: list[StoredInstance] = await self.run(
+            wado.select, self.app.index, study, series, instance
+        )
+        return found
 
     def _request(self, request: Request, accept: str | None) -> tuple[str, Options]:
         media = media_type(accept)
@@ -264,7 +269,7 @@ class Rendered:
         media, options = self._request(request, accept)
         found = await self._select(*uids)
 
-        def producer(inst: dict[str, Any]) -> wado.Produce:
+        def producer(inst: StoredInstance) -> wado.Produce:
             def work() -> list[tuple[str, bytes]]:
                 try:
                     return [(media, image(self._get(inst), 0, options, media))]

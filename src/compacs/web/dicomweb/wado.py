@@ -259,7 +259,7 @@ def select(
 
 
 # -- parts -----------------------------------------------------------------------------------
-def part10_file(data: bytes, inst: dict, choice: Choice) -> tuple[str, bytes]:
+def part10_file(data: bytes, inst: StoredInstance, choice: Choice) -> tuple[str, bytes]:
     """The stored object ``data`` as a Part 10 file (PS3.10 7.1) in the first syntax of
     ``choice`` it converts to, and that syntax."""
 
@@ -399,7 +399,8 @@ def frame(pixels: StoredPixels, number: int, choice: Choice) -> tuple[str, bytes
         bits *= int(converted.BitsAllocated)
         if bits % 8:
             raise WadoError(406, "frames of bit-packed Pixel Data are not byte aligned")
-        return converted.PixelData[: bits // 8]
+        native: bytes = converted.PixelData  # a Dataset's elements are Any to a checker
+        return native[: bits // 8]
 
     return first_conversion(choice, frame_in)
 
