@@ -156,7 +156,8 @@ class MetricsServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.httpd.server_address[:2]  # type: ignore[return-value]
+        host, port = self.httpd.server_address[:2]  # typeshed: str | bytes host (AF_UNIX)
+        return str(host), port
 
     def start(self) -> None:
         self.thread.start()

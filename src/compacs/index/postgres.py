@@ -34,7 +34,7 @@ try:
     import psycopg
     import psycopg_pool
 except ImportError:  # pragma: no cover - an optional extra
-    psycopg = psycopg_pool = None  # type: ignore[assignment]
+    psycopg = psycopg_pool = None  # type: ignore[assignment]  # the extra absent: no backend
 
 MIGRATION_LOCK = 0x636F6D70  # "comp": pg_advisory_xact_lock key for schema migrations
 READERS = 8

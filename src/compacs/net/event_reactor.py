@@ -298,7 +298,7 @@ class _NotifyingQueue(queue.Queue[Any]):
 def _notify_on_put(q: queue.Queue[Any], on_put: Callable[[], None]) -> None:
     if type(q) is not queue.Queue:
         raise UnsupportedPynetdicom(f"expected a queue.Queue, found {type(q).__name__}")
-    q._on_put = on_put  # type: ignore[attr-defined]
+    q._on_put = on_put  # type: ignore[attr-defined]  # _NotifyingQueue's, the class it becomes
     q.__class__ = _NotifyingQueue
 
 
@@ -315,7 +315,7 @@ class _NotifyingEvent(threading.Event):
 def _notify_on_set(event: threading.Event, on_set: Callable[[], None]) -> None:
     if type(event) is not threading.Event:
         raise UnsupportedPynetdicom(f"expected a threading.Event, found {type(event).__name__}")
-    event._on_set = on_set  # type: ignore[attr-defined]
+    event._on_set = on_set  # type: ignore[attr-defined]  # _NotifyingEvent's, the class it becomes
     event.__class__ = _NotifyingEvent
 
 
@@ -588,7 +588,7 @@ def make_event_driven(assoc: Association) -> Association:
     dul._waker = _Waker()
     dul._activity = activity
     dul._exiting = False
-    assoc._activity = activity  # type: ignore[attr-defined]
+    assoc._activity = activity  # type: ignore[attr-defined]  # ours, on pynetdicom's Association
 
     def died() -> None:
         dul._exiting = True

@@ -93,9 +93,10 @@ def _first(value: object) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        # a pydicom value: a number or string, or a MultiValue/list of them
         value = value[0] if len(value) else None  # type: ignore[index, arg-type]
     try:
-        return float(value)  # type: ignore[arg-type]
+        return float(value)  # type: ignore[arg-type]  # what float() refuses is None below
     except (TypeError, ValueError):
         return None
 
