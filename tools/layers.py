@@ -19,7 +19,17 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, ...]] = [
-    ("compacs", "clock", "failpoints", "logs", "lockfile", "metrics", "security", "backends"),
+    (
+        "compacs",
+        "clock",
+        "units",
+        "failpoints",
+        "logs",
+        "lockfile",
+        "metrics",
+        "security",
+        "backends",
+    ),
     ("libraries",),
     ("dicom",),
     ("codecs", "query", "synthetic"),

@@ -7,6 +7,7 @@ import sys
 
 from compacs.commands import options
 from compacs.config import Settings
+from compacs.index import Index, Selected
 
 NAME = "delete"
 HELP = "delete instances from the index and the store"
@@ -26,16 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 done, 1 nothing matched, 2 bad usage or not confirmed."""
     from compacs.admin import gateway
-    from compacs.index import open_index
     from compacs.storage import open_store
 
-    if not options.has_index(settings):
-        return 1
-    index = open_index(settings.resolved_index_url)
-    try:
-        instances = options.selected(index, args)
-        if isinstance(instances, int):
-            return instances
+    def delete(index: Index, instances: list[Selected]) -> int:
         what = gateway.describe(instances)
         if args.dry_run:
             print(f"would delete {what} (dry run: nothing deleted)")
@@ -49,8 +43,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             store.close()
         print(f"deleted {n} instance(s)")
         return 0
-    finally:
-        index.close()
+
+    return options.on_selection(settings, args, delete)
 
 
 def confirmed(question: str) -> bool:

@@ -7,6 +7,7 @@ import sys
 
 from compacs.commands import options
 from compacs.config import Settings
+from compacs.index import Index, Selected
 
 NAME = "forward"
 HELP = "queue stored instances for a destination"
@@ -24,16 +25,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 queued, 1 nothing matched, 2 bad usage."""
     from compacs.admin import gateway
     from compacs.config import resolver
-    from compacs.index import open_index
     from compacs.rules import RuleError
 
-    if not options.has_index(settings):
-        return 1
-    index = open_index(settings.resolved_index_url)
-    try:
-        instances = options.selected(index, args)
-        if isinstance(instances, int):
-            return instances
+    def queue(index: Index, instances: list[Selected]) -> int:
         try:
             destination = resolver(settings.peers)(args.to)
         except RuleError as exc:
@@ -42,5 +36,5 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         n = gateway.forward(index, [i.pk for i in instances], destination)
         print(f"queued {n} instance(s) for {destination}")
         return 0
-    finally:
-        index.close()
+
+    return options.on_selection(settings, args, queue)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from compacs.config import Settings
 from compacs.dicom.ae import InvalidPeer, Peer
-from compacs.index import Catalogue, Selected
+from compacs.index import Index, Selected
 
 
 def peer(text: str) -> Peer:
@@ -72,27 +73,29 @@ def workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def size(n: int) -> str:
-    """Bytes for people: ``12.3 MiB``."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
-def selected(index: Catalogue, args: argparse.Namespace) -> list[Selected] | int:
-    """The instances ``--patient``/``--study``/``--series``/``--instance`` name, or the exit
-    code when there are none (2: no option given, 1: nothing matches)."""
+def on_selection(
+    settings: Settings,
+    args: argparse.Namespace,
+    act: Callable[[Index, list[Selected]], int],
+) -> int:
+    """``act(index, instances)`` on the instances ``--patient``/``--study``/``--series``/
+    ``--instance`` name, the index open meanwhile; or the exit code when there are none
+    (1: no index or nothing matches, 2: no option given)."""
     from compacs.admin import gateway
+    from compacs.index import open_index
 
+    if not has_index(settings):
+        return 1
     chosen = {o: getattr(args, o) for o in gateway.LEVEL_OPTIONS}
     if not any(chosen.values()):
         print("compacs: give --patient, --study, --series or --instance", file=sys.stderr)
         return 2
-    instances = gateway.selected(index, chosen)
-    if not instances:
-        print("compacs: no stored instance matches", file=sys.stderr)
-        return 1
-    return instances
+    index = open_index(settings.resolved_index_url)
+    try:
+        instances = gateway.selected(index, chosen)
+        if not instances:
+            print("compacs: no stored instance matches", file=sys.stderr)
+            return 1
+        return act(index, instances)
+    finally:
+        index.close()

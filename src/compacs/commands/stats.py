@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from compacs.commands import options
-from compacs.commands.options import size
 from compacs.config import Settings
+from compacs.units import size
 
 NAME = "stats"
 HELP = "counts and bytes stored"

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-
-def size(n: float) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+from compacs.units import size
 
 
 def stored_vs_received(rows: list[tuple[str, int, int]], title: str) -> str:

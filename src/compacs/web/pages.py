@@ -11,7 +11,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from compacs.index.forward_state import WAITING
-from compacs.web.charts import ratio_over_time, size, stored_vs_received
+from compacs.units import size
+from compacs.web.charts import ratio_over_time, stored_vs_received
 
 THUMBNAILS_PER_SERIES = 24  # on the study page; the series page has them all
 INSTANCES_PER_PAGE = 100

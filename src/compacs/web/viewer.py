@@ -43,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from compacs.security import Credentials
 from compacs.web import dicomweb
+from compacs.web.api import App
 from compacs.web.asgi import (
     BodyLimit,
     Endpoint,
@@ -232,7 +233,7 @@ class ViewerApp:
 
 
 def viewer_app(
-    app: Any, folder: Path, credentials: Credentials, hosts: list[str], limits: Limits
+    app: App, folder: Path, credentials: Credentials, hosts: list[str], limits: Limits
 ) -> ViewerApp:
     """The viewer port's application (see the module docstring); :class:`ViewerMissing`
     when ``folder`` holds no build."""

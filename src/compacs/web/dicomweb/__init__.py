@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -25,8 +24,10 @@ from compacs.dicom.attributes import IMAGE, SERIES, STUDY
 from compacs.dicom.uids import is_valid_uid
 from compacs.index import StoredInstance
 from compacs.security import Credentials
+from compacs.web.api import App
 from compacs.web.auth import CHALLENGE
 from compacs.web.dicomweb import qido, rendered, stow, wado, wado_uri
+from compacs.web.dicomweb.resource import Resource, Runner
 from compacs.web.urls import BadUrl, query_params
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,6 @@ DICOM_JSON = "application/dicom+json"
 # Media types a QIDO-RS answer can be sent as (PS3.18 8.7.3, 10.6.2), in the client's order
 JSON_TYPES = {DICOM_JSON: DICOM_JSON, "application/json": "application/json"}
 WILDCARD_TYPES = ("*/*", "application/*")
-
-Runner = Callable[..., Awaitable[Any]]
-"""Runs a synchronous handler in the web server's bounded thread pool."""
 
 
 class Refused(Exception):
@@ -83,7 +81,7 @@ def _uid(request: Request, name: str) -> str:
 class DicomWeb:
     """The DICOMweb routes over the node's index (through :class:`compacs.web.api.App`)."""
 
-    def __init__(self, app: Any, credentials: Credentials, run: Runner) -> None:
+    def __init__(self, app: App, credentials: Credentials, run: Runner) -> None:
         self.app, self.credentials, self.run = app, credentials, run
 
     def search(self, level: str, path_keys: tuple[str, ...]) -> Callable[..., Awaitable[Response]]:
@@ -167,7 +165,7 @@ async def _nothing() -> AsyncIterator[bytes]:
     yield b""  # an async generator that yields nothing: a HEAD answer's body
 
 
-class Retrieve:
+class Retrieve(Resource):
     """The WADO-RS endpoints (PS3.18 10.4.1, Table 10.4.1-1): authentication, the path's
     UIDs, the Accept header, then :mod:`.wado` in the bounded thread pool.
 
@@ -178,8 +176,9 @@ class Retrieve:
     converted (Starlette runs the GET endpoint for HEAD and uvicorn drops the body, so a
     HEAD of a series converted every instance before)."""
 
-    def __init__(self, app: Any, credentials: Credentials, run: Runner) -> None:
-        self.app, self.credentials, self.run = app, credentials, run
+    def __init__(self, app: App, credentials: Credentials, run: Runner) -> None:
+        super().__init__(app, run)
+        self.credentials = credentials
 
     def endpoint(
         self, answer: Callable[..., Awaitable[Response]]
@@ -204,18 +203,6 @@ class Retrieve:
 
         return serve
 
-    def _store_get(self, inst: StoredInstance) -> bytes:
-        data: bytes = self.app.store.get(inst["storage_key"])  # app: the web App (Any)
-        return data
-
-    async def _select(self, *uids: str | None) -> list[StoredInstance]:
-        study, series, instance = uids
-        assert study is not None
-        found: list[StoredInstance] = await self.run(
-            wado.select, self.app.index, study, series, instance
-        )
-        return found
-
     async def _stream(
         self, request: Request, part_type: str, producers: list[wado.Produce]
     ) -> Response:
@@ -231,7 +218,7 @@ class Retrieve:
     async def instances(self, request: Request, accept: str | None, *uids: str | None) -> Response:
         """Study, series or instance as Part 10 files (10.4.1.1.1)."""
         candidates = wado.wanted(accept, (wado.DICOM,))
-        found = await self._select(*uids)
+        found = await self.select(*uids)
 
         def fit(want: wado.Wanted) -> list[wado.Choice]:
             return [wado.instance_syntax(i["transfer_syntax_stored"], want.syntax) for i in found]
@@ -240,7 +227,7 @@ class Retrieve:
 
         def producer(inst: StoredInstance, choice: wado.Choice) -> wado.Produce:
             def work() -> list[tuple[str, bytes]]:
-                syntax, body = wado.part10_file(self._store_get(inst), inst, choice)
+                syntax, body = wado.part10_file(self.stored(inst), inst, choice)
                 return [(f"{wado.DICOM}; transfer-syntax={syntax}", body)]
 
             return lambda: self.run(work)
@@ -253,7 +240,7 @@ class Retrieve:
         a JSON array streamed one instance's document at a time, each file read when its
         turn comes."""
         negotiate(accept, JSON_TYPES)
-        found = await self._select(*uids)
+        found = await self.select(*uids)
         if request.method == "HEAD":
             return PartsResponse(_nothing(), 200, media_type=DICOM_JSON)
         service = _service_root(request)
@@ -264,7 +251,7 @@ class Retrieve:
                     f"{service}/studies/{inst['study_uid']}/series/{inst['series_uid']}"
                     f"/instances/{inst['sop_instance_uid']}"
                 )
-                return wado.json_document(wado.metadata(self._store_get(inst), uri))
+                return wado.json_document(wado.metadata(self.stored(inst), uri))
 
             return lambda: self.run(work)
 
@@ -279,7 +266,7 @@ class Retrieve:
         (:class:`wado.StoredPixels`)."""
         offered = (wado.OCTET, *dict.fromkeys(wado.FRAME_MEDIA_TYPES.values()))
         candidates = wado.wanted(accept, offered)
-        (inst,) = await self._select(*uids)
+        (inst,) = await self.select(*uids)
         stored = inst["transfer_syntax_stored"]
         choice = wado.first_fit(candidates, lambda want: wado.frame_syntax(stored, want))
         text, head = request.path_params["frames"], request.method == "HEAD"
@@ -309,9 +296,9 @@ class Retrieve:
     async def bulk(self, request: Request, accept: str | None, *uids: str | None) -> Response:
         """A bulk data value named by a metadata BulkDataURI (10.4.1.1.3)."""
         wado.wanted(accept, (wado.OCTET,))
-        (inst,) = await self._select(*uids)
+        (inst,) = await self.select(*uids)
         path = request.path_params["path"]
-        value = await self.run(lambda: wado.bulk(self._store_get(inst), path))
+        value = await self.run(lambda: wado.bulk(self.stored(inst), path))
         return await self._stream(request, wado.OCTET, [lambda: _done([(wado.OCTET, value)])])
 
 
@@ -339,7 +326,7 @@ def _accept(request: Request, params: list[tuple[str, str]]) -> str | None:
     return ",".join(given) if given else request.headers.get("accept")
 
 
-def mount(app: Any, credentials: Credentials, run: Runner) -> Mount:
+def mount(app: App, credentials: Credentials, run: Runner) -> Mount:
     """The ``/dicom-web`` Mount: QIDO-RS's searches (PS3.18 10.6.1, Table 10.6.1-2) and
     WADO-RS's retrieves (10.4.1, Table 10.4.1-1)."""
     web = DicomWeb(app, credentials, run)
@@ -387,7 +374,7 @@ def mount(app: Any, credentials: Credentials, run: Runner) -> Mount:
     return Mount(ROOT, routes=routes)
 
 
-def uri_service(app: Any, credentials: Credentials, run: Runner) -> Route:
+def uri_service(app: App, credentials: Credentials, run: Runner) -> Route:
     """WADO-URI (PS3.18 9) at ``/wado``, where Orthanc serves it and OHIF's
     ``wadoUriRoot`` points (see :mod:`.wado_uri`)."""
     answer = wado_uri.UriService(app, run).answer

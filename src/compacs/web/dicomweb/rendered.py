@@ -31,9 +31,7 @@ the VOI window, MONOCHROME1 inverted, colour as colour).
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 from starlette.requests import Request
@@ -43,6 +41,7 @@ from compacs.codecs.pixels import NotCompressible
 from compacs.index import StoredInstance
 from compacs.web import render
 from compacs.web.dicomweb import wado
+from compacs.web.dicomweb.resource import Resource
 from compacs.web.render import RenderError, Window
 from compacs.web.urls import query_params
 
@@ -58,8 +57,6 @@ THUMBNAIL_CANDIDATES = 10
 """Instances tried in turn for a series or study thumbnail (the first that renders)."""
 ANNOTATIONS = ("patient", "technique")
 ICC_PROFILES = ("no", "yes", "srgb", "adobergb", "rommrgb")
-
-Runner = Callable[..., Awaitable[Any]]
 
 
 def refuse(name: str, value: str, expected: str) -> wado.WadoError:
@@ -214,24 +211,9 @@ def image(data: bytes, frame: int, options: Options, media: str) -> bytes:
     return encode(apply_viewport(pixels, options.viewport), media, options.quality)
 
 
-class Rendered:
+class Rendered(Resource):
     """The rendered and thumbnail endpoints: each an ``answer`` for
     :meth:`compacs.web.dicomweb.Retrieve.endpoint` (authentication, path UIDs, errors)."""
-
-    def __init__(self, app: Any, run: Runner) -> None:
-        self.app, self.run = app, run
-
-    def _get(self, inst: StoredInstance) -> bytes:
-        data: bytes = self.app.store.get(inst["storage_key"])  # app: the web App (Any)
-        return data
-
-    async def _select(self, *uids: str | None) -> list[StoredInstance]:
-        study, series, instance = uids
-        assert study is not None
-        found: list[StoredInstance] = await self.run(
-            wado.select, self.app.index, study, series, instance
-        )
-        return found
 
     def _request(self, request: Request, accept: str | None) -> tuple[str, Options]:
         media = media_type(accept)
@@ -244,18 +226,18 @@ class Rendered:
     async def instance(self, request: Request, accept: str | None, *uids: str | None) -> Response:
         """An instance's first frame (10.4.1.1.3)."""
         media, options = self._request(request, accept)
-        (inst,) = await self._select(*uids)
-        body = await self.run(lambda: image(self._get(inst), 0, options, media))
+        (inst,) = await self.select(*uids)
+        body = await self.run(lambda: image(self.stored(inst), 0, options, media))
         return self._one(request, media, options, body)
 
     async def frames(self, request: Request, accept: str | None, *uids: str | None) -> Response:
         """The frames named (10.4.1.1.3): one image, or one part a frame."""
         media, options = self._request(request, accept)
-        (inst,) = await self._select(*uids)
+        (inst,) = await self.select(*uids)
         text = request.path_params["frames"]
 
         def work() -> list[bytes]:
-            data = self._get(inst)
+            data = self.stored(inst)
             numbers = wado.frame_numbers(text, wado.number_of_frames(data))
             return [image(data, n - 1, options, media) for n in numbers]
 
@@ -267,12 +249,12 @@ class Rendered:
     async def collection(self, request: Request, accept: str | None, *uids: str | None) -> Response:
         """A series' or study's instances, one part each (their first frame), streamed."""
         media, options = self._request(request, accept)
-        found = await self._select(*uids)
+        found = await self.select(*uids)
 
         def producer(inst: StoredInstance) -> wado.Produce:
             def work() -> list[tuple[str, bytes]]:
                 try:
-                    return [(media, image(self._get(inst), 0, options, media))]
+                    return [(media, image(self.stored(inst), 0, options, media))]
                 except wado.WadoError as exc:
                     if exc.status == 406:  # no pixels (SR, KO...): not an image, left out
                         return []
@@ -287,18 +269,18 @@ class Rendered:
         media, options = self._request(request, accept)
         if options.viewport is None:
             options = replace(options, viewport=Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        found = await self._select(*uids)
+        found = await self.select(*uids)
         frame_text = request.path_params.get("frames")
 
         def work() -> bytes:
             if frame_text is not None:
-                data = self._get(found[0])
+                data = self.stored(found[0])
                 (number,) = wado.frame_numbers(frame_text, wado.number_of_frames(data))[:1]
                 return image(data, number - 1, options, media)
             refusal = None
             for inst in found[:THUMBNAIL_CANDIDATES]:
                 try:
-                    return image(self._get(inst), 0, options, media)
+                    return image(self.stored(inst), 0, options, media)
                 except wado.WadoError as exc:
                     refusal = refusal or exc
             assert refusal is not None

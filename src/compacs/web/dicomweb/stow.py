@@ -41,6 +41,7 @@ from compacs.dicom.status import Status
 from compacs.dicom.uids import is_valid_uid
 from compacs.ingest import Received
 from compacs.security import Credentials
+from compacs.web.api import App
 from compacs.web.auth import CHALLENGE
 from compacs.web.dicomweb import multipart
 
@@ -317,7 +318,7 @@ class StoreRoute:
 
     def __init__(
         self,
-        app: Any,
+        app: App,
         credentials: Credentials,
         run: Runner,
         service_root: Callable[[Request], str],

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from starlette.requests import Request
@@ -42,11 +41,11 @@ from compacs.web.dicomweb.rendered import (
     JPEG,
     MAX_VIEWPORT,
     PNG,
-    Runner,
     encode,
     parse_quality,
     refuse,
 )
+from compacs.web.dicomweb.resource import Resource
 from compacs.web.render import RenderError, Window
 from compacs.web.urls import query_params
 
@@ -218,20 +217,16 @@ def rendered(data: bytes, req: UriRequest) -> bytes:
     return encode(image, req.content_type, req.quality)
 
 
-class UriService:
+class UriService(Resource):
     """The WADO-URI endpoint: an ``answer`` for
     :meth:`compacs.web.dicomweb.Retrieve.endpoint` (authentication, errors)."""
 
-    def __init__(self, app: Any, run: Runner) -> None:
-        self.app, self.run = app, run
-
     async def answer(self, request: Request, accept: str | None, *uids: str | None) -> Response:
         req = parse(query_params(request.scope.get("query_string", b"")))
-        index = self.app.index
-        (inst,) = await self.run(wado.select, index, req.study, req.series, req.instance)
+        (inst,) = await self.select(req.study, req.series, req.instance)
 
         def work() -> bytes:
-            data = self.app.store.get(inst["storage_key"])
+            data = self.stored(inst)
             if req.content_type != DICOM:
                 return rendered(data, req)
             choice = wado.instance_syntax(inst["transfer_syntax_stored"], req.syntax)
