@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import socket
 import time
 import urllib.error
@@ -30,7 +29,6 @@ from tests.support.dicomfiles import storage_files
 from tests.support.node import ARTIFACTS, ROOT, NodeProcess, free_port, write_config
 from tests.support.scu import send_datasets
 
-CHROMIUM = "/usr/lib/chromium/chromium"
 BUILD = ROOT / ".cache" / "ohif" / "3.13.2"  # where `make ohif` puts the viewer
 SHOTS = ARTIFACTS / "ohif"
 USER, PASSWORD = "viewer", "ohif-secret-1"
@@ -133,29 +131,6 @@ def ohif(tmp_path_factory):
         yield Viewer(node, http, viewer, studies)
     finally:
         node.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.fail("Debian's chromium is not installed: run the suite with `make test`")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--headless=new",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield chromium
-        chromium.close()
 
 
 # What OHIF's "investigational use" notice stores once the user has confirmed it for the

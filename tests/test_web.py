@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import re
-import shutil
 import threading
 import time
 import urllib.error
@@ -37,7 +36,6 @@ from tests.support.dicomfiles import by_name, storage_files
 from tests.support.node import ARTIFACTS, NodeProcess, free_port, run_cli, write_config
 from tests.support.scu import send_datasets, send_files
 
-CHROMIUM = "/usr/lib/chromium/chromium"
 PUBLIC = (
     "CT_small.dcm",  # CT, MONOCHROME2, signed 16 bits
     "MR_small.dcm",  # MR
@@ -587,27 +585,6 @@ def test_refuses_to_serve_beyond_loopback_without_auth(tmp_path):
 
 
 # -- a real browser ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.fail("Debian's chromium is not installed: run the suite with `make test`")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--headless=new",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield chromium
-        chromium.close()
 
 
 def test_dashboard_and_study_page_in_chromium(archive, browser):
