@@ -9,6 +9,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DATA   ?= ./data
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`; each takes whole test files (their module fixtures
+# start a node once). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: serve test bench bench-storage bench-dicomweb bench-ohif lint format deps-system clean ohif
 
@@ -96,7 +99,7 @@ test: $(VENV)/.installed-test deps-system ohif
 	$(BIN)/ruff check src tests bench tools
 	$(BIN)/ruff format --check src tests bench tools
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,bench]'
