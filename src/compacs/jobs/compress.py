@@ -36,7 +36,7 @@ from compacs.index.schema import ARCHIVE_TIER, INGEST_TIER
 from compacs.jobs.pool import Encoder, InProcess, PoolClosed, replay
 from compacs.logs import about
 from compacs.rules import Decision, Policy
-from compacs.storage import BlobStore, FileStore, storage_key
+from compacs.storage import BlobStore, FileStore, parse_key, storage_key
 from compacs.storage.filesystem import intent
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,10 @@ def settle_intents(store: BlobStore, index: Catalogue) -> int:
     deleted = 0
     for note, keys in store.intents():
         for key in _same_instance(store, keys):
-            location = index.locate(_sop_instance_of(key))
+            parsed = parse_key(key)
+            if parsed is None:  # not an object compacs named: never compacs's to delete
+                continue
+            location = index.locate(parsed[0])
             if (location is None or location.storage_key != key) and store.exists(key):
                 store.delete(key)
                 deleted += 1
@@ -66,18 +69,16 @@ def settle_intents(store: BlobStore, index: Catalogue) -> int:
     return deleted
 
 
-def _sop_instance_of(key: str) -> str:
-    """The SOP Instance UID a key names (``.../UID.DIGEST.dcm``, :func:`storage_key`)."""
-    return key.rsplit("/", 1)[-1].rsplit(".", 2)[0]
-
-
 def _same_instance(store: FileStore, keys: list[str]) -> set[str]:
     """``keys`` and the other objects of their instances in the same directories (a
     replaced original the crash left before its deletion)."""
     found = set(keys)
     for key in keys:
         folder, _, _ = key.rpartition("/")
-        prefix = _sop_instance_of(key) + "."
+        parsed = parse_key(key)
+        if parsed is None:
+            continue
+        prefix = parsed[0] + "."
         path = store.local_path(key)
         if path is None or not path.parent.is_dir():
             continue
