@@ -452,6 +452,31 @@ def test_a_log_line_of_a_request_that_succeeds_stays_a_recent_error():
     assert activity.errors()[1]["calling_ae"] == "MODALITY2"
 
 
+def test_an_association_released_is_recorded_released_whichever_thread_reports_first():
+    """pynetdicom reports a release from the association's thread (EVT_RELEASED, after
+    queueing the A-RELEASE-RP) and the peer's close from the DUL's (EVT_CONN_CLOSE, in
+    Sta13 once the RP is sent): the close may come first (seen under load). A close in
+    any other state (the peer went away) stays "closed"."""
+    activity = Activity()
+    handlers = dict(activity.handlers())
+
+    def ended(first: tuple, then: tuple | None, state: str) -> str:
+        assoc = _Association()
+        assoc.dul = SimpleNamespace(state_machine=SimpleNamespace(current_state=state))
+        activity._established(SimpleNamespace(assoc=assoc))
+        for report in (first, then):
+            if report is not None:
+                handlers[report[0]](SimpleNamespace(assoc=assoc))
+        return activity.associations(1)[0]["status"]  # the newest
+
+    close, released, aborted = (evt.EVT_CONN_CLOSE,), (evt.EVT_RELEASED,), (evt.EVT_ABORTED,)
+    assert ended(close, released, "Sta13") == "released"
+    assert ended(released, close, "Sta13") == "released"
+    assert ended(close, aborted, "Sta13") == "aborted"
+    assert ended(close, None, "Sta6") == "closed"  # no release: the peer's connection went
+    assert ended(close, released, "Sta6") == "closed"  # a late event cannot rewrite it
+
+
 def _noise_ct(path: Path) -> Path:
     """A CT slice of full-range 16-bit noise: no lossless encoding makes it smaller."""
     (ds,) = ct_series(1, 64, 64, seed=78, patient_id="WEB-STATE")

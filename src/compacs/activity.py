@@ -42,6 +42,11 @@ _OPERATIONS = {
 }
 
 
+AWAITING_CLOSE = "Sta13"
+"""PS3.8 9.2 Sta13: this side sent A-RELEASE-RP, A-ABORT or A-ASSOCIATE-RJ and waits for
+the transport to close."""
+
+
 def is_failure(status: int) -> bool:
     """PS3.7 C.1.2: not success, warning, pending or cancel."""
     return category(status) is Category.FAILURE
@@ -79,6 +84,9 @@ class Activity:
         self._size = size
         # association -> its log lines since its last response (at most ``size``)
         self._held: dict[int, deque[dict[str, Any]]] = {}
+        # association -> its ended entry, "closed" until its own end event says how it
+        # ended (see _closed; at most ``size``)
+        self._closing: dict[int, dict[str, Any]] = {}
 
     # -- pynetdicom notification handlers --------------------------------------------
     def handlers(self) -> list[Handler]:
@@ -87,7 +95,7 @@ class Activity:
             (evt.EVT_REJECTED, lambda e: self._ended(e, "rejected")),
             (evt.EVT_RELEASED, lambda e: self._ended(e, "released")),
             (evt.EVT_ABORTED, lambda e: self._ended(e, "aborted")),
-            (evt.EVT_CONN_CLOSE, lambda e: self._ended(e, "closed")),
+            (evt.EVT_CONN_CLOSE, self._closed),
             (evt.EVT_DIMSE_RECV, _Observer(self._request)),
             (evt.EVT_DIMSE_SENT, _Observer(self._response)),
         ]
@@ -113,17 +121,36 @@ class Activity:
         with self._lock:
             self._entry(event.assoc)
 
-    def _ended(self, event: Event, status: str) -> None:
+    def _closed(self, event: Event) -> None:
+        """EVT_CONN_CLOSE. In Sta13 the association ended by a PDU this side sent: its
+        thread queues the A-RELEASE-RP (or A-ABORT) and then fires EVT_RELEASED (or
+        EVT_ABORTED), and the DUL thread may send the PDU and see the peer close first
+        (pynetdicom fires the two from different threads). The entry then ends as
+        "closed" and takes the status of that later event."""
+        dul = getattr(event.assoc, "dul", None)
+        state = getattr(getattr(dul, "state_machine", None), "current_state", None)
+        self._ended(event, "closed", provisional=state == AWAITING_CLOSE)
+
+    def _ended(self, event: Event, status: str, provisional: bool = False) -> None:
+        key = id(event.assoc)
         with self._lock:
-            entry = self._open.pop(id(event.assoc), None)
+            entry = self._open.pop(key, None)
             if entry is None:
+                closing = self._closing.pop(key, None)
+                if closing is not None:  # the association's thread says how it ended
+                    closing["status"] = status
+                    return
                 if status != "rejected":
                     return  # closed after release/abort was already recorded
                 entry = self._entry(event.assoc)
-                self._open.pop(id(event.assoc))
+                self._open.pop(key)
             entry["ended"], entry["status"] = utc_now("seconds"), status
             self._done.append(entry)
-            self._release(id(event.assoc), entry)
+            self._release(key, entry)
+            if provisional:
+                self._closing[key] = entry
+                while len(self._closing) > self._size:
+                    del self._closing[next(iter(self._closing))]
 
     def _request(self, assoc: Any, message: Summary) -> None:
         operation = _OPERATIONS.get(message.message)
