@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
 from compacs.synthetic import ct_series
+from tests.support import web
 from tests.support.dicomfiles import by_name, storage_files
 from tests.support.node import NO_COMPRESSION, free_port, web_node
 from tests.support.orthanc import DICOMWEB_PLUGIN, OrthancPeer
@@ -58,13 +59,7 @@ class Raw:
         self.port = port
 
     def get(self, target: str, headers: dict[str, str] | None = None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request("GET", target, headers={**AUTH, **(headers or {})})
-            response = conn.getresponse()
-            return response.status, response.headers, response.read()
-        finally:
-            conn.close()
+        return web.get(self.port, target, {**AUTH, **(headers or {})}, timeout=30)
 
     def json(self, target: str, headers: dict[str, str] | None = None) -> list[dict]:
         status, _, body = self.get(target, headers)

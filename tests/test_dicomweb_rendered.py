@@ -8,7 +8,6 @@ a small mean error (it is lossy). Part 10 answers are read by pydicom and DCMTK'
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import subprocess
@@ -21,6 +20,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_windowing
 
+from tests.support import web
 from tests.support.dcmtk import dcmtk_env, require_dcmtk
 from tests.support.dicomfiles import DicomFile, by_name
 from tests.support.node import ARTIFACTS, free_port, web_node
@@ -49,13 +49,7 @@ class Http:
         headers = dict(AUTH) if auth else {}
         if accept is not None:
             headers["Accept"] = accept
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.request("GET", target, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.headers, response.read()
-        finally:
-            conn.close()
+        return web.get(self.port, target, headers)
 
     def image(self, target: str, accept: str | None = None) -> tuple[str, np.ndarray]:
         status, headers, body = self.get(target, accept)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import http.client
 import io
 import json
 import re
@@ -28,6 +27,7 @@ from compacs.codecs.table import codec_for
 from compacs.codecs.transcode import transcode
 from compacs.synthetic import ct_series
 from compacs.web.dicomweb import wado
+from tests.support import web
 from tests.support.dcmtk import dcmdjpls_pixels, dcmtk_env, require_dcmtk
 from tests.support.dicomfiles import DicomFile, by_name
 from tests.support.node import web_node
@@ -111,13 +111,7 @@ class Raw:
         headers = dict(AUTH) if auth else {}
         if accept is not None:
             headers["Accept"] = accept
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.request("GET", f"/dicom-web{target}", headers=headers)
-            response = conn.getresponse()
-            return response.status, response.headers, response.read()
-        finally:
-            conn.close()
+        return web.get(self.port, f"/dicom-web{target}", headers)
 
 
 def parts(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
