@@ -62,6 +62,10 @@ def echo(port: int, aet: str = "COMPACS", timeout: float = 5, tls: Any = None) -
         assoc.release()
 
 
+class PortTaken(RuntimeError):
+    """The node could not listen: its DICOM port was taken meanwhile."""
+
+
 class NodeProcess:
     """``compacs serve`` in its own process, as an admin or a service manager runs it."""
 
@@ -84,6 +88,7 @@ class NodeProcess:
         self.tls = tls  # the client ssl.SSLContext the readiness probe uses
         self.log_path = data_dir.parent / f"{data_dir.name}-serve-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started = False  # a restart keeps its port (peers know it)
 
     @property
     def command(self) -> list[str]:
@@ -99,15 +104,35 @@ class NodeProcess:
         return cmd + list(self.extra_args)
 
     def start(self, timeout: float = 30) -> NodeProcess:
+        """Started and answering C-ECHO. free_port() only names a port that was free: when
+        another process (the other pytest worker) takes it before this first start binds
+        it, the node starts again on another one (at most three times)."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if self._started or attempt == 2:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> NodeProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.command, stdout=log, stderr=log, cwd=ROOT)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"compacs exited with {self.proc.returncode}:\n{self.log()}")
+                text = self.log()
+                error = (
+                    PortTaken
+                    if f"DICOM on 127.0.0.1:{self.port}: Address already" in text
+                    else RuntimeError
+                )
+                raise error(f"compacs exited with {self.proc.returncode}:\n{text}")
             try:
                 if echo(self.port, self.aet, timeout=2, tls=self.tls) == 0:
+                    self._started = True
                     return self
             except OSError:
                 pass
